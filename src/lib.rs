@@ -1,0 +1,11 @@
+//! mpaxos: a thread-per-core Multi-Paxos replicated log and key-value store.
+//!
+//! Module map (see `docs/` and DESIGN §1):
+//! - [`protocol`]: the sans-IO Multi-Paxos state machine (no clocks, sockets, files or threads).
+//! - [`kv`]: the replicated state machine applied to committed batches.
+//! - [`check`]: a Wing–Gong–Lowe linearizability checker, partitioned per key.
+//! - [`sim`]: the deterministic fault-injecting simulator around `protocol` + `kv`.
+pub mod check;
+pub mod kv;
+pub mod protocol;
+pub mod sim;
