@@ -1,0 +1,32 @@
+//! The sans-IO Multi-Paxos core (DESIGN §3–4).
+//!
+//! A [`Replica`] is one group's proposer + acceptor + learner as a deterministic state machine.
+//! It reads no clock, opens no socket or file and starts no thread: time is an argument, and
+//! everything it wants done comes out of [`Replica::ready`]. The caller's loop, in full:
+//!
+//! 1. feed inputs: [`Replica::step`] (a peer message), [`Replica::propose`],
+//!    [`Replica::read_index`], [`Replica::tick`] (when [`Replica::poll_timeout`] is due),
+//!    [`Replica::persisted`] (a write became durable; writes complete in order);
+//! 2. call [`Replica::ready`] and, in this order: start the `writes` (numbered, in order),
+//!    send the `messages` (including ones addressed to itself: deliver those back through
+//!    `step`), apply `committed` in slot order, then serve the `reads` against the state just
+//!    applied and answer `dropped` proposals with a redirect;
+//! 3. sleep until `poll_timeout()` or the next input.
+//!
+//! Messages that may only leave after a write is durable (Promise, Accepted) are held inside
+//! the replica and released by `persisted`, so a caller cannot send them early by mistake.
+
+mod log;
+mod message;
+pub mod quorum;
+mod replica;
+mod types;
+
+pub use log::{Entry, Log};
+pub use message::{Envelope, Message, PromiseEntry};
+pub use quorum::{QuorumSpec, VoteSet};
+pub use replica::{
+    Config, DroppedProposal, InjectedBug, NotLeader, ReadOutcome, ReadResult, Ready, Replica,
+    Role, Status,
+};
+pub use types::{Ballot, Command, DurableState, Nanos, ReplicaId, Slot, Value, Write, WriteId};

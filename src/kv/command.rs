@@ -1,0 +1,209 @@
+//! The kv command encoding carried as a protocol command's opaque payload.
+//!
+//! A tag byte, then fields: u64 little-endian, and byte strings as a u32 little-endian length
+//! followed by the bytes. Decoding slices the shared `Bytes` instead of copying, and rejects
+//! trailing bytes, unknown tags and over-limit sizes. (The wire layer frames whole messages
+//! with rkyv; this inner payload stays a plain byte string so the protocol can stay generic.)
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+pub const KEY_BYTES_MAX: usize = 4 * 1024;
+pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
+
+const TAG_PUT: u8 = 1;
+const TAG_DELETE: u8 = 2;
+const TAG_CAS: u8 = 3;
+const TAG_GET: u8 = 4;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put { key: Bytes, value: Bytes },
+    Delete { key: Bytes },
+    Cas { key: Bytes, expected_version: u64, value: Bytes },
+    /// A read through the log (the read-index path needs no command; this exists for clients
+    /// that ask for a read ordered with writes).
+    Get { key: Bytes },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    Truncated,
+    UnknownTag(u8),
+    TooLarge { field: &'static str, bytes: usize, max: usize },
+    TrailingBytes(usize),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Truncated => write!(f, "command is truncated"),
+            DecodeError::UnknownTag(tag) => write!(f, "unknown command tag {tag}"),
+            DecodeError::TooLarge { field, bytes, max } => {
+                write!(f, "{field} is {bytes} bytes, over the limit of {max}")
+            }
+            DecodeError::TrailingBytes(n) => write!(f, "{n} unexpected bytes after the command"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+impl Op {
+    pub fn key(&self) -> &Bytes {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } | Op::Get { key } => key,
+        }
+    }
+
+    pub fn encode(&self) -> Bytes {
+        let mut buf = BytesMut::with_capacity(self.encoded_len());
+        match self {
+            Op::Put { key, value } => {
+                buf.put_u8(TAG_PUT);
+                put_bytes(&mut buf, key);
+                put_bytes(&mut buf, value);
+            }
+            Op::Delete { key } => {
+                buf.put_u8(TAG_DELETE);
+                put_bytes(&mut buf, key);
+            }
+            Op::Cas {
+                key,
+                expected_version,
+                value,
+            } => {
+                buf.put_u8(TAG_CAS);
+                put_bytes(&mut buf, key);
+                buf.put_u64_le(*expected_version);
+                put_bytes(&mut buf, value);
+            }
+            Op::Get { key } => {
+                buf.put_u8(TAG_GET);
+                put_bytes(&mut buf, key);
+            }
+        }
+        buf.freeze()
+    }
+
+    fn encoded_len(&self) -> usize {
+        1 + match self {
+            Op::Put { key, value } => 8 + key.len() + value.len(),
+            Op::Delete { key } | Op::Get { key } => 4 + key.len(),
+            Op::Cas { key, value, .. } => 16 + key.len() + value.len(),
+        }
+    }
+
+    pub fn decode(payload: &Bytes) -> Result<Op, DecodeError> {
+        let mut reader = Reader { buf: payload, at: 0 };
+        let op = match reader.u8()? {
+            TAG_PUT => Op::Put {
+                key: reader.bytes("key", KEY_BYTES_MAX)?,
+                value: reader.bytes("value", VALUE_BYTES_MAX)?,
+            },
+            TAG_DELETE => Op::Delete {
+                key: reader.bytes("key", KEY_BYTES_MAX)?,
+            },
+            TAG_CAS => Op::Cas {
+                key: reader.bytes("key", KEY_BYTES_MAX)?,
+                expected_version: reader.u64()?,
+                value: reader.bytes("value", VALUE_BYTES_MAX)?,
+            },
+            TAG_GET => Op::Get {
+                key: reader.bytes("key", KEY_BYTES_MAX)?,
+            },
+            tag => return Err(DecodeError::UnknownTag(tag)),
+        };
+        match payload.len() - reader.at {
+            0 => Ok(op),
+            n => Err(DecodeError::TrailingBytes(n)),
+        }
+    }
+}
+
+fn put_bytes(buf: &mut BytesMut, bytes: &Bytes) {
+    let len = u32::try_from(bytes.len()).expect("field length fits u32");
+    buf.put_u32_le(len);
+    buf.put_slice(bytes);
+}
+
+struct Reader<'a> {
+    buf: &'a Bytes,
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<std::ops::Range<usize>, DecodeError> {
+        let end = self.at.checked_add(n).ok_or(DecodeError::Truncated)?;
+        if end > self.buf.len() {
+            return Err(DecodeError::Truncated);
+        }
+        let range = self.at..end;
+        self.at = end;
+        Ok(range)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        let r = self.take(1)?;
+        Ok(self.buf[r.start])
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let r = self.take(4)?;
+        Ok(u32::from_le_bytes(self.buf[r].try_into().expect("4 bytes")))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let r = self.take(8)?;
+        Ok(u64::from_le_bytes(self.buf[r].try_into().expect("8 bytes")))
+    }
+
+    fn bytes(&mut self, field: &'static str, max: usize) -> Result<Bytes, DecodeError> {
+        let len = self.u32()? as usize;
+        if len > max {
+            return Err(DecodeError::TooLarge { field, bytes: len, max });
+        }
+        let r = self.take(len)?;
+        Ok(self.buf.slice(r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_every_op() {
+        let key = Bytes::from_static(b"config/a");
+        let value = Bytes::from_static(b"v1");
+        let ops = [
+            Op::Put { key: key.clone(), value: value.clone() },
+            Op::Delete { key: key.clone() },
+            Op::Cas { key: key.clone(), expected_version: 42, value },
+            Op::Get { key },
+        ];
+        for op in ops {
+            assert_eq!(Op::decode(&op.encode()), Ok(op));
+        }
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert_eq!(Op::decode(&Bytes::new()), Err(DecodeError::Truncated));
+        assert_eq!(Op::decode(&Bytes::from_static(&[9])), Err(DecodeError::UnknownTag(9)));
+        let mut long = Op::Delete { key: Bytes::from_static(b"k") }.encode().to_vec();
+        long.push(0);
+        assert_eq!(Op::decode(&Bytes::from(long)), Err(DecodeError::TrailingBytes(1)));
+        let huge = [&[TAG_DELETE][..], &u32::MAX.to_le_bytes()[..]].concat();
+        assert!(matches!(Op::decode(&Bytes::from(huge)), Err(DecodeError::TooLarge { .. })));
+        // Every prefix of a valid command is an error, never a panic.
+        let valid = Op::Cas {
+            key: Bytes::from_static(b"key"),
+            expected_version: 1,
+            value: Bytes::from_static(b"value"),
+        }
+        .encode();
+        for cut in 0..valid.len() {
+            assert!(Op::decode(&valid.slice(..cut)).is_err(), "prefix of {cut} bytes");
+        }
+    }
+}

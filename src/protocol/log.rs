@@ -1,0 +1,97 @@
+//! The replica's log: per slot, what its acceptor accepted and whether it is known chosen.
+
+use std::collections::BTreeMap;
+
+use super::types::{Ballot, DurableState, Slot, Value};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// The highest-ballot value this acceptor accepted for the slot.
+    pub accepted: Option<(Ballot, Value)>,
+    /// The chosen value, once learned. Never changes once set.
+    pub chosen: Option<Value>,
+}
+
+/// Slots are kept in a `BTreeMap` so iteration order (and so the simulator's trace) is
+/// deterministic, and sparse slots cost nothing.
+#[derive(Clone, Debug, Default)]
+pub struct Log {
+    entries: BTreeMap<Slot, Entry>,
+    /// Every slot in 1..=commit is chosen and known here.
+    commit: Slot,
+}
+
+impl Log {
+    pub fn from_durable(state: &DurableState) -> Self {
+        let mut log = Log::default();
+        for (slot, (ballot, value)) in &state.accepted {
+            log.entry_mut(*slot).accepted = Some((*ballot, value.clone()));
+        }
+        for (slot, value) in &state.chosen {
+            log.entry_mut(*slot).chosen = Some(value.clone());
+        }
+        log.advance_commit();
+        log
+    }
+
+    pub fn commit(&self) -> Slot {
+        self.commit
+    }
+
+    pub fn get(&self, slot: Slot) -> Option<&Entry> {
+        self.entries.get(&slot)
+    }
+
+    pub fn entry_mut(&mut self, slot: Slot) -> &mut Entry {
+        assert!(slot > 0, "slot 0 is not a log position");
+        self.entries.entry(slot).or_default()
+    }
+
+    /// The highest slot with anything in it.
+    pub fn last_slot(&self) -> Slot {
+        self.entries.keys().next_back().copied().unwrap_or(0)
+    }
+
+    pub fn chosen(&self, slot: Slot) -> Option<&Value> {
+        self.entries.get(&slot).and_then(|e| e.chosen.as_ref())
+    }
+
+    /// Records `value` as chosen at `slot` and returns whether it was new. A slot's chosen value
+    /// never changes: learning a different one is a safety violation, reported to the caller.
+    pub fn set_chosen(&mut self, slot: Slot, value: Value) -> Result<bool, Value> {
+        let entry = self.entry_mut(slot);
+        match &entry.chosen {
+            Some(existing) if *existing == value => Ok(false),
+            Some(existing) => Err(existing.clone()),
+            None => {
+                entry.chosen = Some(value);
+                self.advance_commit();
+                Ok(true)
+            }
+        }
+    }
+
+    /// Moves the commit index over every contiguous chosen slot.
+    pub fn advance_commit(&mut self) {
+        while self.chosen(self.commit + 1).is_some() {
+            self.commit += 1;
+        }
+    }
+
+    /// Entries from `first` on, for a Promise.
+    pub fn range_from(&self, first: Slot) -> impl Iterator<Item = (&Slot, &Entry)> {
+        self.entries.range(first..)
+    }
+
+    /// Chosen values in `first..=last`, at most `limit` of them, for a catch-up reply.
+    pub fn chosen_in(&self, first: Slot, last: Slot, limit: usize) -> Vec<(Slot, Value)> {
+        if first > last {
+            return Vec::new();
+        }
+        self.entries
+            .range(first..=last)
+            .filter_map(|(s, e)| e.chosen.as_ref().map(|v| (*s, v.clone())))
+            .take(limit)
+            .collect()
+    }
+}

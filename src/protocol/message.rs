@@ -1,0 +1,76 @@
+//! Peer messages. The full table (sender, receiver, when, durable precondition) is in
+//! `docs/internals/protocol.md`.
+
+use super::types::{Ballot, ReplicaId, Slot, Value};
+
+/// A message with its route. Messages to `from == to` are the replica talking to its own
+/// acceptor; the caller delivers them back through `step` like any other.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Envelope {
+    pub from: ReplicaId,
+    pub to: ReplicaId,
+    pub msg: Message,
+}
+
+/// One slot as an acceptor reports it in a Promise.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PromiseEntry {
+    pub slot: Slot,
+    /// The ballot the value was accepted at (ignored when `chosen`).
+    pub ballot: Ballot,
+    pub value: Value,
+    /// The acceptor knows this value is chosen; it outranks any accepted ballot.
+    pub chosen: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Message {
+    /// Phase 1a: "promise me `ballot` for every slot from `first_slot` on".
+    Prepare { ballot: Ballot, first_slot: Slot },
+    /// Phase 1b, sent only once the promise is durable.
+    Promise {
+        ballot: Ballot,
+        first_slot: Slot,
+        entries: Vec<PromiseEntry>,
+    },
+    /// Phase 2a for one slot, with the leader's commit index piggybacked.
+    Accept {
+        ballot: Ballot,
+        slot: Slot,
+        value: Value,
+        commit: Slot,
+    },
+    /// Phase 2b, sent only once the accepted value is durable.
+    Accepted { ballot: Ballot, slot: Slot },
+    /// "I promised a higher ballot than the one you used."
+    Reject { ballot: Ballot, promised: Ballot },
+    /// Leader liveness, commit index, and a read-index confirmation round.
+    Heartbeat {
+        ballot: Ballot,
+        commit: Slot,
+        read_round: u64,
+    },
+    /// "`ballot` is still the highest I promised", for liveness and read rounds. Not durable.
+    HeartbeatAck { ballot: Ballot, read_round: u64 },
+    /// A lagging replica asks for chosen values in `first_slot..=last_slot`.
+    CatchupRequest { first_slot: Slot, last_slot: Slot },
+    /// Chosen values the responder knows in the requested range.
+    CatchupReply { entries: Vec<(Slot, Value)> },
+}
+
+impl Message {
+    /// A short name for traces and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Prepare { .. } => "prepare",
+            Message::Promise { .. } => "promise",
+            Message::Accept { .. } => "accept",
+            Message::Accepted { .. } => "accepted",
+            Message::Reject { .. } => "reject",
+            Message::Heartbeat { .. } => "heartbeat",
+            Message::HeartbeatAck { .. } => "heartbeat_ack",
+            Message::CatchupRequest { .. } => "catchup_request",
+            Message::CatchupReply { .. } => "catchup_reply",
+        }
+    }
+}

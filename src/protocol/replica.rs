@@ -1,0 +1,1060 @@
+//! One group's Multi-Paxos replica: proposer, acceptor and learner in one state machine.
+//!
+//! Rules (DESIGN §4), each enforced here and listed with its invariant in
+//! `docs/internals/protocol.md`:
+//! - an acceptor reports state (Promise, Accepted) only after it is durable;
+//! - phase 1 runs once per leadership, for every slot from the first one not known chosen;
+//! - the new leader re-proposes the highest-ballot value of each reported slot (a value known
+//!   chosen outranks every ballot) and fills gaps with no-ops;
+//! - phase 2 is pipelined (`pipeline_depth` slots in flight), each slot holding a batch;
+//! - followers stay with a live leader: a prepare from anyone else is refused while the leader
+//!   was heard within the minimum election timeout, and a leader that loses its quorum steps
+//!   down;
+//! - reads use a read-index round: no durable write, a quorum confirms the ballot still leads.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::log::Log;
+use super::message::{Envelope, Message, PromiseEntry};
+use super::quorum::{QuorumSpec, VoteSet};
+use super::types::{Ballot, Command, DurableState, Nanos, ReplicaId, Slot, Value, Write, WriteId};
+
+const NS_PER_US: u64 = 1_000;
+const NS_PER_MS: u64 = 1_000_000;
+
+/// A deliberate protocol bug, so the simulator's checks can be shown to bite.
+/// Never set outside tests and `mpaxos sim --inject-bug`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectedBug {
+    /// Acceptors send Promise/Accepted before the write is durable.
+    AckBeforePersist,
+    /// A new leader ignores the values reported in phase 1 and reuses their slots.
+    SkipValueAdoption,
+    /// The leader trusts its leadership: reads are answered locally without a quorum round,
+    /// and it never steps down on a lost quorum.
+    StaleLeaderRead,
+}
+
+impl InjectedBug {
+    pub const ALL: [InjectedBug; 3] = [
+        InjectedBug::AckBeforePersist,
+        InjectedBug::SkipValueAdoption,
+        InjectedBug::StaleLeaderRead,
+    ];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            InjectedBug::AckBeforePersist => "ack-before-persist",
+            InjectedBug::SkipValueAdoption => "skip-value-adoption",
+            InjectedBug::StaleLeaderRead => "stale-leader-read",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
+/// Per-replica knobs. Times are in the units their names say.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub id: ReplicaId,
+    pub replicas: u32,
+    /// Seeds the election-jitter RNG (mixed with `id`).
+    pub seed: u64,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Slots proposed but not yet chosen, at most.
+    pub pipeline_depth: usize,
+    /// 1 turns batching off.
+    pub batch_max_ops: usize,
+    pub batch_max_bytes: usize,
+    /// 0 = adaptive: a batch takes whatever queued while the pipeline was full.
+    pub batch_delay_us: u64,
+    /// Proposals waiting for a batch, at most; beyond it `propose` refuses.
+    pub proposal_queue_max: usize,
+    /// Chosen values per catch-up reply, at most.
+    pub catchup_batch_max: usize,
+    pub inject_bug: Option<InjectedBug>,
+}
+
+impl Config {
+    pub fn new(id: ReplicaId, replicas: u32) -> Self {
+        Config {
+            id,
+            replicas,
+            seed: 0,
+            heartbeat_ms: 20,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+            pipeline_depth: 64,
+            batch_max_ops: 256,
+            batch_max_bytes: 256 * 1024,
+            batch_delay_us: 0,
+            proposal_queue_max: 16 * 1024,
+            catchup_batch_max: 256,
+            inject_bug: None,
+        }
+    }
+
+    fn validate(&self) {
+        assert!(self.id < self.replicas, "replica id {} >= {}", self.id, self.replicas);
+        assert!(self.heartbeat_ms > 0);
+        assert!(self.heartbeat_ms < self.election_timeout_min_ms);
+        assert!(self.election_timeout_min_ms <= self.election_timeout_max_ms);
+        assert!(self.pipeline_depth > 0 && self.batch_max_ops > 0 && self.batch_max_bytes > 0);
+        assert!(self.proposal_queue_max > 0 && self.catchup_batch_max > 0);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    Candidate,
+    Leader,
+}
+
+/// Why a proposal or read was not taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotLeader {
+    /// Ask this replica instead (`None`: no leader known right now).
+    Redirect { leader: Option<ReplicaId> },
+    /// The leader's proposal queue is full; retry later.
+    QueueFull,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// Serve the read from the state machine now (after applying this Ready's `committed`).
+    Ready,
+    /// Leadership was lost before the read could be confirmed.
+    NotLeader { leader: Option<ReplicaId> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadResult {
+    pub id: u64,
+    pub outcome: ReadOutcome,
+}
+
+/// A queued proposal that will never be proposed here (leadership was lost).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DroppedProposal {
+    pub client_id: u64,
+    pub seq: u64,
+    pub leader: Option<ReplicaId>,
+}
+
+/// Everything the caller must do after feeding inputs; see the module docs for the order.
+#[must_use]
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Persist in order; report each with `persisted` once durable.
+    pub writes: Vec<(WriteId, Write)>,
+    /// Send now (Promise/Accepted appear here only once their write is durable).
+    pub messages: Vec<Envelope>,
+    /// Newly committed slots, contiguous and in order: apply them.
+    pub committed: Vec<(Slot, Value)>,
+    /// Reads whose outcome is known.
+    pub reads: Vec<ReadResult>,
+    /// Queued proposals dropped on losing leadership.
+    pub dropped: Vec<DroppedProposal>,
+}
+
+impl Ready {
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+            && self.messages.is_empty()
+            && self.committed.is_empty()
+            && self.reads.is_empty()
+            && self.dropped.is_empty()
+    }
+}
+
+/// A snapshot of the replica for metrics, status and the simulator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub id: ReplicaId,
+    pub role: Role,
+    pub promised: Ballot,
+    pub leader: Option<ReplicaId>,
+    pub commit: Slot,
+    pub applied: Slot,
+    pub leader_commit: Slot,
+    pub proposals_queued: usize,
+    pub slots_in_flight: usize,
+}
+
+struct Candidate {
+    ballot: Ballot,
+    first_slot: Slot,
+    promises: VoteSet,
+    merged: BTreeMap<Slot, PromiseEntry>,
+}
+
+struct InFlight {
+    value: Value,
+    votes: VoteSet,
+    sent_at: Nanos,
+}
+
+struct PendingRead {
+    id: u64,
+    /// The read-index round that must be confirmed; sent after the read arrived.
+    round: u64,
+    /// The slot the state machine must have applied before the read is served.
+    index: Slot,
+}
+
+struct Leader {
+    ballot: Ballot,
+    elected_at: Nanos,
+    next_slot: Slot,
+    /// Highest slot re-proposed by phase 1: anything chosen before this leadership is at or
+    /// below it, so a read must wait for it to commit.
+    recovery_end: Slot,
+    in_flight: BTreeMap<Slot, InFlight>,
+    heartbeat_due: Nanos,
+    last_ack: Vec<Option<Nanos>>,
+    /// The last read round sent, and the highest one each replica acknowledged.
+    read_round: u64,
+    read_round_wanted: bool,
+    acked_round: Vec<u64>,
+    reads: VecDeque<PendingRead>,
+}
+
+enum Proposer {
+    Idle,
+    Candidate(Candidate),
+    Leader(Leader),
+}
+
+pub struct Replica {
+    cfg: Config,
+    quorum: QuorumSpec,
+    rng: ChaCha8Rng,
+
+    // Acceptor (durable: promised ballot and the log's accepted/chosen values).
+    promised: Ballot,
+    log: Log,
+
+    // Learner.
+    applied: Slot,
+    leader_commit: Slot,
+    catchup_peer: Option<ReplicaId>,
+    catchup_sent_at: Option<Nanos>,
+
+    // Follower view of the leader.
+    leader: Option<ReplicaId>,
+    last_heard_leader: Option<Nanos>,
+    election_deadline: Nanos,
+    round_seen_max: u64,
+
+    proposer: Proposer,
+    queue: VecDeque<(Nanos, Command)>,
+    queue_bytes: usize,
+
+    // Outputs.
+    write_id_next: WriteId,
+    write_id_durable: WriteId,
+    held: VecDeque<(WriteId, Envelope)>,
+    out: Ready,
+}
+
+impl Replica {
+    /// Starts (or restarts) a replica from its durable state at time `now`.
+    pub fn new(cfg: Config, durable: &DurableState, now: Nanos) -> Self {
+        cfg.validate();
+        let rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ (u64::from(cfg.id) << 48) ^ 0x9e37_79b9);
+        let mut replica = Replica {
+            quorum: QuorumSpec::new(cfg.replicas),
+            rng,
+            promised: durable.promised,
+            log: Log::from_durable(durable),
+            applied: 0,
+            leader_commit: 0,
+            catchup_peer: None,
+            catchup_sent_at: None,
+            leader: None,
+            last_heard_leader: None,
+            election_deadline: 0,
+            round_seen_max: durable.promised.round,
+            proposer: Proposer::Idle,
+            queue: VecDeque::new(),
+            queue_bytes: 0,
+            write_id_next: 1,
+            write_id_durable: 0,
+            held: VecDeque::new(),
+            out: Ready::default(),
+            cfg,
+        };
+        replica.reset_election_deadline(now);
+        replica
+    }
+
+    pub fn id(&self) -> ReplicaId {
+        self.cfg.id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn role(&self) -> Role {
+        match self.proposer {
+            Proposer::Idle => Role::Follower,
+            Proposer::Candidate(_) => Role::Candidate,
+            Proposer::Leader(_) => Role::Leader,
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let slots_in_flight = match &self.proposer {
+            Proposer::Leader(l) => l.in_flight.len(),
+            _ => 0,
+        };
+        Status {
+            id: self.cfg.id,
+            role: self.role(),
+            promised: self.promised,
+            leader: self.leader,
+            commit: self.log.commit(),
+            applied: self.applied,
+            leader_commit: self.leader_commit,
+            proposals_queued: self.queue.len(),
+            slots_in_flight,
+        }
+    }
+
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Queues a command for the next batch. Only the leader (or a candidate about to lead)
+    /// takes proposals; others answer with where to go.
+    pub fn propose(&mut self, now: Nanos, command: Command) -> Result<(), NotLeader> {
+        if !matches!(self.proposer, Proposer::Leader(_)) {
+            return Err(NotLeader::Redirect {
+                leader: self.leader_hint(),
+            });
+        }
+        if self.queue.len() >= self.cfg.proposal_queue_max {
+            return Err(NotLeader::QueueFull);
+        }
+        self.queue_bytes += command.size_bytes();
+        self.queue.push_back((now, command));
+        Ok(())
+    }
+
+    /// Starts a linearizable read with caller-chosen `id`. Its outcome appears in a later
+    /// `Ready::reads`; the read must then be served after applying that Ready's `committed`.
+    pub fn read_index(&mut self, _now: Nanos, id: u64) -> Result<(), NotLeader> {
+        let hint = self.leader_hint();
+        let commit = self.log.commit();
+        let Proposer::Leader(leader) = &mut self.proposer else {
+            return Err(NotLeader::Redirect { leader: hint });
+        };
+        if self.cfg.inject_bug == Some(InjectedBug::StaleLeaderRead) {
+            self.out.reads.push(ReadResult {
+                id,
+                outcome: ReadOutcome::Ready,
+            });
+            return Ok(());
+        }
+        leader.read_round_wanted = true;
+        leader.reads.push_back(PendingRead {
+            id,
+            round: leader.read_round + 1,
+            index: commit.max(leader.recovery_end),
+        });
+        Ok(())
+    }
+
+    /// The next instant at which `tick` must be called (absent other inputs).
+    pub fn poll_timeout(&self) -> Nanos {
+        let mut due = Nanos::MAX;
+        match &self.proposer {
+            Proposer::Leader(leader) => {
+                due = due.min(leader.heartbeat_due);
+                if self.cfg.batch_delay_us > 0 && leader.in_flight.len() < self.cfg.pipeline_depth {
+                    if let Some((since, _)) = self.queue.front() {
+                        due = due.min(since + self.cfg.batch_delay_us * NS_PER_US);
+                    }
+                }
+            }
+            Proposer::Candidate(_) | Proposer::Idle => due = due.min(self.election_deadline),
+        }
+        if let Some(sent) = self.catchup_sent_at {
+            due = due.min(sent + self.catchup_retry_ns());
+        }
+        due
+    }
+
+    /// Advances timers: elections, heartbeats, retransmission, lost-quorum step-down.
+    pub fn tick(&mut self, now: Nanos) {
+        if matches!(self.proposer, Proposer::Leader(_)) {
+            self.tick_leader(now);
+        } else if now >= self.election_deadline {
+            self.start_election(now);
+        }
+        self.maybe_catch_up(now);
+    }
+
+    /// A write up to `write_id` is durable (writes complete in order).
+    pub fn persisted(&mut self, _now: Nanos, write_id: WriteId) {
+        assert!(write_id < self.write_id_next, "persisted a write never asked for");
+        self.write_id_durable = self.write_id_durable.max(write_id);
+        while let Some((id, _)) = self.held.front() {
+            if *id > self.write_id_durable {
+                break;
+            }
+            let (_, envelope) = self.held.pop_front().expect("front exists");
+            self.out.messages.push(envelope);
+        }
+    }
+
+    /// Handles one message from a peer (or from itself).
+    pub fn step(&mut self, now: Nanos, envelope: Envelope) {
+        let Envelope { from, to, msg } = envelope;
+        assert_eq!(to, self.cfg.id, "message delivered to the wrong replica");
+        if from >= self.cfg.replicas {
+            return; // Not one of ours; the transport should have refused it already.
+        }
+        match msg {
+            Message::Prepare { ballot, first_slot } => self.on_prepare(now, from, ballot, first_slot),
+            Message::Promise {
+                ballot,
+                first_slot: _,
+                entries,
+            } => self.on_promise(now, from, ballot, entries),
+            Message::Accept {
+                ballot,
+                slot,
+                value,
+                commit,
+            } => self.on_accept(now, from, ballot, slot, value, commit),
+            Message::Accepted { ballot, slot } => self.on_accepted(now, from, ballot, slot),
+            Message::Reject { ballot, promised } => self.on_reject(now, ballot, promised),
+            Message::Heartbeat {
+                ballot,
+                commit,
+                read_round,
+            } => self.on_heartbeat(now, from, ballot, commit, read_round),
+            Message::HeartbeatAck { ballot, read_round } => {
+                self.on_heartbeat_ack(now, from, ballot, read_round)
+            }
+            Message::CatchupRequest {
+                first_slot,
+                last_slot,
+            } => self.on_catchup_request(from, first_slot, last_slot),
+            Message::CatchupReply { entries } => self.on_catchup_reply(now, entries),
+        }
+    }
+
+    /// Drains everything the caller must do now. Cuts batches from queued proposals first.
+    pub fn ready(&mut self, now: Nanos) -> Ready {
+        self.pump_leader(now);
+        let commit = self.log.commit();
+        while self.applied < commit {
+            self.applied += 1;
+            let value = self.log.chosen(self.applied).expect("commit covers chosen slots");
+            self.out.committed.push((self.applied, value.clone()));
+        }
+        self.release_confirmed_reads();
+        std::mem::take(&mut self.out)
+    }
+
+    // ---------------------------------------------------------------- acceptor
+
+    fn on_prepare(&mut self, now: Nanos, from: ReplicaId, ballot: Ballot, first_slot: Slot) {
+        self.round_seen_max = self.round_seen_max.max(ballot.round);
+        if ballot < self.promised {
+            self.send(from, Message::Reject {
+                ballot,
+                promised: self.promised,
+            });
+            return;
+        }
+        if ballot > self.promised {
+            if self.sticks_to_leader(now, from) {
+                return;
+            }
+            self.promised = ballot;
+            self.step_down_below(now, ballot);
+            self.leader = None;
+            self.reset_election_deadline(now);
+        }
+        let entries = self
+            .log
+            .range_from(first_slot)
+            .filter_map(|(slot, entry)| match (&entry.chosen, &entry.accepted) {
+                (Some(value), _) => Some(PromiseEntry {
+                    slot: *slot,
+                    ballot: Ballot::ZERO,
+                    value: value.clone(),
+                    chosen: true,
+                }),
+                (None, Some((accepted, value))) => Some(PromiseEntry {
+                    slot: *slot,
+                    ballot: *accepted,
+                    value: value.clone(),
+                    chosen: false,
+                }),
+                (None, None) => None,
+            })
+            .collect();
+        // A repeated prepare at the promised ballot writes again: the reply must not overtake
+        // the first write's durability, and the cost only falls on duplicates.
+        let write_id = self.persist(Write::Promise { ballot });
+        self.send_after(write_id, from, Message::Promise {
+            ballot,
+            first_slot,
+            entries,
+        });
+    }
+
+    /// Leader stickiness: refuse a new ballot while a live leader other than `from` leads.
+    fn sticks_to_leader(&self, now: Nanos, from: ReplicaId) -> bool {
+        let min_ns = self.cfg.election_timeout_min_ms * NS_PER_MS;
+        if let Proposer::Leader(leader) = &self.proposer {
+            return self.leader_has_quorum(leader, now, min_ns);
+        }
+        match (self.leader, self.last_heard_leader) {
+            (Some(current), Some(heard)) => current != from && now < heard + min_ns,
+            _ => false,
+        }
+    }
+
+    fn on_accept(
+        &mut self,
+        now: Nanos,
+        from: ReplicaId,
+        ballot: Ballot,
+        slot: Slot,
+        value: Value,
+        commit: Slot,
+    ) {
+        if ballot < self.promised {
+            self.send(from, Message::Reject {
+                ballot,
+                promised: self.promised,
+            });
+            return;
+        }
+        self.promised = ballot;
+        self.step_down_below(now, ballot);
+        self.heard_from_leader(now, from, ballot);
+        self.log.entry_mut(slot).accepted = Some((ballot, value.clone()));
+        let write_id = self.persist(Write::Accept {
+            ballot,
+            slot,
+            value,
+        });
+        self.send_after(write_id, from, Message::Accepted { ballot, slot });
+        self.learn_commit(now, from, ballot, commit);
+    }
+
+    fn on_heartbeat(&mut self, now: Nanos, from: ReplicaId, ballot: Ballot, commit: Slot, read_round: u64) {
+        if ballot < self.promised {
+            self.send(from, Message::Reject {
+                ballot,
+                promised: self.promised,
+            });
+            return;
+        }
+        self.step_down_below(now, ballot);
+        self.heard_from_leader(now, from, ballot);
+        // Not durable and need not be: it says only "I promised nothing above `ballot`".
+        self.send(from, Message::HeartbeatAck { ballot, read_round });
+        self.learn_commit(now, from, ballot, commit);
+    }
+
+    fn heard_from_leader(&mut self, now: Nanos, from: ReplicaId, ballot: Ballot) {
+        self.round_seen_max = self.round_seen_max.max(ballot.round);
+        self.leader = Some(from);
+        self.last_heard_leader = Some(now);
+        self.reset_election_deadline(now);
+    }
+
+    // ---------------------------------------------------------------- learner
+
+    /// The leader of `ballot` says slots up to `commit` are chosen. A local value accepted at
+    /// exactly `ballot` is that leader's proposal, and a leader proposes one value per slot
+    /// per ballot and counts a slot chosen only from votes at its own ballot (or because it
+    /// knew the value chosen before proposing it), so such a value is the chosen one.
+    fn learn_commit(&mut self, now: Nanos, from: ReplicaId, ballot: Ballot, commit: Slot) {
+        if commit > self.leader_commit {
+            self.leader_commit = commit;
+        }
+        if from != self.cfg.id {
+            self.catchup_peer = Some(from);
+        }
+        if commit <= self.log.commit() {
+            return;
+        }
+        let learned: Vec<(Slot, Value)> = self
+            .log
+            .range_from(self.log.commit() + 1)
+            .take_while(|(slot, _)| **slot <= commit)
+            .filter_map(|(slot, entry)| match (&entry.chosen, &entry.accepted) {
+                (None, Some((accepted, value))) if *accepted == ballot => Some((*slot, value.clone())),
+                _ => None,
+            })
+            .collect();
+        for (slot, value) in learned {
+            // A conflict here means safety is already broken elsewhere; keep the first value
+            // and let the simulator's cross-replica checks report it.
+            let _ = self.log.set_chosen(slot, value);
+        }
+        self.maybe_catch_up(now);
+    }
+
+    fn maybe_catch_up(&mut self, now: Nanos) {
+        if matches!(self.proposer, Proposer::Leader(_)) || self.log.commit() >= self.leader_commit {
+            self.catchup_sent_at = None;
+            return;
+        }
+        let Some(peer) = self.catchup_peer else { return };
+        if let Some(sent) = self.catchup_sent_at {
+            if now < sent + self.catchup_retry_ns() {
+                return;
+            }
+        }
+        let first_slot = self.log.commit() + 1;
+        let last_slot = self
+            .leader_commit
+            .min(first_slot + self.cfg.catchup_batch_max as u64 - 1);
+        self.catchup_sent_at = Some(now);
+        self.send(peer, Message::CatchupRequest {
+            first_slot,
+            last_slot,
+        });
+    }
+
+    fn catchup_retry_ns(&self) -> Nanos {
+        2 * self.cfg.heartbeat_ms * NS_PER_MS
+    }
+
+    fn on_catchup_request(&mut self, from: ReplicaId, first_slot: Slot, last_slot: Slot) {
+        let entries = self
+            .log
+            .chosen_in(first_slot, last_slot, self.cfg.catchup_batch_max);
+        if !entries.is_empty() {
+            self.send(from, Message::CatchupReply { entries });
+        }
+    }
+
+    fn on_catchup_reply(&mut self, now: Nanos, entries: Vec<(Slot, Value)>) {
+        let mut new = Vec::new();
+        for (slot, value) in entries {
+            if slot == 0 {
+                continue;
+            }
+            if let Ok(true) = self.log.set_chosen(slot, value.clone()) {
+                new.push((slot, value));
+            }
+        }
+        if !new.is_empty() {
+            // Chosen values are durable so a restart need not fetch them again.
+            let _ = self.persist(Write::Chosen { entries: new });
+        }
+        self.catchup_sent_at = None;
+        self.maybe_catch_up(now);
+    }
+
+    // ---------------------------------------------------------------- proposer
+
+    fn start_election(&mut self, now: Nanos) {
+        self.fail_leader_work();
+        let round = self.round_seen_max.max(self.promised.round) + 1;
+        self.round_seen_max = round;
+        let ballot = Ballot::new(round, self.cfg.id);
+        let first_slot = self.log.commit() + 1;
+        self.proposer = Proposer::Candidate(Candidate {
+            ballot,
+            first_slot,
+            promises: VoteSet::EMPTY,
+            merged: BTreeMap::new(),
+        });
+        self.leader = None;
+        self.last_heard_leader = None;
+        self.reset_election_deadline(now);
+        self.broadcast(Message::Prepare { ballot, first_slot });
+    }
+
+    fn on_promise(&mut self, now: Nanos, from: ReplicaId, ballot: Ballot, entries: Vec<PromiseEntry>) {
+        let Proposer::Candidate(candidate) = &mut self.proposer else { return };
+        if candidate.ballot != ballot || candidate.promises.contains(from) {
+            return;
+        }
+        candidate.promises.insert(from);
+        for entry in entries {
+            if entry.slot < candidate.first_slot {
+                continue;
+            }
+            let keep_old = match candidate.merged.get(&entry.slot) {
+                Some(old) => old.chosen || (!entry.chosen && old.ballot >= entry.ballot),
+                None => false,
+            };
+            if !keep_old {
+                candidate.merged.insert(entry.slot, entry);
+            }
+        }
+        if self.quorum.is_phase1_quorum(candidate.promises) {
+            self.become_leader(now);
+        }
+    }
+
+    fn become_leader(&mut self, now: Nanos) {
+        let Proposer::Candidate(candidate) = std::mem::replace(&mut self.proposer, Proposer::Idle)
+        else {
+            unreachable!("only a candidate becomes leader")
+        };
+        let n = self.cfg.replicas as usize;
+        let first_slot = candidate.first_slot;
+        let last_reported = candidate.merged.keys().next_back().copied().unwrap_or(0);
+        let skip_adoption = self.cfg.inject_bug == Some(InjectedBug::SkipValueAdoption);
+        let recovery_end = if skip_adoption {
+            first_slot - 1
+        } else {
+            last_reported.max(first_slot - 1)
+        };
+        let mut leader = Leader {
+            ballot: candidate.ballot,
+            elected_at: now,
+            next_slot: recovery_end + 1,
+            recovery_end,
+            in_flight: BTreeMap::new(),
+            heartbeat_due: now,
+            last_ack: vec![None; n],
+            read_round: 0,
+            read_round_wanted: false,
+            acked_round: vec![0; n],
+            reads: VecDeque::new(),
+        };
+        leader.last_ack[self.cfg.id as usize] = Some(now);
+        let mut proposals = Vec::new();
+        for slot in first_slot..=recovery_end {
+            let value = match (self.log.chosen(slot), candidate.merged.get(&slot)) {
+                (Some(value), _) => value.clone(),
+                (None, Some(entry)) => {
+                    if entry.chosen {
+                        let _ = self.log.set_chosen(slot, entry.value.clone());
+                    }
+                    entry.value.clone()
+                }
+                (None, None) => Value::Noop,
+            };
+            proposals.push((slot, value));
+        }
+        self.proposer = Proposer::Leader(leader);
+        self.leader = Some(self.cfg.id);
+        for (slot, value) in proposals {
+            self.propose_slot(now, slot, value);
+        }
+        self.send_heartbeats(now);
+    }
+
+    fn propose_slot(&mut self, now: Nanos, slot: Slot, value: Value) {
+        let commit = self.log.commit();
+        let Proposer::Leader(leader) = &mut self.proposer else {
+            unreachable!("only a leader proposes")
+        };
+        let ballot = leader.ballot;
+        let previous = leader.in_flight.insert(slot, InFlight {
+            value: value.clone(),
+            votes: VoteSet::EMPTY,
+            sent_at: now,
+        });
+        assert!(previous.is_none(), "slot {slot} proposed twice in ballot {ballot}");
+        self.broadcast(Message::Accept {
+            ballot,
+            slot,
+            value,
+            commit,
+        });
+    }
+
+    fn on_accepted(&mut self, now: Nanos, from: ReplicaId, ballot: Ballot, slot: Slot) {
+        let Proposer::Leader(leader) = &mut self.proposer else { return };
+        if leader.ballot != ballot {
+            return;
+        }
+        leader.last_ack[from as usize] = Some(now);
+        let Some(in_flight) = leader.in_flight.get_mut(&slot) else { return };
+        in_flight.votes.insert(from);
+        if !self.quorum.is_chosen(in_flight.votes, VoteSet::EMPTY) {
+            return;
+        }
+        let chosen = leader.in_flight.remove(&slot).expect("present").value;
+        let _ = self.log.set_chosen(slot, chosen);
+    }
+
+    fn on_reject(&mut self, now: Nanos, ballot: Ballot, promised: Ballot) {
+        self.round_seen_max = self.round_seen_max.max(promised.round);
+        if promised <= ballot {
+            return;
+        }
+        // A leader whose ballot an acceptor outgrew (a restarted or once-partitioned replica
+        // that promised a failed candidate) re-runs phase 1 above it at once: its followers
+        // grant it (it is their live leader), and the stray acceptor rejoins.
+        if let Proposer::Leader(leader) = &self.proposer {
+            if leader.ballot == ballot {
+                self.start_election(now);
+            }
+        }
+    }
+
+    fn on_heartbeat_ack(&mut self, now: Nanos, from: ReplicaId, ballot: Ballot, read_round: u64) {
+        let Proposer::Leader(leader) = &mut self.proposer else { return };
+        if leader.ballot != ballot {
+            return;
+        }
+        leader.last_ack[from as usize] = Some(now);
+        let acked = &mut leader.acked_round[from as usize];
+        *acked = (*acked).max(read_round);
+    }
+
+    fn tick_leader(&mut self, now: Nanos) {
+        let min_ns = self.cfg.election_timeout_min_ms * NS_PER_MS;
+        let Proposer::Leader(leader) = &self.proposer else { return };
+        let lost_quorum = now >= leader.elected_at + min_ns && !self.leader_has_quorum(leader, now, min_ns);
+        if lost_quorum && self.cfg.inject_bug != Some(InjectedBug::StaleLeaderRead) {
+            self.step_down(now);
+            return;
+        }
+        if now >= leader.heartbeat_due {
+            self.send_heartbeats(now);
+            self.retransmit(now);
+        }
+    }
+
+    fn leader_has_quorum(&self, leader: &Leader, now: Nanos, window_ns: Nanos) -> bool {
+        let mut live = VoteSet::EMPTY;
+        for (id, ack) in leader.last_ack.iter().enumerate() {
+            if ack.is_some_and(|at| now < at + window_ns) || id == self.cfg.id as usize {
+                live.insert(id as ReplicaId);
+            }
+        }
+        self.quorum.is_phase1_quorum(live)
+    }
+
+    /// Accepts lost on the way (or to a replica that restarted) are sent again to the
+    /// replicas that have not voted.
+    fn retransmit(&mut self, now: Nanos) {
+        let retry_ns = 2 * self.cfg.heartbeat_ms * NS_PER_MS;
+        let commit = self.log.commit();
+        let Proposer::Leader(leader) = &mut self.proposer else { return };
+        let mut resend = Vec::new();
+        for (slot, in_flight) in leader.in_flight.iter_mut() {
+            if now < in_flight.sent_at + retry_ns {
+                continue;
+            }
+            in_flight.sent_at = now;
+            for to in 0..self.cfg.replicas {
+                if !in_flight.votes.contains(to) {
+                    resend.push(Envelope {
+                        from: self.cfg.id,
+                        to,
+                        msg: Message::Accept {
+                            ballot: leader.ballot,
+                            slot: *slot,
+                            value: in_flight.value.clone(),
+                            commit,
+                        },
+                    });
+                }
+            }
+        }
+        self.out.messages.extend(resend);
+    }
+
+    fn send_heartbeats(&mut self, now: Nanos) {
+        let commit = self.log.commit();
+        let heartbeat_ns = self.cfg.heartbeat_ms * NS_PER_MS;
+        let Proposer::Leader(leader) = &mut self.proposer else { return };
+        if leader.read_round_wanted {
+            leader.read_round += 1;
+            leader.read_round_wanted = false;
+        }
+        leader.heartbeat_due = now + heartbeat_ns;
+        leader.acked_round[self.cfg.id as usize] = leader.read_round;
+        let msg = Message::Heartbeat {
+            ballot: leader.ballot,
+            commit,
+            read_round: leader.read_round,
+        };
+        for to in 0..self.cfg.replicas {
+            if to != self.cfg.id {
+                self.out.messages.push(Envelope {
+                    from: self.cfg.id,
+                    to,
+                    msg: msg.clone(),
+                });
+            }
+        }
+    }
+
+    /// Cuts batches from the queue while the pipeline has room, and starts a read round if a
+    /// read is waiting for one.
+    fn pump_leader(&mut self, now: Nanos) {
+        let Proposer::Leader(leader) = &self.proposer else { return };
+        if leader.read_round_wanted {
+            self.send_heartbeats(now);
+        }
+        loop {
+            let Proposer::Leader(leader) = &self.proposer else { return };
+            if self.queue.is_empty() || leader.in_flight.len() >= self.cfg.pipeline_depth {
+                return;
+            }
+            if self.cfg.batch_delay_us > 0 {
+                let oldest = self.queue.front().expect("not empty").0;
+                let full = self.queue.len() >= self.cfg.batch_max_ops
+                    || self.queue_bytes >= self.cfg.batch_max_bytes;
+                if !full && now < oldest + self.cfg.batch_delay_us * NS_PER_US {
+                    return;
+                }
+            }
+            let slot = leader.next_slot;
+            let batch = self.cut_batch();
+            let Proposer::Leader(leader) = &mut self.proposer else { return };
+            leader.next_slot += 1;
+            self.propose_slot(now, slot, Value::Batch(batch.into()));
+        }
+    }
+
+    fn cut_batch(&mut self) -> Vec<Command> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some((_, command)) = self.queue.front() {
+            let size = command.size_bytes();
+            let over = batch.len() >= self.cfg.batch_max_ops
+                || (!batch.is_empty() && bytes + size > self.cfg.batch_max_bytes);
+            if over {
+                break;
+            }
+            bytes += size;
+            self.queue_bytes -= size;
+            batch.push(self.queue.pop_front().expect("front exists").1);
+        }
+        assert!(!batch.is_empty());
+        batch
+    }
+
+    fn release_confirmed_reads(&mut self) {
+        let Proposer::Leader(leader) = &mut self.proposer else { return };
+        let mut rounds = leader.acked_round.clone();
+        rounds.sort_unstable_by(|a, b| b.cmp(a));
+        // The round a classic quorum (the leader included) has acknowledged.
+        let confirmed = rounds[self.quorum.classic() as usize - 1];
+        while let Some(read) = leader.reads.front() {
+            if read.round > confirmed || read.index > self.applied {
+                break;
+            }
+            let read = leader.reads.pop_front().expect("front exists");
+            self.out.reads.push(ReadResult {
+                id: read.id,
+                outcome: ReadOutcome::Ready,
+            });
+        }
+    }
+
+    // ---------------------------------------------------------------- role changes
+
+    /// Leaves candidacy or leadership if `ballot` outranks ours.
+    fn step_down_below(&mut self, now: Nanos, ballot: Ballot) {
+        let ours = match &self.proposer {
+            Proposer::Idle => return,
+            Proposer::Candidate(c) => c.ballot,
+            Proposer::Leader(l) => l.ballot,
+        };
+        if ballot > ours {
+            self.step_down(now);
+        }
+    }
+
+    fn step_down(&mut self, now: Nanos) {
+        self.fail_leader_work();
+        self.proposer = Proposer::Idle;
+        if self.leader == Some(self.cfg.id) {
+            self.leader = None;
+        }
+        self.reset_election_deadline(now);
+    }
+
+    /// Answers everything waiting on this replica's leadership: queued proposals and reads.
+    fn fail_leader_work(&mut self) {
+        let hint = self.leader_hint().filter(|l| *l != self.cfg.id);
+        for (_, command) in self.queue.drain(..) {
+            self.out.dropped.push(DroppedProposal {
+                client_id: command.client_id,
+                seq: command.seq,
+                leader: hint,
+            });
+        }
+        self.queue_bytes = 0;
+        if let Proposer::Leader(leader) = &mut self.proposer {
+            for read in leader.reads.drain(..) {
+                self.out.reads.push(ReadResult {
+                    id: read.id,
+                    outcome: ReadOutcome::NotLeader { leader: hint },
+                });
+            }
+        }
+    }
+
+    fn leader_hint(&self) -> Option<ReplicaId> {
+        self.leader
+    }
+
+    fn reset_election_deadline(&mut self, now: Nanos) {
+        let timeout_ms = self
+            .rng
+            .gen_range(self.cfg.election_timeout_min_ms..=self.cfg.election_timeout_max_ms);
+        self.election_deadline = now + timeout_ms * NS_PER_MS;
+    }
+
+    // ---------------------------------------------------------------- output
+
+    fn persist(&mut self, write: Write) -> WriteId {
+        let id = self.write_id_next;
+        self.write_id_next += 1;
+        self.out.writes.push((id, write));
+        id
+    }
+
+    fn send(&mut self, to: ReplicaId, msg: Message) {
+        self.out.messages.push(Envelope {
+            from: self.cfg.id,
+            to,
+            msg,
+        });
+    }
+
+    fn send_after(&mut self, write_id: WriteId, to: ReplicaId, msg: Message) {
+        let envelope = Envelope {
+            from: self.cfg.id,
+            to,
+            msg,
+        };
+        if self.cfg.inject_bug == Some(InjectedBug::AckBeforePersist) {
+            self.out.messages.push(envelope);
+        } else {
+            self.held.push_back((write_id, envelope));
+        }
+    }
+
+    fn broadcast(&mut self, msg: Message) {
+        for to in 0..self.cfg.replicas {
+            self.out.messages.push(Envelope {
+                from: self.cfg.id,
+                to,
+                msg: msg.clone(),
+            });
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Plain data shared by the protocol: ballots, slots, commands, values and durable writes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// Monotonic time in nanoseconds, always passed in by the caller.
+pub type Nanos = u64;
+/// A log position. Slots start at 1; 0 means "none".
+pub type Slot = u64;
+/// Replica ids are dense: 0..n.
+pub type ReplicaId = u32;
+/// Numbers the writes a replica asks its caller to persist; completions arrive in order.
+pub type WriteId = u64;
+
+/// A ballot: (round, replica), ordered lexicographically so ballots of different replicas never tie.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ballot {
+    pub round: u64,
+    pub replica: ReplicaId,
+}
+
+impl Ballot {
+    pub const ZERO: Ballot = Ballot {
+        round: 0,
+        replica: 0,
+    };
+
+    pub fn new(round: u64, replica: ReplicaId) -> Self {
+        Ballot { round, replica }
+    }
+}
+
+impl std::fmt::Display for Ballot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.round, self.replica)
+    }
+}
+
+/// One client command. The payload is opaque to the protocol (the kv layer encodes it);
+/// (client_id, seq) identify it for exactly-once application.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Command {
+    pub client_id: u64,
+    pub seq: u64,
+    pub payload: Bytes,
+}
+
+impl Command {
+    /// Bytes counted against `batch_max_bytes`: payload plus the fixed header.
+    pub fn size_bytes(&self) -> usize {
+        self.payload.len() + 16
+    }
+}
+
+/// What a slot holds: a batch of commands, or a no-op that fills a gap left by a dead leader.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Value {
+    Noop,
+    Batch(Arc<[Command]>),
+}
+
+impl Value {
+    pub fn commands(&self) -> &[Command] {
+        match self {
+            Value::Noop => &[],
+            Value::Batch(commands) => commands,
+        }
+    }
+}
+
+/// A state change the caller must make durable before the replica may report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// The acceptor promised not to accept ballots below `ballot`.
+    Promise { ballot: Ballot },
+    /// The acceptor accepted `value` for `slot` at `ballot` (this implies a promise of `ballot`).
+    Accept {
+        ballot: Ballot,
+        slot: Slot,
+        value: Value,
+    },
+    /// Values learned as chosen (through catch-up); a chosen value never changes.
+    Chosen { entries: Vec<(Slot, Value)> },
+}
+
+/// Everything a replica keeps across a crash. Rebuilt by replaying persisted writes in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DurableState {
+    pub promised: Ballot,
+    pub accepted: BTreeMap<Slot, (Ballot, Value)>,
+    pub chosen: BTreeMap<Slot, Value>,
+}
+
+impl DurableState {
+    /// Replays one durable write. Replaying the writes in the order they were made yields the
+    /// state the replica had when the last of them became durable.
+    pub fn apply(&mut self, write: &Write) {
+        match write {
+            Write::Promise { ballot } => self.promised = self.promised.max(*ballot),
+            Write::Accept {
+                ballot,
+                slot,
+                value,
+            } => {
+                self.promised = self.promised.max(*ballot);
+                let newer = match self.accepted.get(slot) {
+                    Some((old, _)) => ballot >= old,
+                    None => true,
+                };
+                if newer {
+                    self.accepted.insert(*slot, (*ballot, value.clone()));
+                }
+            }
+            Write::Chosen { entries } => {
+                for (slot, value) in entries {
+                    self.chosen.insert(*slot, value.clone());
+                }
+            }
+        }
+    }
+}

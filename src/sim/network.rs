@@ -1,0 +1,94 @@
+//! The simulated network's fault model: per-seed drop/duplicate rates, delay range, and the
+//! current partition as a set of blocked directed links.
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::protocol::{Nanos, ReplicaId};
+
+const NS_PER_US: u64 = 1_000;
+
+#[derive(Clone, Debug)]
+pub struct NetworkFaults {
+    pub drop_ppm: u32,
+    pub duplicate_ppm: u32,
+    pub delay_min_ns: Nanos,
+    pub delay_max_ns: Nanos,
+}
+
+impl NetworkFaults {
+    /// Swarm testing: every seed draws its own fault mix, so some seeds are calm and some are
+    /// brutal, and rare interleavings get their turn.
+    pub fn random(rng: &mut ChaCha8Rng) -> Self {
+        let drop_ppm = [0, 1_000, 10_000, 50_000, 100_000][rng.gen_range(0..5)];
+        let duplicate_ppm = [0, 1_000, 20_000, 50_000][rng.gen_range(0..4)];
+        let delay_min_ns = rng.gen_range(50..=1_000) * NS_PER_US;
+        let delay_max_ns = delay_min_ns + rng.gen_range(100..=20_000) * NS_PER_US;
+        NetworkFaults {
+            drop_ppm,
+            duplicate_ppm,
+            delay_min_ns,
+            delay_max_ns,
+        }
+    }
+
+    pub fn calm(&self) -> Self {
+        NetworkFaults {
+            drop_ppm: 0,
+            duplicate_ppm: 0,
+            ..self.clone()
+        }
+    }
+}
+
+/// Which directed replica-to-replica links are cut. Clients are never partitioned, so a
+/// partitioned old leader still hears from clients (the situation stale reads come from).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Partition {
+    blocked: Vec<(ReplicaId, ReplicaId)>,
+}
+
+impl Partition {
+    pub fn none() -> Self {
+        Partition::default()
+    }
+
+    pub fn blocks(&self, from: ReplicaId, to: ReplicaId) -> bool {
+        from != to && self.blocked.contains(&(from, to))
+    }
+
+
+    /// A random partition: one replica isolated, a two-sided split, or random one-way cuts.
+    pub fn random(rng: &mut ChaCha8Rng, replicas: u32) -> Self {
+        let mut blocked = Vec::new();
+        match rng.gen_range(0..3) {
+            0 => {
+                let isolated = rng.gen_range(0..replicas);
+                for other in (0..replicas).filter(|r| *r != isolated) {
+                    blocked.push((isolated, other));
+                    blocked.push((other, isolated));
+                }
+            }
+            1 => {
+                let side: Vec<bool> = (0..replicas).map(|_| rng.gen_bool(0.5)).collect();
+                for a in 0..replicas {
+                    for b in 0..replicas {
+                        if side[a as usize] != side[b as usize] {
+                            blocked.push((a, b));
+                        }
+                    }
+                }
+            }
+            _ => {
+                for a in 0..replicas {
+                    for b in 0..replicas {
+                        if a != b && rng.gen_bool(0.3) {
+                            blocked.push((a, b));
+                        }
+                    }
+                }
+            }
+        }
+        Partition { blocked }
+    }
+}

@@ -1,0 +1,71 @@
+//! Runs many seeds (in parallel, each one deterministic) and reports violations with the one
+//! command that replays each.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use super::world::{run, SimConfig, SimOutcome};
+use crate::protocol::InjectedBug;
+
+#[derive(Clone, Debug)]
+pub struct SeedRange {
+    pub replicas: u32,
+    pub first_seed: u64,
+    pub seeds: u64,
+    pub inject_bug: Option<InjectedBug>,
+    /// Worker threads; seeds are independent, so this changes nothing but the wall time.
+    pub jobs: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RangeSummary {
+    pub seeds: u64,
+    /// Seeds with at least one violation, in seed order.
+    pub failed: Vec<SimOutcome>,
+    pub ops_completed: u64,
+    pub slots_committed: u64,
+    pub crashes: u64,
+}
+
+impl RangeSummary {
+    pub fn violations(&self) -> usize {
+        self.failed.len()
+    }
+}
+
+/// Runs every seed of the range; `on_failure` sees each failing seed as soon as it is found.
+pub fn run_range(range: &SeedRange, on_failure: &(dyn Fn(&SimOutcome) + Sync)) -> RangeSummary {
+    let next = AtomicU64::new(0);
+    let summary = Mutex::new(RangeSummary {
+        seeds: range.seeds,
+        ..Default::default()
+    });
+    std::thread::scope(|scope| {
+        for _ in 0..range.jobs.max(1) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= range.seeds {
+                    return;
+                }
+                let outcome = run(&SimConfig {
+                    replicas: range.replicas,
+                    seed: range.first_seed + i,
+                    inject_bug: range.inject_bug,
+                });
+                if !outcome.violations.is_empty() {
+                    on_failure(&outcome);
+                }
+                let mut s = summary.lock().expect("no worker panicked");
+                s.ops_completed += outcome.stats.ops_completed;
+                s.slots_committed += outcome.stats.slots_committed;
+                s.crashes += outcome.stats.crashes;
+                if !outcome.violations.is_empty() {
+                    s.failed.push(outcome);
+                }
+            });
+        }
+    });
+    let mut summary = summary.into_inner().expect("no worker panicked");
+    summary.failed.sort_by_key(|o| o.seed);
+    summary
+}
