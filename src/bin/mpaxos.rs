@@ -9,7 +9,11 @@ use mpaxos::protocol::InjectedBug;
 use mpaxos::sim::{self, SeedRange, SimOutcome};
 
 #[derive(Parser)]
-#[command(name = "mpaxos", version, about = "Thread-per-core Multi-Paxos config store, simulator and benchmark")]
+#[command(
+    name = "mpaxos",
+    version,
+    about = "Thread-per-core Multi-Paxos config store, simulator and benchmark"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -60,7 +64,10 @@ fn main() -> ExitCode {
 
 fn run_sim(args: SimArgs) -> ExitCode {
     if args.replicas == 0 || args.replicas > 9 {
-        eprintln!("error: --replicas must be between 1 and 9, got {}", args.replicas);
+        eprintln!(
+            "error: --replicas must be between 1 and 9, got {}",
+            args.replicas
+        );
         return ExitCode::from(2);
     }
     let jobs = args
@@ -77,14 +84,20 @@ fn run_sim(args: SimArgs) -> ExitCode {
     let verbose = args.verbose;
     let report = move |outcome: &SimOutcome| {
         for violation in &outcome.violations {
-            eprintln!("seed {} violation [{}]: {}", outcome.seed, violation.check, violation.detail);
+            eprintln!(
+                "seed {} violation [{}]: {}",
+                outcome.seed, violation.check, violation.detail
+            );
         }
         eprintln!(
             "  replay: {}",
             sim::replay_command(args.replicas, outcome.seed, args.inject_bug)
         );
         if verbose {
-            eprintln!("  stats: {:?} trace={:016x}", outcome.stats, outcome.trace_hash);
+            eprintln!(
+                "  stats: {:?} trace={:016x}",
+                outcome.stats, outcome.trace_hash
+            );
         }
     };
     let summary = if verbose {
@@ -120,7 +133,11 @@ fn run_sim(args: SimArgs) -> ExitCode {
         summary.crashes,
         started.elapsed().as_secs_f64()
     );
-    println!("seeds={} violations={}", summary.seeds, summary.violations());
+    println!(
+        "seeds={} violations={}",
+        summary.seeds,
+        summary.violations()
+    );
     if summary.violations() > 0 {
         ExitCode::FAILURE
     } else {

@@ -679,7 +679,11 @@ fn tmp_stats() {
         let (mut lo, mut hi) = (0u64, 100_000_000u64);
         while lo < hi {
             let mid = (lo + hi) / 2;
-            if matches!(check_with_budget(h, mid), Outcome::Unknown { .. }) { lo = mid + 1 } else { hi = mid }
+            if matches!(check_with_budget(h, mid), Outcome::Unknown { .. }) {
+                lo = mid + 1
+            } else {
+                hi = mid
+            }
         }
         lo
     };
@@ -690,7 +694,11 @@ fn tmp_stats() {
         let s1 = min_budget(&history);
         make_one_version_impossible(&mut rng, &mut history);
         let s2 = min_budget(&history);
-        eprintln!("seed {seed} n={} lin steps {s1} nonlin steps {s2} {:?}", history.len(), t.elapsed());
+        eprintln!(
+            "seed {seed} n={} lin steps {s1} nonlin steps {s2} {:?}",
+            history.len(),
+            t.elapsed()
+        );
     }
     let mut verdicts = [0usize; 2];
     for seed in 0..3_000 {

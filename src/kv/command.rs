@@ -17,19 +17,34 @@ const TAG_GET: u8 = 4;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    Put { key: Bytes, value: Bytes },
-    Delete { key: Bytes },
-    Cas { key: Bytes, expected_version: u64, value: Bytes },
+    Put {
+        key: Bytes,
+        value: Bytes,
+    },
+    Delete {
+        key: Bytes,
+    },
+    Cas {
+        key: Bytes,
+        expected_version: u64,
+        value: Bytes,
+    },
     /// A read through the log (the read-index path needs no command; this exists for clients
     /// that ask for a read ordered with writes).
-    Get { key: Bytes },
+    Get {
+        key: Bytes,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DecodeError {
     Truncated,
     UnknownTag(u8),
-    TooLarge { field: &'static str, bytes: usize, max: usize },
+    TooLarge {
+        field: &'static str,
+        bytes: usize,
+        max: usize,
+    },
     TrailingBytes(usize),
 }
 
@@ -94,7 +109,10 @@ impl Op {
     }
 
     pub fn decode(payload: &Bytes) -> Result<Op, DecodeError> {
-        let mut reader = Reader { buf: payload, at: 0 };
+        let mut reader = Reader {
+            buf: payload,
+            at: 0,
+        };
         let op = match reader.u8()? {
             TAG_PUT => Op::Put {
                 key: reader.bytes("key", KEY_BYTES_MAX)?,
@@ -160,7 +178,11 @@ impl Reader<'_> {
     fn bytes(&mut self, field: &'static str, max: usize) -> Result<Bytes, DecodeError> {
         let len = self.u32()? as usize;
         if len > max {
-            return Err(DecodeError::TooLarge { field, bytes: len, max });
+            return Err(DecodeError::TooLarge {
+                field,
+                bytes: len,
+                max,
+            });
         }
         let r = self.take(len)?;
         Ok(self.buf.slice(r))
@@ -176,9 +198,16 @@ mod tests {
         let key = Bytes::from_static(b"config/a");
         let value = Bytes::from_static(b"v1");
         let ops = [
-            Op::Put { key: key.clone(), value: value.clone() },
+            Op::Put {
+                key: key.clone(),
+                value: value.clone(),
+            },
             Op::Delete { key: key.clone() },
-            Op::Cas { key: key.clone(), expected_version: 42, value },
+            Op::Cas {
+                key: key.clone(),
+                expected_version: 42,
+                value,
+            },
             Op::Get { key },
         ];
         for op in ops {
@@ -189,12 +218,25 @@ mod tests {
     #[test]
     fn rejects_bad_input() {
         assert_eq!(Op::decode(&Bytes::new()), Err(DecodeError::Truncated));
-        assert_eq!(Op::decode(&Bytes::from_static(&[9])), Err(DecodeError::UnknownTag(9)));
-        let mut long = Op::Delete { key: Bytes::from_static(b"k") }.encode().to_vec();
+        assert_eq!(
+            Op::decode(&Bytes::from_static(&[9])),
+            Err(DecodeError::UnknownTag(9))
+        );
+        let mut long = Op::Delete {
+            key: Bytes::from_static(b"k"),
+        }
+        .encode()
+        .to_vec();
         long.push(0);
-        assert_eq!(Op::decode(&Bytes::from(long)), Err(DecodeError::TrailingBytes(1)));
+        assert_eq!(
+            Op::decode(&Bytes::from(long)),
+            Err(DecodeError::TrailingBytes(1))
+        );
         let huge = [&[TAG_DELETE][..], &u32::MAX.to_le_bytes()[..]].concat();
-        assert!(matches!(Op::decode(&Bytes::from(huge)), Err(DecodeError::TooLarge { .. })));
+        assert!(matches!(
+            Op::decode(&Bytes::from(huge)),
+            Err(DecodeError::TooLarge { .. })
+        ));
         // Every prefix of a valid command is an error, never a panic.
         let valid = Op::Cas {
             key: Bytes::from_static(b"key"),
@@ -203,7 +245,10 @@ mod tests {
         }
         .encode();
         for cut in 0..valid.len() {
-            assert!(Op::decode(&valid.slice(..cut)).is_err(), "prefix of {cut} bytes");
+            assert!(
+                Op::decode(&valid.slice(..cut)).is_err(),
+                "prefix of {cut} bytes"
+            );
         }
     }
 }

@@ -46,9 +46,13 @@ pub enum Reply {
         mod_revision: u64,
     },
     /// The command could not be decoded; nothing changed.
-    Invalid { reason: String },
+    Invalid {
+        reason: String,
+    },
     /// A retry of a command older than the client's last one; its reply is gone.
-    Stale { last_seq: u64 },
+    Stale {
+        last_seq: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -101,10 +105,13 @@ impl KvStore {
                 reason: err.to_string(),
             },
         };
-        self.clients.insert(client_id, ClientRecord {
-            seq,
-            reply: reply.clone(),
-        });
+        self.clients.insert(
+            client_id,
+            ClientRecord {
+                seq,
+                reply: reply.clone(),
+            },
+        );
         reply
     }
 
@@ -222,41 +229,125 @@ mod tests {
     #[test]
     fn versions_and_revisions() {
         let mut kv = KvStore::new();
-        assert_eq!(kv.apply(1, 1, &put("a", "x")), Reply::Put { revision: 1, version: 1 });
-        assert_eq!(kv.apply(1, 2, &put("a", "y")), Reply::Put { revision: 2, version: 2 });
-        assert_eq!(kv.apply(1, 3, &put("b", "z")), Reply::Put { revision: 3, version: 1 });
-        assert_eq!(kv.get(b"a"), Reply::Get {
-            value: Some(Bytes::from_static(b"y")),
-            version: 2,
-            mod_revision: 2
-        });
-        assert_eq!(kv.apply(1, 4, &del("a")), Reply::Delete { revision: 4, existed: true });
-        assert_eq!(kv.apply(1, 5, &del("a")), Reply::Delete { revision: 4, existed: false });
-        assert_eq!(kv.get(b"a"), Reply::Get { value: None, version: 0, mod_revision: 0 });
+        assert_eq!(
+            kv.apply(1, 1, &put("a", "x")),
+            Reply::Put {
+                revision: 1,
+                version: 1
+            }
+        );
+        assert_eq!(
+            kv.apply(1, 2, &put("a", "y")),
+            Reply::Put {
+                revision: 2,
+                version: 2
+            }
+        );
+        assert_eq!(
+            kv.apply(1, 3, &put("b", "z")),
+            Reply::Put {
+                revision: 3,
+                version: 1
+            }
+        );
+        assert_eq!(
+            kv.get(b"a"),
+            Reply::Get {
+                value: Some(Bytes::from_static(b"y")),
+                version: 2,
+                mod_revision: 2
+            }
+        );
+        assert_eq!(
+            kv.apply(1, 4, &del("a")),
+            Reply::Delete {
+                revision: 4,
+                existed: true
+            }
+        );
+        assert_eq!(
+            kv.apply(1, 5, &del("a")),
+            Reply::Delete {
+                revision: 4,
+                existed: false
+            }
+        );
+        assert_eq!(
+            kv.get(b"a"),
+            Reply::Get {
+                value: None,
+                version: 0,
+                mod_revision: 0
+            }
+        );
         // A re-created key starts again at version 1.
-        assert_eq!(kv.apply(1, 6, &put("a", "w")), Reply::Put { revision: 5, version: 1 });
+        assert_eq!(
+            kv.apply(1, 6, &put("a", "w")),
+            Reply::Put {
+                revision: 5,
+                version: 1
+            }
+        );
     }
 
     #[test]
     fn compare_and_swap_on_version() {
         let mut kv = KvStore::new();
-        assert_eq!(kv.apply(1, 1, &cas("k", 1, "x")), Reply::Cas { ok: false, revision: 0, version: 0 });
-        assert_eq!(kv.apply(1, 2, &cas("k", 0, "x")), Reply::Cas { ok: true, revision: 1, version: 1 });
-        assert_eq!(kv.apply(1, 3, &cas("k", 0, "y")), Reply::Cas { ok: false, revision: 1, version: 1 });
-        assert_eq!(kv.apply(1, 4, &cas("k", 1, "y")), Reply::Cas { ok: true, revision: 2, version: 2 });
+        assert_eq!(
+            kv.apply(1, 1, &cas("k", 1, "x")),
+            Reply::Cas {
+                ok: false,
+                revision: 0,
+                version: 0
+            }
+        );
+        assert_eq!(
+            kv.apply(1, 2, &cas("k", 0, "x")),
+            Reply::Cas {
+                ok: true,
+                revision: 1,
+                version: 1
+            }
+        );
+        assert_eq!(
+            kv.apply(1, 3, &cas("k", 0, "y")),
+            Reply::Cas {
+                ok: false,
+                revision: 1,
+                version: 1
+            }
+        );
+        assert_eq!(
+            kv.apply(1, 4, &cas("k", 1, "y")),
+            Reply::Cas {
+                ok: true,
+                revision: 2,
+                version: 2
+            }
+        );
     }
 
     #[test]
     fn exactly_once_per_client() {
         let mut kv = KvStore::new();
         let first = kv.apply(7, 1, &put("a", "x"));
-        assert_eq!(kv.apply(7, 1, &put("a", "x")), first, "a retry gets the recorded reply");
+        assert_eq!(
+            kv.apply(7, 1, &put("a", "x")),
+            first,
+            "a retry gets the recorded reply"
+        );
         assert_eq!(kv.revision(), 1, "and is not applied twice");
         kv.apply(7, 2, &put("a", "y"));
         assert_eq!(kv.apply(7, 1, &put("a", "x")), Reply::Stale { last_seq: 2 });
         assert_eq!(kv.revision(), 2);
         // Another client's sequence numbers are independent.
-        assert_eq!(kv.apply(8, 1, &put("a", "z")), Reply::Put { revision: 3, version: 3 });
+        assert_eq!(
+            kv.apply(8, 1, &put("a", "z")),
+            Reply::Put {
+                revision: 3,
+                version: 3
+            }
+        );
     }
 
     #[test]

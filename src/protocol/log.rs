@@ -2,12 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use super::types::{Ballot, DurableState, Slot, Value};
+use super::types::{Ballot, DurableState, Slot, Value, WriteId};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Entry {
     /// The highest-ballot value this acceptor accepted for the slot.
     pub accepted: Option<(Ballot, Value)>,
+    /// The write that makes `accepted` durable (0: durable already, e.g. recovered from disk).
+    pub accepted_write_id: WriteId,
     /// The chosen value, once learned. Never changes once set.
     pub chosen: Option<Value>,
 }

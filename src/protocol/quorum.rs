@@ -46,7 +46,10 @@ pub struct QuorumSpec {
 
 impl QuorumSpec {
     pub fn new(n: u32) -> Self {
-        assert!((1..=REPLICAS_MAX).contains(&n), "replica count {n} out of range");
+        assert!(
+            (1..=REPLICAS_MAX).contains(&n),
+            "replica count {n} out of range"
+        );
         QuorumSpec { n }
     }
 
@@ -96,7 +99,10 @@ mod tests {
             let q = QuorumSpec::new(n);
             assert_eq!(q.classic(), classic, "classic quorum of {n}");
             assert_eq!(q.fast(), fast, "fast quorum of {n}");
-            assert!(q.classic() + 2 * q.fast() > 2 * n, "fast quorums intersect for {n}");
+            assert!(
+                q.classic() + 2 * q.fast() > 2 * n,
+                "fast quorums intersect for {n}"
+            );
             assert!(2 * q.classic() > n, "classic quorums intersect for {n}");
         }
     }
@@ -114,7 +120,10 @@ mod tests {
     fn chosen_needs_every_required_holder() {
         let q = QuorumSpec::new(5);
         let holders = set(&[3]);
-        assert!(!q.is_chosen(set(&[0, 1, 2]), holders), "a lease holder is missing");
+        assert!(
+            !q.is_chosen(set(&[0, 1, 2]), holders),
+            "a lease holder is missing"
+        );
         assert!(q.is_chosen(set(&[0, 1, 3]), holders));
     }
 

@@ -102,7 +102,12 @@ impl Config {
     }
 
     fn validate(&self) {
-        assert!(self.id < self.replicas, "replica id {} >= {}", self.id, self.replicas);
+        assert!(
+            self.id < self.replicas,
+            "replica id {} >= {}",
+            self.id,
+            self.replicas
+        );
         assert!(self.heartbeat_ms > 0);
         assert!(self.heartbeat_ms < self.election_timeout_min_ms);
         assert!(self.election_timeout_min_ms <= self.election_timeout_max_ms);
@@ -240,6 +245,8 @@ pub struct Replica {
 
     // Acceptor (durable: promised ballot and the log's accepted/chosen values).
     promised: Ballot,
+    /// The last Promise write: its ballot and id (0: durable already).
+    promise_write: (Ballot, WriteId),
     log: Log,
 
     // Learner.
@@ -274,6 +281,7 @@ impl Replica {
             quorum: QuorumSpec::new(cfg.replicas),
             rng,
             promised: durable.promised,
+            promise_write: (durable.promised, 0),
             log: Log::from_durable(durable),
             applied: 0,
             leader_commit: 0,
@@ -406,7 +414,10 @@ impl Replica {
 
     /// A write up to `write_id` is durable (writes complete in order).
     pub fn persisted(&mut self, _now: Nanos, write_id: WriteId) {
-        assert!(write_id < self.write_id_next, "persisted a write never asked for");
+        assert!(
+            write_id < self.write_id_next,
+            "persisted a write never asked for"
+        );
         self.write_id_durable = self.write_id_durable.max(write_id);
         while let Some((id, _)) = self.held.front() {
             if *id > self.write_id_durable {
@@ -425,7 +436,9 @@ impl Replica {
             return; // Not one of ours; the transport should have refused it already.
         }
         match msg {
-            Message::Prepare { ballot, first_slot } => self.on_prepare(now, from, ballot, first_slot),
+            Message::Prepare { ballot, first_slot } => {
+                self.on_prepare(now, from, ballot, first_slot)
+            }
             Message::Promise {
                 ballot,
                 first_slot: _,
@@ -461,7 +474,10 @@ impl Replica {
         let commit = self.log.commit();
         while self.applied < commit {
             self.applied += 1;
-            let value = self.log.chosen(self.applied).expect("commit covers chosen slots");
+            let value = self
+                .log
+                .chosen(self.applied)
+                .expect("commit covers chosen slots");
             self.out.committed.push((self.applied, value.clone()));
         }
         self.release_confirmed_reads();
@@ -473,10 +489,13 @@ impl Replica {
     fn on_prepare(&mut self, now: Nanos, from: ReplicaId, ballot: Ballot, first_slot: Slot) {
         self.round_seen_max = self.round_seen_max.max(ballot.round);
         if ballot < self.promised {
-            self.send(from, Message::Reject {
-                ballot,
-                promised: self.promised,
-            });
+            self.send(
+                from,
+                Message::Reject {
+                    ballot,
+                    promised: self.promised,
+                },
+            );
             return;
         }
         if ballot > self.promised {
@@ -507,14 +526,24 @@ impl Replica {
                 (None, None) => None,
             })
             .collect();
-        // A repeated prepare at the promised ballot writes again: the reply must not overtake
-        // the first write's durability, and the cost only falls on duplicates.
-        let write_id = self.persist(Write::Promise { ballot });
-        self.send_after(write_id, from, Message::Promise {
-            ballot,
-            first_slot,
-            entries,
-        });
+        // A repeated prepare at the promised ballot is answered once the first promise is
+        // durable, without writing again.
+        let write_id = if ballot == self.promise_write.0 {
+            self.promise_write.1
+        } else {
+            let write_id = self.persist(Write::Promise { ballot });
+            self.promise_write = (ballot, write_id);
+            write_id
+        };
+        self.send_after(
+            write_id,
+            from,
+            Message::Promise {
+                ballot,
+                first_slot,
+                entries,
+            },
+        );
     }
 
     /// Leader stickiness: refuse a new ballot while a live leader other than `from` leads.
@@ -539,31 +568,56 @@ impl Replica {
         commit: Slot,
     ) {
         if ballot < self.promised {
-            self.send(from, Message::Reject {
-                ballot,
-                promised: self.promised,
-            });
+            self.send(
+                from,
+                Message::Reject {
+                    ballot,
+                    promised: self.promised,
+                },
+            );
             return;
         }
         self.promised = ballot;
         self.step_down_below(now, ballot);
         self.heard_from_leader(now, from, ballot);
-        self.log.entry_mut(slot).accepted = Some((ballot, value.clone()));
-        let write_id = self.persist(Write::Accept {
-            ballot,
-            slot,
-            value,
-        });
+        let entry = self.log.entry_mut(slot);
+        let write_id = match &entry.accepted {
+            // A retransmitted or duplicated Accept: answer once the first write is durable
+            // instead of writing again (a slow disk would otherwise fall ever further behind).
+            Some((accepted, old)) if *accepted == ballot && *old == value => {
+                entry.accepted_write_id
+            }
+            _ => {
+                entry.accepted = Some((ballot, value.clone()));
+                let write_id = self.persist(Write::Accept {
+                    ballot,
+                    slot,
+                    value,
+                });
+                self.log.entry_mut(slot).accepted_write_id = write_id;
+                write_id
+            }
+        };
         self.send_after(write_id, from, Message::Accepted { ballot, slot });
         self.learn_commit(now, from, ballot, commit);
     }
 
-    fn on_heartbeat(&mut self, now: Nanos, from: ReplicaId, ballot: Ballot, commit: Slot, read_round: u64) {
+    fn on_heartbeat(
+        &mut self,
+        now: Nanos,
+        from: ReplicaId,
+        ballot: Ballot,
+        commit: Slot,
+        read_round: u64,
+    ) {
         if ballot < self.promised {
-            self.send(from, Message::Reject {
-                ballot,
-                promised: self.promised,
-            });
+            self.send(
+                from,
+                Message::Reject {
+                    ballot,
+                    promised: self.promised,
+                },
+            );
             return;
         }
         self.step_down_below(now, ballot);
@@ -601,7 +655,9 @@ impl Replica {
             .range_from(self.log.commit() + 1)
             .take_while(|(slot, _)| **slot <= commit)
             .filter_map(|(slot, entry)| match (&entry.chosen, &entry.accepted) {
-                (None, Some((accepted, value))) if *accepted == ballot => Some((*slot, value.clone())),
+                (None, Some((accepted, value))) if *accepted == ballot => {
+                    Some((*slot, value.clone()))
+                }
                 _ => None,
             })
             .collect();
@@ -618,7 +674,9 @@ impl Replica {
             self.catchup_sent_at = None;
             return;
         }
-        let Some(peer) = self.catchup_peer else { return };
+        let Some(peer) = self.catchup_peer else {
+            return;
+        };
         if let Some(sent) = self.catchup_sent_at {
             if now < sent + self.catchup_retry_ns() {
                 return;
@@ -629,10 +687,13 @@ impl Replica {
             .leader_commit
             .min(first_slot + self.cfg.catchup_batch_max as u64 - 1);
         self.catchup_sent_at = Some(now);
-        self.send(peer, Message::CatchupRequest {
-            first_slot,
-            last_slot,
-        });
+        self.send(
+            peer,
+            Message::CatchupRequest {
+                first_slot,
+                last_slot,
+            },
+        );
     }
 
     fn catchup_retry_ns(&self) -> Nanos {
@@ -686,8 +747,16 @@ impl Replica {
         self.broadcast(Message::Prepare { ballot, first_slot });
     }
 
-    fn on_promise(&mut self, now: Nanos, from: ReplicaId, ballot: Ballot, entries: Vec<PromiseEntry>) {
-        let Proposer::Candidate(candidate) = &mut self.proposer else { return };
+    fn on_promise(
+        &mut self,
+        now: Nanos,
+        from: ReplicaId,
+        ballot: Ballot,
+        entries: Vec<PromiseEntry>,
+    ) {
+        let Proposer::Candidate(candidate) = &mut self.proposer else {
+            return;
+        };
         if candidate.ballot != ballot || candidate.promises.contains(from) {
             return;
         }
@@ -765,12 +834,18 @@ impl Replica {
             unreachable!("only a leader proposes")
         };
         let ballot = leader.ballot;
-        let previous = leader.in_flight.insert(slot, InFlight {
-            value: value.clone(),
-            votes: VoteSet::EMPTY,
-            sent_at: now,
-        });
-        assert!(previous.is_none(), "slot {slot} proposed twice in ballot {ballot}");
+        let previous = leader.in_flight.insert(
+            slot,
+            InFlight {
+                value: value.clone(),
+                votes: VoteSet::EMPTY,
+                sent_at: now,
+            },
+        );
+        assert!(
+            previous.is_none(),
+            "slot {slot} proposed twice in ballot {ballot}"
+        );
         self.broadcast(Message::Accept {
             ballot,
             slot,
@@ -780,12 +855,16 @@ impl Replica {
     }
 
     fn on_accepted(&mut self, now: Nanos, from: ReplicaId, ballot: Ballot, slot: Slot) {
-        let Proposer::Leader(leader) = &mut self.proposer else { return };
+        let Proposer::Leader(leader) = &mut self.proposer else {
+            return;
+        };
         if leader.ballot != ballot {
             return;
         }
         leader.last_ack[from as usize] = Some(now);
-        let Some(in_flight) = leader.in_flight.get_mut(&slot) else { return };
+        let Some(in_flight) = leader.in_flight.get_mut(&slot) else {
+            return;
+        };
         in_flight.votes.insert(from);
         if !self.quorum.is_chosen(in_flight.votes, VoteSet::EMPTY) {
             return;
@@ -810,7 +889,9 @@ impl Replica {
     }
 
     fn on_heartbeat_ack(&mut self, now: Nanos, from: ReplicaId, ballot: Ballot, read_round: u64) {
-        let Proposer::Leader(leader) = &mut self.proposer else { return };
+        let Proposer::Leader(leader) = &mut self.proposer else {
+            return;
+        };
         if leader.ballot != ballot {
             return;
         }
@@ -821,8 +902,11 @@ impl Replica {
 
     fn tick_leader(&mut self, now: Nanos) {
         let min_ns = self.cfg.election_timeout_min_ms * NS_PER_MS;
-        let Proposer::Leader(leader) = &self.proposer else { return };
-        let lost_quorum = now >= leader.elected_at + min_ns && !self.leader_has_quorum(leader, now, min_ns);
+        let Proposer::Leader(leader) = &self.proposer else {
+            return;
+        };
+        let lost_quorum =
+            now >= leader.elected_at + min_ns && !self.leader_has_quorum(leader, now, min_ns);
         if lost_quorum && self.cfg.inject_bug != Some(InjectedBug::StaleLeaderRead) {
             self.step_down(now);
             return;
@@ -848,7 +932,9 @@ impl Replica {
     fn retransmit(&mut self, now: Nanos) {
         let retry_ns = 2 * self.cfg.heartbeat_ms * NS_PER_MS;
         let commit = self.log.commit();
-        let Proposer::Leader(leader) = &mut self.proposer else { return };
+        let Proposer::Leader(leader) = &mut self.proposer else {
+            return;
+        };
         let mut resend = Vec::new();
         for (slot, in_flight) in leader.in_flight.iter_mut() {
             if now < in_flight.sent_at + retry_ns {
@@ -876,7 +962,9 @@ impl Replica {
     fn send_heartbeats(&mut self, now: Nanos) {
         let commit = self.log.commit();
         let heartbeat_ns = self.cfg.heartbeat_ms * NS_PER_MS;
-        let Proposer::Leader(leader) = &mut self.proposer else { return };
+        let Proposer::Leader(leader) = &mut self.proposer else {
+            return;
+        };
         if leader.read_round_wanted {
             leader.read_round += 1;
             leader.read_round_wanted = false;
@@ -902,12 +990,16 @@ impl Replica {
     /// Cuts batches from the queue while the pipeline has room, and starts a read round if a
     /// read is waiting for one.
     fn pump_leader(&mut self, now: Nanos) {
-        let Proposer::Leader(leader) = &self.proposer else { return };
+        let Proposer::Leader(leader) = &self.proposer else {
+            return;
+        };
         if leader.read_round_wanted {
             self.send_heartbeats(now);
         }
         loop {
-            let Proposer::Leader(leader) = &self.proposer else { return };
+            let Proposer::Leader(leader) = &self.proposer else {
+                return;
+            };
             if self.queue.is_empty() || leader.in_flight.len() >= self.cfg.pipeline_depth {
                 return;
             }
@@ -921,7 +1013,9 @@ impl Replica {
             }
             let slot = leader.next_slot;
             let batch = self.cut_batch();
-            let Proposer::Leader(leader) = &mut self.proposer else { return };
+            let Proposer::Leader(leader) = &mut self.proposer else {
+                return;
+            };
             leader.next_slot += 1;
             self.propose_slot(now, slot, Value::Batch(batch.into()));
         }
@@ -946,7 +1040,9 @@ impl Replica {
     }
 
     fn release_confirmed_reads(&mut self) {
-        let Proposer::Leader(leader) = &mut self.proposer else { return };
+        let Proposer::Leader(leader) = &mut self.proposer else {
+            return;
+        };
         let mut rounds = leader.acked_round.clone();
         rounds.sort_unstable_by(|a, b| b.cmp(a));
         // The round a classic quorum (the leader included) has acknowledged.
@@ -1041,7 +1137,8 @@ impl Replica {
             to,
             msg,
         };
-        if self.cfg.inject_bug == Some(InjectedBug::AckBeforePersist) {
+        let durable = write_id <= self.write_id_durable;
+        if durable || self.cfg.inject_bug == Some(InjectedBug::AckBeforePersist) {
             self.out.messages.push(envelope);
         } else {
             self.held.push_back((write_id, envelope));

@@ -57,7 +57,6 @@ impl Partition {
         from != to && self.blocked.contains(&(from, to))
     }
 
-
     /// A random partition: one replica isolated, a two-sided split, or random one-way cuts.
     pub fn random(rng: &mut ChaCha8Rng, replicas: u32) -> Self {
         let mut blocked = Vec::new();
