@@ -1,10 +1,14 @@
 //! Human-readable explanations of a failed search: the longest linearizable prefix found, and
 //! why nothing could follow it.
+//!
+//! Operations are described from the caller's history rather than the interned form, because
+//! interning merges values nobody read (see `model::Interner`).
 
 use std::fmt::Write;
 
-use super::model::{step, ICall, IRet, Interner, State};
+use super::model::{step, IRet, State};
 use super::wgl::KeyOp;
+use super::{Call, Operation, Ret};
 
 /// Prefix entries shown before eliding: the last few operations are where the trouble is.
 const PREFIX_SHOWN_MAX: usize = 20;
@@ -12,8 +16,15 @@ const PREFIX_SHOWN_MAX: usize = 20;
 const CANDIDATES_SHOWN_MAX: usize = 20;
 const VALUE_SHOWN_BYTES_MAX: usize = 32;
 
+/// A model state with the actual bytes of its value.
+#[derive(Clone, Copy)]
+struct Replayed<'h> {
+    state: State,
+    value: Option<&'h [u8]>,
+}
+
 /// Describes why `ops` (one key) has no linearization, given the longest prefix the search found.
-pub(super) fn explain(ops: &[KeyOp], values: &Interner, longest_prefix: &[usize]) -> String {
+pub(super) fn explain(history: &[Operation], ops: &[KeyOp], longest_prefix: &[usize]) -> String {
     let mut out = String::new();
     let completed = ops.iter().filter(|op| op.complete_ns.is_some()).count();
     let _ = writeln!(
@@ -21,13 +32,18 @@ pub(super) fn explain(ops: &[KeyOp], values: &Interner, longest_prefix: &[usize]
         "{} operations ({completed} completed) have no linearization.",
         ops.len()
     );
-    let state = write_prefix(&mut out, ops, values, longest_prefix);
-    write_stuck_point(&mut out, ops, values, longest_prefix, state);
+    let after_prefix = write_prefix(&mut out, history, ops, longest_prefix);
+    write_stuck_point(&mut out, history, ops, longest_prefix, after_prefix);
     out
 }
 
 /// Writes the prefix and returns the model state after it.
-fn write_prefix(out: &mut String, ops: &[KeyOp], values: &Interner, prefix: &[usize]) -> State {
+fn write_prefix<'h>(
+    out: &mut String,
+    history: &'h [Operation],
+    ops: &[KeyOp],
+    prefix: &[usize],
+) -> Replayed<'h> {
     let _ = writeln!(
         out,
         "Longest linearizable prefix found ({} operations):",
@@ -37,31 +53,48 @@ fn write_prefix(out: &mut String, ops: &[KeyOp], values: &Interner, prefix: &[us
     if elided > 0 {
         let _ = writeln!(out, "  ... {elided} earlier operations elided ...");
     }
-    let mut state = State::INITIAL;
+    let mut replayed = Replayed {
+        state: State::INITIAL,
+        value: None,
+    };
     for (position, &i) in prefix.iter().enumerate() {
-        state = ops[i]
-            .try_apply(state)
-            .expect("the search only records prefixes the model accepts");
+        replayed = replay(history, &ops[i], replayed);
         if position >= elided {
-            let _ = writeln!(out, "  {}", describe_op(&ops[i], values));
+            let _ = writeln!(out, "  {}", describe_op(history, &ops[i]));
         }
     }
     let _ = writeln!(
         out,
         "State after the prefix: {}",
-        describe_state(state, values)
+        describe_state(replayed.state, replayed.value)
     );
-    state
+    replayed
+}
+
+fn replay<'h>(history: &'h [Operation], op: &KeyOp, before: Replayed<'h>) -> Replayed<'h> {
+    let state = op
+        .try_apply(before.state)
+        .expect("the search only records prefixes the model accepts");
+    let written = match &history[op.history_index].call {
+        Call::Put { value } | Call::Cas { value, .. } => Some(value.as_slice()),
+        Call::Get | Call::Delete => None,
+    };
+    let value = match (state.value, written) {
+        (None, _) => None,
+        (Some(_), Some(new)) if state.version != before.state.version => Some(new),
+        (Some(_), _) => before.value,
+    };
+    Replayed { state, value }
 }
 
 /// The first completion left after the prefix marks where the search got stuck: that operation
 /// (or one invoked before it completed) must come next, and none can.
 fn write_stuck_point(
     out: &mut String,
+    history: &[Operation],
     ops: &[KeyOp],
-    values: &Interner,
     prefix: &[usize],
-    state: State,
+    after_prefix: Replayed,
 ) {
     let mut in_prefix = vec![false; ops.len()];
     for &i in prefix {
@@ -79,17 +112,18 @@ fn write_stuck_point(
         out,
         "Could not place: {}\n  it completed at {deadline_ns} ns, so it or an operation invoked \
          by then must come next, and none of these can:",
-        describe_op(&ops[blocking], values)
+        describe_op(history, &ops[blocking])
     );
     let candidates: Vec<usize> = (0..ops.len())
         .filter(|&i| !in_prefix[i] && ops[i].invoke_ns <= deadline_ns)
         .collect();
     for &i in candidates.iter().take(CANDIDATES_SHOWN_MAX) {
-        let (model_ret, _) = step(state, ops[i].call);
+        let (model_ret, _) = step(after_prefix.state, ops[i].call);
         let verdict = match ops[i].ret {
-            Some(recorded) if recorded != model_ret => {
-                format!("the model would return {}", describe_ret(model_ret, values))
-            }
+            Some(recorded) if recorded != model_ret => format!(
+                "the model would return {}",
+                describe_model_ret(model_ret, after_prefix.value)
+            ),
             _ => "its result fits, but no continuation after it is linearizable".to_string(),
         };
         let _ = writeln!(out, "  #{}: {verdict}", ops[i].history_index);
@@ -103,50 +137,65 @@ fn write_stuck_point(
     }
 }
 
-pub(super) fn describe_op(op: &KeyOp, values: &Interner) -> String {
-    let call = describe_call(op.call, values);
-    match (op.ret, op.complete_ns) {
-        (Some(ret), Some(complete_ns)) => format!(
-            "#{} client {} {call} -> {} [{}..{complete_ns} ns]",
+fn describe_op(history: &[Operation], op: &KeyOp) -> String {
+    let recorded = &history[op.history_index];
+    let call = describe_call(&recorded.call);
+    match &recorded.ret {
+        Some(ret) => format!(
+            "#{} client {} {call} -> {} [{}..{} ns]",
             op.history_index,
-            op.client,
-            describe_ret(ret, values),
-            op.invoke_ns
+            recorded.client,
+            describe_ret(ret),
+            recorded.invoke_ns,
+            recorded.complete_ns
         ),
-        _ => format!(
+        None => format!(
             "#{} client {} {call} -> (never completed) [{}.. ns]",
-            op.history_index, op.client, op.invoke_ns
+            op.history_index, recorded.client, recorded.invoke_ns
         ),
     }
 }
 
-fn describe_call(call: ICall, values: &Interner) -> String {
+fn describe_call(call: &Call) -> String {
     match call {
-        ICall::Get => "get".to_string(),
-        ICall::Put { value } => format!("put({})", describe_bytes(values.value(value))),
-        ICall::Delete => "delete".to_string(),
-        ICall::Cas {
+        Call::Get => "get".to_string(),
+        Call::Put { value } => format!("put({})", describe_bytes(value)),
+        Call::Delete => "delete".to_string(),
+        Call::Cas {
             expected_version,
             value,
         } => format!(
             "cas(expected_version {expected_version}, {})",
-            describe_bytes(values.value(value))
+            describe_bytes(value)
         ),
     }
 }
 
-fn describe_ret(ret: IRet, values: &Interner) -> String {
+fn describe_ret(ret: &Ret) -> String {
     match ret {
-        IRet::Get {
+        Ret::Get {
             value: None,
             version,
         } => format!("absent (version {version})"),
-        IRet::Get {
+        Ret::Get {
             value: Some(value),
             version,
-        } => format!(
-            "{} (version {version})",
-            describe_bytes(values.value(value))
+        } => format!("{} (version {version})", describe_bytes(value)),
+        Ret::Put { version } => format!("version {version}"),
+        Ret::Delete { existed } => format!("existed {existed}"),
+        Ret::Cas { ok, version } => format!("ok {ok} (version {version})"),
+    }
+}
+
+/// The model's answer in the state after the prefix, whose value bytes are `value`.
+fn describe_model_ret(ret: IRet, value: Option<&[u8]>) -> String {
+    match ret {
+        IRet::Get { version, .. } => describe_state(
+            State {
+                value: None,
+                version,
+            },
+            value,
         ),
         IRet::Put { version } => format!("version {version}"),
         IRet::Delete { existed } => format!("existed {existed}"),
@@ -154,14 +203,10 @@ fn describe_ret(ret: IRet, values: &Interner) -> String {
     }
 }
 
-fn describe_state(state: State, values: &Interner) -> String {
-    match state.value {
+fn describe_state(state: State, value: Option<&[u8]>) -> String {
+    match value {
         None => format!("absent (version {})", state.version),
-        Some(value) => format!(
-            "{} (version {})",
-            describe_bytes(values.value(value)),
-            state.version
-        ),
+        Some(value) => format!("{} (version {})", describe_bytes(value), state.version),
     }
 }
 

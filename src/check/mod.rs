@@ -6,6 +6,15 @@
 //!
 //! The model of one key is an etcd-like versioned register (see `model.rs`); the search is in
 //! `wgl.rs`; `docs/internals/check.md` describes both.
+//!
+//! Conventions the caller should know:
+//! - Operation A precedes B only if `A.complete_ns < B.invoke_ns`; equal timestamps count as
+//!   concurrent, so a coarse clock can hide a violation but never invent one.
+//! - An operation with `ret: None` may have taken effect at any instant after its invocation,
+//!   or never; incomplete reads are ignored outright.
+//! - Operations are named `#i` in explanations, `i` being their index in the checked slice.
+//! - A malformed record (completion before invocation, a return of the wrong kind) makes its
+//!   key `Unknown` rather than panicking.
 
 mod explain;
 mod model;
@@ -114,10 +123,13 @@ impl fmt::Display for Violation {
     }
 }
 
-/// Search steps allowed per key by [`check`]. An easy history of a few thousand operations
-/// takes tens of thousands of steps; the memo table holds at most one entry per step (tens of
-/// bytes each), so this also bounds memory to a few hundred MB.
-pub const DEFAULT_MAX_STEPS_PER_KEY: u64 = 4_000_000;
+/// Search steps allowed per key by [`check`] (a step is roughly one candidate considered; a few
+/// microseconds in a debug build). A linearizable history costs about 1.5 steps per operation.
+/// Refuting one means exhausting the search: for 2,000 simulator-like operations on one key that
+/// took 1k–800k steps with unique values, but up to ~14M when every write draws from four values
+/// and ~25 writes never completed. The memo gains at most one entry per step, so this also
+/// bounds memory (to a few hundred MB).
+pub const DEFAULT_MAX_STEPS_PER_KEY: u64 = 10_000_000;
 
 /// Checks `history` with [`DEFAULT_MAX_STEPS_PER_KEY`].
 pub fn check(history: &[Operation]) -> Outcome {
@@ -150,19 +162,27 @@ fn partition_by_key(history: &[Operation]) -> BTreeMap<&[u8], Vec<usize>> {
 }
 
 fn check_key(history: &[Operation], key: &[u8], indices: &[usize], max_steps: u64) -> Outcome {
+    check_key_counting_steps(history, key, indices, max_steps).0
+}
+
+/// Also returns the search steps taken, which tests use to catch performance regressions.
+fn check_key_counting_steps(
+    history: &[Operation],
+    key: &[u8],
+    indices: &[usize],
+    max_steps: u64,
+) -> (Outcome, u64) {
     if let Err(reason) = validate(history, indices) {
-        return Outcome::Unknown {
-            key: key.to_vec(),
-            reason,
-        };
+        let key = key.to_vec();
+        return (Outcome::Unknown { key, reason }, 0);
     }
-    let mut values = Interner::default();
-    let ops = key_ops(history, indices, &mut values);
-    match wgl::search(&ops, max_steps) {
+    let ops = key_ops(history, indices);
+    let (result, steps) = wgl::search(&ops, max_steps);
+    let outcome = match result {
         SearchResult::Linearizable => Outcome::Linearizable,
         SearchResult::NotLinearizable { longest_prefix } => Outcome::NotLinearizable(Violation {
             key: key.to_vec(),
-            explanation: explain::explain(&ops, &values, &longest_prefix),
+            explanation: explain::explain(history, &ops, &longest_prefix),
         }),
         SearchResult::BudgetExceeded { longest_prefix_len } => Outcome::Unknown {
             key: key.to_vec(),
@@ -172,7 +192,8 @@ fn check_key(history: &[Operation], key: &[u8], indices: &[usize], max_steps: u6
                 ops.len()
             ),
         },
-    }
+    };
+    (outcome, steps)
 }
 
 /// Rejects records that no correct recorder produces; checking them would give a meaningless
@@ -200,18 +221,22 @@ fn validate(history: &[Operation], indices: &[usize]) -> Result<(), String> {
 
 /// The key's operations in invocation order, values interned. Incomplete reads are dropped:
 /// they change nothing and nobody saw their result, so they cannot affect the verdict.
-fn key_ops<'h>(
-    history: &'h [Operation],
-    indices: &[usize],
-    values: &mut Interner<'h>,
-) -> Vec<KeyOp> {
+fn key_ops(history: &[Operation], indices: &[usize]) -> Vec<KeyOp> {
+    let mut values = Interner::default();
+    for &i in indices {
+        if let Some(Ret::Get {
+            value: Some(value), ..
+        }) = &history[i].ret
+        {
+            values.add_read(value);
+        }
+    }
     let mut ops: Vec<KeyOp> = indices
         .iter()
         .map(|&i| (i, &history[i]))
         .filter(|(_, op)| op.ret.is_some() || op.call != Call::Get)
         .map(|(i, op)| KeyOp {
             history_index: i,
-            client: op.client,
             call: values.call(&op.call),
             ret: op.ret.as_ref().map(|ret| values.ret(ret)),
             invoke_ns: op.invoke_ns,

@@ -123,34 +123,42 @@ pub(super) fn step(state: State, call: ICall) -> (IRet, State) {
     (ret, next)
 }
 
-/// Gives each distinct value of one key's history a dense id, in order of first appearance so
-/// that ids (and hence explanations) are deterministic.
+/// Gives each value a key's completed reads returned a dense id, in order of first appearance
+/// so that ids are deterministic. Every other value shares [`ValueId::UNREAD`]: states that
+/// differ only in which never-read value they hold behave identically towards every recorded
+/// result, and merging them lets the memo recognise them as one configuration.
 #[derive(Default)]
 pub(super) struct Interner<'h> {
     ids: HashMap<&'h [u8], ValueId>,
-    values: Vec<&'h [u8]>,
+    read_count: u32,
+}
+
+impl ValueId {
+    pub const UNREAD: ValueId = ValueId(u32::MAX);
 }
 
 impl<'h> Interner<'h> {
-    pub fn intern(&mut self, value: &'h Value) -> ValueId {
-        if let Some(&id) = self.ids.get(value.as_slice()) {
-            return id;
+    /// Registers a value returned by a completed read. Call for all reads before any `call`.
+    pub fn add_read(&mut self, value: &'h Value) {
+        if !self.ids.contains_key(value.as_slice()) {
+            assert!(self.read_count < u32::MAX, "fewer than 2^32 values per key");
+            self.ids.insert(value, ValueId(self.read_count));
+            self.read_count += 1;
         }
-        let id = ValueId(u32::try_from(self.values.len()).expect("fewer than 2^32 values per key"));
-        self.values.push(value);
-        self.ids.insert(value, id);
-        id
     }
 
-    pub fn value(&self, id: ValueId) -> &'h [u8] {
-        self.values[id.0 as usize]
+    fn id(&self, value: &Value) -> ValueId {
+        self.ids
+            .get(value.as_slice())
+            .copied()
+            .unwrap_or(ValueId::UNREAD)
     }
 
-    pub fn call(&mut self, call: &'h Call) -> ICall {
+    pub fn call(&self, call: &Call) -> ICall {
         match call {
             Call::Get => ICall::Get,
             Call::Put { value } => ICall::Put {
-                value: self.intern(value),
+                value: self.id(value),
             },
             Call::Delete => ICall::Delete,
             Call::Cas {
@@ -158,17 +166,21 @@ impl<'h> Interner<'h> {
                 value,
             } => ICall::Cas {
                 expected_version: *expected_version,
-                value: self.intern(value),
+                value: self.id(value),
             },
         }
     }
 
-    /// A value that was read but never written still gets an id; no write produces that id, so
-    /// the model can never return it and the read is (correctly) impossible to linearize.
-    pub fn ret(&mut self, ret: &'h Ret) -> IRet {
+    /// A value that was read but never written has an id no write produces, so the model can
+    /// never return it and the read is (correctly) impossible to linearize.
+    pub fn ret(&self, ret: &Ret) -> IRet {
         match ret {
             Ret::Get { value, version } => IRet::Get {
-                value: value.as_ref().map(|v| self.intern(v)),
+                value: value.as_ref().map(|v| {
+                    let id = self.id(v);
+                    assert_ne!(id, ValueId::UNREAD, "reads are registered first");
+                    id
+                }),
                 version: *version,
             },
             Ret::Put { version } => IRet::Put { version: *version },
