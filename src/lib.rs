@@ -9,3 +9,4 @@ pub mod check;
 pub mod kv;
 pub mod protocol;
 pub mod sim;
+pub mod wal;

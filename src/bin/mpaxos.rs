@@ -23,6 +23,9 @@ struct Cli {
 enum Command {
     /// Run the deterministic fault-injecting simulator over a range of seeds.
     Sim(SimArgs),
+    /// Check this host (`check disk`: what a durable WAL commit costs here).
+    #[command(subcommand)]
+    Check(mpaxos::wal::cli::CheckCommand),
 }
 
 #[derive(clap::Args)]
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Sim(args) => run_sim(args),
+        Command::Check(command) => mpaxos::wal::cli::run_check(command),
     }
 }
 

@@ -1,0 +1,329 @@
+//! `mpaxos check disk`: what a durable commit costs on this disk (like `etcdctl check perf`).
+//!
+//! Owns: measuring the physical floor (one 4 KiB O_DIRECT write + fdatasync) and the WAL's
+//! group-commit latency and throughput for batches of 1/8/64/512 entries of 64 B and 1 KiB,
+//! through the backend `auto` picks (or the one asked for). Percentiles come from HdrHistograms.
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::backend::BackendChoice;
+use super::buf::AlignedBuf;
+use super::error::WalError;
+use super::files::{self, DirectIo};
+use super::format::{align_up, Ballot, Entry, ENTRY_HEADER_BYTES, SECTOR_BYTES};
+use super::{Wal, WalConfig, WriteId};
+
+pub const BATCH_ENTRIES: [usize; 4] = [1, 8, 64, 512];
+pub const ENTRY_BYTES: [usize; 2] = [64, 1024];
+
+#[derive(Clone, Debug)]
+pub struct DiskOptions {
+    pub backend: BackendChoice,
+    /// Measured writes per configuration (big batches use fewer, to bound bytes written).
+    pub iterations: u32,
+    /// Also measure the `uring` and `sync` backends side by side.
+    pub all_backends: bool,
+}
+
+impl Default for DiskOptions {
+    fn default() -> Self {
+        DiskOptions {
+            backend: BackendChoice::Auto,
+            iterations: 200,
+            all_backends: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BatchResult {
+    pub entries: usize,
+    pub entry_bytes: usize,
+    pub latency_us_p50: u64,
+    pub latency_us_p99: u64,
+    pub entries_per_s: f64,
+    pub iterations: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BackendResult {
+    pub backend: String,
+    pub batches: Vec<BatchResult>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Targets {
+    /// batch-64 × 64 B p50 ÷ floor p50; target ≤ 1.3.
+    pub amortization_ratio: f64,
+    /// batch-512 × 64 B entries/s ÷ batch-1 × 64 B entries/s; target ≥ 100.
+    pub batch512_throughput_gain: f64,
+    /// sync batch-64 × 64 B p50 ÷ uring p50 (only with `--all-backends`); target ≥ 1.0.
+    pub uring_speedup_over_sync: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DiskReport {
+    pub dir: PathBuf,
+    pub backend: String,
+    pub backend_reason: String,
+    pub direct_io: bool,
+    pub floor_sync_write_us_p50: u64,
+    pub floor_sync_write_us_p99: u64,
+    pub floor_iterations: u32,
+    pub batches: Vec<BatchResult>,
+    pub amortization_ratio: f64,
+    pub targets: Targets,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_backend: Vec<BackendResult>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> WalError {
+    WalError::io(what.to_string(), path, e)
+}
+
+/// Measures the disk under `dir` (a scratch directory is made inside it and removed after).
+pub fn run(dir: &Path, opts: &DiskOptions) -> Result<DiskReport, WalError> {
+    fs::create_dir_all(dir).map_err(|e| WalError::DataDir {
+        dir: dir.to_path_buf(),
+        source: e,
+    })?;
+    let work = dir.join(format!("mpaxos-check-disk-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).map_err(|e| WalError::DataDir {
+        dir: work.clone(),
+        source: e,
+    })?;
+    let result = measure(dir, &work, opts);
+    let _ = fs::remove_dir_all(&work);
+    result
+}
+
+fn measure(dir: &Path, work: &Path, opts: &DiskOptions) -> Result<DiskReport, WalError> {
+    let direct = files::probe_direct_io(work, DirectIo::Auto, false)?;
+    let (floor, floor_iters) = floor(work, direct, opts.iterations)?;
+    let (backend, reason, batches) = wal_batches(work, opts.backend, opts.iterations)?;
+    let mut by_backend = Vec::new();
+    if opts.all_backends {
+        for choice in [BackendChoice::Uring, BackendChoice::Sync] {
+            match wal_batches(work, choice, opts.iterations) {
+                Ok((name, _, b)) => by_backend.push(BackendResult {
+                    backend: name,
+                    batches: b,
+                }),
+                Err(e) => tracing::warn!("check disk: skipping the {choice:?} backend: {e}"),
+            }
+        }
+    }
+    let p50 = |bs: &[BatchResult], n: usize| {
+        bs.iter()
+            .find(|b| b.entries == n && b.entry_bytes == 64)
+            .map(|b| b.latency_us_p50 as f64)
+            .unwrap_or(f64::NAN)
+    };
+    let eps = |n: usize| {
+        batches
+            .iter()
+            .find(|b| b.entries == n && b.entry_bytes == 64)
+            .map(|b| b.entries_per_s)
+            .unwrap_or(f64::NAN)
+    };
+    let floor_p50 = floor.value_at_quantile(0.5).max(1);
+    let amortization_ratio = p50(&batches, 64) / floor_p50 as f64;
+    let uring_speedup_over_sync = {
+        let find = |name: &str| by_backend.iter().find(|b| b.backend == name);
+        match (find("uring"), find("sync")) {
+            (Some(u), Some(s)) => Some(p50(&s.batches, 64) / p50(&u.batches, 64)),
+            _ => None,
+        }
+    };
+    Ok(DiskReport {
+        dir: dir.to_path_buf(),
+        backend,
+        backend_reason: reason,
+        direct_io: direct,
+        floor_sync_write_us_p50: floor_p50,
+        floor_sync_write_us_p99: floor.value_at_quantile(0.99),
+        floor_iterations: floor_iters,
+        amortization_ratio,
+        targets: Targets {
+            amortization_ratio,
+            batch512_throughput_gain: eps(512) / eps(1),
+            uring_speedup_over_sync,
+        },
+        batches,
+        by_backend,
+    })
+}
+
+/// One 4 KiB write + fdatasync at a time, at increasing offsets of a preallocated file.
+fn floor(work: &Path, direct: bool, iterations: u32) -> Result<(Histogram<u64>, u32), WalError> {
+    const SECTORS: u64 = 1024;
+    let path = work.join("floor.dat");
+    {
+        let f = fs::File::create(&path).map_err(|e| io_err("creating", &path, e))?;
+        files::write_zeros(&f, &path, 0, SECTORS * SECTOR_BYTES as u64)?;
+        f.sync_all().map_err(|e| io_err("syncing", &path, e))?;
+    }
+    let f = files::open_rw(&path, direct).map_err(|e| io_err("opening", &path, e))?;
+    let mut buf = AlignedBuf::new(SECTOR_BYTES);
+    buf.as_full_mut().fill(0x5A);
+    buf.set_len(SECTOR_BYTES);
+    let mut h = histogram();
+    for i in 0..iterations as u64 + 10 {
+        let t = Instant::now();
+        f.write_all_at(buf.as_slice(), (i % SECTORS) * SECTOR_BYTES as u64)
+            .and_then(|()| f.sync_data())
+            .map_err(|e| io_err("writing", &path, e))?;
+        if i >= 10 {
+            h.record(t.elapsed().as_micros().max(1) as u64)
+                .expect("in range");
+        }
+    }
+    Ok((h, iterations))
+}
+
+fn iterations_for(batch_bytes: u64, iterations: u32) -> u32 {
+    let cap = (32u64 << 20) / batch_bytes;
+    (iterations as u64).min(cap.max(20)) as u32
+}
+
+fn batch_bytes(entries: usize, entry_bytes: usize) -> u64 {
+    align_up((entries * (ENTRY_HEADER_BYTES + entry_bytes)) as u64)
+}
+
+/// Group commits of each size through a WAL with `choice`; returns (backend, why, results).
+fn wal_batches(
+    work: &Path,
+    choice: BackendChoice,
+    iterations: u32,
+) -> Result<(String, String, Vec<BatchResult>), WalError> {
+    const WARMUP: u32 = 5;
+    let mut total = 0u64;
+    for &n in &BATCH_ENTRIES {
+        for &b in &ENTRY_BYTES {
+            let bb = batch_bytes(n, b);
+            total += bb * (iterations_for(bb, iterations) + WARMUP) as u64;
+        }
+    }
+    let dir = work.join(format!("wal-{choice:?}").to_lowercase());
+    let mut cfg = WalConfig::new(&dir, 0xD15C, 0);
+    cfg.backend = choice;
+    cfg.segment_bytes = align_up(total + (2 << 20));
+    cfg.max_batch_bytes = 1 << 20;
+    cfg.max_entry_bytes = 64 << 10;
+    let (mut wal, rec) = Wal::open(cfg)?;
+    let backend = wal.backend_kind().to_string();
+    let reason = rec.report.backend_reason.clone();
+    let mut results = Vec::new();
+    let mut sink: Vec<WriteId> = Vec::with_capacity(16);
+    for &entry_bytes in &ENTRY_BYTES {
+        for &n in &BATCH_ENTRIES {
+            let body = vec![0xA5u8; entry_bytes];
+            let entries: Vec<Entry<'_>> = (0..n as u64)
+                .map(|i| Entry {
+                    slot_first: i,
+                    slot_last: i,
+                    ballot: Ballot {
+                        round: 1,
+                        replica: 0,
+                    },
+                    body: &body,
+                })
+                .collect();
+            let iters = iterations_for(batch_bytes(n, entry_bytes), iterations);
+            let mut h = histogram();
+            let mut measured = std::time::Duration::ZERO;
+            for i in 0..iters + WARMUP {
+                let t = Instant::now();
+                let id = wal.append(&entries)?;
+                wal.wait_durable(id, &mut sink)?;
+                sink.clear();
+                let dt = t.elapsed();
+                if i >= WARMUP {
+                    h.record(dt.as_micros().max(1) as u64).expect("in range");
+                    measured += dt;
+                }
+            }
+            results.push(BatchResult {
+                entries: n,
+                entry_bytes,
+                latency_us_p50: h.value_at_quantile(0.5),
+                latency_us_p99: h.value_at_quantile(0.99),
+                entries_per_s: (n as f64 * iters as f64) / measured.as_secs_f64(),
+                iterations: iters,
+            });
+        }
+    }
+    drop(wal);
+    let _ = fs::remove_dir_all(&dir);
+    Ok((backend, reason, results))
+}
+
+/// Renders the report as a human-readable table.
+pub fn render_table(r: &DiskReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "disk check of {}", r.dir.display());
+    let _ = writeln!(
+        s,
+        "backend: {} ({}), O_DIRECT: {}",
+        r.backend, r.backend_reason, r.direct_io
+    );
+    let _ = writeln!(
+        s,
+        "floor (4 KiB write + fdatasync): p50 {} us, p99 {} us ({} writes)",
+        r.floor_sync_write_us_p50, r.floor_sync_write_us_p99, r.floor_iterations
+    );
+    let mut table = |title: &str, batches: &[BatchResult]| {
+        let _ = writeln!(s, "\n{title}");
+        let _ = writeln!(
+            s,
+            "{:>8} {:>12} {:>10} {:>10} {:>14} {:>6}",
+            "entries", "entry_bytes", "p50_us", "p99_us", "entries_per_s", "iters"
+        );
+        for b in batches {
+            let _ = writeln!(
+                s,
+                "{:>8} {:>12} {:>10} {:>10} {:>14.0} {:>6}",
+                b.entries,
+                b.entry_bytes,
+                b.latency_us_p50,
+                b.latency_us_p99,
+                b.entries_per_s,
+                b.iterations
+            );
+        }
+    };
+    table(&format!("group commit ({})", r.backend), &r.batches);
+    for b in &r.by_backend {
+        table(&format!("group commit ({})", b.backend), &b.batches);
+    }
+    let t = &r.targets;
+    let _ = writeln!(
+        s,
+        "\namortization ratio (batch-64 x 64 B p50 / floor p50): {:.2} (target <= 1.3)",
+        t.amortization_ratio
+    );
+    let _ = writeln!(
+        s,
+        "batch-512 / batch-1 throughput (64 B): {:.0}x (target >= 100x)",
+        t.batch512_throughput_gain
+    );
+    if let Some(u) = t.uring_speedup_over_sync {
+        let _ = writeln!(
+            s,
+            "uring speed-up over sync (batch-64 p50): {u:.2}x (target >= 1.0)"
+        );
+    }
+    s
+}

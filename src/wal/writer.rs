@@ -1,0 +1,831 @@
+//! [`Wal`]: group commit, ordered completions, segment rolling and start-up recovery.
+//!
+//! At most one log write and one superblock write are in flight at a time. Appends made while
+//! the log write is in flight are encoded into the next batch (adaptive group commit) and go
+//! out together when it completes. Keeping one log write in flight is what lets recovery tell a
+//! torn tail (the last batch) from damage to acknowledged data (anything before a later valid
+//! batch); see `scan.rs`.
+
+use std::collections::VecDeque;
+use std::fs::{self, File};
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use super::backend::{self, Backend, BackendChoice, BackendKind, Completion, WriteOp};
+use super::buf::AlignedBuf;
+use super::error::WalError;
+use super::files::{self, create_segment, open_rw, segment_name, SUPERBLOCK_NAME};
+use super::format::{
+    align_up, BatchEncoder, Entry, SegmentHeader, SuperState, ENTRY_HEADER_BYTES, SECTOR_BYTES,
+    SUPER_APP_MAX_BYTES,
+};
+use super::scan::{self, OnCorruption, ScanConfig, ScanRefusal, SegmentImage};
+use super::superblock::{self, PAIR_BYTES};
+use super::{snapshot, Recovered, RecoveryReport, WalConfig, WriteId};
+
+struct SegFile {
+    index: u64,
+    file: Arc<File>,
+    /// Highest slot of any entry in the segment; a segment is released only when a snapshot
+    /// covers it.
+    max_slot: Option<u64>,
+}
+
+struct Staged {
+    enc: BatchEncoder,
+    buf: AlignedBuf,
+    token: u64,
+    seg_index: u64,
+}
+
+const SUPER_TOKEN_BIT: u64 = 1;
+
+/// The write-ahead log of one group. Not `Sync`: owned by the group's thread.
+pub struct Wal {
+    cfg: WalConfig,
+    direct: bool,
+    memory: bool,
+    backend: Box<dyn Backend>,
+    backend_reason: String,
+    segments: VecDeque<SegFile>,
+    spare: Option<(u64, JoinHandle<Result<File, WalError>>)>,
+    /// Absolute log offset just past the last batch handed to the backend.
+    next_offset: u64,
+    /// Header checksum of the last entry handed to the backend.
+    chain: u32,
+    staged: Option<Staged>,
+    free_bufs: Vec<AlignedBuf>,
+    log_in_flight: Option<u64>,
+    super_file: Arc<File>,
+    super_seq: u64,
+    super_state: SuperState,
+    super_pending: Option<(SuperState, u64)>,
+    super_in_flight: Option<u64>,
+    super_buf: Option<AlignedBuf>,
+    next_token: u64,
+    next_id: u64,
+    /// (write id, token of the write carrying it, durable yet).
+    outstanding: VecDeque<(u64, u64, bool)>,
+    durable: Option<WriteId>,
+    stopped: Option<String>,
+    scratch: Vec<Completion>,
+}
+
+fn validate(cfg: &WalConfig) -> Result<(), WalError> {
+    let sector = SECTOR_BYTES as u64;
+    let bad = |m: String| Err(WalError::Config(m));
+    if cfg.segment_bytes % sector != 0 || cfg.segment_bytes < 4 * sector {
+        return bad(format!(
+            "segment_bytes {} must be a multiple of 4096 and at least 16384",
+            cfg.segment_bytes
+        ));
+    }
+    if cfg.max_batch_bytes as u64 % sector != 0
+        || cfg.max_batch_bytes as u64 > cfg.segment_bytes - sector
+        || cfg.max_batch_bytes as u64 > u16::MAX as u64 * sector
+    {
+        return bad(format!(
+            "max_batch_bytes {} must be a multiple of 4096 that fits in a segment after its header",
+            cfg.max_batch_bytes
+        ));
+    }
+    if cfg.max_entry_bytes as u64 + ENTRY_HEADER_BYTES as u64 > cfg.max_batch_bytes as u64 {
+        return bad("max_entry_bytes plus a 64-byte header must fit in max_batch_bytes".into());
+    }
+    if cfg.max_pending_writes == 0 {
+        return bad("max_pending_writes must be at least 1".into());
+    }
+    Ok(())
+}
+
+impl Wal {
+    /// Opens (or initialises) the WAL in `cfg.dir`, recovering what is durable.
+    pub fn open(cfg: WalConfig) -> Result<(Wal, Recovered), WalError> {
+        validate(&cfg)?;
+        let chosen = backend::choose(cfg.backend, 4, cfg.uring_sync, cfg.inject.uring_errno)
+            .map_err(|e| match cfg.backend {
+                BackendChoice::Uring => WalError::UringUnavailable {
+                    reason: backend::uring_refusal_hint(&e),
+                },
+                _ => WalError::Io {
+                    context: "starting the WAL backend".into(),
+                    source: e,
+                },
+            })?;
+        let mut report = RecoveryReport {
+            backend: Some(chosen.backend.kind()),
+            backend_reason: chosen.reason.clone(),
+            ..RecoveryReport::default()
+        };
+        if chosen.backend.kind() == BackendKind::Memory {
+            return Ok(Self::open_memory(cfg, chosen, report));
+        }
+        let dir = cfg.dir.clone();
+        fs::create_dir_all(&dir).map_err(|e| WalError::DataDir {
+            dir: dir.clone(),
+            source: e,
+        })?;
+        let listing = files::list_dir(&dir)?;
+        let direct = files::probe_direct_io(&dir, cfg.direct_io, cfg.inject.no_direct_io)?;
+        report.direct_io = direct;
+
+        let super_path = dir.join(SUPERBLOCK_NAME);
+        if !listing.has_superblock {
+            if !listing.segments.is_empty() || !listing.snapshots.is_empty() {
+                return Err(WalError::SuperblockCorrupt {
+                    dir,
+                    detail: "the superblock file is missing but WAL files exist".into(),
+                });
+            }
+            write_initial_superblock(&dir, &cfg)?;
+            report.fresh = true;
+        }
+        let super_bytes = fs::read(&super_path).map_err(|e| {
+            WalError::io(format!("reading {}", super_path.display()), &super_path, e)
+        })?;
+        let sb = superblock::choose(&super_bytes, &dir, cfg.cluster_id, cfg.group)?;
+        report.notes.extend(sb.notes.iter().cloned());
+        let super_file = Arc::new(open_rw(&super_path, direct).map_err(|e| {
+            WalError::io(format!("opening {}", super_path.display()), &super_path, e)
+        })?);
+        let snap = snapshot::load_newest(&dir, cfg.cluster_id, cfg.group, &mut report.notes)?;
+
+        let (outcome, segments) = recover_segments(&cfg, &listing.segments, direct)?;
+        report.torn_tail = outcome.torn_tail;
+        report.corruptions = outcome.corruptions.clone();
+        if let Some(t) = &outcome.torn_tail {
+            tracing::info!(
+                "WAL {}: dropped a torn, never-acknowledged last batch at log offset {} ({})",
+                dir.display(),
+                t.log_offset,
+                t.fault
+            );
+        }
+        for c in &outcome.corruptions {
+            tracing::error!("WAL {}: {c}; repair these slots from peers", dir.display());
+        }
+
+        let mut wal = Wal {
+            backend: chosen.backend,
+            backend_reason: chosen.reason,
+            direct,
+            memory: false,
+            segments,
+            spare: None,
+            next_offset: outcome.next_offset,
+            chain: outcome.chain,
+            staged: None,
+            free_bufs: Vec::new(),
+            log_in_flight: None,
+            super_file,
+            super_seq: sb.seq,
+            super_state: sb.state.clone(),
+            super_pending: None,
+            super_in_flight: None,
+            super_buf: Some(AlignedBuf::new(PAIR_BYTES)),
+            next_token: 0,
+            next_id: 1,
+            outstanding: VecDeque::with_capacity(cfg.max_pending_writes as usize),
+            durable: None,
+            stopped: None,
+            scratch: Vec::with_capacity(8),
+            cfg,
+        };
+        wal.free_bufs = (0..2)
+            .map(|_| AlignedBuf::new(wal.cfg.max_batch_bytes as usize))
+            .collect();
+        let first = wal.normalize(wal.next_offset);
+        wal.ensure_segment(first / wal.cfg.segment_bytes)?;
+        Ok((
+            wal,
+            Recovered {
+                superblock: sb.state,
+                snapshot: snap,
+                entries: outcome.entries,
+                report,
+            },
+        ))
+    }
+
+    fn open_memory(
+        cfg: WalConfig,
+        chosen: backend::Chosen,
+        mut report: RecoveryReport,
+    ) -> (Wal, Recovered) {
+        report.fresh = true;
+        let null = Arc::new(
+            File::options()
+                .write(true)
+                .open("/dev/null")
+                .expect("/dev/null opens"),
+        );
+        let mut wal = Wal {
+            backend: chosen.backend,
+            backend_reason: chosen.reason,
+            direct: false,
+            memory: true,
+            segments: VecDeque::new(),
+            spare: None,
+            next_offset: SECTOR_BYTES as u64,
+            chain: 0,
+            staged: None,
+            free_bufs: Vec::new(),
+            log_in_flight: None,
+            super_file: null,
+            super_seq: 2,
+            super_state: SuperState::default(),
+            super_pending: None,
+            super_in_flight: None,
+            super_buf: Some(AlignedBuf::new(PAIR_BYTES)),
+            next_token: 0,
+            next_id: 1,
+            outstanding: VecDeque::with_capacity(cfg.max_pending_writes as usize),
+            durable: None,
+            stopped: None,
+            scratch: Vec::with_capacity(8),
+            cfg,
+        };
+        wal.free_bufs = (0..2)
+            .map(|_| AlignedBuf::new(wal.cfg.max_batch_bytes as usize))
+            .collect();
+        let recovered = Recovered {
+            superblock: SuperState::default(),
+            snapshot: None,
+            entries: Vec::new(),
+            report,
+        };
+        (wal, recovered)
+    }
+
+    /// Readable when [`Wal::poll_completions`] has something to report. Register it with mio
+    /// (`mio::unix::SourceFd`, readable interest).
+    pub fn eventfd(&self) -> RawFd {
+        self.backend.eventfd()
+    }
+
+    pub fn backend_kind(&self) -> BackendKind {
+        self.backend.kind()
+    }
+
+    /// Why this backend runs (e.g. why `auto` fell back to `sync`).
+    pub fn backend_reason(&self) -> &str {
+        &self.backend_reason
+    }
+
+    pub fn direct_io(&self) -> bool {
+        self.direct
+    }
+
+    /// The highest write id such that it and every earlier one are durable.
+    pub fn durable_up_to(&self) -> Option<WriteId> {
+        self.durable
+    }
+
+    /// Write ids not yet durable.
+    pub fn pending_writes(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// The superblock state most recently handed to [`Wal::set_superblock`] (or recovered).
+    pub fn superblock(&self) -> &SuperState {
+        self.super_pending
+            .as_ref()
+            .map_or(&self.super_state, |p| &p.0)
+    }
+
+    fn check_running(&self) -> Result<(), WalError> {
+        match &self.stopped {
+            Some(why) => Err(WalError::Stopped(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn new_token(&mut self, superblock: bool) -> u64 {
+        self.next_token += 1;
+        (self.next_token << 1) | superblock as u64
+    }
+
+    fn new_id(&mut self, token: u64) -> WriteId {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.outstanding.push_back((id, token, false));
+        WriteId(id)
+    }
+
+    /// Appends `entries` as part of the next group commit and returns at once. The returned id
+    /// is reported by [`Wal::poll_completions`] once every entry is durable. Entries appended
+    /// while a write is in flight go out together in the next one.
+    pub fn append(&mut self, entries: &[Entry<'_>]) -> Result<WriteId, WalError> {
+        self.check_running()?;
+        if entries.is_empty() {
+            return Err(WalError::InvalidEntry(
+                "an append needs at least one entry".into(),
+            ));
+        }
+        let mut needed = 0usize;
+        for e in entries {
+            if e.body.len() > self.cfg.max_entry_bytes as usize {
+                return Err(WalError::Limit {
+                    what: format!("an entry body of {} bytes", e.body.len()),
+                    limit: self.cfg.max_entry_bytes as u64,
+                });
+            }
+            if e.slot_first > e.slot_last {
+                return Err(WalError::InvalidEntry(format!(
+                    "slot range {}..={} is inverted",
+                    e.slot_first, e.slot_last
+                )));
+            }
+            needed += ENTRY_HEADER_BYTES + e.body.len();
+        }
+        if align_up(needed as u64) > self.cfg.max_batch_bytes as u64 {
+            return Err(WalError::Limit {
+                what: format!("an append of {needed} bytes"),
+                limit: self.cfg.max_batch_bytes as u64,
+            });
+        }
+        if self.outstanding.len() >= self.cfg.max_pending_writes as usize {
+            return Err(WalError::Backpressure {
+                pending: self.outstanding.len(),
+            });
+        }
+        match &self.staged {
+            None => self.start_staged(needed)?,
+            Some(st) => {
+                let padded = st.enc.padded_len_with(needed) as u64;
+                let seg_end = (st.seg_index + 1) * self.cfg.segment_bytes;
+                if padded > self.cfg.max_batch_bytes as u64 || st.enc.batch_start + padded > seg_end
+                {
+                    assert!(
+                        self.log_in_flight.is_some(),
+                        "a staged batch waits only behind a write"
+                    );
+                    return Err(WalError::Backpressure {
+                        pending: self.outstanding.len(),
+                    });
+                }
+            }
+        }
+        let st = self.staged.as_mut().expect("staged batch exists");
+        let mut max_slot = 0;
+        for e in entries {
+            st.enc.push(st.buf.as_full_mut(), e);
+            max_slot = max_slot.max(e.slot_last);
+        }
+        let (token, seg_index) = (st.token, st.seg_index);
+        if let Some(seg) = self.segments.iter_mut().find(|s| s.index == seg_index) {
+            seg.max_slot = Some(seg.max_slot.map_or(max_slot, |m| m.max(max_slot)));
+        }
+        let id = self.new_id(token);
+        if self.log_in_flight.is_none() {
+            self.submit_staged()?;
+        }
+        Ok(id)
+    }
+
+    /// A batch never starts on a segment header.
+    fn normalize(&self, offset: u64) -> u64 {
+        if offset % self.cfg.segment_bytes == 0 {
+            offset + SECTOR_BYTES as u64
+        } else {
+            offset
+        }
+    }
+
+    fn start_staged(&mut self, needed: usize) -> Result<(), WalError> {
+        let seg_bytes = self.cfg.segment_bytes;
+        let mut start = self.normalize(self.next_offset);
+        let seg_end = (start / seg_bytes + 1) * seg_bytes;
+        if start + align_up(needed as u64) > seg_end {
+            start = seg_end + SECTOR_BYTES as u64;
+        }
+        let seg_index = start / seg_bytes;
+        self.ensure_segment(seg_index)?;
+        let buf = self
+            .free_bufs
+            .pop()
+            .expect("a free batch buffer while none is staged");
+        let token = self.new_token(false);
+        self.staged = Some(Staged {
+            enc: BatchEncoder::new(self.cfg.group, start, self.chain),
+            buf,
+            token,
+            seg_index,
+        });
+        Ok(())
+    }
+
+    fn submit_staged(&mut self) -> Result<(), WalError> {
+        let mut st = self.staged.take().expect("a staged batch to submit");
+        let len = st.enc.finish(st.buf.as_full_mut());
+        st.buf.set_len(len);
+        let seg = self
+            .segments
+            .iter()
+            .find(|s| s.index == st.seg_index)
+            .expect("staged batch's segment is open");
+        let op = WriteOp {
+            token: st.token,
+            file: seg.file.clone(),
+            offset: st.enc.batch_start % self.cfg.segment_bytes,
+            buf: st.buf,
+        };
+        assert!(op.offset + len as u64 <= self.cfg.segment_bytes);
+        assert_eq!(op.offset % SECTOR_BYTES as u64, 0);
+        self.chain = st.enc.chain;
+        self.next_offset = st.enc.batch_start + len as u64;
+        if let Err(e) = self.backend.submit(op) {
+            return Err(self.stop(e, "submitting a WAL write"));
+        }
+        self.log_in_flight = Some(st.token);
+        self.maybe_prepare_spare();
+        Ok(())
+    }
+
+    /// Records the durable superblock state (promised ballot, small state). Returns at once;
+    /// the id is reported durable like an append's. Updates made while one is in flight are
+    /// merged: only the newest state is written next.
+    pub fn set_superblock(&mut self, state: SuperState) -> Result<WriteId, WalError> {
+        self.check_running()?;
+        if state.app.len() > SUPER_APP_MAX_BYTES {
+            return Err(WalError::Limit {
+                what: format!("superblock app state of {} bytes", state.app.len()),
+                limit: SUPER_APP_MAX_BYTES as u64,
+            });
+        }
+        if self.outstanding.len() >= self.cfg.max_pending_writes as usize {
+            return Err(WalError::Backpressure {
+                pending: self.outstanding.len(),
+            });
+        }
+        let token = match &self.super_pending {
+            Some((_, t)) => *t,
+            None => self.new_token(true),
+        };
+        self.super_pending = Some((state, token));
+        let id = self.new_id(token);
+        if self.super_in_flight.is_none() {
+            self.submit_super()?;
+        }
+        Ok(id)
+    }
+
+    fn submit_super(&mut self) -> Result<(), WalError> {
+        let (state, token) = self.super_pending.take().expect("a pending superblock");
+        self.super_seq += 1;
+        let mut buf = self.super_buf.take().expect("superblock buffer is free");
+        let offset = superblock::encode_update(
+            self.cfg.cluster_id,
+            self.cfg.group,
+            self.super_seq,
+            &state,
+            buf.as_full_mut(),
+        );
+        buf.set_len(PAIR_BYTES);
+        self.super_state = state;
+        let op = WriteOp {
+            token,
+            file: self.super_file.clone(),
+            offset,
+            buf,
+        };
+        if let Err(e) = self.backend.submit(op) {
+            return Err(self.stop(e, "submitting a superblock write"));
+        }
+        self.super_in_flight = Some(token);
+        Ok(())
+    }
+
+    fn stop(&mut self, e: std::io::Error, context: &str) -> WalError {
+        let err = WalError::io(context, &self.cfg.dir, e);
+        self.stopped = Some(err.to_string());
+        err
+    }
+
+    /// Collects finished writes and appends newly durable write ids (in increasing order) to
+    /// `out`; starts the next group commit. Call it whenever [`Wal::eventfd`] is readable.
+    /// After an error the WAL is stopped: every later call fails.
+    pub fn poll_completions(&mut self, out: &mut Vec<WriteId>) -> Result<(), WalError> {
+        self.check_running()?;
+        let mut done = std::mem::take(&mut self.scratch);
+        if let Err(e) = self.backend.reap(&mut done) {
+            self.scratch = done;
+            return Err(self.stop(e, "collecting WAL completions"));
+        }
+        let mut failure = None;
+        for mut c in done.drain(..) {
+            if let Err(e) = c.result {
+                failure.get_or_insert(e);
+            }
+            if c.token & SUPER_TOKEN_BIT != 0 {
+                assert_eq!(self.super_in_flight.take(), Some(c.token));
+                self.super_buf = Some(c.buf);
+            } else {
+                assert_eq!(self.log_in_flight.take(), Some(c.token));
+                c.buf.set_len(0);
+                self.free_bufs.push(c.buf);
+            }
+            for o in self.outstanding.iter_mut().filter(|o| o.1 == c.token) {
+                o.2 = true;
+            }
+        }
+        self.scratch = done;
+        if let Some(e) = failure {
+            return Err(self.stop(e, "writing the WAL"));
+        }
+        while let Some(&(id, _, true)) = self.outstanding.front() {
+            self.outstanding.pop_front();
+            assert!(
+                self.durable.map_or(true, |d| d.0 < id),
+                "write ids complete in order"
+            );
+            self.durable = Some(WriteId(id));
+            out.push(WriteId(id));
+        }
+        if self.staged.is_some() && self.log_in_flight.is_none() {
+            self.submit_staged()?;
+        }
+        if self.super_pending.is_some() && self.super_in_flight.is_none() {
+            self.submit_super()?;
+        }
+        Ok(())
+    }
+
+    /// Blocks until `id` is durable (tools, tests and benchmarks; an event loop uses the
+    /// eventfd instead).
+    pub fn wait_durable(&mut self, id: WriteId, out: &mut Vec<WriteId>) -> Result<(), WalError> {
+        loop {
+            self.poll_completions(out)?;
+            if self.durable.is_some_and(|d| d >= id) {
+                return Ok(());
+            }
+            backend::wait_readable(self.eventfd(), 1000)
+                .map_err(|e| WalError::io("waiting for the WAL", &self.cfg.dir, e))?;
+        }
+    }
+
+    /// Blocks until every write so far is durable.
+    pub fn flush(&mut self) -> Result<(), WalError> {
+        let mut sink = Vec::new();
+        match self.outstanding.back() {
+            Some(&(id, _, _)) => self.wait_durable(WriteId(id), &mut sink),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes segment `index` writable: it exists already, or it is the spare, or it is made now.
+    fn ensure_segment(&mut self, index: u64) -> Result<(), WalError> {
+        if self.segments.iter().any(|s| s.index == index) {
+            return Ok(());
+        }
+        if let Some(last) = self.segments.back() {
+            assert_eq!(index, last.index + 1, "segments are used in order");
+        }
+        let file = if self.memory {
+            self.super_file
+                .as_ref()
+                .try_clone()
+                .map_err(|e| WalError::io("dup", &self.cfg.dir, e))?
+        } else {
+            match self.spare.take() {
+                Some((i, handle)) if i == index => handle.join().map_err(|_| {
+                    WalError::Stopped("the segment preallocation thread panicked".into())
+                })??,
+                other => {
+                    if let Some((_, h)) = other {
+                        let _ = h.join();
+                    }
+                    create_segment(&self.cfg.dir, self.segment_header(index), self.direct)?
+                }
+            }
+        };
+        self.segments.push_back(SegFile {
+            index,
+            file: Arc::new(file),
+            max_slot: None,
+        });
+        Ok(())
+    }
+
+    fn segment_header(&self, index: u64) -> SegmentHeader {
+        SegmentHeader {
+            cluster_id: self.cfg.cluster_id,
+            group: self.cfg.group,
+            index,
+            segment_bytes: self.cfg.segment_bytes,
+        }
+    }
+
+    /// Once the active segment is half full, preallocates the next one on a helper thread so
+    /// rolling over does not stall the group's loop.
+    fn maybe_prepare_spare(&mut self) {
+        if self.memory || self.spare.is_some() {
+            return;
+        }
+        let active = self.next_offset / self.cfg.segment_bytes;
+        let next = active + 1;
+        if self.segments.iter().any(|s| s.index == next)
+            || self.next_offset % self.cfg.segment_bytes < self.cfg.segment_bytes / 2
+        {
+            return;
+        }
+        let (dir, header, direct) = (self.cfg.dir.clone(), self.segment_header(next), self.direct);
+        let spawned = std::thread::Builder::new()
+            .name("wal-prealloc".into())
+            .spawn(move || create_segment(&dir, header, direct));
+        if let Ok(h) = spawned {
+            self.spare = Some((next, h));
+        }
+    }
+
+    /// Writes a snapshot of the caller's state at `slot` (it holds every slot up to `slot`),
+    /// then releases WAL segments that hold nothing above `slot`. Blocking; returns the number
+    /// of segments released.
+    pub fn snapshot(&mut self, slot: u64, data: &[u8]) -> Result<usize, WalError> {
+        self.check_running()?;
+        if self.memory {
+            return Ok(0);
+        }
+        snapshot::write(
+            &self.cfg.dir,
+            self.cfg.cluster_id,
+            self.cfg.group,
+            slot,
+            data,
+        )?;
+        self.release_segments(slot)
+    }
+
+    /// Removes the oldest segments while they are not in use and hold no slot above `slot`.
+    pub fn release_segments(&mut self, slot: u64) -> Result<usize, WalError> {
+        let active = self.next_offset.saturating_sub(1) / self.cfg.segment_bytes;
+        let busy = self
+            .staged
+            .as_ref()
+            .map(|s| s.seg_index)
+            .unwrap_or(u64::MAX)
+            .min(active);
+        let mut released = 0;
+        while self.segments.len() > 1 {
+            let front = &self.segments[0];
+            if front.index >= busy || front.max_slot.is_some_and(|m| m > slot) {
+                break;
+            }
+            let path = self.cfg.dir.join(segment_name(front.index));
+            fs::remove_file(&path)
+                .map_err(|e| WalError::io("releasing a WAL segment", &path, e))?;
+            self.segments.pop_front();
+            released += 1;
+        }
+        if released > 0 {
+            files::sync_dir(&self.cfg.dir)?;
+        }
+        Ok(released)
+    }
+
+    /// Absolute log offset where the next batch will start (for tests and tools).
+    pub fn next_log_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    pub fn config(&self) -> &WalConfig {
+        &self.cfg
+    }
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.cfg.dir)
+            .field("group", &self.cfg.group)
+            .field("backend", &self.backend.kind())
+            .field("next_offset", &self.next_offset)
+            .field("pending_writes", &self.outstanding.len())
+            .finish()
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if let Some((_, h)) = self.spare.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn write_initial_superblock(dir: &Path, cfg: &WalConfig) -> Result<(), WalError> {
+    let path = dir.join(SUPERBLOCK_NAME);
+    let tmp = dir.join(format!("{SUPERBLOCK_NAME}.tmp"));
+    let bytes = superblock::encode_initial(cfg.cluster_id, cfg.group, &SuperState::default());
+    let io = |e| WalError::io(format!("creating {}", tmp.display()), &tmp, e);
+    let mut f = File::create(&tmp).map_err(io)?;
+    std::io::Write::write_all(&mut f, &bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    fs::rename(&tmp, &path).map_err(io)?;
+    files::sync_dir(dir)
+}
+
+/// Reads every segment, scans them, applies the repairs the scan asks for (zeroing a torn
+/// tail, re-extending harmlessly short files), and opens the segments for writing.
+fn recover_segments(
+    cfg: &WalConfig,
+    indices: &[u64],
+    direct: bool,
+) -> Result<(scan::ScanOutcome, VecDeque<SegFile>), WalError> {
+    let dir = &cfg.dir;
+    let path_of = |i: u64| -> PathBuf { dir.join(segment_name(i)) };
+    let mut images = Vec::with_capacity(indices.len());
+    for &i in indices {
+        let p = path_of(i);
+        let bytes =
+            fs::read(&p).map_err(|e| WalError::io(format!("reading {}", p.display()), &p, e))?;
+        images.push((i, bytes));
+    }
+    let views: Vec<SegmentImage<'_>> = images
+        .iter()
+        .map(|(i, b)| SegmentImage {
+            index: *i,
+            bytes: b,
+        })
+        .collect();
+    let scan_cfg = ScanConfig {
+        cluster_id: cfg.cluster_id,
+        group: cfg.group,
+        segment_bytes: cfg.segment_bytes,
+        max_entry_bytes: cfg.max_entry_bytes,
+        mode: cfg.on_corruption,
+    };
+    let outcome = scan::scan(&views, scan_cfg).map_err(|r| match r {
+        ScanRefusal::Foreign {
+            cluster_id, group, ..
+        } => WalError::Foreign {
+            dir: dir.clone(),
+            found_cluster: cluster_id,
+            found_group: group,
+            cluster: cfg.cluster_id,
+            group: cfg.group,
+        },
+        ScanRefusal::SegmentSize { segment_bytes, .. } => WalError::SegmentSize {
+            dir: dir.clone(),
+            found: segment_bytes,
+            configured: cfg.segment_bytes,
+        },
+    })?;
+    drop(views);
+    if !outcome.corruptions.is_empty() && cfg.on_corruption == OnCorruption::Refuse {
+        let detail = outcome
+            .corruptions
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(WalError::Corrupt {
+            dir: dir.clone(),
+            detail,
+        });
+    }
+    // Repairs use buffered handles: a short file's length need not be sector aligned.
+    let mut repaired = std::collections::BTreeSet::new();
+    for &(abs, len) in &outcome.zero_ranges {
+        let i = abs / cfg.segment_bytes;
+        let p = path_of(i);
+        let f =
+            open_rw(&p, false).map_err(|e| WalError::io("opening a segment to repair", &p, e))?;
+        files::write_zeros(&f, &p, abs % cfg.segment_bytes, len)?;
+        repaired.insert(i);
+    }
+    for &i in &outcome.short_segments {
+        let p = path_of(i);
+        let f =
+            open_rw(&p, false).map_err(|e| WalError::io("opening a segment to repair", &p, e))?;
+        let len = f.metadata().map_err(|e| WalError::io("stat", &p, e))?.len();
+        files::write_zeros(&f, &p, len, cfg.segment_bytes - len)?;
+        repaired.insert(i);
+    }
+    for &i in &repaired {
+        let p = path_of(i);
+        File::open(&p)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| WalError::io("syncing a repaired segment", &p, e))?;
+    }
+    let mut segs = VecDeque::with_capacity(indices.len());
+    for &i in indices {
+        let p = path_of(i);
+        let f = open_rw(&p, direct)
+            .map_err(|e| WalError::io(format!("opening {}", p.display()), &p, e))?;
+        let max_slot = outcome
+            .entries
+            .iter()
+            .filter(|e| e.log_offset / cfg.segment_bytes == i)
+            .map(|e| e.slot_last)
+            .max();
+        segs.push_back(SegFile {
+            index: i,
+            file: Arc::new(f),
+            max_slot,
+        });
+    }
+    Ok((outcome, segs))
+}
