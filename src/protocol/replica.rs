@@ -342,8 +342,8 @@ impl Replica {
         &self.log
     }
 
-    /// Queues a command for the next batch. Only the leader (or a candidate about to lead)
-    /// takes proposals; others answer with where to go.
+    /// Queues a command for the next batch. Only the leader takes proposals; others (a
+    /// candidate included) answer with where to go.
     pub fn propose(&mut self, now: Nanos, command: Command) -> Result<(), NotLeader> {
         if !matches!(self.proposer, Proposer::Leader(_)) {
             return Err(NotLeader::Redirect {
@@ -719,10 +719,13 @@ impl Replica {
                 new.push((slot, value));
             }
         }
-        if !new.is_empty() {
-            // Chosen values are durable so a restart need not fetch them again.
-            let _ = self.persist(Write::Chosen { entries: new });
+        if new.is_empty() {
+            // A duplicate or stale reply: ask again only when the retry timer says so, or
+            // duplicated replies would breed requests without bound.
+            return;
         }
+        // Chosen values are durable so a restart need not fetch them again.
+        let _ = self.persist(Write::Chosen { entries: new });
         self.catchup_sent_at = None;
         self.maybe_catch_up(now);
     }
@@ -994,7 +997,13 @@ impl Replica {
             return;
         };
         if leader.read_round_wanted {
+            // A read round does not move the periodic heartbeat: with reads arriving faster
+            // than `heartbeat_ms` the leader's timers (check-quorum, retransmit) must still fire.
+            let heartbeat_due = leader.heartbeat_due;
             self.send_heartbeats(now);
+            if let Proposer::Leader(leader) = &mut self.proposer {
+                leader.heartbeat_due = heartbeat_due;
+            }
         }
         loop {
             let Proposer::Leader(leader) = &self.proposer else {
