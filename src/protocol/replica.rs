@@ -488,14 +488,7 @@ impl Replica {
 
     fn on_prepare(&mut self, now: Nanos, from: ReplicaId, ballot: Ballot, first_slot: Slot) {
         self.round_seen_max = self.round_seen_max.max(ballot.round);
-        if ballot < self.promised {
-            self.send(
-                from,
-                Message::Reject {
-                    ballot,
-                    promised: self.promised,
-                },
-            );
+        if self.reject_below_promise(from, ballot) {
             return;
         }
         if ballot > self.promised {
@@ -546,6 +539,22 @@ impl Replica {
         );
     }
 
+    /// Answers a message from an outranked ballot with a Reject naming the promise; returns
+    /// whether it did.
+    fn reject_below_promise(&mut self, from: ReplicaId, ballot: Ballot) -> bool {
+        if ballot >= self.promised {
+            return false;
+        }
+        self.send(
+            from,
+            Message::Reject {
+                ballot,
+                promised: self.promised,
+            },
+        );
+        true
+    }
+
     /// Leader stickiness: refuse a new ballot while a live leader other than `from` leads.
     fn sticks_to_leader(&self, now: Nanos, from: ReplicaId) -> bool {
         let min_ns = self.cfg.election_timeout_min_ms * NS_PER_MS;
@@ -567,14 +576,7 @@ impl Replica {
         value: Value,
         commit: Slot,
     ) {
-        if ballot < self.promised {
-            self.send(
-                from,
-                Message::Reject {
-                    ballot,
-                    promised: self.promised,
-                },
-            );
+        if self.reject_below_promise(from, ballot) {
             return;
         }
         self.promised = ballot;
@@ -610,14 +612,7 @@ impl Replica {
         commit: Slot,
         read_round: u64,
     ) {
-        if ballot < self.promised {
-            self.send(
-                from,
-                Message::Reject {
-                    ballot,
-                    promised: self.promised,
-                },
-            );
+        if self.reject_below_promise(from, ballot) {
             return;
         }
         self.step_down_below(now, ballot);
