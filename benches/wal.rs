@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use mpaxos::wal::{BackendChoice, Ballot, Entry, Wal, WalConfig};
+use mpaxos::wal::check_disk::synthetic_batch;
+use mpaxos::wal::{BackendChoice, Wal, WalConfig};
 
 fn bench_group_commit(c: &mut Criterion) {
     let base = std::env::var("MPAXOS_BENCH_DIR").unwrap_or_else(|_| "target/wal-bench".into());
@@ -34,17 +35,7 @@ fn bench_group_commit(c: &mut Criterion) {
         };
         let body = [0xA5u8; 64];
         for n in [1usize, 64, 512] {
-            let entries: Vec<Entry<'_>> = (0..n as u64)
-                .map(|i| Entry {
-                    slot_first: i,
-                    slot_last: i,
-                    ballot: Ballot {
-                        round: 1,
-                        replica: 0,
-                    },
-                    body: &body,
-                })
-                .collect();
+            let entries = synthetic_batch(n, &body);
             g.throughput(Throughput::Elements(n as u64));
             g.bench_with_input(
                 BenchmarkId::new(format!("{backend:?}").to_lowercase(), format!("{n}x64B")),

@@ -229,17 +229,7 @@ fn wal_batches(
     for &entry_bytes in &ENTRY_BYTES {
         for &n in &BATCH_ENTRIES {
             let body = vec![0xA5u8; entry_bytes];
-            let entries: Vec<Entry<'_>> = (0..n as u64)
-                .map(|i| Entry {
-                    slot_first: i,
-                    slot_last: i,
-                    ballot: Ballot {
-                        round: 1,
-                        replica: 0,
-                    },
-                    body: &body,
-                })
-                .collect();
+            let entries = synthetic_batch(n, &body);
             let iters = iterations_for(batch_bytes(n, entry_bytes), iterations);
             let mut h = histogram();
             let mut measured = std::time::Duration::ZERO;
@@ -326,4 +316,20 @@ pub fn render_table(r: &DiskReport) -> String {
         );
     }
     s
+}
+
+/// `n` entries of one slot each, all carrying `body`: the batch the disk check and
+/// `benches/wal.rs` both measure.
+pub fn synthetic_batch(n: usize, body: &[u8]) -> Vec<Entry<'_>> {
+    (0..n as u64)
+        .map(|i| Entry {
+            slot_first: i,
+            slot_last: i,
+            ballot: Ballot {
+                round: 1,
+                replica: 0,
+            },
+            body,
+        })
+        .collect()
 }

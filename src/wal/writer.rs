@@ -73,6 +73,18 @@ pub struct Wal {
     scratch: Vec<Completion>,
 }
 
+/// Where a freshly opened WAL's log and superblock stand.
+struct LogStart {
+    direct: bool,
+    memory: bool,
+    segments: VecDeque<SegFile>,
+    next_offset: u64,
+    chain: u32,
+    super_file: Arc<File>,
+    super_seq: u64,
+    super_state: SuperState,
+}
+
 fn validate(cfg: &WalConfig) -> Result<(), WalError> {
     let sector = SECTOR_BYTES as u64;
     let bad = |m: String| Err(WalError::Config(m));
@@ -167,35 +179,20 @@ impl Wal {
             tracing::error!("WAL {}: {c}; repair these slots from peers", dir.display());
         }
 
-        let mut wal = Wal {
-            backend: chosen.backend,
-            backend_reason: chosen.reason,
-            direct,
-            memory: false,
-            segments,
-            spare: None,
-            next_offset: outcome.next_offset,
-            chain: outcome.chain,
-            staged: None,
-            free_bufs: Vec::new(),
-            log_in_flight: None,
-            super_file,
-            super_seq: sb.seq,
-            super_state: sb.state.clone(),
-            super_pending: None,
-            super_in_flight: None,
-            super_buf: Some(AlignedBuf::new(PAIR_BYTES)),
-            next_token: 0,
-            next_id: 1,
-            outstanding: VecDeque::with_capacity(cfg.max_pending_writes as usize),
-            durable: None,
-            stopped: None,
-            scratch: Vec::with_capacity(8),
+        let mut wal = Wal::assemble(
             cfg,
-        };
-        wal.free_bufs = (0..2)
-            .map(|_| AlignedBuf::new(wal.cfg.max_batch_bytes as usize))
-            .collect();
+            chosen,
+            LogStart {
+                direct,
+                memory: false,
+                segments,
+                next_offset: outcome.next_offset,
+                chain: outcome.chain,
+                super_file,
+                super_seq: sb.seq,
+                super_state: sb.state.clone(),
+            },
+        );
         let first = wal.normalize(wal.next_offset);
         wal.ensure_segment(first / wal.cfg.segment_bytes)?;
         Ok((
@@ -207,6 +204,40 @@ impl Wal {
                 report,
             },
         ))
+    }
+
+    /// Builds an idle WAL (nothing staged or in flight) positioned at `start`; the one
+    /// constructor shared by the durable and the memory paths.
+    fn assemble(cfg: WalConfig, chosen: backend::Chosen, start: LogStart) -> Wal {
+        let free_bufs = (0..2)
+            .map(|_| AlignedBuf::new(cfg.max_batch_bytes as usize))
+            .collect();
+        Wal {
+            backend: chosen.backend,
+            backend_reason: chosen.reason,
+            direct: start.direct,
+            memory: start.memory,
+            segments: start.segments,
+            spare: None,
+            next_offset: start.next_offset,
+            chain: start.chain,
+            staged: None,
+            free_bufs,
+            log_in_flight: None,
+            super_file: start.super_file,
+            super_seq: start.super_seq,
+            super_state: start.super_state,
+            super_pending: None,
+            super_in_flight: None,
+            super_buf: Some(AlignedBuf::new(PAIR_BYTES)),
+            next_token: 0,
+            next_id: 1,
+            outstanding: VecDeque::with_capacity(cfg.max_pending_writes as usize),
+            durable: None,
+            stopped: None,
+            scratch: Vec::with_capacity(8),
+            cfg,
+        }
     }
 
     fn open_memory(
@@ -221,35 +252,20 @@ impl Wal {
                 .open("/dev/null")
                 .expect("/dev/null opens"),
         );
-        let mut wal = Wal {
-            backend: chosen.backend,
-            backend_reason: chosen.reason,
-            direct: false,
-            memory: true,
-            segments: VecDeque::new(),
-            spare: None,
-            next_offset: SECTOR_BYTES as u64,
-            chain: 0,
-            staged: None,
-            free_bufs: Vec::new(),
-            log_in_flight: None,
-            super_file: null,
-            super_seq: 2,
-            super_state: SuperState::default(),
-            super_pending: None,
-            super_in_flight: None,
-            super_buf: Some(AlignedBuf::new(PAIR_BYTES)),
-            next_token: 0,
-            next_id: 1,
-            outstanding: VecDeque::with_capacity(cfg.max_pending_writes as usize),
-            durable: None,
-            stopped: None,
-            scratch: Vec::with_capacity(8),
+        let wal = Wal::assemble(
             cfg,
-        };
-        wal.free_bufs = (0..2)
-            .map(|_| AlignedBuf::new(wal.cfg.max_batch_bytes as usize))
-            .collect();
+            chosen,
+            LogStart {
+                direct: false,
+                memory: true,
+                segments: VecDeque::new(),
+                next_offset: SECTOR_BYTES as u64,
+                chain: 0,
+                super_file: null,
+                super_seq: 2,
+                super_state: SuperState::default(),
+            },
+        );
         let recovered = Recovered {
             superblock: SuperState::default(),
             snapshot: None,
