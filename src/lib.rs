@@ -6,7 +6,11 @@
 //! - [`check`]: a Wing–Gong–Lowe linearizability checker, partitioned per key.
 //! - [`sim`]: the deterministic fault-injecting simulator around `protocol` + `kv`.
 pub mod check;
+pub mod client;
 pub mod kv;
+pub mod net;
 pub mod protocol;
+pub mod runtime;
+pub mod server;
 pub mod sim;
 pub mod wal;

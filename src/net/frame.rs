@@ -1,0 +1,232 @@
+//! Framing: `len: u32 LE | crc32c(payload): u32 LE | payload (rkyv archive)`.
+//!
+//! Owns: turning a typed value into frame bytes and a byte stream back into validated frames.
+//! The payload is copied into a 16-byte-aligned buffer and validated with `rkyv::access`
+//! before anything reads it, so a malformed frame is an error, never undefined behaviour.
+
+use rkyv::api::high::{HighSerializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Portable, Serialize};
+
+pub const FRAME_HEADER_BYTES: usize = 8;
+/// Largest payload accepted: a 1 MiB value plus its key and framing fits with room to spare;
+/// peer messages carry batches bounded by `batch_max_bytes` (validated ≤ this).
+pub const FRAME_PAYLOAD_MAX_BYTES: usize = 8 << 20;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("frame length {len} is over the {max}-byte limit")]
+    Oversized { len: usize, max: usize },
+    #[error("frame checksum mismatch")]
+    Checksum,
+    #[error("frame payload does not validate: {0}")]
+    Invalid(String),
+}
+
+/// Serializes values into frames, reusing its buffers.
+#[derive(Default)]
+pub struct FrameEncoder {
+    scratch: AlignedVec,
+    arena: rkyv::ser::allocator::Arena,
+}
+
+impl FrameEncoder {
+    pub fn new() -> FrameEncoder {
+        FrameEncoder::default()
+    }
+
+    /// Appends one frame holding `value` to `out`; returns the frame's length in bytes.
+    pub fn encode<T>(&mut self, value: &T, out: &mut Vec<u8>) -> usize
+    where
+        T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+    {
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        let buf = rkyv::api::high::to_bytes_in_with_alloc::<_, _, rancor::Error>(
+            value,
+            buf,
+            self.arena.acquire(),
+        )
+        .expect("serializing into memory cannot fail");
+        let len = buf.len();
+        assert!(
+            len <= FRAME_PAYLOAD_MAX_BYTES,
+            "an outgoing frame of {len} bytes is over the limit; callers bound what they send"
+        );
+        out.reserve(FRAME_HEADER_BYTES + len);
+        out.extend_from_slice(&(len as u32).to_le_bytes());
+        out.extend_from_slice(&crc32c::crc32c(&buf).to_le_bytes());
+        out.extend_from_slice(&buf);
+        self.scratch = buf;
+        FRAME_HEADER_BYTES + len
+    }
+}
+
+/// Accumulates bytes from a stream and cuts them into validated frames.
+pub struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+    payload: AlignedVec,
+    max_payload: usize,
+}
+
+impl Default for FrameReader {
+    fn default() -> Self {
+        FrameReader::new(FRAME_PAYLOAD_MAX_BYTES)
+    }
+}
+
+impl FrameReader {
+    pub fn new(max_payload: usize) -> FrameReader {
+        FrameReader {
+            buf: Vec::new(),
+            start: 0,
+            payload: AlignedVec::new(),
+            max_payload,
+        }
+    }
+
+    /// Spare room to read into; call [`FrameReader::filled`] with how much was read.
+    pub fn spare(&mut self, at_least: usize) -> &mut [u8] {
+        if self.start > 0 && (self.start == self.buf.len() || self.start > self.buf.capacity() / 2)
+        {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let len = self.buf.len();
+        if self.buf.capacity() - len < at_least {
+            self.buf.reserve(at_least);
+        }
+        let cap = self.buf.capacity();
+        self.buf.resize(cap, 0);
+        &mut self.buf[len..]
+    }
+
+    /// Marks `n` bytes of the last `spare` as read; drops the rest of the spare room.
+    pub fn filled(&mut self, spare_start: usize, n: usize) {
+        self.buf.truncate(spare_start + n);
+    }
+
+    /// Bytes buffered but not yet consumed.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// Length of the buffer before `spare` (where the spare starts).
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buffered() == 0
+    }
+
+    /// Appends bytes (tests and simple callers).
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame's payload, checksum-verified and in an aligned buffer, or
+    /// `None` if more bytes are needed. After an error the stream is unusable: close it.
+    pub fn next_payload(&mut self) -> Result<Option<&AlignedVec>, FrameError> {
+        let avail = &self.buf[self.start..];
+        if avail.len() < FRAME_HEADER_BYTES {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes(avail[0..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(avail[4..8].try_into().expect("4 bytes"));
+        if len > self.max_payload {
+            return Err(FrameError::Oversized {
+                len,
+                max: self.max_payload,
+            });
+        }
+        if avail.len() < FRAME_HEADER_BYTES + len {
+            return Ok(None);
+        }
+        let body = &avail[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len];
+        if crc32c::crc32c(body) != crc {
+            return Err(FrameError::Checksum);
+        }
+        self.payload.clear();
+        self.payload.extend_from_slice(body);
+        self.start += FRAME_HEADER_BYTES + len;
+        Ok(Some(&self.payload))
+    }
+}
+
+/// Validates `payload` as an archived `T` and returns a reference into it.
+pub fn access<T>(payload: &[u8]) -> Result<&T::Archived, FrameError>
+where
+    T: Archive,
+    T::Archived: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
+{
+    rkyv::access::<T::Archived, rancor::Error>(payload).map_err(|e| FrameError::Invalid(e.to_string()))
+}
+
+/// Encodes one value as a standalone frame (tests, tools, the blocking client).
+pub fn encode_frame<T>(value: &T) -> Vec<u8>
+where
+    T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+{
+    let mut out = Vec::new();
+    FrameEncoder::new().encode(value, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::wire::{ArchivedClientFrame, ClientFrame, Hello};
+
+    #[test]
+    fn round_trip_and_split_reads() {
+        let frame = encode_frame(&ClientFrame::Hello(Hello::new(7, 1, 2)));
+        let mut reader = FrameReader::default();
+        for (i, b) in frame.iter().enumerate() {
+            assert!(
+                reader.next_payload().unwrap().is_none(),
+                "incomplete at byte {i}"
+            );
+            reader.push(&[*b]);
+        }
+        let payload = reader.next_payload().unwrap().unwrap().clone();
+        let archived = access::<ClientFrame>(&payload).unwrap();
+        match archived {
+            ArchivedClientFrame::Hello(h) => assert_eq!(h.cluster_id.to_native(), 7),
+            _ => panic!("wrong frame"),
+        }
+        assert!(reader.next_payload().unwrap().is_none());
+    }
+
+    #[test]
+    fn oversized_and_corrupt_frames_are_errors() {
+        let mut reader = FrameReader::new(1024);
+        reader.push(&(4096u32).to_le_bytes());
+        reader.push(&[0; 4]);
+        assert_eq!(
+            reader.next_payload().unwrap_err(),
+            FrameError::Oversized { len: 4096, max: 1024 }
+        );
+        let mut frame = encode_frame(&ClientFrame::Status { id: 3 });
+        let last = frame.len() - 1;
+        frame[last] ^= 0xff;
+        let mut reader = FrameReader::default();
+        reader.push(&frame);
+        assert_eq!(reader.next_payload().unwrap_err(), FrameError::Checksum);
+    }
+
+    #[test]
+    fn garbage_with_a_valid_checksum_fails_validation() {
+        let body = [0xffu8; 40];
+        let mut reader = FrameReader::default();
+        reader.push(&(body.len() as u32).to_le_bytes());
+        reader.push(&crc32c::crc32c(&body).to_le_bytes());
+        reader.push(&body);
+        let payload = reader.next_payload().unwrap().unwrap().clone();
+        assert!(access::<ClientFrame>(&payload).is_err());
+    }
+}

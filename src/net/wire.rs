@@ -1,0 +1,478 @@
+//! The wire types: what peers and clients send each other, archived with rkyv.
+//!
+//! Owns: the message shapes and their conversion to and from the protocol's own types. The
+//! protocol module stays free of serialization; these mirrors are cheap to build (payloads are
+//! `Bytes`, cloned by reference count) and decoded straight from the validated archive.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::protocol::{Ballot, Command, Envelope, Message, PromiseEntry, ReplicaId, Value};
+
+/// First bytes of every handshake: "MPAX".
+pub const MAGIC: u32 = u32::from_le_bytes(*b"MPAX");
+/// Bumped on any incompatible change of these types; a peer or client with another version is
+/// refused with [`ErrorCode::Version`].
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The group a key belongs to: FNV-1a 64 of the key, modulo the group count. Clients and
+/// servers must agree on this function; changing it is a protocol version bump.
+pub fn group_of(key: &[u8], groups: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % groups.max(1) as u64) as u32
+}
+
+/// The replica id a client puts in its handshake.
+pub const CLIENT_ID_NONE: u32 = u32::MAX;
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub magic: u32,
+    pub version: u16,
+    /// 0 from a client that has not learned the cluster id yet (first contact).
+    pub cluster_id: u64,
+    /// The sender's replica id, or [`CLIENT_ID_NONE`] for a client.
+    pub replica_id: u32,
+    /// The group the connection is for; must match the port's group.
+    pub group: u32,
+}
+
+impl Hello {
+    pub fn new(cluster_id: u64, replica_id: u32, group: u32) -> Hello {
+        Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            cluster_id,
+            replica_id,
+            group,
+        }
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The frame could not be decoded (bad checksum, bad archive, unexpected frame).
+    Malformed,
+    /// The length prefix is over the limit.
+    Oversized,
+    BadMagic,
+    Version,
+    WrongCluster,
+    WrongGroup,
+    /// A peer handshake from a replica id that is not in the cluster (or is ourselves).
+    UnknownReplica,
+    /// The server is at its connection or request limit.
+    Busy,
+}
+
+/// Sent before the server closes a connection it refuses.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct WireError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WBallot {
+    pub round: u64,
+    pub replica: u32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct WCommand {
+    pub client_id: u64,
+    pub seq: u64,
+    pub payload: Bytes,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum WValue {
+    Noop,
+    Batch(Vec<WCommand>),
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct WPromiseEntry {
+    pub slot: u64,
+    pub ballot: WBallot,
+    pub value: WValue,
+    pub chosen: bool,
+}
+
+/// A protocol message on the wire (mirrors [`crate::protocol::Message`]).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum WMessage {
+    Prepare {
+        ballot: WBallot,
+        first_slot: u64,
+    },
+    Promise {
+        ballot: WBallot,
+        first_slot: u64,
+        entries: Vec<WPromiseEntry>,
+    },
+    Accept {
+        ballot: WBallot,
+        slot: u64,
+        value: WValue,
+        commit: u64,
+    },
+    Accepted {
+        ballot: WBallot,
+        slot: u64,
+    },
+    Reject {
+        ballot: WBallot,
+        promised: WBallot,
+    },
+    Heartbeat {
+        ballot: WBallot,
+        commit: u64,
+        read_round: u64,
+    },
+    HeartbeatAck {
+        ballot: WBallot,
+        read_round: u64,
+    },
+    CatchupRequest {
+        first_slot: u64,
+        last_slot: u64,
+    },
+    CatchupReply {
+        entries: Vec<(u64, WValue)>,
+    },
+}
+
+/// Everything that travels on a peer connection (dialer → listener only).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum PeerFrame {
+    Hello(Hello),
+    Msg(WMessage),
+    Error(WireError),
+}
+
+/// One client operation. `client_id` + `seq` make writes exactly-once across retries.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Get { key: Bytes, linearizable: bool },
+    Put { key: Bytes, value: Bytes },
+    Delete { key: Bytes },
+    Cas { key: Bytes, expected_version: u64, value: Bytes },
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Chosen by the client; echoed in the reply.
+    pub id: u64,
+    pub client_id: u64,
+    pub seq: u64,
+    pub op: Op,
+}
+
+/// Client → server.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum ClientFrame {
+    Hello(Hello),
+    Request(Request),
+    Status { id: u64 },
+    Topology { id: u64 },
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Put { revision: u64, version: u64 },
+    Delete { revision: u64, existed: bool },
+    Cas { ok: bool, revision: u64, version: u64 },
+    Get { value: Option<Bytes>, version: u64, mod_revision: u64 },
+    /// Not the leader of this group: go to `leader` (none known yet: retry shortly).
+    NotLeader { leader: Option<u32> },
+    /// The key belongs to another group.
+    WrongGroup { group: u32 },
+    /// The leader's queue is full; back off and retry.
+    Busy,
+    /// The request is invalid (too large a key or value, an older sequence number, ...).
+    Invalid { reason: String },
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaInfo {
+    pub id: u32,
+    pub host: String,
+    pub client_port_base: u16,
+    pub region: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    pub cluster_id: u64,
+    pub groups: u32,
+    pub replicas: Vec<ReplicaInfo>,
+    /// Per group, the leader this replica believes in.
+    pub leaders: Vec<Option<u32>>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub replica: u32,
+    pub group: u32,
+    pub role: String,
+    pub leader: Option<u32>,
+    pub ballot: WBallot,
+    pub commit: u64,
+    pub applied: u64,
+    pub proposals_pending: u64,
+    pub wal_backend: String,
+}
+
+/// Server → client.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum ServerFrame {
+    /// The handshake was accepted.
+    Welcome(Topology),
+    Reply { id: u64, outcome: Outcome },
+    Status { id: u64, status: GroupStatus },
+    Topology { id: u64, topology: Topology },
+    Error(WireError),
+}
+
+// ---- conversions between protocol types and their wire mirrors ----
+
+impl From<Ballot> for WBallot {
+    fn from(b: Ballot) -> Self {
+        WBallot {
+            round: b.round,
+            replica: b.replica,
+        }
+    }
+}
+
+impl From<&ArchivedWBallot> for Ballot {
+    fn from(b: &ArchivedWBallot) -> Self {
+        Ballot::new(b.round.to_native(), b.replica.to_native())
+    }
+}
+
+impl From<WBallot> for Ballot {
+    fn from(b: WBallot) -> Self {
+        Ballot::new(b.round, b.replica)
+    }
+}
+
+pub fn value_to_wire(v: &Value) -> WValue {
+    match v {
+        Value::Noop => WValue::Noop,
+        Value::Batch(cmds) => WValue::Batch(
+            cmds.iter()
+                .map(|c| WCommand {
+                    client_id: c.client_id,
+                    seq: c.seq,
+                    payload: c.payload.clone(),
+                })
+                .collect(),
+        ),
+    }
+}
+
+pub fn value_from_archived(v: &ArchivedWValue) -> Value {
+    match v {
+        ArchivedWValue::Noop => Value::Noop,
+        ArchivedWValue::Batch(cmds) => {
+            let cmds: Arc<[Command]> = cmds
+                .iter()
+                .map(|c| Command {
+                    client_id: c.client_id.to_native(),
+                    seq: c.seq.to_native(),
+                    payload: Bytes::copy_from_slice(c.payload.as_slice()),
+                })
+                .collect();
+            Value::Batch(cmds)
+        }
+    }
+}
+
+pub fn message_to_wire(m: &Message) -> WMessage {
+    match m {
+        Message::Prepare { ballot, first_slot } => WMessage::Prepare {
+            ballot: (*ballot).into(),
+            first_slot: *first_slot,
+        },
+        Message::Promise {
+            ballot,
+            first_slot,
+            entries,
+        } => WMessage::Promise {
+            ballot: (*ballot).into(),
+            first_slot: *first_slot,
+            entries: entries
+                .iter()
+                .map(|e| WPromiseEntry {
+                    slot: e.slot,
+                    ballot: e.ballot.into(),
+                    value: value_to_wire(&e.value),
+                    chosen: e.chosen,
+                })
+                .collect(),
+        },
+        Message::Accept {
+            ballot,
+            slot,
+            value,
+            commit,
+        } => WMessage::Accept {
+            ballot: (*ballot).into(),
+            slot: *slot,
+            value: value_to_wire(value),
+            commit: *commit,
+        },
+        Message::Accepted { ballot, slot } => WMessage::Accepted {
+            ballot: (*ballot).into(),
+            slot: *slot,
+        },
+        Message::Reject { ballot, promised } => WMessage::Reject {
+            ballot: (*ballot).into(),
+            promised: (*promised).into(),
+        },
+        Message::Heartbeat {
+            ballot,
+            commit,
+            read_round,
+        } => WMessage::Heartbeat {
+            ballot: (*ballot).into(),
+            commit: *commit,
+            read_round: *read_round,
+        },
+        Message::HeartbeatAck { ballot, read_round } => WMessage::HeartbeatAck {
+            ballot: (*ballot).into(),
+            read_round: *read_round,
+        },
+        Message::CatchupRequest {
+            first_slot,
+            last_slot,
+        } => WMessage::CatchupRequest {
+            first_slot: *first_slot,
+            last_slot: *last_slot,
+        },
+        Message::CatchupReply { entries } => WMessage::CatchupReply {
+            entries: entries
+                .iter()
+                .map(|(s, v)| (*s, value_to_wire(v)))
+                .collect(),
+        },
+    }
+}
+
+pub fn message_from_archived(m: &ArchivedWMessage) -> Message {
+    match m {
+        ArchivedWMessage::Prepare { ballot, first_slot } => Message::Prepare {
+            ballot: ballot.into(),
+            first_slot: first_slot.to_native(),
+        },
+        ArchivedWMessage::Promise {
+            ballot,
+            first_slot,
+            entries,
+        } => Message::Promise {
+            ballot: ballot.into(),
+            first_slot: first_slot.to_native(),
+            entries: entries
+                .iter()
+                .map(|e| PromiseEntry {
+                    slot: e.slot.to_native(),
+                    ballot: (&e.ballot).into(),
+                    value: value_from_archived(&e.value),
+                    chosen: e.chosen,
+                })
+                .collect(),
+        },
+        ArchivedWMessage::Accept {
+            ballot,
+            slot,
+            value,
+            commit,
+        } => Message::Accept {
+            ballot: ballot.into(),
+            slot: slot.to_native(),
+            value: value_from_archived(value),
+            commit: commit.to_native(),
+        },
+        ArchivedWMessage::Accepted { ballot, slot } => Message::Accepted {
+            ballot: ballot.into(),
+            slot: slot.to_native(),
+        },
+        ArchivedWMessage::Reject { ballot, promised } => Message::Reject {
+            ballot: ballot.into(),
+            promised: promised.into(),
+        },
+        ArchivedWMessage::Heartbeat {
+            ballot,
+            commit,
+            read_round,
+        } => Message::Heartbeat {
+            ballot: ballot.into(),
+            commit: commit.to_native(),
+            read_round: read_round.to_native(),
+        },
+        ArchivedWMessage::HeartbeatAck { ballot, read_round } => Message::HeartbeatAck {
+            ballot: ballot.into(),
+            read_round: read_round.to_native(),
+        },
+        ArchivedWMessage::CatchupRequest {
+            first_slot,
+            last_slot,
+        } => Message::CatchupRequest {
+            first_slot: first_slot.to_native(),
+            last_slot: last_slot.to_native(),
+        },
+        ArchivedWMessage::CatchupReply { entries } => Message::CatchupReply {
+            entries: entries
+                .iter()
+                .map(|e| (e.0.to_native(), value_from_archived(&e.1)))
+                .collect(),
+        },
+    }
+}
+
+/// Builds the envelope a received peer message becomes.
+pub fn envelope_from_archived(from: ReplicaId, to: ReplicaId, m: &ArchivedWMessage) -> Envelope {
+    Envelope {
+        from,
+        to,
+        msg: message_from_archived(m),
+    }
+}
+
+/// Converts a wire outcome into the kv reply shape, for clients that want the kv types.
+pub fn outcome_from_reply(reply: crate::kv::Reply) -> Outcome {
+    use crate::kv::Reply;
+    match reply {
+        Reply::Put { revision, version } => Outcome::Put { revision, version },
+        Reply::Delete { revision, existed } => Outcome::Delete { revision, existed },
+        Reply::Cas {
+            ok,
+            revision,
+            version,
+        } => Outcome::Cas {
+            ok,
+            revision,
+            version,
+        },
+        Reply::Get {
+            value,
+            version,
+            mod_revision,
+        } => Outcome::Get {
+            value,
+            version,
+            mod_revision,
+        },
+        Reply::Invalid { reason } => Outcome::Invalid { reason },
+        Reply::Stale { last_seq } => Outcome::Invalid {
+            reason: format!("sequence number is older than this client's last ({last_seq})"),
+        },
+    }
+}

@@ -1,0 +1,101 @@
+//! One TCP connection's buffers: a frame reader and a coalesced output buffer.
+//!
+//! Frames queued during a loop turn go out together when the loop flushes at the end of the
+//! turn (one `write` per connection per turn, DESIGN §8).
+
+use std::io::{self, Read, Write};
+
+use mio::net::TcpStream;
+
+use crate::net::FrameReader;
+
+/// Bytes read per `read` call.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+pub struct Conn {
+    pub stream: TcpStream,
+    pub reader: FrameReader,
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Close once the output is flushed (after an error frame).
+    pub closing: bool,
+}
+
+pub enum ReadStatus {
+    /// Read something (maybe frames to take); the socket may have more.
+    Data,
+    /// Nothing more for now.
+    WouldBlock,
+    /// The peer closed or the socket failed.
+    Closed,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, max_payload: usize) -> Conn {
+        Conn {
+            stream,
+            reader: FrameReader::new(max_payload),
+            out: Vec::with_capacity(16 * 1024),
+            out_pos: 0,
+            closing: false,
+        }
+    }
+
+    /// One read into the frame buffer.
+    pub fn read_some(&mut self) -> ReadStatus {
+        let start = self.reader.len();
+        let spare = self.reader.spare(READ_CHUNK_BYTES);
+        match self.stream.read(spare) {
+            Ok(0) => {
+                self.reader.filled(start, 0);
+                ReadStatus::Closed
+            }
+            Ok(n) => {
+                self.reader.filled(start, n);
+                ReadStatus::Data
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.reader.filled(start, 0);
+                ReadStatus::WouldBlock
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                self.reader.filled(start, 0);
+                ReadStatus::Data
+            }
+            Err(_) => {
+                self.reader.filled(start, 0);
+                ReadStatus::Closed
+            }
+        }
+    }
+
+    /// The buffer frames are encoded into.
+    pub fn out(&mut self) -> &mut Vec<u8> {
+        &mut self.out
+    }
+
+    pub fn unsent(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    /// Writes as much as the socket takes. `Err` means the connection is dead.
+    pub fn flush(&mut self) -> io::Result<()> {
+        while self.out_pos < self.out.len() {
+            match self.stream.write(&self.out[self.out_pos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        } else if self.out_pos > 1 << 20 {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+        Ok(())
+    }
+}

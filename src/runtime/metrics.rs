@@ -1,0 +1,125 @@
+//! Per-group metrics, named like etcd's under `mpaxos_` (DESIGN §2: no shared lock on the
+//! hot path).
+//!
+//! Counters and gauges are atomics written only by the group's thread. Histograms in
+//! prometheus-client sit behind a mutex, so the group thread records observations into a
+//! bounded local buffer and moves them into the shared histogram on a timer, off the
+//! per-message path.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone)]
+pub struct GroupMetrics {
+    pub has_leader: Gauge,
+    pub is_leader: Gauge,
+    pub leader_changes_seen_total: Counter,
+    pub proposals_committed_total: Counter,
+    pub proposals_applied_total: Counter,
+    pub proposals_pending: Gauge,
+    pub proposals_failed_total: Counter,
+    pub wal_fsync_duration_seconds: Histogram,
+    pub batch_size: Histogram,
+    pub peer_round_trip_time_seconds: Histogram,
+    pub commit_index: Gauge,
+    pub applied_index: Gauge,
+}
+
+impl GroupMetrics {
+    /// Creates the metrics of group `group` and registers them (labelled `group="g"`).
+    pub fn register(registry: &mut Registry, group: u32) -> GroupMetrics {
+        let m = GroupMetrics {
+            has_leader: Gauge::default(),
+            is_leader: Gauge::default(),
+            leader_changes_seen_total: Counter::default(),
+            proposals_committed_total: Counter::default(),
+            proposals_applied_total: Counter::default(),
+            proposals_pending: Gauge::default(),
+            proposals_failed_total: Counter::default(),
+            wal_fsync_duration_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 18)),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            peer_round_trip_time_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 20)),
+            commit_index: Gauge::default(),
+            applied_index: Gauge::default(),
+        };
+        let sub = registry.sub_registry_with_label(("group".into(), group.to_string().into()));
+        sub.register("has_leader", "1 if this group knows a leader", m.has_leader.clone());
+        sub.register("is_leader", "1 if this replica leads this group", m.is_leader.clone());
+        sub.register(
+            "leader_changes_seen",
+            "Leader changes this replica has seen",
+            m.leader_changes_seen_total.clone(),
+        );
+        sub.register(
+            "proposals_committed",
+            "Commands committed (chosen) in this group",
+            m.proposals_committed_total.clone(),
+        );
+        sub.register(
+            "proposals_applied",
+            "Commands applied to the state machine",
+            m.proposals_applied_total.clone(),
+        );
+        sub.register(
+            "proposals_pending",
+            "Client commands waiting for commit at this replica",
+            m.proposals_pending.clone(),
+        );
+        sub.register(
+            "proposals_failed",
+            "Client commands refused or dropped (not leader, queue full, leadership lost)",
+            m.proposals_failed_total.clone(),
+        );
+        sub.register(
+            "wal_fsync_duration_seconds",
+            "Time from handing a group commit to the WAL until it is durable",
+            m.wal_fsync_duration_seconds.clone(),
+        );
+        sub.register(
+            "batch_size",
+            "Commands per committed slot",
+            m.batch_size.clone(),
+        );
+        sub.register(
+            "peer_round_trip_time_seconds",
+            "Heartbeat round trips to peers",
+            m.peer_round_trip_time_seconds.clone(),
+        );
+        sub.register("commit_index", "Highest committed slot", m.commit_index.clone());
+        sub.register("applied_index", "Highest applied slot", m.applied_index.clone());
+        m
+    }
+}
+
+/// Observations buffered by the group thread, flushed into shared histograms on a timer.
+pub struct LocalHistogram {
+    target: Histogram,
+    pending: Vec<f64>,
+}
+
+/// Observations kept between flushes, at most; beyond it new ones are dropped (metrics are
+/// a sample, the hot path must not grow).
+const LOCAL_HISTOGRAM_MAX: usize = 4096;
+
+impl LocalHistogram {
+    pub fn new(target: Histogram) -> LocalHistogram {
+        LocalHistogram {
+            target,
+            pending: Vec::with_capacity(LOCAL_HISTOGRAM_MAX),
+        }
+    }
+
+    pub fn observe(&mut self, v: f64) {
+        if self.pending.len() < LOCAL_HISTOGRAM_MAX {
+            self.pending.push(v);
+        }
+    }
+
+    pub fn flush(&mut self) {
+        for v in self.pending.drain(..) {
+            self.target.observe(v);
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! The cluster configuration file (`cluster.toml`): one file, shared by every replica, each
+//! started with its own `--id`.
+//!
+//! Owns: parsing and validating the file into plain values. Every mistake a user can make
+//! comes back as one sentence naming the field and what to do.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::wal::BackendChoice;
+
+/// Where a replica pins its group threads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Cpus {
+    /// `"auto"` (disjoint core sets for the replicas on one host when there are enough cores,
+    /// else unpinned) or `"off"`.
+    Mode(String),
+    /// Explicit cores, one per group in order.
+    List(Vec<usize>),
+}
+
+impl Default for Cpus {
+    fn default() -> Self {
+        Cpus::Mode("auto".into())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    pub id: u32,
+    pub host: String,
+    /// Group g serves clients on `client_port + g`.
+    pub client_port: u16,
+    /// Group g listens for peers on `peer_port + g`.
+    pub peer_port: u16,
+    /// HTTP: /metrics, /health, /readyz.
+    pub admin_port: u16,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Overrides `data_dir/replica-<id>`.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub cpus: Cpus,
+}
+
+fn default_region() -> String {
+    "local".into()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Batching {
+    pub batch_max_ops: usize,
+    pub batch_max_bytes: usize,
+    /// 0 = adaptive (whatever queued while the previous batch was in flight).
+    pub batch_delay_us: u64,
+    pub pipeline_depth: usize,
+    pub proposal_queue_max: usize,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            batch_max_ops: 256,
+            batch_max_bytes: 1 << 20,
+            batch_delay_us: 0,
+            pipeline_depth: 64,
+            proposal_queue_max: 16 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            heartbeat_ms: 20,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+        }
+    }
+}
+
+/// Client-facing limits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Connections per group thread (clients and peers together).
+    pub connections_max: usize,
+    /// Requests one client connection may have waiting for an answer.
+    pub requests_per_connection_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections_max: 4096,
+            requests_per_connection_max: 4096,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Any nonzero number; every replica's data directory is stamped with it.
+    pub cluster_id: u64,
+    #[serde(default = "one")]
+    pub groups: u32,
+    /// Parent of each replica's `replica-<id>` directory.
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub durability: BackendChoice,
+    #[serde(default)]
+    pub batching: Batching,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub limits: Limits,
+    /// A placement file (regions and RTTs) to emulate WAN delays between replicas.
+    #[serde(default)]
+    pub placement: Option<PathBuf>,
+    pub replicas: Vec<ReplicaConfig>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl ClusterConfig {
+    pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let cfg: ClusterConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.message().to_string()
+                + &e.span()
+                    .map(|s| format!(" (at byte {})", s.start))
+                    .unwrap_or_default(),
+        })?;
+        cfg.validate().map_err(|message| ConfigError::Invalid {
+            path: path.into(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+
+    /// Checks everything the replicas would otherwise trip over at run time.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.cluster_id == 0 {
+            return Err("cluster_id must be nonzero".into());
+        }
+        if self.groups == 0 || self.groups > 256 {
+            return Err(format!("groups must be 1..=256, got {}", self.groups));
+        }
+        let n = self.replicas.len();
+        if n == 0 || n > 9 {
+            return Err(format!("there must be 1 to 9 replicas, got {n}"));
+        }
+        for (i, r) in self.replicas.iter().enumerate() {
+            if r.id as usize != i {
+                return Err(format!(
+                    "replica ids must be 0, 1, 2, ... in order; entry {i} has id {}",
+                    r.id
+                ));
+            }
+            if r.host.is_empty() {
+                return Err(format!("replica {} has an empty host", r.id));
+            }
+            for (name, port) in [("client_port", r.client_port), ("peer_port", r.peer_port)] {
+                if port == 0 || port as u32 + self.groups > 65536 {
+                    return Err(format!(
+                        "replica {} {name} {port} leaves no room for {} groups",
+                        r.id, self.groups
+                    ));
+                }
+            }
+            if let Cpus::Mode(m) = &r.cpus {
+                if m != "auto" && m != "off" {
+                    return Err(format!(
+                        "replica {} cpus must be \"auto\", \"off\" or a list of cores, got {m:?}",
+                        r.id
+                    ));
+                }
+            }
+            if let Cpus::List(l) = &r.cpus {
+                if l.len() != self.groups as usize {
+                    return Err(format!(
+                        "replica {} lists {} cpus for {} groups",
+                        r.id,
+                        l.len(),
+                        self.groups
+                    ));
+                }
+            }
+        }
+        // Port clashes between replicas on the same host.
+        let mut used = std::collections::BTreeMap::new();
+        for r in &self.replicas {
+            let mut ports: Vec<(u16, &str)> = vec![(r.admin_port, "admin_port")];
+            for g in 0..self.groups as u16 {
+                ports.push((r.client_port + g, "client_port"));
+                ports.push((r.peer_port + g, "peer_port"));
+            }
+            for (p, what) in ports {
+                if let Some((other, other_what)) = used.insert((r.host.clone(), p), (r.id, what)) {
+                    return Err(format!(
+                        "port {p} on {} is used twice (replica {other} {other_what} and replica {} {what})",
+                        r.host, r.id
+                    ));
+                }
+            }
+        }
+        let t = &self.timeouts;
+        if t.heartbeat_ms == 0 || t.heartbeat_ms >= t.election_timeout_min_ms {
+            return Err(format!(
+                "timeouts.heartbeat_ms ({}) must be nonzero and below election_timeout_min_ms ({})",
+                t.heartbeat_ms, t.election_timeout_min_ms
+            ));
+        }
+        if t.election_timeout_min_ms > t.election_timeout_max_ms {
+            return Err("timeouts.election_timeout_min_ms is above election_timeout_max_ms".into());
+        }
+        let b = &self.batching;
+        if b.batch_max_ops == 0
+            || b.batch_max_bytes == 0
+            || b.pipeline_depth == 0
+            || b.proposal_queue_max == 0
+        {
+            return Err(
+                "batching: batch_max_ops, batch_max_bytes, pipeline_depth and proposal_queue_max must be at least 1"
+                    .into(),
+            );
+        }
+        if b.batch_max_bytes > 4 << 20 {
+            return Err(format!(
+                "batching.batch_max_bytes {} is over the 4 MiB frame budget",
+                b.batch_max_bytes
+            ));
+        }
+        if self.limits.connections_max == 0 || self.limits.requests_per_connection_max == 0 {
+            return Err("limits must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn replica(&self, id: u32) -> Result<&ReplicaConfig, String> {
+        self.replicas.get(id as usize).ok_or_else(|| {
+            format!(
+                "--id {id} is not in the config (replicas 0..{})",
+                self.replicas.len()
+            )
+        })
+    }
+
+    pub fn replica_data_dir(&self, id: u32) -> PathBuf {
+        match &self.replicas[id as usize].data_dir {
+            Some(d) => d.clone(),
+            None => self.data_dir.join(format!("replica-{id}")),
+        }
+    }
+
+    /// The cores replica `id`'s groups run on, or `None` (unpinned) with the reason.
+    pub fn cores_for(&self, id: u32, host_cores: usize) -> Result<Vec<usize>, String> {
+        let r = &self.replicas[id as usize];
+        let g = self.groups as usize;
+        match &r.cpus {
+            Cpus::List(l) => Ok(l.clone()),
+            Cpus::Mode(m) if m == "off" => Err("pinning is off (cpus = \"off\")".into()),
+            _ => {
+                let local: Vec<u32> = self
+                    .replicas
+                    .iter()
+                    .filter(|o| o.host == r.host)
+                    .map(|o| o.id)
+                    .collect();
+                let k = local.iter().position(|&o| o == id).expect("self is local");
+                if local.len() * g <= host_cores {
+                    Ok((k * g..(k + 1) * g).collect())
+                } else {
+                    Err(format!(
+                        "{} replicas x {g} groups on {} exceed its {host_cores} cores, so threads run unpinned",
+                        local.len(),
+                        r.host
+                    ))
+                }
+            }
+        }
+    }
+
+    /// A local cluster on loopback: `replicas` replicas, ports from `base_port` up.
+    pub fn local(replicas: u32, groups: u32, data_dir: &Path, base_port: u16) -> ClusterConfig {
+        let stride = 3 * groups as u16 + 1;
+        ClusterConfig {
+            cluster_id: rand::random::<u64>() | 1,
+            groups,
+            data_dir: data_dir.to_path_buf(),
+            durability: BackendChoice::Auto,
+            batching: Batching::default(),
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            placement: None,
+            replicas: (0..replicas)
+                .map(|id| {
+                    let base = base_port + id as u16 * stride;
+                    ReplicaConfig {
+                        id,
+                        host: "127.0.0.1".into(),
+                        client_port: base,
+                        peer_port: base + groups as u16,
+                        admin_port: base + 2 * groups as u16,
+                        region: "local".into(),
+                        data_dir: None,
+                        cpus: Cpus::Mode("auto".into()),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_config_round_trips_and_validates() {
+        let cfg = ClusterConfig::local(3, 2, Path::new("/tmp/x"), 20000);
+        cfg.validate().unwrap();
+        let back: ClusterConfig = toml::from_str(&cfg.to_toml()).unwrap();
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let mut cfg = ClusterConfig::local(3, 1, Path::new("/tmp/x"), 20000);
+        cfg.replicas[1].client_port = cfg.replicas[0].client_port;
+        assert!(cfg.validate().unwrap_err().contains("used twice"));
+        let mut cfg = ClusterConfig::local(3, 1, Path::new("/tmp/x"), 20000);
+        cfg.timeouts.heartbeat_ms = 500;
+        assert!(cfg.validate().unwrap_err().contains("heartbeat_ms"));
+        let err = toml::from_str::<ClusterConfig>("cluster_id = 1\nbogus = 2\n").unwrap_err();
+        assert!(err.message().contains("bogus"), "{}", err.message());
+    }
+
+    #[test]
+    fn auto_pinning_needs_enough_cores() {
+        let cfg = ClusterConfig::local(3, 1, Path::new("/tmp/x"), 20000);
+        assert_eq!(cfg.cores_for(1, 8).unwrap(), vec![1]);
+        assert!(cfg.cores_for(1, 2).is_err());
+    }
+}

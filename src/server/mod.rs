@@ -1,0 +1,208 @@
+//! `mpaxos server`: config, start-up (WAL recovery per group), the admin endpoint, shutdown.
+pub mod admin;
+pub mod config;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+
+use crate::net::wire::ReplicaInfo;
+use crate::protocol;
+use crate::runtime::{self, GroupMetrics, GroupSpec, Shared};
+use crate::wal::WalConfig;
+use config::ClusterConfig;
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}:{port}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host}:{port} resolves to no address"))
+}
+
+/// Sets up logging to stderr (`RUST_LOG` overrides the default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The protocol knobs of replica `id` from the config.
+pub fn protocol_config(cfg: &ClusterConfig, id: u32, group: u32) -> protocol::Config {
+    let mut p = protocol::Config::new(id, cfg.replicas.len() as u32);
+    p.seed = rand::random::<u64>() ^ ((group as u64) << 32);
+    p.heartbeat_ms = cfg.timeouts.heartbeat_ms;
+    p.election_timeout_min_ms = cfg.timeouts.election_timeout_min_ms;
+    p.election_timeout_max_ms = cfg.timeouts.election_timeout_max_ms;
+    p.pipeline_depth = cfg.batching.pipeline_depth;
+    p.batch_max_ops = cfg.batching.batch_max_ops;
+    p.batch_max_bytes = cfg.batching.batch_max_bytes;
+    p.batch_delay_us = cfg.batching.batch_delay_us;
+    p.proposal_queue_max = cfg.batching.proposal_queue_max;
+    p.catchup_batch_max = 64;
+    p
+}
+
+/// Runs replica `id` until SIGTERM or SIGINT. Every start-up error is one line on stderr and a
+/// non-zero exit.
+pub fn run(config_path: &Path, id: u32) -> ExitCode {
+    init_logging();
+    let cfg = match ClusterConfig::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match start(&cfg, id) {
+        Ok(running) => {
+            wait_for_signal();
+            tracing::info!(replica = id, "stopping");
+            running.stop();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn wait_for_signal() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+        Ok(mut signals) => {
+            let _ = signals.forever().next();
+        }
+        Err(e) => {
+            tracing::error!("cannot install signal handlers ({e}); running until killed");
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+}
+
+/// A started replica: its group threads and admin endpoint.
+pub struct Running {
+    shared: Arc<Shared>,
+    groups: Vec<runtime::GroupHandle>,
+    admin: Option<admin::AdminServer>,
+}
+
+impl Running {
+    pub fn stop(self) {
+        self.shared.stop.store(true, Ordering::Release);
+        for g in &self.groups {
+            let _ = g.waker.wake();
+        }
+        for g in self.groups {
+            let _ = g.join.join();
+        }
+        if let Some(a) = self.admin {
+            a.stop();
+        }
+    }
+}
+
+/// Starts replica `id` of `cfg`: recovers and binds every group, then the admin endpoint.
+pub fn start(cfg: &ClusterConfig, id: u32) -> Result<Running, String> {
+    let me = cfg.replica(id)?.clone();
+    let data_dir = cfg.replica_data_dir(id);
+    std::fs::create_dir_all(&data_dir).map_err(|e| {
+        format!(
+            "cannot create data directory {}: {e}; check the path and its permissions",
+            data_dir.display()
+        )
+    })?;
+    let host_cores = core_affinity::get_core_ids().map_or(1, |c| c.len());
+    let cores = match cfg.cores_for(id, host_cores) {
+        Ok(c) => Some(c),
+        Err(why) => {
+            tracing::info!(replica = id, "{why}");
+            None
+        }
+    };
+    let delays = match &cfg.placement {
+        Some(p) => crate::net::placement::Placement::load(p)?.replica_delays_ns(id, cfg.replicas.len())?,
+        None => Vec::new(),
+    };
+    let shared = Arc::new(Shared::new(cfg.groups));
+    let mut registry = Registry::with_prefix("mpaxos");
+    let infos: Vec<ReplicaInfo> = cfg
+        .replicas
+        .iter()
+        .map(|r| ReplicaInfo {
+            id: r.id,
+            host: r.host.clone(),
+            client_port_base: r.client_port,
+            region: r.region.clone(),
+        })
+        .collect();
+    let mut running = Running {
+        shared: shared.clone(),
+        groups: Vec::new(),
+        admin: None,
+    };
+    for g in 0..cfg.groups {
+        let mut wal = WalConfig::new(data_dir.join(format!("group-{g}")), cfg.cluster_id, g);
+        wal.backend = cfg.durability;
+        wal.max_entry_bytes = 6 << 20;
+        wal.max_batch_bytes = 16 << 20;
+        std::fs::create_dir_all(&wal.dir)
+            .map_err(|e| format!("cannot create {}: {e}", wal.dir.display()))?;
+        let peer_addrs = cfg
+            .replicas
+            .iter()
+            .map(|r| resolve(&r.host, r.peer_port + g as u16))
+            .collect::<Result<Vec<_>, _>>()?;
+        let spec = GroupSpec {
+            cluster_id: cfg.cluster_id,
+            replica_id: id,
+            group: g,
+            groups: cfg.groups,
+            client_listen: resolve(&me.host, me.client_port + g as u16)?,
+            peer_listen: resolve(&me.host, me.peer_port + g as u16)?,
+            peer_addrs,
+            replicas: infos.clone(),
+            protocol: protocol_config(cfg, id, g),
+            wal,
+            core: cores.as_ref().map(|c| c[g as usize]),
+            limits: cfg.limits.clone(),
+            shared: shared.clone(),
+            metrics: GroupMetrics::register(&mut registry, g),
+            peer_delay_ns: delays.clone(),
+        };
+        match runtime::spawn(spec) {
+            Ok(h) => running.groups.push(h),
+            Err(e) => {
+                running.stop();
+                return Err(format!("group {g}: {e}"));
+            }
+        }
+    }
+    let admin_addr = resolve(&me.host, me.admin_port)?;
+    match admin::AdminServer::start(admin_addr, registry, shared.clone()) {
+        Ok(a) => running.admin = Some(a),
+        Err(e) => {
+            running.stop();
+            return Err(e);
+        }
+    }
+    tracing::info!(
+        replica = id,
+        groups = cfg.groups,
+        client = %format!("{}:{}", me.host, me.client_port),
+        admin = %admin_addr,
+        durability = ?cfg.durability,
+        "replica started"
+    );
+    Ok(running)
+}
