@@ -26,6 +26,19 @@ enum Command {
     /// Check this host (`check disk`: what a durable WAL commit costs here).
     #[command(subcommand)]
     Check(mpaxos::wal::cli::CheckCommand),
+    /// Run one replica of a cluster described by a config file.
+    Server {
+        /// The cluster's TOML config (shared by every replica).
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// This replica's id in the config.
+        #[arg(long)]
+        id: u32,
+    },
+    /// Run a local cluster on loopback in the foreground (Ctrl-C stops it).
+    Cluster(mpaxos::server::local::ClusterArgs),
+    #[command(flatten)]
+    Store(mpaxos::client::cli::StoreCommand),
 }
 
 #[derive(clap::Args)]
@@ -63,6 +76,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Sim(args) => run_sim(args),
         Command::Check(command) => mpaxos::wal::cli::run_check(command),
+        Command::Server { config, id } => mpaxos::server::run(&config, id),
+        Command::Cluster(args) => mpaxos::server::local::run_cluster(args),
+        Command::Store(cmd) => mpaxos::client::cli::run(cmd),
     }
 }
 

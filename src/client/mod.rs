@@ -6,6 +6,8 @@
 //! applies the write at most once however many times it is sent. Blocking I/O; the load
 //! generator runs many of these.
 
+pub mod cli;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -104,16 +106,11 @@ impl Link {
                 return Err("timed out waiting for a reply".into());
             }
             self.stream.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
-            let start = self.reader.len();
-            let spare = self.reader.spare(16 * 1024);
-            match self.stream.read(spare) {
-                Ok(0) => {
-                    self.reader.filled(start, 0);
-                    return Err("connection closed by the server".into());
-                }
-                Ok(n) => self.reader.filled(start, n),
+            let stream = &mut self.stream;
+            match self.reader.read_from(16 * 1024, |buf| stream.read(buf)) {
+                Ok(0) => return Err("connection closed by the server".into()),
+                Ok(_) => {}
                 Err(e) => {
-                    self.reader.filled(start, 0);
                     if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
                         return Err("timed out waiting for a reply".into());
                     }

@@ -89,8 +89,13 @@ impl FrameReader {
         }
     }
 
-    /// Spare room to read into; call [`FrameReader::filled`] with how much was read.
-    pub fn spare(&mut self, at_least: usize) -> &mut [u8] {
+    /// Reads from `source` into spare room of at least `at_least` bytes; returns what
+    /// `source` returned (the bytes it reported are kept).
+    pub fn read_from(
+        &mut self,
+        at_least: usize,
+        source: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
+    ) -> std::io::Result<usize> {
         if self.start > 0 && (self.start == self.buf.len() || self.start > self.buf.capacity() / 2)
         {
             self.buf.drain(..self.start);
@@ -102,22 +107,15 @@ impl FrameReader {
         }
         let cap = self.buf.capacity();
         self.buf.resize(cap, 0);
-        &mut self.buf[len..]
-    }
-
-    /// Marks `n` bytes of the last `spare` as read; drops the rest of the spare room.
-    pub fn filled(&mut self, spare_start: usize, n: usize) {
-        self.buf.truncate(spare_start + n);
+        let result = source(&mut self.buf[len..]);
+        let n = *result.as_ref().unwrap_or(&0);
+        self.buf.truncate(len + n);
+        result
     }
 
     /// Bytes buffered but not yet consumed.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.start
-    }
-
-    /// Length of the buffer before `spare` (where the spare starts).
-    pub fn len(&self) -> usize {
-        self.buf.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -228,5 +226,34 @@ mod tests {
         reader.push(&body);
         let payload = reader.next_payload().unwrap().unwrap().clone();
         assert!(access::<ClientFrame>(&payload).is_err());
+    }
+}
+
+#[cfg(test)]
+mod peer_tests {
+    use super::*;
+    use crate::net::wire::*;
+    use crate::protocol::{Ballot, Message};
+
+    #[test]
+    fn peer_frames_round_trip() {
+        let msgs = vec![
+            PeerFrame::Hello(Hello::new(1, 2, 0)),
+            PeerFrame::Msg(message_to_wire(&Message::Heartbeat { ballot: Ballot::new(1, 2), commit: 3, read_round: 4 })),
+            PeerFrame::Msg(message_to_wire(&Message::Prepare { ballot: Ballot::new(1, 2), first_slot: 1 })),
+        ];
+        let mut enc = FrameEncoder::new();
+        let mut out = Vec::new();
+        for m in &msgs {
+            enc.encode(m, &mut out);
+        }
+        let mut reader = FrameReader::default();
+        reader.push(&out);
+        for m in &msgs {
+            let p = reader.next_payload().unwrap().unwrap().clone();
+            let a = access::<PeerFrame>(&p).unwrap();
+            let back: PeerFrame = rkyv::deserialize::<PeerFrame, rancor::Error>(a).unwrap();
+            assert_eq!(&back, m);
+        }
     }
 }

@@ -43,29 +43,13 @@ impl Conn {
 
     /// One read into the frame buffer.
     pub fn read_some(&mut self) -> ReadStatus {
-        let start = self.reader.len();
-        let spare = self.reader.spare(READ_CHUNK_BYTES);
-        match self.stream.read(spare) {
-            Ok(0) => {
-                self.reader.filled(start, 0);
-                ReadStatus::Closed
-            }
-            Ok(n) => {
-                self.reader.filled(start, n);
-                ReadStatus::Data
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.reader.filled(start, 0);
-                ReadStatus::WouldBlock
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                self.reader.filled(start, 0);
-                ReadStatus::Data
-            }
-            Err(_) => {
-                self.reader.filled(start, 0);
-                ReadStatus::Closed
-            }
+        let stream = &mut self.stream;
+        match self.reader.read_from(READ_CHUNK_BYTES, |buf| stream.read(buf)) {
+            Ok(0) => ReadStatus::Closed,
+            Ok(_) => ReadStatus::Data,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ReadStatus::WouldBlock,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => ReadStatus::Data,
+            Err(_) => ReadStatus::Closed,
         }
     }
 

@@ -1,6 +1,7 @@
 //! `mpaxos server`: config, start-up (WAL recovery per group), the admin endpoint, shutdown.
 pub mod admin;
 pub mod config;
+pub mod local;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
@@ -31,6 +32,7 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 

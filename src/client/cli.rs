@@ -1,0 +1,203 @@
+//! Store commands of the `mpaxos` binary: put, get, del, cas, status.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::net::wire::Outcome;
+
+use super::{Client, ClientOptions};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Endpoints {
+    /// Comma-separated `host:port` client endpoints (any replica's first client port).
+    #[arg(long, env = "MPAXOS_ENDPOINTS", value_delimiter = ',', required = true)]
+    pub endpoints: Vec<String>,
+    /// Give up on an operation after this many milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub timeout_ms: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OutputFormat {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Store VALUE under KEY.
+    Put {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        ep: Endpoints,
+    },
+    /// Read KEY (linearizable unless --serializable).
+    Get {
+        key: String,
+        /// Read the local replica's state without confirming leadership (may be stale).
+        #[arg(long)]
+        serializable: bool,
+        #[command(flatten)]
+        ep: Endpoints,
+    },
+    /// Delete KEY.
+    Del {
+        key: String,
+        #[command(flatten)]
+        ep: Endpoints,
+    },
+    /// Store VALUE under KEY only if KEY's version is EXPECTED_VERSION (0 = absent).
+    Cas {
+        key: String,
+        expected_version: u64,
+        value: String,
+        #[command(flatten)]
+        ep: Endpoints,
+    },
+    /// Replicas, groups, leaders and commit/applied indexes.
+    Status {
+        #[arg(short = 'w', long = "write-out", value_enum, default_value_t)]
+        format: OutputFormat,
+        #[command(flatten)]
+        ep: Endpoints,
+    },
+}
+
+fn connect(ep: &Endpoints) -> Result<Client, String> {
+    let mut opts = ClientOptions::new(ep.endpoints.clone());
+    opts.op_timeout = Duration::from_millis(ep.timeout_ms);
+    Client::connect(opts).map_err(|e| e.to_string())
+}
+
+pub fn run(cmd: StoreCommand) -> ExitCode {
+    match run_inner(cmd) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_inner(cmd: StoreCommand) -> Result<ExitCode, String> {
+    let outcome = match &cmd {
+        StoreCommand::Put { key, value, ep } => connect(ep)?.put(key.as_bytes(), value.as_bytes()),
+        StoreCommand::Get {
+            key,
+            serializable,
+            ep,
+        } => connect(ep)?.get(key.as_bytes(), !serializable),
+        StoreCommand::Del { key, ep } => connect(ep)?.delete(key.as_bytes()),
+        StoreCommand::Cas {
+            key,
+            expected_version,
+            value,
+            ep,
+        } => connect(ep)?.cas(key.as_bytes(), *expected_version, value.as_bytes()),
+        StoreCommand::Status { format, ep } => return status(ep, *format),
+    }
+    .map_err(|e| e.to_string())?;
+    match outcome {
+        Outcome::Put { revision, version } => println!("OK revision={revision} version={version}"),
+        Outcome::Delete { revision, existed } => {
+            println!("{} revision={revision}", if existed { "DELETED" } else { "ABSENT" })
+        }
+        Outcome::Cas {
+            ok,
+            revision,
+            version,
+        } => {
+            println!(
+                "{} revision={revision} version={version}",
+                if ok { "OK" } else { "CONFLICT" }
+            );
+            if !ok {
+                return Ok(ExitCode::from(3));
+            }
+        }
+        Outcome::Get {
+            value: Some(v),
+            version,
+            mod_revision,
+        } => {
+            println!("{}", String::from_utf8_lossy(&v));
+            eprintln!("version={version} mod_revision={mod_revision}");
+        }
+        Outcome::Get { value: None, .. } => {
+            eprintln!("key not found");
+            return Ok(ExitCode::from(4));
+        }
+        Outcome::Invalid { reason } => return Err(format!("invalid request: {reason}")),
+        other => return Err(format!("unexpected answer {other:?}")),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(ep: &Endpoints, format: OutputFormat) -> Result<ExitCode, String> {
+    let mut client = connect(ep)?;
+    let rows = client.status_all();
+    let topology = client.topology().clone();
+    if format == OutputFormat::Json {
+        let json: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(r, g, res)| {
+                let info = &topology.replicas[*r as usize];
+                let endpoint = format!("{}:{}", info.host, info.client_port_base + *g as u16);
+                match res {
+                    Ok(s) => serde_json::json!({
+                        "replica": r, "group": g, "endpoint": endpoint, "region": info.region,
+                        "role": s.role, "leader": s.leader,
+                        "ballot": format!("{}.{}", s.ballot.round, s.ballot.replica),
+                        "commit": s.commit, "applied": s.applied,
+                        "proposals_pending": s.proposals_pending, "wal_backend": s.wal_backend,
+                    }),
+                    Err(e) => serde_json::json!({
+                        "replica": r, "group": g, "endpoint": endpoint, "region": info.region,
+                        "error": e,
+                    }),
+                }
+            })
+            .collect();
+        let doc = serde_json::json!({ "cluster_id": format!("{:#x}", topology.cluster_id), "groups": topology.groups, "members": json });
+        println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+    } else {
+        println!(
+            "cluster {:#x}, {} replicas, {} groups",
+            topology.cluster_id,
+            topology.replicas.len(),
+            topology.groups
+        );
+        println!(
+            "{:<8} {:<6} {:<22} {:<10} {:<7} {:<10} {:>10} {:>10} {:>8} {:<7}",
+            "REPLICA", "GROUP", "ENDPOINT", "ROLE", "LEADER", "BALLOT", "COMMIT", "APPLIED", "PENDING", "WAL"
+        );
+        for (r, g, res) in &rows {
+            let info = &topology.replicas[*r as usize];
+            let endpoint = format!("{}:{}", info.host, info.client_port_base + *g as u16);
+            match res {
+                Ok(s) => println!(
+                    "{:<8} {:<6} {:<22} {:<10} {:<7} {:<10} {:>10} {:>10} {:>8} {:<7}",
+                    r,
+                    g,
+                    endpoint,
+                    s.role,
+                    s.leader.map_or("-".into(), |l| l.to_string()),
+                    format!("{}.{}", s.ballot.round, s.ballot.replica),
+                    s.commit,
+                    s.applied,
+                    s.proposals_pending,
+                    s.wal_backend
+                ),
+                Err(e) => println!("{r:<8} {g:<6} {endpoint:<22} unreachable: {e}"),
+            }
+        }
+    }
+    let down = rows.iter().filter(|r| r.2.is_err()).count();
+    Ok(if down == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(5)
+    })
+}
