@@ -5,6 +5,7 @@
 //! - [`kv`]: the replicated state machine applied to committed batches.
 //! - [`check`]: a Wing–Gong–Lowe linearizability checker, partitioned per key.
 //! - [`sim`]: the deterministic fault-injecting simulator around `protocol` + `kv`.
+pub mod bench;
 pub mod check;
 pub mod client;
 pub mod kv;

@@ -37,8 +37,27 @@ enum Command {
     },
     /// Run a local cluster on loopback in the foreground (Ctrl-C stops it).
     Cluster(mpaxos::server::local::ClusterArgs),
+    /// Benchmark a cluster (a local 3-replica one by default); `bench compare A B` diffs runs.
+    Bench(BenchCmd),
+    /// Run a benchmark suite: a matrix of runs with a combined report and plots.
+    Suite(mpaxos::bench::suite::SuiteArgs),
     #[command(flatten)]
     Store(mpaxos::client::cli::StoreCommand),
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BenchCmd {
+    #[command(subcommand)]
+    sub: Option<BenchSub>,
+    #[command(flatten)]
+    args: mpaxos::bench::BenchArgs,
+}
+
+#[derive(Subcommand)]
+enum BenchSub {
+    /// Throughput and percentile deltas between two run or suite directories.
+    Compare(mpaxos::bench::compare::CompareArgs),
 }
 
 #[derive(clap::Args)]
@@ -79,6 +98,11 @@ fn main() -> ExitCode {
         Command::Server { config, id } => mpaxos::server::run(&config, id),
         Command::Cluster(args) => mpaxos::server::local::run_cluster(args),
         Command::Store(cmd) => mpaxos::client::cli::run(cmd),
+        Command::Bench(b) => match b.sub {
+            Some(BenchSub::Compare(args)) => mpaxos::bench::compare::run_compare(args),
+            None => mpaxos::bench::run_bench(b.args),
+        },
+        Command::Suite(args) => mpaxos::bench::suite::run_suite(args),
     }
 }
 

@@ -131,6 +131,10 @@ pub struct ClusterConfig {
     /// A placement file (regions and RTTs) to emulate WAN delays between replicas.
     #[serde(default)]
     pub placement: Option<PathBuf>,
+    /// A replica that should win the first election (placements pin the leader's region): it
+    /// times out sooner than the others. Stickiness then keeps it leader while it is healthy.
+    #[serde(default)]
+    pub preferred_leader: Option<u32>,
     pub replicas: Vec<ReplicaConfig>,
 }
 
@@ -268,6 +272,11 @@ impl ClusterConfig {
                 b.batch_max_bytes
             ));
         }
+        if let Some(p) = self.preferred_leader {
+            if p as usize >= n {
+                return Err(format!("preferred_leader {p} is not a replica id"));
+            }
+        }
         if self.limits.connections_max == 0 || self.limits.requests_per_connection_max == 0 {
             return Err("limits must be at least 1".into());
         }
@@ -330,6 +339,7 @@ impl ClusterConfig {
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             placement: None,
+            preferred_leader: None,
             replicas: (0..replicas)
                 .map(|id| {
                     let base = base_port + id as u16 * stride;

@@ -49,6 +49,18 @@ pub fn protocol_config(cfg: &ClusterConfig, id: u32, group: u32) -> protocol::Co
     p.batch_delay_us = cfg.batching.batch_delay_us;
     p.proposal_queue_max = cfg.batching.proposal_queue_max;
     p.catchup_batch_max = 64;
+    if let Some(preferred) = cfg.preferred_leader {
+        // Everyone else waits at least twice as long before a first election.
+        let t = &cfg.timeouts;
+        let span = (t.election_timeout_max_ms - t.election_timeout_min_ms).max(2);
+        if preferred == id {
+            p.election_timeout_min_ms = (t.election_timeout_min_ms / 2).max(t.heartbeat_ms + 1);
+            p.election_timeout_max_ms = p.election_timeout_min_ms + span / 4;
+        } else {
+            p.election_timeout_min_ms = t.election_timeout_min_ms + span;
+            p.election_timeout_max_ms = t.election_timeout_max_ms + span;
+        }
+    }
     p
 }
 

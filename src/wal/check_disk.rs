@@ -108,6 +108,21 @@ pub fn run(dir: &Path, opts: &DiskOptions) -> Result<DiskReport, WalError> {
     result
 }
 
+/// The physical floor of a durable write on the disk under `dir`: one 4 KiB O_DIRECT (where
+/// supported) write + datasync at a time, `iterations` times. Latencies in microseconds.
+pub fn floor_sync_write(dir: &Path, iterations: u32) -> Result<Histogram<u64>, WalError> {
+    let work = dir.join(format!("mpaxos-floor-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).map_err(|e| WalError::DataDir {
+        dir: work.clone(),
+        source: e,
+    })?;
+    let result = files::probe_direct_io(&work, DirectIo::Auto, false)
+        .and_then(|direct| floor(&work, direct, iterations));
+    let _ = fs::remove_dir_all(&work);
+    result.map(|(h, _)| h)
+}
+
 fn measure(dir: &Path, work: &Path, opts: &DiskOptions) -> Result<DiskReport, WalError> {
     let direct = files::probe_direct_io(work, DirectIo::Auto, false)?;
     let (floor, floor_iters) = floor(work, direct, opts.iterations)?;

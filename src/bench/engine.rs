@@ -1,0 +1,949 @@
+//! The load generator's engine: one mio loop driving many logical clients.
+//!
+//! A *client* owns its own connections (one per replica and group it talks to) and its own
+//! leader cache; it runs `outstanding` *sessions*, each a client id with one request in flight
+//! at a time, so retries stay exactly-once (same client id and sequence number).
+//!
+//! Closed loop: a session sends its next request when the previous one completes; latency is
+//! measured from the send. Open loop: requests are scheduled by an arrival process,
+//! independent of completions; a request that finds no free session waits in a backlog, and
+//! its latency is measured from its scheduled time (coordinated-omission safe, DESIGN §10).
+//!
+//! With a placement, every message between a client and a replica is held for the one-way
+//! delay between their regions (in a FIFO per link), in both directions.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::stats::{new_histogram, IntervalLog, Recorder, SeriesKey};
+use super::workload::{key_bytes, Arrival, Arrivals, KeyDist, KeyPicker};
+use crate::net::frame::{access, FrameEncoder, FrameReader};
+use crate::net::placement::Placement;
+use crate::net::wire::{
+    group_of, ClientFrame, Hello, Op, Outcome, Request, ServerFrame, Topology, CLIENT_ID_NONE,
+};
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub topology: Topology,
+    pub clients: usize,
+    /// Sessions per client (closed loop: requests in flight per client).
+    pub outstanding: usize,
+    /// Open loop at this many requests per second (all clients together).
+    pub rate: Option<f64>,
+    pub arrival: Arrival,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub read_ratio: f64,
+    pub linearizable_reads: bool,
+    pub keys: u64,
+    pub key_dist: KeyDist,
+    pub value_bytes: usize,
+    pub seed: u64,
+    pub placement: Option<Placement>,
+    pub attempt_timeout: Duration,
+    /// After the run, how long to wait for requests still in flight.
+    pub drain_timeout: Duration,
+    /// Status round trips per (client region, replica) link measured before the run.
+    pub probes_per_link: u32,
+}
+
+/// A link's measured round trip against its configured one.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct LinkRtt {
+    pub client_region: String,
+    pub replica: u32,
+    pub replica_region: String,
+    pub configured_rtt_ms: f64,
+    pub measured_rtt_ms_p50: f64,
+    pub measured_rtt_ms_min: f64,
+    pub samples: usize,
+}
+
+pub struct EngineResult {
+    pub recorder: Recorder,
+    pub intervals: IntervalLog,
+    pub started: std::time::SystemTime,
+    /// Requests scheduled (open) or sent (closed) inside the measured window that completed.
+    pub completed: u64,
+    /// Measured requests that never completed (drain timeout) — counted, never dropped.
+    pub unfinished: u64,
+    pub retries: u64,
+    pub redirects: u64,
+    pub timeouts: u64,
+    /// Requests completed with an error outcome (invalid request, ...).
+    pub errors: u64,
+    pub measured_s: f64,
+    pub links: Vec<LinkRtt>,
+    /// The leader each client ended up talking to, per group (most common answer).
+    pub leaders: Vec<Option<u32>>,
+}
+
+const BACKOFF_NS: u64 = 5_000_000;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LinkState {
+    Connecting,
+    Up,
+}
+
+struct Link {
+    stream: TcpStream,
+    state: LinkState,
+    reader: FrameReader,
+    out: Vec<u8>,
+    out_pos: usize,
+    /// One-way delay to the replica (placement), ns.
+    delay_ns: u64,
+    delayed_out: VecDeque<(u64, Vec<u8>)>,
+    /// request id → session
+    waiting: HashMap<u64, usize>,
+    client: usize,
+    replica: u32,
+}
+
+struct InFlight {
+    op: Op,
+    kind: &'static str,
+    group: u32,
+    scheduled_ns: u64,
+    sent_ns: u64,
+    req_id: u64,
+    link: Option<usize>,
+    target: u32,
+    measured: bool,
+    seq: u64,
+}
+
+struct Session {
+    client: usize,
+    client_id: u64,
+    seq: u64,
+    region_idx: usize,
+    busy: Option<InFlight>,
+}
+
+struct Client {
+    leaders: Vec<Option<u32>>,
+    probe: u32,
+    /// (replica, group) → link index
+    links: HashMap<(u32, u32), usize>,
+    region: String,
+}
+
+enum Timer {
+    /// Resend the session's request (after a backoff).
+    Retry { session: usize, req_id: u64 },
+    /// Give up on this attempt if it is still the current one.
+    AttemptTimeout { session: usize, req_id: u64 },
+    /// A reply held back by the placement delay.
+    Deliver { link: usize, frame: Box<ServerFrame> },
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    poll: Poll,
+    encoder: FrameEncoder,
+    links: Vec<Option<Link>>,
+    clients: Vec<Client>,
+    sessions: Vec<Session>,
+    free: VecDeque<usize>,
+    backlog: VecDeque<u64>,
+    timers: BinaryHeap<Reverse<(u64, u64)>>,
+    timer_data: HashMap<u64, Timer>,
+    next_timer: u64,
+    next_req: u64,
+    rng: ChaCha8Rng,
+    keys: KeyPicker,
+    value: Bytes,
+    key_buf: Vec<u8>,
+    epoch: Instant,
+    regions: Vec<String>,
+    // measurement
+    recorder: Recorder,
+    interval: HashMap<&'static str, hdrhistogram::Histogram<u64>>,
+    intervals: IntervalLog,
+    measure_start: u64,
+    measure_end: u64,
+    completed: u64,
+    measured_in_flight: u64,
+    retries: u64,
+    redirects: u64,
+    timeouts: u64,
+    errors: u64,
+    stopping: bool,
+    // probes: id → (link, sent)
+    probes: HashMap<u64, (usize, u64)>,
+    probe_samples: HashMap<(usize, u32), Vec<u64>>,
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig) -> Result<Engine, String> {
+        if cfg.clients == 0 || cfg.outstanding == 0 {
+            return Err("--clients and --outstanding must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&cfg.read_ratio) {
+            return Err("--read-ratio must be between 0 and 1".into());
+        }
+        if cfg.value_bytes > crate::kv::VALUE_BYTES_MAX {
+            return Err(format!(
+                "--value-size {} is over the store's {}-byte limit",
+                cfg.value_bytes,
+                crate::kv::VALUE_BYTES_MAX
+            ));
+        }
+        let keys = KeyPicker::new(cfg.keys, cfg.key_dist.clone())?;
+        let regions: Vec<String> = match &cfg.placement {
+            Some(p) => p.clients.clone(),
+            None => vec!["local".into()],
+        };
+        let groups = cfg.topology.groups as usize;
+        let clients = (0..cfg.clients)
+            .map(|c| Client {
+                leaders: cfg.topology.leaders.clone(),
+                probe: c as u32,
+                links: HashMap::new(),
+                region: regions[c % regions.len()].clone(),
+            })
+            .collect::<Vec<_>>();
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let mut sessions = Vec::new();
+        for c in 0..cfg.clients {
+            for _ in 0..cfg.outstanding {
+                sessions.push(Session {
+                    client: c,
+                    client_id: rng.gen::<u64>() | 1,
+                    seq: 0,
+                    region_idx: c % regions.len(),
+                    busy: None,
+                });
+            }
+        }
+        assert!(groups > 0);
+        Ok(Engine {
+            poll: Poll::new().map_err(|e| e.to_string())?,
+            encoder: FrameEncoder::new(),
+            links: Vec::new(),
+            clients,
+            free: (0..sessions.len()).collect(),
+            sessions,
+            backlog: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            timer_data: HashMap::new(),
+            next_timer: 0,
+            next_req: 1,
+            rng,
+            keys,
+            value: Bytes::from(vec![b'x'; cfg.value_bytes]),
+            key_buf: Vec::new(),
+            epoch: Instant::now(),
+            regions,
+            recorder: Recorder::default(),
+            interval: HashMap::new(),
+            intervals: IntervalLog::new(),
+            measure_start: u64::MAX,
+            measure_end: u64::MAX,
+            completed: 0,
+            measured_in_flight: 0,
+            retries: 0,
+            redirects: 0,
+            timeouts: 0,
+            errors: 0,
+            stopping: false,
+            probes: HashMap::new(),
+            probe_samples: HashMap::new(),
+            cfg,
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn add_timer(&mut self, at: u64, t: Timer) {
+        self.next_timer += 1;
+        self.timers.push(Reverse((at, self.next_timer)));
+        self.timer_data.insert(self.next_timer, t);
+    }
+
+    fn replica_region(&self, replica: u32) -> String {
+        match &self.cfg.placement {
+            Some(p) => p.replica_region(replica as usize).to_string(),
+            None => "local".into(),
+        }
+    }
+
+    fn addr(&self, replica: u32, group: u32) -> Result<SocketAddr, String> {
+        let r = &self.cfg.topology.replicas[replica as usize];
+        (r.host.as_str(), r.client_port_base + group as u16)
+            .to_socket_addrs()
+            .map_err(|e| e.to_string())?
+            .next()
+            .ok_or_else(|| format!("{} resolves to nothing", r.host))
+    }
+
+    /// The link of `client` to (`replica`, `group`), connecting if needed.
+    fn link(&mut self, client: usize, replica: u32, group: u32) -> Option<usize> {
+        if let Some(&l) = self.clients[client].links.get(&(replica, group)) {
+            if self.links[l].is_some() {
+                return Some(l);
+            }
+        }
+        let addr = self.addr(replica, group).ok()?;
+        let mut stream = TcpStream::connect(addr).ok()?;
+        let idx = self
+            .links
+            .iter()
+            .position(|l| l.is_none())
+            .unwrap_or_else(|| {
+                self.links.push(None);
+                self.links.len() - 1
+            });
+        self.poll
+            .registry()
+            .register(&mut stream, Token(idx), Interest::READABLE | Interest::WRITABLE)
+            .ok()?;
+        let _ = stream.set_nodelay(true);
+        let delay_ns = match &self.cfg.placement {
+            Some(p) => p.one_way_ns(&self.clients[client].region, p.replica_region(replica as usize)),
+            None => 0,
+        };
+        let mut link = Link {
+            stream,
+            state: LinkState::Connecting,
+            reader: FrameReader::default(),
+            out: Vec::new(),
+            out_pos: 0,
+            delay_ns,
+            delayed_out: VecDeque::new(),
+            waiting: HashMap::new(),
+            client,
+            replica,
+        };
+        let hello = ClientFrame::Hello(Hello::new(
+            self.cfg.topology.cluster_id,
+            CLIENT_ID_NONE,
+            group,
+        ));
+        self.encoder.encode(&hello, &mut link.out);
+        self.links[idx] = Some(link);
+        self.clients[client].links.insert((replica, group), idx);
+        Some(idx)
+    }
+
+    fn send_frame(&mut self, link: usize, frame: &ClientFrame, now: u64) {
+        let l = self.links[link].as_mut().expect("live link");
+        if l.delay_ns > 0 {
+            let mut bytes = Vec::new();
+            self.encoder.encode(frame, &mut bytes);
+            l.delayed_out.push_back((now + l.delay_ns, bytes));
+        } else {
+            self.encoder.encode(frame, &mut l.out);
+        }
+    }
+
+    fn next_op(&mut self) -> (Op, &'static str) {
+        let k = self.keys.pick(&mut self.rng);
+        key_bytes(k, &mut self.key_buf);
+        let key = Bytes::copy_from_slice(&self.key_buf);
+        if self.rng.gen_bool(self.cfg.read_ratio) {
+            (
+                Op::Get {
+                    key,
+                    linearizable: self.cfg.linearizable_reads,
+                },
+                "get",
+            )
+        } else {
+            (
+                Op::Put {
+                    key,
+                    value: self.value.clone(),
+                },
+                "put",
+            )
+        }
+    }
+
+    /// Starts a new request on a free session.
+    fn start_request(&mut self, session: usize, scheduled_ns: u64, now: u64) {
+        let (op, kind) = self.next_op();
+        let key = match &op {
+            Op::Get { key, .. } | Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => key,
+        };
+        let group = group_of(key, self.cfg.topology.groups);
+        let s = &mut self.sessions[session];
+        if !matches!(op, Op::Get { .. }) {
+            s.seq += 1;
+        }
+        let open = self.cfg.rate.is_some();
+        let measured_from = if open { scheduled_ns } else { now };
+        let measured = measured_from >= self.measure_start && measured_from < self.measure_end;
+        if measured {
+            self.measured_in_flight += 1;
+        }
+        s.busy = Some(InFlight {
+            op,
+            kind,
+            group,
+            scheduled_ns,
+            sent_ns: now,
+            req_id: 0,
+            link: None,
+            target: 0,
+            measured,
+            seq: s.seq,
+        });
+        self.send_attempt(session, now);
+    }
+
+    fn send_attempt(&mut self, session: usize, now: u64) {
+        let client = self.sessions[session].client;
+        let (group, client_id) = {
+            let s = &self.sessions[session];
+            (s.busy.as_ref().expect("busy").group, s.client_id)
+        };
+        let replicas = self.cfg.topology.replicas.len() as u32;
+        let c = &mut self.clients[client];
+        let target = match c.leaders[group as usize] {
+            Some(l) if l < replicas => l,
+            _ => {
+                c.probe = (c.probe + 1) % replicas;
+                c.probe
+            }
+        };
+        let Some(link) = self.link(client, target, group) else {
+            // Cannot even connect: treat as a failed attempt.
+            self.clients[client].leaders[group as usize] = None;
+            let req_id = self.sessions[session].busy.as_ref().map_or(0, |b| b.req_id);
+            self.add_timer(now + BACKOFF_NS, Timer::Retry { session, req_id });
+            return;
+        };
+        let req_id = self.next_req;
+        self.next_req += 1;
+        let busy = self.sessions[session].busy.as_mut().expect("busy");
+        busy.req_id = req_id;
+        busy.link = Some(link);
+        busy.target = target;
+        let frame = ClientFrame::Request(Request {
+            id: req_id,
+            client_id,
+            seq: busy.seq,
+            op: busy.op.clone(),
+        });
+        self.links[link]
+            .as_mut()
+            .expect("live link")
+            .waiting
+            .insert(req_id, session);
+        self.send_frame(link, &frame, now);
+        let timeout = self.cfg.attempt_timeout.as_nanos() as u64;
+        self.add_timer(now + timeout, Timer::AttemptTimeout { session, req_id });
+    }
+
+    fn retry_later(&mut self, session: usize, now: u64, forget_leader: bool) {
+        self.retries += 1;
+        let Some(busy) = self.sessions[session].busy.as_ref() else {
+            return;
+        };
+        let (group, req_id) = (busy.group, busy.req_id);
+        if forget_leader {
+            let c = self.sessions[session].client;
+            self.clients[c].leaders[group as usize] = None;
+        }
+        self.add_timer(now + BACKOFF_NS, Timer::Retry { session, req_id });
+    }
+
+    fn on_reply(&mut self, link: usize, req_id: u64, outcome: Outcome, now: u64) {
+        let Some(session) = self.links[link]
+            .as_mut()
+            .and_then(|l| l.waiting.remove(&req_id))
+        else {
+            return;
+        };
+        let Some(busy) = self.sessions[session].busy.as_ref() else {
+            return;
+        };
+        if busy.req_id != req_id {
+            return; // an abandoned attempt
+        }
+        let (group, target) = (busy.group, busy.target);
+        let client = self.sessions[session].client;
+        match outcome {
+            Outcome::NotLeader { leader } => {
+                self.redirects += 1;
+                match leader {
+                    Some(l) if l != target => {
+                        self.clients[client].leaders[group as usize] = Some(l);
+                        self.retries += 1;
+                        self.send_attempt(session, now);
+                    }
+                    _ => self.retry_later(session, now, true),
+                }
+            }
+            Outcome::Busy => self.retry_later(session, now, false),
+            other => {
+                self.clients[client].leaders[group as usize] = Some(target);
+                if matches!(other, Outcome::Invalid { .. } | Outcome::WrongGroup { .. }) {
+                    self.errors += 1;
+                }
+                self.complete(session, now);
+            }
+        }
+    }
+
+    fn complete(&mut self, session: usize, now: u64) {
+        let busy = self.sessions[session].busy.take().expect("busy");
+        if busy.measured {
+            self.measured_in_flight -= 1;
+            let from = if self.cfg.rate.is_some() {
+                busy.scheduled_ns
+            } else {
+                busy.sent_ns
+            };
+            let latency = now.saturating_sub(from);
+            let region = self.regions[self.sessions[session].region_idx].clone();
+            self.recorder.record(
+                &SeriesKey {
+                    op: busy.kind.to_string(),
+                    region,
+                    path: "leader".into(),
+                },
+                latency,
+            );
+            self.interval
+                .entry(busy.kind)
+                .or_insert_with(new_histogram)
+                .saturating_record(latency.max(1));
+            self.completed += 1;
+        }
+        self.free.push_back(session);
+    }
+
+    fn link_failed(&mut self, idx: usize, now: u64) {
+        let Some(mut link) = self.links[idx].take() else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut link.stream);
+        let c = link.client;
+        self.clients[c].links.retain(|_, v| *v != idx);
+        for l in self.clients[c].leaders.iter_mut() {
+            if *l == Some(link.replica) {
+                *l = None;
+            }
+        }
+        for (_, session) in link.waiting.drain() {
+            self.retry_later(session, now, true);
+        }
+        self.probes.retain(|_, (l, _)| *l != idx);
+    }
+
+    fn on_link_event(&mut self, idx: usize, now: u64) {
+        let Some(link) = self.links[idx].as_mut() else {
+            return;
+        };
+        if link.state == LinkState::Connecting {
+            match link.stream.peer_addr() {
+                Ok(_) => link.state = LinkState::Up,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                    if !matches!(link.stream.take_error(), Ok(None)) {
+                        self.link_failed(idx, now);
+                    }
+                    return;
+                }
+                Err(_) => {
+                    self.link_failed(idx, now);
+                    return;
+                }
+            }
+        }
+        let mut frames = Vec::new();
+        let mut dead = false;
+        loop {
+            let stream = &mut link.stream;
+            match link.reader.read_from(64 * 1024, |b| stream.read(b)) {
+                Ok(0) => {
+                    dead = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    dead = true;
+                    break;
+                }
+            }
+            loop {
+                match link.reader.next_payload() {
+                    Ok(Some(p)) => match access::<ServerFrame>(p)
+                        .ok()
+                        .and_then(|a| rkyv::deserialize::<ServerFrame, rkyv::rancor::Error>(a).ok())
+                    {
+                        Some(f) => frames.push(f),
+                        None => {
+                            dead = true;
+                            break;
+                        }
+                    },
+                    Ok(None) => break,
+                    Err(_) => {
+                        dead = true;
+                        break;
+                    }
+                }
+            }
+            if dead {
+                break;
+            }
+        }
+        let delay = link.delay_ns;
+        for f in frames {
+            self.on_frame(idx, f, now, delay);
+        }
+        if dead {
+            self.link_failed(idx, now);
+        }
+    }
+
+    fn on_frame(&mut self, link: usize, frame: ServerFrame, now: u64, delay: u64) {
+        match &frame {
+            ServerFrame::Reply { .. } | ServerFrame::Status { .. } => {}
+            ServerFrame::Welcome(_) | ServerFrame::Topology { .. } => return,
+            ServerFrame::Error(e) => {
+                tracing::warn!("server refused the load generator: {:?}: {}", e.code, e.message);
+                self.errors += 1;
+                return;
+            }
+        }
+        if delay > 0 {
+            self.add_timer(
+                now + delay,
+                Timer::Deliver {
+                    link,
+                    frame: Box::new(frame),
+                },
+            );
+            return;
+        }
+        self.deliver(link, frame, now);
+    }
+
+    fn deliver(&mut self, link: usize, frame: ServerFrame, now: u64) {
+        match frame {
+            ServerFrame::Reply { id, outcome } => self.on_reply(link, id, outcome, now),
+            ServerFrame::Status { id, .. } => {
+                if let Some((l, sent)) = self.probes.remove(&id) {
+                    let (client, replica) = match &self.links[l] {
+                        Some(x) => (x.client, x.replica),
+                        None => return,
+                    };
+                    let region = self.sessions.iter().find(|s| s.client == client).map_or(0, |s| s.region_idx);
+                    self.probe_samples
+                        .entry((region, replica))
+                        .or_default()
+                        .push(now - sent);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn fire_timers(&mut self, now: u64) {
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(t) = self.timer_data.remove(&id) else {
+                continue;
+            };
+            match t {
+                Timer::Retry { session, req_id } => {
+                    if self.sessions[session]
+                        .busy
+                        .as_ref()
+                        .is_some_and(|b| b.req_id == req_id)
+                    {
+                        self.send_attempt(session, now);
+                    }
+                }
+                Timer::AttemptTimeout { session, req_id } => {
+                    let current = self.sessions[session]
+                        .busy
+                        .as_ref()
+                        .filter(|b| b.req_id == req_id)
+                        .map(|b| b.link);
+                    if let Some(link) = current {
+                        self.timeouts += 1;
+                        if let Some(l) = link.and_then(|l| self.links[l].as_mut()) {
+                            l.waiting.remove(&req_id);
+                        }
+                        self.retry_later(session, now, true);
+                    }
+                }
+                Timer::Deliver { link, frame } => self.deliver(link, *frame, now),
+            }
+        }
+    }
+
+    fn flush_links(&mut self, now: u64) {
+        let mut dead = Vec::new();
+        for (i, slot) in self.links.iter_mut().enumerate() {
+            let Some(l) = slot.as_mut() else { continue };
+            while let Some((at, _)) = l.delayed_out.front() {
+                if *at > now {
+                    break;
+                }
+                let (_, bytes) = l.delayed_out.pop_front().expect("front");
+                l.out.extend_from_slice(&bytes);
+            }
+            if l.state != LinkState::Up {
+                continue;
+            }
+            while l.out_pos < l.out.len() {
+                match l.stream.write(&l.out[l.out_pos..]) {
+                    Ok(0) => {
+                        dead.push(i);
+                        break;
+                    }
+                    Ok(n) => l.out_pos += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        dead.push(i);
+                        break;
+                    }
+                }
+            }
+            if l.out_pos == l.out.len() {
+                l.out.clear();
+                l.out_pos = 0;
+            }
+        }
+        for i in dead {
+            self.link_failed(i, now);
+        }
+    }
+
+    fn next_wakeup(&self, now: u64, next_arrival: Option<u64>) -> u64 {
+        let mut due = now + 10_000_000;
+        if let Some(Reverse((at, _))) = self.timers.peek() {
+            due = due.min(*at);
+        }
+        if let Some(a) = next_arrival {
+            due = due.min(a);
+        }
+        for l in self.links.iter().flatten() {
+            if let Some((at, _)) = l.delayed_out.front() {
+                due = due.min(*at);
+            }
+        }
+        due
+    }
+
+    fn turn(&mut self, events: &mut Events, next_arrival: Option<u64>) -> Result<u64, String> {
+        let now = self.now();
+        let wait = self.next_wakeup(now, next_arrival).saturating_sub(now);
+        self.poll
+            .poll(events, Some(Duration::from_nanos(wait)))
+            .or_else(|e| {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    Ok(())
+                } else {
+                    Err(e.to_string())
+                }
+            })?;
+        let now = self.now();
+        let ready: Vec<usize> = events.iter().map(|e| e.token().0).collect();
+        for idx in ready {
+            self.on_link_event(idx, now);
+        }
+        self.fire_timers(now);
+        Ok(now)
+    }
+
+    /// Measures Status round trips from each client region to each replica (group 0).
+    fn probe_links(&mut self, events: &mut Events) -> Result<Vec<LinkRtt>, String> {
+        let replicas = self.cfg.topology.replicas.len() as u32;
+        let mut targets = Vec::new();
+        for (ri, _) in self.regions.clone().iter().enumerate() {
+            let Some(client) = self.sessions.iter().find(|s| s.region_idx == ri).map(|s| s.client) else {
+                continue;
+            };
+            for r in 0..replicas {
+                targets.push((client, r, ri));
+            }
+        }
+        let deadline = self.now() + 10_000_000_000;
+        let per_link = self.cfg.probes_per_link as usize;
+        let mut in_flight: HashMap<(usize, u32), bool> = HashMap::new();
+        loop {
+            let now = self.now();
+            let mut all_done = true;
+            for &(client, r, ri) in &targets {
+                let done = self.probe_samples.get(&(ri, r)).map_or(0, |v| v.len());
+                if done >= per_link {
+                    continue;
+                }
+                all_done = false;
+                let waiting = self.probes.values().any(|(l, _)| {
+                    self.links[*l]
+                        .as_ref()
+                        .is_some_and(|x| x.client == client && x.replica == r)
+                });
+                if !waiting {
+                    in_flight.insert((client, r), true);
+                    if let Some(link) = self.link(client, r, 0) {
+                        let id = self.next_req;
+                        self.next_req += 1;
+                        self.probes.insert(id, (link, now));
+                        self.send_frame(link, &ClientFrame::Status { id }, now);
+                    }
+                }
+            }
+            if all_done || now > deadline {
+                break;
+            }
+            self.flush_links(now);
+            self.turn(events, None)?;
+        }
+        let mut out = Vec::new();
+        for &(_, r, ri) in &targets {
+            let mut v = self.probe_samples.get(&(ri, r)).cloned().unwrap_or_default();
+            v.sort_unstable();
+            let region = &self.regions[ri];
+            let rr = self.replica_region(r);
+            let configured = match &self.cfg.placement {
+                Some(p) if *region != rr => p.rtt_ms(region, &rr).unwrap_or(0.0),
+                _ => 0.0,
+            };
+            out.push(LinkRtt {
+                client_region: region.clone(),
+                replica: r,
+                replica_region: rr,
+                configured_rtt_ms: configured,
+                measured_rtt_ms_p50: v.get(v.len() / 2).map_or(f64::NAN, |x| *x as f64 / 1e6),
+                measured_rtt_ms_min: v.first().map_or(f64::NAN, |x| *x as f64 / 1e6),
+                samples: v.len(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Runs the whole benchmark: probes, warm-up, the measured window, then the drain.
+    pub fn run(mut self, progress: &dyn Fn(f64)) -> Result<EngineResult, String> {
+        let mut events = Events::with_capacity(1024);
+        let links = if self.cfg.probes_per_link > 0 {
+            self.probe_links(&mut events)?
+        } else {
+            Vec::new()
+        };
+        let started = std::time::SystemTime::now();
+        let t0 = self.now();
+        self.measure_start = t0 + self.cfg.warmup.as_nanos() as u64;
+        self.measure_end = self.measure_start + self.cfg.duration.as_nanos() as u64;
+        let arrivals = match self.cfg.rate {
+            Some(r) => Some(Arrivals::new(self.cfg.arrival, r)?),
+            None => None,
+        };
+        let mut next_arrival = arrivals.as_ref().map(|_| t0);
+        let mut next_interval = self.measure_start + 1_000_000_000;
+        let mut interval_start = self.measure_start;
+        let mut drain_deadline = u64::MAX;
+        let mut last_progress = 0;
+        loop {
+            let now = self.now();
+            if now >= self.measure_end && !self.stopping {
+                self.stopping = true;
+                next_arrival = None;
+                drain_deadline = now + self.cfg.drain_timeout.as_nanos() as u64;
+            }
+            // Open loop: schedule every arrival that is due.
+            if let (Some(a), Some(arr)) = (next_arrival.as_mut(), arrivals.as_ref()) {
+                while *a <= now {
+                    self.backlog.push_back(*a);
+                    *a += arr.next_gap_ns(&mut self.rng).max(1.0) as u64;
+                }
+            }
+            while let Some(&session) = self.free.front() {
+                let scheduled = if arrivals.is_some() {
+                    match self.backlog.pop_front() {
+                        Some(s) => s,
+                        None => break,
+                    }
+                } else if self.stopping {
+                    break;
+                } else {
+                    now
+                };
+                self.free.pop_front();
+                self.start_request(session, scheduled, now);
+            }
+            if now >= next_interval && now <= self.measure_end + 1_000_000_000 {
+                let start = Duration::from_nanos(interval_start - t0);
+                for (op, h) in self.interval.drain() {
+                    self.intervals.push(op, start, Duration::from_secs(1), h);
+                }
+                interval_start = next_interval;
+                next_interval += 1_000_000_000;
+            }
+            if now >= last_progress + 200_000_000 {
+                last_progress = now;
+                let total = (self.measure_end - t0) as f64;
+                progress(((now - t0) as f64 / total).min(1.0));
+            }
+            self.flush_links(now);
+            if self.stopping {
+                let backlog_measured = self
+                    .backlog
+                    .iter()
+                    .any(|&s| s >= self.measure_start && s < self.measure_end);
+                if (self.measured_in_flight == 0 && !backlog_measured) || now >= drain_deadline {
+                    break;
+                }
+            }
+            self.turn(&mut events, next_arrival)?;
+        }
+        let unfinished = self.measured_in_flight
+            + self
+                .backlog
+                .iter()
+                .filter(|&&s| s >= self.measure_start && s < self.measure_end)
+                .count() as u64;
+        let leaders = (0..self.cfg.topology.groups as usize)
+            .map(|g| {
+                let mut counts: HashMap<u32, usize> = HashMap::new();
+                for c in &self.clients {
+                    if let Some(l) = c.leaders[g] {
+                        *counts.entry(l).or_default() += 1;
+                    }
+                }
+                counts.into_iter().max_by_key(|(_, n)| *n).map(|(l, _)| l)
+            })
+            .collect();
+        Ok(EngineResult {
+            recorder: self.recorder,
+            intervals: self.intervals,
+            started,
+            completed: self.completed,
+            unfinished,
+            retries: self.retries,
+            redirects: self.redirects,
+            timeouts: self.timeouts,
+            errors: self.errors,
+            measured_s: self.cfg.duration.as_secs_f64(),
+            links,
+            leaders,
+        })
+    }
+}

@@ -1,0 +1,106 @@
+//! The physical floor, measured in the same run as the benchmark (DESIGN §10): a loopback
+//! round trip through the same transport (TCP, the same frames and codec as a client request)
+//! and one 4 KiB O_DIRECT write + datasync on the data disk.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::net::frame::{access, FrameEncoder, FrameReader};
+use crate::net::wire::{ArchivedClientFrame, ClientFrame, Op, Outcome, Request, ServerFrame};
+
+use super::stats::{new_histogram, Percentiles};
+
+/// Round trips of a put-sized request against an echo server that decodes it and answers with
+/// a reply frame, like a replica would without doing any work.
+pub fn loopback_rtt(value_bytes: usize, iterations: u32) -> Result<Percentiles, String> {
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(|e| format!("floor: cannot bind: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let server = std::thread::spawn(move || -> Result<(), String> {
+        let (mut s, _) = listener.accept().map_err(|e| e.to_string())?;
+        let _ = s.set_nodelay(true);
+        let mut reader = FrameReader::default();
+        let mut enc = FrameEncoder::new();
+        let mut out = Vec::new();
+        loop {
+            while let Some(p) = reader.next_payload().map_err(|e| e.to_string())? {
+                let id = match access::<ClientFrame>(p).map_err(|e| e.to_string())? {
+                    ArchivedClientFrame::Request(r) => r.id.to_native(),
+                    _ => 0,
+                };
+                out.clear();
+                enc.encode(
+                    &ServerFrame::Reply {
+                        id,
+                        outcome: Outcome::Put {
+                            revision: id,
+                            version: 1,
+                        },
+                    },
+                    &mut out,
+                );
+                s.write_all(&out).map_err(|e| e.to_string())?;
+            }
+            match reader.read_from(16 * 1024, |b| s.read(b)) {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => {}
+            }
+        }
+    });
+    let mut c = TcpStream::connect(addr).map_err(|e| format!("floor: cannot connect: {e}"))?;
+    let _ = c.set_nodelay(true);
+    let mut enc = FrameEncoder::new();
+    let mut reader = FrameReader::default();
+    let mut out = Vec::new();
+    let mut h = new_histogram();
+    let value = Bytes::from(vec![b'v'; value_bytes]);
+    for i in 0..iterations as u64 + 100 {
+        let start = Instant::now();
+        out.clear();
+        enc.encode(
+            &ClientFrame::Request(Request {
+                id: i,
+                client_id: 1,
+                seq: i,
+                op: Op::Put {
+                    key: Bytes::from_static(b"k000000000000001"),
+                    value: value.clone(),
+                },
+            }),
+            &mut out,
+        );
+        c.write_all(&out).map_err(|e| e.to_string())?;
+        loop {
+            if let Some(p) = reader.next_payload().map_err(|e| e.to_string())? {
+                access::<ServerFrame>(p).map_err(|e| e.to_string())?;
+                break;
+            }
+            match reader.read_from(16 * 1024, |b| c.read(b)) {
+                Ok(0) => return Err("floor: echo server closed".into()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("floor: {e}")),
+            }
+        }
+        if i >= 100 {
+            h.saturating_record(start.elapsed().as_nanos() as u64);
+        }
+    }
+    drop(c);
+    let _ = server.join();
+    Ok(Percentiles::of(&h))
+}
+
+/// One 4 KiB O_DIRECT write + datasync on the disk holding `dir`, `iterations` times.
+pub fn sync_write(dir: &Path, iterations: u32) -> Result<Percentiles, String> {
+    let h = crate::wal::check_disk::floor_sync_write(dir, iterations).map_err(|e| e.to_string())?;
+    // check_disk records microseconds; convert to the ns histograms used here.
+    let mut ns = new_histogram();
+    for v in h.iter_recorded() {
+        ns.saturating_record_n(v.value_iterated_to() * 1000, v.count_at_value());
+    }
+    Ok(Percentiles::of(&ns))
+}

@@ -1,0 +1,399 @@
+//! The load generator (DESIGN §9–10): `mpaxos bench`, `mpaxos suite`, `mpaxos bench compare`.
+//!
+//! Speaks only the wire protocol; starts a local cluster through [`crate::server::local`] when
+//! no `--endpoints` are given.
+
+pub mod compare;
+pub mod engine;
+pub mod floor;
+pub mod report;
+pub mod stats;
+pub mod suite;
+pub mod workload;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::client::{Client, ClientOptions};
+use crate::net::placement::Placement;
+use crate::server::config::ClusterConfig;
+use crate::server::local::{free_base_port, LocalCluster};
+use crate::wal::BackendChoice;
+use engine::{Engine, EngineConfig};
+use workload::{Arrival, KeyDist};
+
+/// Every knob of one benchmark run; recorded verbatim in the run's `summary.json`.
+#[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
+pub struct BenchSpec {
+    /// Replicas of the local cluster.
+    #[arg(long, default_value_t = 3)]
+    pub replicas: u32,
+    /// Paxos groups per replica.
+    #[arg(long, default_value_t = 1)]
+    pub groups: u32,
+    /// Concurrent clients (each with its own connections).
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Closed loop: requests in flight per client.
+    #[arg(long, default_value_t = 1)]
+    pub outstanding: usize,
+    /// Open loop: total requests per second (omit for closed loop).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Open-loop arrival process: poisson or constant.
+    #[arg(long, default_value = "poisson")]
+    pub arrival: String,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Fraction of reads (linearizable gets); the rest are puts.
+    #[arg(long, default_value_t = 0.5)]
+    pub read_ratio: f64,
+    /// Serve reads from the contacted replica's state without a read-index round.
+    #[arg(long)]
+    pub serializable_reads: bool,
+    /// Key space size.
+    #[arg(long, default_value_t = 100_000)]
+    pub keys: u64,
+    /// uniform, zipf:THETA or hot:P.
+    #[arg(long, default_value = "uniform")]
+    pub key_dist: String,
+    /// Value bytes per put.
+    #[arg(long, default_value_t = 64)]
+    pub value_size: usize,
+    /// WAL backend of the local cluster: auto, uring, sync or memory.
+    #[arg(long, default_value = "auto")]
+    pub durability: String,
+    /// 1 turns batching off.
+    #[arg(long, default_value_t = 256)]
+    pub batch_max_ops: usize,
+    #[arg(long, default_value_t = 1 << 20)]
+    pub batch_max_bytes: usize,
+    /// 0 = adaptive batching.
+    #[arg(long, default_value_t = 0)]
+    pub batch_delay_us: u64,
+    #[arg(long, default_value_t = 64)]
+    pub pipeline_depth: usize,
+    /// A placement file (regions and RTTs) to emulate a WAN.
+    #[arg(long)]
+    pub placement: Option<PathBuf>,
+    /// Random seed (keys, arrivals, client ids).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// An existing cluster's client endpoints instead of a local cluster.
+    #[arg(long, value_delimiter = ',')]
+    pub endpoints: Option<Vec<String>>,
+    /// Where data directories (and the floor's disk probe) go; default: the run directory.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Free-form label stored with the run (suites set it).
+    #[arg(long, default_value = "")]
+    pub label: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub spec: BenchSpec,
+    /// Parent directory of the run directory.
+    #[arg(long, default_value = "results/runs")]
+    pub out: PathBuf,
+    /// Print summary.json to stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchSpec {
+    pub fn key_dist(&self) -> Result<KeyDist, String> {
+        self.key_dist.parse()
+    }
+    pub fn arrival(&self) -> Result<Arrival, String> {
+        self.arrival.parse()
+    }
+    pub fn durability(&self) -> Result<BackendChoice, String> {
+        self.durability.parse()
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.key_dist()?;
+        self.arrival()?;
+        self.durability()?;
+        if self.duration <= 0.0 || self.warmup < 0.0 {
+            return Err("--duration must be positive and --warmup not negative".into());
+        }
+        if self.replicas == 0 || self.replicas > 9 {
+            return Err("--replicas must be 1..=9".into());
+        }
+        if self.groups == 0 {
+            return Err("--groups must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// A short name for the run directory.
+    pub fn slug(&self) -> String {
+        let load = match self.rate {
+            Some(r) => format!("rate{r}"),
+            None => format!("c{}x{}", self.clients, self.outstanding),
+        };
+        let place = self
+            .placement
+            .as_ref()
+            .and_then(|p| p.file_stem())
+            .map_or("lan".to_string(), |s| s.to_string_lossy().to_string());
+        format!(
+            "r{}-g{}-{}-{}-{}",
+            self.replicas, self.groups, place, self.durability, load
+        )
+    }
+}
+
+/// Everything one run produced, as written to `summary.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Summary {
+    pub run_dir: PathBuf,
+    pub label: String,
+    pub throughput_ops_s: f64,
+    pub latency_us: std::collections::BTreeMap<String, stats::Percentiles>,
+    /// Per client region, per operation.
+    pub latency_us_by_region: std::collections::BTreeMap<String, std::collections::BTreeMap<String, stats::Percentiles>>,
+    pub floor_rtt_us: f64,
+    pub floor_sync_write_us: f64,
+    /// write p50 ÷ (2 × floor RTT + floor sync write); read p50 ÷ floor RTT.
+    pub write_p50_over_floor: Option<f64>,
+    pub read_p50_over_floor: Option<f64>,
+    pub completed: u64,
+    pub unfinished: u64,
+    pub errors: u64,
+    pub retries: u64,
+    pub redirects: u64,
+    pub timeouts: u64,
+    pub target_rate_ops_s: Option<f64>,
+    pub flagged: bool,
+    pub flag_reasons: Vec<String>,
+    pub leaders: Vec<Option<u32>>,
+    pub wal_backend: String,
+    pub links: Vec<engine::LinkRtt>,
+    pub config: BenchSpec,
+    pub started_unix_s: u64,
+}
+
+/// Runs one benchmark and writes its run directory under `out`. `quiet` suppresses the
+/// progress bar (suites draw their own).
+pub fn run_one(spec: &BenchSpec, out: &Path, quiet: bool) -> Result<Summary, String> {
+    spec.validate()?;
+    let stamp = chrono_like_stamp();
+    let run_dir = out.join(format!("{stamp}-{}", spec.slug()));
+    std::fs::create_dir_all(&run_dir)
+        .map_err(|e| format!("cannot create run directory {}: {e}", run_dir.display()))?;
+    let run_dir = std::path::absolute(&run_dir).unwrap_or(run_dir);
+    std::fs::write(
+        run_dir.join("spec.json"),
+        serde_json::to_string_pretty(spec).expect("json"),
+    )
+    .map_err(|e| e.to_string())?;
+    let argv: Vec<String> = std::env::args().collect();
+    let mut commands = format!("{}\n", shell_words(&argv));
+    let placement = match &spec.placement {
+        Some(p) => Some(Placement::load(p)?),
+        None => None,
+    };
+    let data_parent = spec.data_dir.clone().unwrap_or_else(|| run_dir.clone());
+    let data_dir = data_parent.join("cluster");
+
+    // The cluster: local (started here, stopped when this function returns) or existing.
+    let mut local = None;
+    let endpoints = match &spec.endpoints {
+        Some(e) => e.clone(),
+        None => {
+            let cfg = local_config(spec, &data_dir, placement.as_ref())?;
+            let binary = std::env::current_exe().map_err(|e| e.to_string())?;
+            let mut cluster = LocalCluster::new(&data_dir, cfg, binary)?;
+            for id in 0..spec.replicas {
+                commands.push_str(&format!(
+                    "{} server --config {} --id {id}\n",
+                    std::env::current_exe().map_err(|e| e.to_string())?.display(),
+                    cluster.config_path.display()
+                ));
+            }
+            cluster.start_all()?;
+            cluster.wait_ready(Duration::from_secs(30))?;
+            let eps = cluster.endpoints();
+            local = Some(cluster);
+            eps
+        }
+    };
+    std::fs::write(run_dir.join("commands.txt"), &commands).map_err(|e| e.to_string())?;
+    let result = measure(spec, &run_dir, &data_parent, endpoints, placement, quiet);
+    if let Some(mut cluster) = local {
+        cluster.stop();
+        let logs = run_dir.join("logs");
+        let _ = std::fs::create_dir_all(&logs);
+        for id in 0..spec.replicas {
+            let _ = std::fs::copy(cluster.log_path(id), logs.join(format!("replica-{id}.log")));
+        }
+        // The data is scratch: keep the config and logs, drop the WAL files.
+        for id in 0..spec.replicas {
+            let _ = std::fs::remove_dir_all(cluster.config.replica_data_dir(id));
+        }
+    }
+    result
+}
+
+fn measure(
+    spec: &BenchSpec,
+    run_dir: &Path,
+    data_parent: &Path,
+    endpoints: Vec<String>,
+    placement: Option<Placement>,
+    quiet: bool,
+) -> Result<Summary, String> {
+    let mut opts = ClientOptions::new(endpoints);
+    opts.op_timeout = Duration::from_secs(10);
+    let mut client = Client::connect(opts).map_err(|e| e.to_string())?;
+    let wal_backend = client
+        .status_all()
+        .into_iter()
+        .find_map(|(_, _, s)| s.ok().map(|s| s.wal_backend))
+        .unwrap_or_default();
+    // Refresh leaders after the cluster settled.
+    let topology = client.topology().clone();
+    drop(client);
+
+    // The physical floor, measured now, in this run, on this machine.
+    let floor_rtt = floor::loopback_rtt(spec.value_size, 2000)?;
+    let floor_sync = floor::sync_write(data_parent, 200)?;
+
+    let cfg = EngineConfig {
+        topology,
+        clients: spec.clients,
+        outstanding: spec.outstanding,
+        rate: spec.rate,
+        arrival: spec.arrival()?,
+        warmup: Duration::from_secs_f64(spec.warmup),
+        duration: Duration::from_secs_f64(spec.duration),
+        read_ratio: spec.read_ratio,
+        linearizable_reads: !spec.serializable_reads,
+        keys: spec.keys,
+        key_dist: spec.key_dist()?,
+        value_bytes: spec.value_size,
+        seed: spec.seed,
+        placement,
+        attempt_timeout: Duration::from_secs(2),
+        drain_timeout: Duration::from_secs(10),
+        probes_per_link: 10,
+    };
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new(1000);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {percent}%")
+                .expect("template")
+                .progress_chars("=> "),
+        );
+        b.set_message(format!("bench {}", spec.slug()));
+        b
+    };
+    let engine = Engine::new(cfg)?;
+    let result = engine.run(&|f| bar.set_position((f * 1000.0) as u64))?;
+    bar.finish_and_clear();
+    report::write_run(spec, run_dir, result, floor_rtt, floor_sync, wal_backend)
+}
+
+/// The local cluster a run starts: the spec's knobs on loopback.
+pub fn local_config(
+    spec: &BenchSpec,
+    data_dir: &Path,
+    placement: Option<&Placement>,
+) -> Result<ClusterConfig, String> {
+    let base = free_base_port(spec.replicas, spec.groups)?;
+    let mut cfg = ClusterConfig::local(spec.replicas, spec.groups, data_dir, base);
+    cfg.durability = spec.durability()?;
+    cfg.batching.batch_max_ops = spec.batch_max_ops;
+    cfg.batching.batch_max_bytes = spec.batch_max_bytes;
+    cfg.batching.batch_delay_us = spec.batch_delay_us;
+    cfg.batching.pipeline_depth = spec.pipeline_depth;
+    if let Some(p) = placement {
+        cfg.placement = Some(std::path::absolute(&p.path).map_err(|e| e.to_string())?);
+        for r in cfg.replicas.iter_mut() {
+            r.region = p.replica_region(r.id as usize).to_string();
+        }
+        // Elections must outlast the slowest round trip, or leaders flap.
+        let max_rtt_ms = (0..spec.replicas as usize)
+            .flat_map(|a| (0..spec.replicas as usize).map(move |b| (a, b)))
+            .map(|(a, b)| p.rtt_ms(p.replica_region(a), p.replica_region(b)).unwrap_or(0.0))
+            .fold(0.0, f64::max);
+        if max_rtt_ms > 0.0 {
+            cfg.timeouts.heartbeat_ms = 50;
+            cfg.timeouts.election_timeout_min_ms = (max_rtt_ms * 4.0) as u64 + 500;
+            cfg.timeouts.election_timeout_max_ms = (max_rtt_ms * 8.0) as u64 + 1000;
+        }
+        cfg.preferred_leader = p.leader_replica(spec.replicas as usize);
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn chrono_like_stamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // UTC date-time from the epoch (civil-from-days, Howard Hinnant's algorithm).
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}-{:04}",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        rand::random::<u16>() % 10_000
+    )
+}
+
+fn shell_words(args: &[String]) -> String {
+    args.iter()
+        .map(|a| {
+            if a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,".contains(c)) {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `mpaxos bench`.
+pub fn run_bench(args: BenchArgs) -> std::process::ExitCode {
+    crate::server::init_logging();
+    match run_one(&args.spec, &args.out, args.json) {
+        Ok(summary) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&summary).expect("json"));
+            } else {
+                print!("{}", report::table(&summary));
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

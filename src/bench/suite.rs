@@ -1,0 +1,722 @@
+//! `mpaxos suite FILE`: a matrix of benchmark runs (replicas × placement × knobs × load),
+//! repeated, in randomized order, with a combined `summary.csv`, `report.md` and plots.
+//!
+//! A suite file:
+//! ```toml
+//! name = "replicas"
+//! repeats = 2
+//! [base]                 # any `mpaxos bench` knob (BenchSpec field)
+//! duration = 5.0
+//! [matrix]               # one axis per key; scalars set that knob, tables set several
+//! replicas = [3, 5, 7]
+//! clients = [1, 16, 64]
+//! batching = [{ name = "off", batch_max_ops = 1 }, { name = "adaptive" }]
+//! ```
+//! A `placement` value that is a bare name resolves to `scripts/placements/NAME.toml` next to
+//! the suite file's directory.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Deserialize;
+
+use super::report::{csv_header, csv_row};
+use super::stats::new_histogram;
+use super::{run_one, BenchSpec, Summary};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuiteFile {
+    name: String,
+    #[serde(default = "one")]
+    repeats: u32,
+    #[serde(default = "yes")]
+    randomize: bool,
+    #[serde(default)]
+    seed: u64,
+    /// The axis that is the load level (for throughput–latency curves).
+    #[serde(default)]
+    load_axis: Option<String>,
+    #[serde(default)]
+    base: toml::Table,
+    #[serde(default)]
+    matrix: toml::Table,
+}
+
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SuiteArgs {
+    /// The suite file (see scripts/suites/).
+    pub file: PathBuf,
+    /// Parent of the suite directory.
+    #[arg(long, default_value = "results/suites")]
+    pub out: PathBuf,
+    /// Override every run's measured seconds (quick smoke runs).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Override every run's warm-up seconds.
+    #[arg(long)]
+    pub warmup: Option<f64>,
+    /// Override the repeat count.
+    #[arg(long)]
+    pub repeats: Option<u32>,
+}
+
+/// One cell of the matrix: its axis values (for labels) and the spec it runs.
+#[derive(Clone, Debug)]
+pub struct Cell {
+    pub axes: BTreeMap<String, String>,
+    pub spec: BenchSpec,
+}
+
+fn default_spec() -> BenchSpec {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        spec: BenchSpec,
+    }
+    Wrap::parse_from(["bench"]).spec
+}
+
+fn value_label(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Table(t) => t
+            .get("name")
+            .and_then(|n| n.as_str())
+            .map(String::from)
+            .unwrap_or_else(|| {
+                t.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
+        other => other.to_string(),
+    }
+}
+
+/// Expands a suite file into its cells (before repeats).
+pub fn expand(path: &Path) -> Result<(String, u32, bool, u64, Option<String>, Vec<Cell>), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read suite {}: {e}", path.display()))?;
+    let f: SuiteFile = toml::from_str(&text)
+        .map_err(|e| format!("suite {} is not valid: {}", path.display(), e.message()))?;
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    let mut base = toml::Table::try_from(default_spec()).map_err(|e| e.to_string())?;
+    for (k, v) in &f.base {
+        base.insert(k.clone(), v.clone());
+    }
+    let axes: Vec<(String, Vec<toml::Value>)> = f
+        .matrix
+        .iter()
+        .map(|(k, v)| match v {
+            toml::Value::Array(a) if !a.is_empty() => Ok((k.clone(), a.clone())),
+            _ => Err(format!("matrix axis {k} must be a non-empty list")),
+        })
+        .collect::<Result<_, _>>()?;
+    let mut cells = vec![(BTreeMap::new(), base)];
+    for (axis, values) in &axes {
+        let mut next = Vec::new();
+        for (labels, table) in &cells {
+            for v in values {
+                let mut t = table.clone();
+                let mut l = labels.clone();
+                l.insert(axis.clone(), value_label(v));
+                match v {
+                    toml::Value::Table(over) => {
+                        for (k, x) in over {
+                            if k != "name" {
+                                t.insert(k.clone(), x.clone());
+                            }
+                        }
+                    }
+                    scalar => {
+                        t.insert(axis.clone(), scalar.clone());
+                    }
+                }
+                next.push((l, t));
+            }
+        }
+        cells = next;
+    }
+    let mut out = Vec::new();
+    for (axes, mut table) in cells {
+        if let Some(toml::Value::String(p)) = table.get("placement").cloned() {
+            let resolved = if p.ends_with(".toml") {
+                base_dir.join(&p)
+            } else {
+                base_dir.join("../placements").join(format!("{p}.toml"))
+            };
+            table.insert(
+                "placement".into(),
+                toml::Value::String(resolved.to_string_lossy().to_string()),
+            );
+        }
+        let mut spec: BenchSpec = table
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("suite {}: {}", path.display(), e.message()))?;
+        spec.label = axes
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        spec.validate()
+            .map_err(|e| format!("suite {} cell {}: {e}", path.display(), spec.label))?;
+        out.push(Cell { axes, spec });
+    }
+    Ok((f.name, f.repeats, f.randomize, f.seed, f.load_axis, out))
+}
+
+pub fn run_suite(args: SuiteArgs) -> std::process::ExitCode {
+    crate::server::init_logging();
+    match run_suite_inner(&args) {
+        Ok(dir) => {
+            println!("suite directory: {}", dir.display());
+            println!("report: {}", dir.join("report.md").display());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_suite_inner(args: &SuiteArgs) -> Result<PathBuf, String> {
+    let (name, repeats, randomize, seed, load_axis, mut cells) = expand(&args.file)?;
+    for c in cells.iter_mut() {
+        if let Some(d) = args.duration {
+            c.spec.duration = d;
+        }
+        if let Some(w) = args.warmup {
+            c.spec.warmup = w;
+        }
+    }
+    let repeats = args.repeats.unwrap_or(repeats).max(1);
+    let mut order: Vec<(usize, u32)> = (0..cells.len())
+        .flat_map(|i| (0..repeats).map(move |r| (i, r)))
+        .collect();
+    if randomize {
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    }
+    let stamp = super::chrono_like_stamp();
+    let dir = args.out.join(format!("{stamp}-{name}"));
+    let runs_dir = dir.join("runs");
+    std::fs::create_dir_all(&runs_dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::copy(&args.file, dir.join("suite.toml")).map_err(|e| e.to_string())?;
+    std::fs::write(
+        dir.join("command.txt"),
+        std::env::args().collect::<Vec<_>>().join(" ") + "\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let bar = indicatif::ProgressBar::new(order.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} suite {msg} [{bar:40}] {pos}/{len} runs, eta {eta}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(name.clone());
+    let mut results: Vec<(usize, u32, Summary)> = Vec::new();
+    let mut failures = Vec::new();
+    for (i, r) in order {
+        let mut spec = cells[i].spec.clone();
+        spec.seed = spec.seed.wrapping_add(r as u64);
+        bar.println(format!("run: {} (repeat {})", spec.label, r + 1));
+        match run_one(&spec, &runs_dir, true) {
+            Ok(s) => results.push((i, r, s)),
+            Err(e) => {
+                bar.println(format!("  failed: {e}"));
+                failures.push(format!("{} (repeat {}): {e}", spec.label, r + 1));
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    results.sort_by_key(|(i, r, _)| (*i, *r));
+    write_suite_outputs(&dir, &name, &cells, &results, &failures, load_axis.as_deref())?;
+    if results.is_empty() {
+        return Err(format!("every run of the suite failed: {}", failures.join("; ")));
+    }
+    Ok(dir)
+}
+
+fn write_suite_outputs(
+    dir: &Path,
+    name: &str,
+    cells: &[Cell],
+    results: &[(usize, u32, Summary)],
+    failures: &[String],
+    load_axis: Option<&str>,
+) -> Result<(), String> {
+    let io = |e: std::io::Error| e.to_string();
+    let mut csv = format!("repeat,{}\n", csv_header());
+    for (_, r, s) in results {
+        for line in csv_row(s).lines() {
+            let _ = writeln!(csv, "{r},{line}");
+        }
+    }
+    std::fs::write(dir.join("summary.csv"), csv).map_err(io)?;
+    let summaries: Vec<&Summary> = results.iter().map(|(_, _, s)| s).collect();
+    std::fs::write(
+        dir.join("summaries.json"),
+        serde_json::to_string_pretty(&summaries).expect("json"),
+    )
+    .map_err(io)?;
+
+    let mut md = String::new();
+    let _ = writeln!(md, "# Suite `{name}`\n");
+    let _ = writeln!(
+        md,
+        "{} cells, {} runs completed, {} failed. Runs executed in randomized order; the exact command is in `command.txt`, each run's directory (spec, commands, logs, histograms) under `runs/`.\n",
+        cells.len(),
+        results.len(),
+        failures.len()
+    );
+    let _ = writeln!(
+        md,
+        "Percentiles are from each run's merged HdrHistogram (never averaged); with repeats, each repeat is its own row, and the median-throughput repeat is plotted.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| cell | repeat | ops/s | put p50 us | put p99 us | get p50 us | get p99 us | floor RTT us | floor sync us | flagged |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    for (_, r, s) in results {
+        let p = |op: &str, f: fn(&super::stats::Percentiles) -> f64| {
+            s.latency_us.get(op).map_or("-".into(), |x| format!("{:.0}", f(x)))
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {:.0} | {:.0} | {} |",
+            s.label,
+            r + 1,
+            s.throughput_ops_s,
+            p("put", |x| x.p50),
+            p("put", |x| x.p99),
+            p("get", |x| x.p50),
+            p("get", |x| x.p99),
+            s.floor_rtt_us,
+            s.floor_sync_write_us,
+            if s.flagged { s.flag_reasons.join("; ") } else { String::new() }
+        );
+    }
+    replication_cost(&mut md, results);
+    if !failures.is_empty() {
+        let _ = writeln!(md, "\n## Failed runs\n");
+        for f in failures {
+            let _ = writeln!(md, "- {f}");
+        }
+    }
+
+    // Plots: the median-throughput repeat of each cell.
+    let mut best: BTreeMap<usize, &Summary> = BTreeMap::new();
+    for i in 0..cells.len() {
+        let mut reps: Vec<&Summary> = results
+            .iter()
+            .filter(|(c, _, _)| *c == i)
+            .map(|(_, _, s)| s)
+            .collect();
+        reps.sort_by(|a, b| a.throughput_ops_s.total_cmp(&b.throughput_ops_s));
+        if let Some(s) = reps.get(reps.len() / 2) {
+            best.insert(i, s);
+        }
+    }
+    let mut cdf_series = Vec::new();
+    for s in best.values() {
+        let hgrm = s.run_dir.join("histograms");
+        if let Some(h) = load_merged(&hgrm, "put").or_else(|| load_merged(&hgrm, "get")) {
+            cdf_series.push((s.label.clone(), h));
+        }
+    }
+    let mut plots = Vec::new();
+    if !cdf_series.is_empty() {
+        plot_cdf(&cdf_series, &dir.join("latency-cdf"), &format!("{name}: write latency CDF"))?;
+        plots.push("latency-cdf");
+    }
+    if let Some(axis) = load_axis {
+        let mut curves: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
+        for (i, s) in &best {
+            let key = cells[*i]
+                .axes
+                .iter()
+                .filter(|(k, _)| k.as_str() != axis)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            if let Some(p) = s.latency_us.get("all") {
+                curves
+                    .entry(key)
+                    .or_default()
+                    .push((s.throughput_ops_s, p.p50, p.p99));
+            }
+        }
+        plot_throughput_latency(&curves, &dir.join("throughput-latency"), name)?;
+        plots.push("throughput-latency");
+    }
+    let regional: Vec<&Summary> = best
+        .values()
+        .copied()
+        .filter(|s| s.latency_us_by_region.len() > 1)
+        .collect();
+    if !regional.is_empty() {
+        plot_region_bars(&regional, &dir.join("region-latency"), name)?;
+        plots.push("region-latency");
+    }
+    if !plots.is_empty() {
+        let _ = writeln!(md, "\n## Plots\n");
+        for p in plots {
+            let _ = writeln!(md, "![{p}]({p}.svg) (PNG: `{p}.png`)\n");
+        }
+    }
+    std::fs::write(dir.join("report.md"), md).map_err(io)?;
+    Ok(())
+}
+
+/// The cost of replication: throughput of each 3-replica cell over the 1-replica cell that
+/// differs from it only in `replicas`.
+fn replication_cost(md: &mut String, results: &[(usize, u32, Summary)]) {
+    let key = |s: &Summary| {
+        let mut c = s.config.clone();
+        c.replicas = 0;
+        c.label = String::new();
+        c.seed = 0;
+        serde_json::to_string(&c).unwrap_or_default()
+    };
+    let mut lines = Vec::new();
+    for (_, _, one) in results.iter().filter(|(_, _, s)| s.config.replicas == 1) {
+        for (_, _, three) in results.iter().filter(|(_, _, s)| s.config.replicas == 3) {
+            if key(one) == key(three) && one.throughput_ops_s > 0.0 {
+                lines.push(format!(
+                    "| {} | {:.0} | {:.0} | {:.2} |",
+                    three.label,
+                    three.throughput_ops_s,
+                    one.throughput_ops_s,
+                    three.throughput_ops_s / one.throughput_ops_s
+                ));
+            }
+        }
+    }
+    if !lines.is_empty() {
+        let _ = writeln!(md, "\n## Cost of replication (3 replicas / 1 replica, same knobs)\n");
+        let _ = writeln!(md, "| 3-replica cell | 3-replica ops/s | 1-replica ops/s | ratio |");
+        let _ = writeln!(md, "|---|---|---|---|");
+        for l in lines {
+            let _ = writeln!(md, "{l}");
+        }
+    }
+}
+
+/// Rebuilds a histogram from a run's `OP-all.hgrm` percentile file (values in us).
+fn load_merged(hist_dir: &Path, op: &str) -> Option<hdrhistogram::Histogram<u64>> {
+    let text = std::fs::read_to_string(hist_dir.join(format!("{op}-all.hgrm"))).ok()?;
+    let mut h = new_histogram();
+    for line in text.lines().skip(2) {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        if cells.len() < 3 || line.starts_with('#') {
+            continue;
+        }
+        let (Ok(v), Ok(n)) = (cells[0].parse::<f64>(), cells[2].parse::<u64>()) else {
+            continue;
+        };
+        if n > 0 {
+            h.saturating_record_n(((v * 1000.0) as u64).max(1), n);
+        }
+    }
+    (!h.is_empty()).then_some(h)
+}
+
+fn ensure_font() -> bool {
+    static FONT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FONT.get_or_init(|| {
+        let candidates = [
+            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+            "/usr/share/fonts/TTF/DejaVuSans.ttf",
+            "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+            "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+        ];
+        for c in candidates {
+            if let Ok(bytes) = std::fs::read(c) {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+}
+
+type PlotResult = Result<(), String>;
+
+/// A chart that can be drawn on any plotters backend.
+trait Plot {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, plotters::coord::Shift>) -> PlotResult
+    where
+        DB::ErrorType: 'static;
+}
+
+/// Draws `plot` as `stem.svg` and `stem.png`. Both need a font to lay out text.
+fn both_backends(plot: &impl Plot, stem: &Path) -> PlotResult {
+    if !ensure_font() {
+        return Err("no TrueType font found; install fonts-dejavu-core (scripts/setup.sh does)".into());
+    }
+    let svg = stem.with_extension("svg");
+    {
+        let root = SVGBackend::new(&svg, (900, 600)).into_drawing_area();
+        plot.draw(&root)?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    let png = stem.with_extension("png");
+    let root = BitMapBackend::new(&png, (900, 600)).into_drawing_area();
+    plot.draw(&root)?;
+    root.present().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+type CdfArgs = [(String, hdrhistogram::Histogram<u64>)];
+struct CdfPlot<'a>(&'a CdfArgs, &'a str);
+impl Plot for CdfPlot<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, plotters::coord::Shift>) -> PlotResult
+    where
+        DB::ErrorType: 'static,
+    {
+    let (series, title) = (self.0, self.1);
+    root.fill(&WHITE).map_err(err)?;
+    let max_us = series
+        .iter()
+        .map(|(_, h)| h.value_at_quantile(0.9999) as f64 / 1000.0)
+        .fold(1.0, f64::max);
+    let min_us = series
+        .iter()
+        .map(|(_, h)| h.min() as f64 / 1000.0)
+        .fold(f64::MAX, f64::min)
+        .max(1.0);
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d((min_us * 0.8..max_us * 1.2).log_scale(), 0.0..1.0)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("latency (us, log scale)")
+        .y_desc("fraction of requests")
+        .draw()
+        .map_err(err)?;
+    for (i, (label, h)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let total = h.len() as f64;
+        let mut seen = 0u64;
+        let points: Vec<(f64, f64)> = h
+            .iter_recorded()
+            .map(|v| {
+                seen += v.count_at_value();
+                (v.value_iterated_to() as f64 / 1000.0, seen as f64 / total)
+            })
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(err)?
+            .label(label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(err)?;
+    Ok(())
+    }
+}
+
+/// Latency CDFs (log-scale x) of named histograms, as `stem.svg` and `stem.png`.
+pub fn plot_cdf(series: &CdfArgs, stem: &Path, title: &str) -> PlotResult {
+    both_backends(&CdfPlot(series, title), stem)
+}
+
+type CurveArgs = BTreeMap<String, Vec<(f64, f64, f64)>>;
+struct CurvePlot<'a>(&'a CurveArgs, &'a str);
+impl Plot for CurvePlot<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, plotters::coord::Shift>) -> PlotResult
+    where
+        DB::ErrorType: 'static,
+    {
+    let (curves, title) = (self.0, self.1);
+    root.fill(&WHITE).map_err(err)?;
+    let max_x = curves.values().flatten().map(|p| p.0).fold(1.0, f64::max);
+    let max_y = curves.values().flatten().map(|p| p.2).fold(1.0, f64::max);
+    let mut chart = ChartBuilder::on(root)
+        .caption(format!("{title}: throughput vs latency (p50 solid, p99 dashed)"), ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..max_x * 1.1, (1.0..max_y * 1.5).log_scale())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("throughput (ops/s)")
+        .y_desc("latency (us, log scale)")
+        .draw()
+        .map_err(err)?;
+    for (i, (label, pts)) in curves.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let mut pts = pts.clone();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        chart
+            .draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1.max(1.0))), color.stroke_width(2)))
+            .map_err(err)?
+            .label(format!("{label} p50"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart
+            .draw_series(DashedLineSeries::new(
+                pts.iter().map(|p| (p.0, p.2.max(1.0))),
+                6,
+                4,
+                color.stroke_width(1),
+            ))
+            .map_err(err)?;
+        chart
+            .draw_series(pts.iter().map(|p| Circle::new((p.0, p.1.max(1.0)), 3, color.filled())))
+            .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(err)?;
+    Ok(())
+    }
+}
+
+/// Throughput–latency curves, one per cell family (everything but the load axis).
+pub fn plot_throughput_latency(curves: &CurveArgs, stem: &Path, title: &str) -> PlotResult {
+    both_backends(&CurvePlot(curves, title), stem)
+}
+
+fn region_rows(runs: &[&Summary]) -> Vec<(String, f64, f64)> {
+    let mut rows = Vec::new();
+    for s in runs {
+        for (region, ops) in &s.latency_us_by_region {
+            let all: Vec<&super::stats::Percentiles> = ops.values().collect();
+            let p50 = all.iter().map(|p| p.p50).fold(0.0, f64::max);
+            let p99 = all.iter().map(|p| p.p99).fold(0.0, f64::max);
+            rows.push((format!("{} @ {region}", s.label), p50, p99));
+        }
+    }
+    rows
+}
+
+struct BarPlot<'a>(Vec<(String, f64, f64)>, &'a str);
+impl Plot for BarPlot<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, plotters::coord::Shift>) -> PlotResult
+    where
+        DB::ErrorType: 'static,
+    {
+        root.fill(&WHITE).map_err(err)?;
+        let rows = &self.0;
+        let max_y = rows.iter().map(|r| r.2).fold(1.0, f64::max);
+        let n = rows.len();
+        let mut chart = ChartBuilder::on(root)
+            .caption(format!("{}: latency per client region (p50 bar, p99 tick)", self.1), ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..n as f64, 0.0..max_y * 1.1)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .y_desc("latency (us)")
+            .draw()
+            .map_err(err)?;
+        for (i, (label, p50, p99)) in rows.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let x = i as f64;
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(x + 0.15, 0.0), (x + 0.85, *p50)],
+                    color.filled(),
+                )))
+                .map_err(err)?
+                .label(label.clone())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(x + 0.3, *p99), (x + 0.7, *p99)],
+                    BLACK.stroke_width(2),
+                )))
+                .map_err(err)?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(err)?;
+        Ok(())
+    }
+}
+
+/// Per-region latency bars of placement runs.
+pub fn plot_region_bars(runs: &[&Summary], stem: &Path, title: &str) -> PlotResult {
+    both_backends(&BarPlot(region_rows(runs), title), stem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_suites_expand() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/suites");
+        for (file, min_cells) in [("replicas.toml", 3), ("placements.toml", 6), ("knobs.toml", 6)] {
+            let (_, _, _, _, _, cells) = expand(&dir.join(file)).unwrap();
+            assert!(cells.len() >= min_cells, "{file}: {} cells", cells.len());
+            for c in &cells {
+                c.spec.validate().unwrap();
+                if let Some(p) = &c.spec.placement {
+                    crate::net::placement::Placement::load(p).unwrap();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn plots_render() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = new_histogram();
+        for v in 1..5000u64 {
+            h.record(v * 1000).unwrap();
+        }
+        plot_cdf(&[("a".into(), h)], &dir.path().join("cdf"), "t").unwrap();
+        assert!(dir.path().join("cdf.svg").exists());
+        let mut curves = BTreeMap::new();
+        curves.insert("x".to_string(), vec![(100.0, 50.0, 90.0), (200.0, 60.0, 120.0)]);
+        plot_throughput_latency(&curves, &dir.path().join("tl"), "t").unwrap();
+        assert!(dir.path().join("tl.svg").exists());
+    }
+}

@@ -1,0 +1,721 @@
+//! Real-process tests: `mpaxos server` replicas on loopback, started by [`LocalCluster`].
+//!
+//! - Bad input on the client and the peer port (random bytes, an oversized length prefix, a
+//!   wrong protocol version, a wrong cluster id) gets an error frame, then the server closes
+//!   that connection and keeps serving everyone else.
+//! - Bad config files and a data directory of another cluster stop `mpaxos server` at once
+//!   with one clear `error:` line.
+//! - kill -9 of the leader under load: a new leader within 2x the election timeout, no
+//!   acknowledged write lost, and the killed replica recovers from its WAL and catches up.
+//! - SIGSTOP of a follower: writes keep succeeding; after SIGCONT it catches up.
+//!
+//! The fault tests run one at a time (a lock) so that their timing bounds hold on a small
+//! machine; the others run in parallel with them.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mpaxos::client::{Client, ClientOptions};
+use mpaxos::net::frame::{access, encode_frame, FrameReader};
+use mpaxos::net::wire::{
+    group_of, ClientFrame, ErrorCode, GroupStatus, Hello, Outcome, PeerFrame, ServerFrame,
+    WireError, CLIENT_ID_NONE, PROTOCOL_VERSION,
+};
+use mpaxos::server::config::ClusterConfig;
+use mpaxos::server::local::{free_base_port, LocalCluster};
+use mpaxos::wal::BackendChoice;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Serializes the timing-sensitive fault tests.
+static FAULT_LOCK: Mutex<()> = Mutex::new(());
+
+fn fault_lock() -> std::sync::MutexGuard<'static, ()> {
+    FAULT_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mpaxos"))
+}
+
+/// A running local cluster that is stopped (and its logs shown, if the test failed) on drop.
+struct TestCluster {
+    cluster: LocalCluster,
+    // Dropped after `cluster` (field order): the data must outlive the replicas.
+    _dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Starts `replicas` replicas of `groups` groups and waits until every group has a leader.
+    fn start(replicas: u32, groups: u32, durability: BackendChoice) -> TestCluster {
+        let mut last = String::new();
+        // A port picked as free can be taken by someone else before a replica binds it (other
+        // tests run in parallel): try again on other ports.
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let base = free_base_port(replicas, groups).expect("free ports");
+            let mut config = ClusterConfig::local(replicas, groups, dir.path(), base);
+            config.durability = durability;
+            let cluster = LocalCluster::new(dir.path(), config, binary()).expect("cluster config");
+            let mut tc = TestCluster { cluster, _dir: dir };
+            match tc
+                .cluster
+                .start_all()
+                .and_then(|_| tc.cluster.wait_ready(Duration::from_secs(20)))
+            {
+                Ok(()) => return tc,
+                Err(e) => {
+                    last = e;
+                    tc.cluster.stop();
+                }
+            }
+        }
+        panic!("the cluster did not start: {last}");
+    }
+
+    fn config(&self) -> &ClusterConfig {
+        &self.cluster.config
+    }
+
+    fn client(&self) -> Client {
+        let mut opts = ClientOptions::new(self.cluster.endpoints());
+        opts.op_timeout = Duration::from_secs(10);
+        opts.attempt_timeout = Duration::from_millis(500);
+        Client::connect(opts).expect("client connects")
+    }
+
+    fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for r in &self.cluster.config.replicas {
+            let log = std::fs::read_to_string(self.cluster.log_path(r.id)).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let from = lines.len().saturating_sub(30);
+            out += &format!("--- replica {} log (last lines) ---\n", r.id);
+            for l in &lines[from..] {
+                out += l;
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        // A stopped replica would sit out SIGTERM until the stop timeout.
+        for r in 0..self.cluster.config.replicas.len() as u32 {
+            self.cluster.signal(r, libc::SIGCONT);
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tails());
+        }
+        self.cluster.stop();
+    }
+}
+
+/// Every (replica, group) status that answered.
+fn statuses(client: &mut Client) -> Vec<GroupStatus> {
+    client
+        .status_all()
+        .into_iter()
+        .filter_map(|(_, _, s)| s.ok())
+        .collect()
+}
+
+/// Per group, the replica that reports itself leader (None: no replica does).
+fn leaders(client: &mut Client, groups: u32) -> Vec<Option<u32>> {
+    let st = statuses(client);
+    (0..groups)
+        .map(|g| {
+            st.iter()
+                .find(|s| s.group == g && s.role == "leader")
+                .map(|s| s.replica)
+        })
+        .collect()
+}
+
+/// Waits until some replica leads every group.
+fn wait_leaders(client: &mut Client, groups: u32, timeout: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let l = leaders(client, groups);
+        if l.iter().all(|x| x.is_some()) {
+            return l.into_iter().map(|x| x.unwrap()).collect();
+        }
+        assert!(Instant::now() < deadline, "no leader for every group within {timeout:?}: {l:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until replica `id` has applied, in every group, everything its leader has committed.
+fn wait_caught_up(client: &mut Client, id: u32, groups: u32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let st = statuses(client);
+        let caught_up = (0..groups).all(|g| {
+            let leader = st.iter().find(|s| s.group == g && s.role == "leader");
+            let me = st.iter().find(|s| s.group == g && s.replica == id);
+            match (leader, me) {
+                (Some(l), Some(m)) => m.applied >= l.commit && l.commit > 0,
+                _ => false,
+            }
+        });
+        if caught_up {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica {id} did not catch up within {timeout:?}; last statuses: {st:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A key of group `g`, for checks that must touch a particular group.
+fn key_in_group(prefix: &str, g: u32, groups: u32) -> String {
+    (0u32..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|k| group_of(k.as_bytes(), groups) == g)
+        .expect("some key maps to every group")
+}
+
+/// A put then a linearizable get of the same key, in every group.
+fn put_get_works(tc: &TestCluster, tag: &str) {
+    let groups = tc.config().groups;
+    let mut c = tc.client();
+    for g in 0..groups {
+        let key = key_in_group(&format!("{tag}-"), g, groups);
+        let value = format!("value-of-{key}");
+        match c.put(key.as_bytes(), value.as_bytes()) {
+            Ok(Outcome::Put { .. }) => {}
+            other => panic!("{tag}: put {key} failed: {other:?}"),
+        }
+        match c.get(key.as_bytes(), true) {
+            Ok(Outcome::Get { value: Some(v), .. }) if v.as_ref() == value.as_bytes() => {}
+            other => panic!("{tag}: get {key} returned {other:?}"),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Load: client threads writing distinct keys, recording what was acknowledged.
+
+struct Acked {
+    key: String,
+    value: String,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct LoadResult {
+    acked: Vec<Acked>,
+    errors: Vec<String>,
+}
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<LoadResult>>,
+}
+
+impl Load {
+    fn start(tc: &TestCluster, threads: usize, tag: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|t| {
+                let mut client = tc.client();
+                let stop = stop.clone();
+                let tag = tag.to_string();
+                std::thread::spawn(move || {
+                    let mut res = LoadResult::default();
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = format!("{tag}-t{t}-k{i}");
+                        let value = format!("v{i}-{:x}", client.client_id());
+                        i += 1;
+                        match client.put(key.as_bytes(), value.as_bytes()) {
+                            Ok(Outcome::Put { .. }) => res.acked.push(Acked {
+                                key,
+                                value,
+                                at: Instant::now(),
+                            }),
+                            Ok(other) => res.errors.push(format!("put {key}: {other:?}")),
+                            Err(e) => res.errors.push(format!("put {key}: {e}")),
+                        }
+                    }
+                    res
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    fn finish(self) -> LoadResult {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = LoadResult::default();
+        for t in self.threads {
+            let r = t.join().expect("load thread");
+            all.acked.extend(r.acked);
+            all.errors.extend(r.errors);
+        }
+        all
+    }
+}
+
+/// Every acknowledged write reads back (linearizably) with its value.
+fn verify_acked(tc: &TestCluster, acked: &[Acked]) {
+    let chunks: Vec<&[Acked]> = acked.chunks(acked.len().div_ceil(4).max(1)).collect();
+    std::thread::scope(|s| {
+        for chunk in chunks {
+            let mut c = tc.client();
+            s.spawn(move || {
+                for a in chunk {
+                    match c.get(a.key.as_bytes(), true) {
+                        Ok(Outcome::Get { value: Some(v), .. }) if v.as_ref() == a.value.as_bytes() => {}
+                        other => panic!(
+                            "acknowledged write {} = {} reads back as {other:?}",
+                            a.key, a.value
+                        ),
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// How many acknowledged writes fell into each group after `since`.
+fn acked_per_group_since(acked: &[Acked], groups: u32, since: Instant) -> Vec<usize> {
+    let mut n = vec![0; groups as usize];
+    for a in acked.iter().filter(|a| a.at > since) {
+        n[group_of(a.key.as_bytes(), groups) as usize] += 1;
+    }
+    n
+}
+
+// ------------------------------------------------------------------------------------------
+// 1. Bad input on the client and the peer port.
+
+enum Port {
+    Client,
+    Peer,
+}
+
+/// The bad inputs, each sent on a fresh connection.
+fn bad_inputs(port: &Port, cluster_id: u64) -> Vec<(&'static str, Vec<u8>, &'static [ErrorCode])> {
+    let mut rng = ChaCha8Rng::seed_from_u64(0x5eed);
+    let mut out: Vec<(&'static str, Vec<u8>, &'static [ErrorCode])> = Vec::new();
+
+    // Random bytes: whatever their first four bytes say, the length is over any limit.
+    let mut noise = vec![0u8; 1024];
+    rng.fill(&mut noise[..]);
+    noise[3] = 0xf0;
+    out.push(("random bytes", noise, &[ErrorCode::Oversized]));
+
+    // Random bytes in a well-formed frame with a wrong checksum.
+    let mut body = vec![0u8; 200];
+    rng.fill(&mut body[..]);
+    let mut framed = (body.len() as u32).to_le_bytes().to_vec();
+    framed.extend_from_slice(&(crc32c::crc32c(&body) ^ 1).to_le_bytes());
+    framed.extend_from_slice(&body);
+    out.push(("random frame, bad checksum", framed, &[ErrorCode::Malformed]));
+
+    // Random bytes with a right checksum: the archive does not validate.
+    let mut framed = (body.len() as u32).to_le_bytes().to_vec();
+    framed.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    framed.extend_from_slice(&body);
+    out.push(("random frame, good checksum", framed, &[ErrorCode::Malformed]));
+
+    // A burst of random bytes far larger than the server reads at once.
+    let mut burst = vec![0u8; 4 << 20];
+    rng.fill(&mut burst[..]);
+    burst[3] = 0xf0;
+    out.push(("4 MiB of random bytes", burst, &[ErrorCode::Oversized]));
+
+    // A length prefix far over the limit (and a few bytes of a body that never comes).
+    let mut oversized = (u32::MAX - 7).to_le_bytes().to_vec();
+    oversized.extend_from_slice(&[0u8; 12]);
+    out.push(("oversized length prefix", oversized, &[ErrorCode::Oversized]));
+
+    let hello = |cluster: u64, version: u16| {
+        let mut h = match port {
+            Port::Client => Hello::new(cluster, CLIENT_ID_NONE, 0),
+            Port::Peer => Hello::new(cluster, 1, 0),
+        };
+        h.version = version;
+        match port {
+            Port::Client => encode_frame(&ClientFrame::Hello(h)),
+            Port::Peer => encode_frame(&PeerFrame::Hello(h)),
+        }
+    };
+    out.push((
+        "wrong protocol version",
+        hello(cluster_id, PROTOCOL_VERSION + 1),
+        &[ErrorCode::Version],
+    ));
+    out.push((
+        "wrong cluster id",
+        hello(cluster_id ^ 0x00ff_00ff_0000_0000, PROTOCOL_VERSION),
+        &[ErrorCode::WrongCluster],
+    ));
+    out
+}
+
+/// Joins a thread when dropped.
+struct JoinOnDrop(Option<JoinHandle<()>>);
+
+impl Drop for JoinOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn scopeguard(t: JoinHandle<()>) -> JoinOnDrop {
+    JoinOnDrop(Some(t))
+}
+
+/// Sends `bytes` on a new connection to `addr`, then reads until the server closes it.
+/// Returns the frames received before the close.
+fn send_and_read_until_closed(addr: &str, bytes: &[u8], port: &Port) -> Vec<WireError> {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The server may close before it has read everything: write from another thread and
+    // ignore a write that fails because of that.
+    let mut w = s.try_clone().unwrap();
+    let bytes = bytes.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(&bytes);
+    });
+    let _writer = scopeguard(writer);
+    let mut reader = FrameReader::new(1 << 20);
+    let mut errors = Vec::new();
+    loop {
+        let res = reader.read_from(4096, |buf| s.read(buf));
+        while let Some(p) = reader.next_payload().expect("the server sends valid frames") {
+            let e = match port {
+                Port::Client => {
+                    let f = access::<ServerFrame>(p).expect("a valid server frame");
+                    match rkyv::deserialize::<ServerFrame, rkyv::rancor::Error>(f).unwrap() {
+                        ServerFrame::Error(e) => e,
+                        other => panic!("expected an error frame, got {other:?}"),
+                    }
+                }
+                Port::Peer => {
+                    let f = access::<PeerFrame>(p).expect("a valid peer frame");
+                    match rkyv::deserialize::<PeerFrame, rkyv::rancor::Error>(f).unwrap() {
+                        PeerFrame::Error(e) => e,
+                        other => panic!("expected an error frame, got {other:?}"),
+                    }
+                }
+            };
+            errors.push(e);
+        }
+        match res {
+            Ok(0) => return errors,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return errors,
+            Err(e) => panic!("{addr}: the server did not close the connection: {e}"),
+        }
+    }
+}
+
+#[test]
+fn bad_input_on_client_and_peer_ports_is_refused_and_the_server_keeps_serving() {
+    let tc = TestCluster::start(3, 1, BackendChoice::Auto);
+    let cluster_id = tc.config().cluster_id;
+    put_get_works(&tc, "before");
+    // A client that stays connected through all of it keeps working too.
+    let mut bystander = tc.client();
+    for (i, (port, r)) in [(Port::Client, 0usize), (Port::Peer, 0), (Port::Client, 2), (Port::Peer, 1)]
+        .into_iter()
+        .enumerate()
+    {
+        let rc = &tc.config().replicas[r];
+        let addr = match port {
+            Port::Client => format!("{}:{}", rc.host, rc.client_port),
+            Port::Peer => format!("{}:{}", rc.host, rc.peer_port),
+        };
+        for (case, bytes, codes) in bad_inputs(&port, cluster_id) {
+            let errors = send_and_read_until_closed(&addr, &bytes, &port);
+            assert_eq!(
+                errors.len(),
+                1,
+                "{case} on {addr}: expected one error frame before the close, got {errors:?}"
+            );
+            assert!(
+                codes.contains(&errors[0].code),
+                "{case} on {addr}: expected {codes:?}, got {:?}",
+                errors[0]
+            );
+            assert!(!errors[0].message.is_empty(), "{case}: the error says why");
+            put_get_works(&tc, &format!("after-{i}-{case}"));
+            match bystander.put(b"bystander", case.as_bytes()) {
+                Ok(Outcome::Put { .. }) => {}
+                other => panic!("bystander put after {case}: {other:?}"),
+            }
+        }
+    }
+    // Every replica (including the ones that were sent garbage) still follows the log.
+    let mut c = tc.client();
+    for r in 0..3 {
+        wait_caught_up(&mut c, r, 1, Duration::from_secs(10));
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 2. Start-up errors.
+
+/// Runs `mpaxos server --config path --id id`, which must fail; returns its status and stderr.
+fn server_must_fail(config: &Path, id: u32) -> (ExitStatus, String) {
+    let mut child = Command::new(binary())
+        .arg("server")
+        .arg("--config")
+        .arg(config)
+        .arg("--id")
+        .arg(id.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mpaxos server");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut stderr = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+            assert!(!status.success(), "the server should have refused to start; stderr: {stderr}");
+            return (status, stderr);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server with config {} did not exit", config.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The single `error:` line of `stderr` (asserting there is exactly one), which must contain
+/// `needle`. With `only`, stderr must hold nothing else.
+fn the_error_line(stderr: &str, needle: &str, only: bool) -> String {
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "expected one error: line, stderr was:\n{stderr}");
+    if only {
+        assert_eq!(stderr.trim_end().lines().count(), 1, "expected only the error line:\n{stderr}");
+    }
+    assert!(errors[0].contains(needle), "the error line should mention {needle:?}: {}", errors[0]);
+    errors[0].to_string()
+}
+
+#[test]
+fn bad_config_files_fail_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port(3, 1).unwrap();
+    let good = ClusterConfig::local(3, 1, &dir.path().join("data"), base);
+
+    let path = dir.path().join("unparsable.toml");
+    std::fs::write(&path, "cluster_id = 7\nreplicas = [ this is not toml\n").unwrap();
+    let (_, stderr) = server_must_fail(&path, 0);
+    the_error_line(&stderr, "unparsable.toml", true);
+
+    let path = dir.path().join("unknown-field.toml");
+    std::fs::write(&path, format!("bogus_knob = 3\n{}", good.to_toml())).unwrap();
+    let (_, stderr) = server_must_fail(&path, 0);
+    the_error_line(&stderr, "bogus_knob", true);
+
+    let path = dir.path().join("unknown-nested-field.toml");
+    let text = good.to_toml().replace("[timeouts]", "[timeouts]\nelection_timeout_ms = 10");
+    assert!(text.contains("election_timeout_ms = 10"), "the config has a [timeouts] table");
+    std::fs::write(&path, text).unwrap();
+    let (_, stderr) = server_must_fail(&path, 0);
+    the_error_line(&stderr, "election_timeout_ms", true);
+
+    // Two replicas on one port.
+    let mut clash = good.clone();
+    clash.replicas[1].client_port = clash.replicas[0].peer_port;
+    let path = dir.path().join("port-clash.toml");
+    std::fs::write(&path, clash.to_toml()).unwrap();
+    let (_, stderr) = server_must_fail(&path, 0);
+    the_error_line(&stderr, &format!("port {}", clash.replicas[0].peer_port), true);
+
+    // A port some other process holds.
+    let holder = std::net::TcpListener::bind(("127.0.0.1", good.replicas[0].client_port))
+        .expect("bind the port the replica wants");
+    let path = dir.path().join("good.toml");
+    std::fs::write(&path, good.to_toml()).unwrap();
+    let (_, stderr) = server_must_fail(&path, 0);
+    let line = the_error_line(&stderr, &good.replicas[0].client_port.to_string(), false);
+    assert_eq!(stderr.trim_end().lines().last(), Some(line.as_str()), "the error comes last");
+    drop(holder);
+
+    // An id that is not in the config.
+    let (_, stderr) = server_must_fail(&path, 3);
+    the_error_line(&stderr, "--id 3", true);
+}
+
+#[test]
+fn data_directory_of_another_cluster_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let base = free_base_port(1, 1).unwrap();
+    let a = ClusterConfig::local(1, 1, &data, base);
+    let cluster_a = a.cluster_id;
+    {
+        let mut cluster = LocalCluster::new(&dir.path().join("a"), a.clone(), binary()).unwrap();
+        cluster.start(0).unwrap();
+        cluster
+            .wait_ready(Duration::from_secs(20))
+            .expect("a one-replica cluster starts");
+        let mut c = Client::connect(ClientOptions::new(cluster.endpoints())).unwrap();
+        assert!(matches!(c.put(b"k", b"v"), Ok(Outcome::Put { .. })));
+        cluster.stop();
+    }
+    assert!(data.join("replica-0").is_dir(), "replica 0 made its data directory");
+
+    let mut b = a.clone();
+    b.cluster_id = cluster_a ^ 0x0bad_0000_0000_0000;
+    let path = dir.path().join("b.toml");
+    std::fs::write(&path, b.to_toml()).unwrap();
+    let (_, stderr) = server_must_fail(&path, 0);
+    let line = the_error_line(&stderr, &format!("{cluster_a:#x}"), true);
+    assert!(line.contains("belongs to cluster"), "{line}");
+}
+
+// ------------------------------------------------------------------------------------------
+// 3. kill -9 of the leader under load.
+
+fn kill_leader_under_load(groups: u32, durability: BackendChoice) {
+    let _serial = fault_lock();
+    let mut tc = TestCluster::start(3, groups, durability);
+    let election_max = Duration::from_millis(tc.config().timeouts.election_timeout_max_ms);
+    let mut watcher = tc.client();
+    let before = wait_leaders(&mut watcher, groups, Duration::from_secs(10));
+    let victim = before[0];
+    let led: Vec<u32> = (0..groups).filter(|&g| before[g as usize] == victim).collect();
+
+    let load = Load::start(&tc, 4, &format!("kill{groups}"));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let killed_at = Instant::now();
+    tc.cluster.signal(victim, libc::SIGKILL);
+    // Until every group the victim led has another leader.
+    let elected_in = loop {
+        let now = leaders(&mut watcher, groups);
+        if led
+            .iter()
+            .all(|&g| now[g as usize].is_some_and(|l| l != victim))
+        {
+            break killed_at.elapsed();
+        }
+        if killed_at.elapsed() > election_max * 10 {
+            break killed_at.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    eprintln!(
+        "groups={groups}: new leader(s) for groups {led:?} {elected_in:?} after kill -9 of replica {victim} (bound {:?})",
+        election_max * 2
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let res = load.finish();
+    assert!(
+        elected_in <= election_max * 2,
+        "no new leader within 2 x election_timeout_max ({:?}): took {elected_in:?}",
+        election_max * 2
+    );
+    assert!(res.errors.is_empty(), "writes failed: {:?}", &res.errors[..res.errors.len().min(5)]);
+    let after = acked_per_group_since(&res.acked, groups, killed_at);
+    assert!(
+        after.iter().all(|&n| n > 0),
+        "every group acknowledged writes after the kill: {after:?}"
+    );
+    eprintln!("groups={groups}: {} acknowledged writes, {after:?} after the kill", res.acked.len());
+    verify_acked(&tc, &res.acked);
+
+    // The victim comes back from its WAL and catches up.
+    tc.cluster.start(victim).unwrap();
+    wait_caught_up(&mut watcher, victim, groups, Duration::from_secs(20));
+    put_get_works(&tc, "after-restart");
+}
+
+#[test]
+fn kill_9_leader_under_load_one_group() {
+    kill_leader_under_load(1, BackendChoice::Auto);
+}
+
+#[test]
+fn kill_9_leader_under_load_two_groups() {
+    kill_leader_under_load(2, BackendChoice::Sync);
+}
+
+// ------------------------------------------------------------------------------------------
+// 4. SIGSTOP of a follower.
+
+fn stop_follower_under_load(groups: u32, durability: BackendChoice) {
+    let _serial = fault_lock();
+    let mut tc = TestCluster::start(3, groups, durability);
+    let election_max = Duration::from_millis(tc.config().timeouts.election_timeout_max_ms);
+    let mut watcher = tc.client();
+    let leaders_now = wait_leaders(&mut watcher, groups, Duration::from_secs(10));
+    // With 3 replicas and at most 2 groups, some replica leads none.
+    let follower = (0..3u32)
+        .find(|r| !leaders_now.contains(r))
+        .expect("a replica that leads no group");
+
+    let load = Load::start(&tc, 3, &format!("stop{groups}"));
+    std::thread::sleep(Duration::from_millis(300));
+    let stopped_at = Instant::now();
+    tc.cluster.signal(follower, libc::SIGSTOP);
+    // Long enough for any election timer to have fired several times.
+    std::thread::sleep((election_max * 5).max(Duration::from_millis(1500)));
+    let resumed_at = Instant::now();
+    tc.cluster.signal(follower, libc::SIGCONT);
+    std::thread::sleep(Duration::from_millis(300));
+    let res = load.finish();
+
+    assert!(res.errors.is_empty(), "writes failed: {:?}", &res.errors[..res.errors.len().min(5)]);
+    let during: Vec<usize> = {
+        let mut n = vec![0; groups as usize];
+        for a in res
+            .acked
+            .iter()
+            .filter(|a| a.at > stopped_at && a.at < resumed_at)
+        {
+            n[group_of(a.key.as_bytes(), groups) as usize] += 1;
+        }
+        n
+    };
+    eprintln!(
+        "groups={groups}: {} acknowledged writes, {during:?} while replica {follower} was stopped",
+        res.acked.len()
+    );
+    assert!(
+        during.iter().all(|&n| n > 0),
+        "every group acknowledged writes while a follower was stopped: {during:?}"
+    );
+
+    wait_caught_up(&mut watcher, follower, groups, Duration::from_secs(20));
+    verify_acked(&tc, &res.acked);
+    put_get_works(&tc, "after-resume");
+}
+
+#[test]
+fn sigstop_follower_one_group() {
+    stop_follower_under_load(1, BackendChoice::Sync);
+}
+
+#[test]
+fn sigstop_follower_two_groups() {
+    stop_follower_under_load(2, BackendChoice::Auto);
+}
