@@ -27,7 +27,7 @@ use mpaxos::net::wire::{
     group_of, ClientFrame, ErrorCode, GroupStatus, Hello, Outcome, PeerFrame, ServerFrame,
     WireError, CLIENT_ID_NONE, PROTOCOL_VERSION,
 };
-use mpaxos::server::config::ClusterConfig;
+use mpaxos::server::config::{ClusterConfig, Cpus};
 use mpaxos::server::local::{free_base_port, LocalCluster};
 use mpaxos::wal::BackendChoice;
 use rand::{Rng, SeedableRng};
@@ -54,6 +54,11 @@ struct TestCluster {
 impl TestCluster {
     /// Starts `replicas` replicas of `groups` groups and waits until every group has a leader.
     fn start(replicas: u32, groups: u32, durability: BackendChoice) -> TestCluster {
+        TestCluster::start_with(replicas, groups, |c| c.durability = durability)
+    }
+
+    /// Like [`TestCluster::start`], with a hook to change the config first.
+    fn start_with(replicas: u32, groups: u32, tweak: impl Fn(&mut ClusterConfig)) -> TestCluster {
         let mut last = String::new();
         // A port picked as free can be taken by someone else before a replica binds it (other
         // tests run in parallel): try again on other ports.
@@ -61,7 +66,7 @@ impl TestCluster {
             let dir = tempfile::tempdir().expect("temp dir");
             let base = free_base_port(replicas, groups).expect("free ports");
             let mut config = ClusterConfig::local(replicas, groups, dir.path(), base);
-            config.durability = durability;
+            tweak(&mut config);
             let cluster = LocalCluster::new(dir.path(), config, binary()).expect("cluster config");
             let mut tc = TestCluster { cluster, _dir: dir };
             match tc
@@ -148,7 +153,10 @@ fn wait_leaders(client: &mut Client, groups: u32, timeout: Duration) -> Vec<u32>
         if l.iter().all(|x| x.is_some()) {
             return l.into_iter().map(|x| x.unwrap()).collect();
         }
-        assert!(Instant::now() < deadline, "no leader for every group within {timeout:?}: {l:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no leader for every group within {timeout:?}: {l:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -276,7 +284,8 @@ fn verify_acked(tc: &TestCluster, acked: &[Acked]) {
             s.spawn(move || {
                 for a in chunk {
                     match c.get(a.key.as_bytes(), true) {
-                        Ok(Outcome::Get { value: Some(v), .. }) if v.as_ref() == a.value.as_bytes() => {}
+                        Ok(Outcome::Get { value: Some(v), .. })
+                            if v.as_ref() == a.value.as_bytes() => {}
                         other => panic!(
                             "acknowledged write {} = {} reads back as {other:?}",
                             a.key, a.value
@@ -306,7 +315,11 @@ enum Port {
 }
 
 /// The bad inputs, each sent on a fresh connection.
-fn bad_inputs(port: &Port, cluster_id: u64) -> Vec<(&'static str, Vec<u8>, &'static [ErrorCode])> {
+fn bad_inputs(
+    port: &Port,
+    cluster_id: u64,
+    target: u32,
+) -> Vec<(&'static str, Vec<u8>, &'static [ErrorCode])> {
     let mut rng = ChaCha8Rng::seed_from_u64(0x5eed);
     let mut out: Vec<(&'static str, Vec<u8>, &'static [ErrorCode])> = Vec::new();
 
@@ -322,13 +335,21 @@ fn bad_inputs(port: &Port, cluster_id: u64) -> Vec<(&'static str, Vec<u8>, &'sta
     let mut framed = (body.len() as u32).to_le_bytes().to_vec();
     framed.extend_from_slice(&(crc32c::crc32c(&body) ^ 1).to_le_bytes());
     framed.extend_from_slice(&body);
-    out.push(("random frame, bad checksum", framed, &[ErrorCode::Malformed]));
+    out.push((
+        "random frame, bad checksum",
+        framed,
+        &[ErrorCode::Malformed],
+    ));
 
     // Random bytes with a right checksum: the archive does not validate.
     let mut framed = (body.len() as u32).to_le_bytes().to_vec();
     framed.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
     framed.extend_from_slice(&body);
-    out.push(("random frame, good checksum", framed, &[ErrorCode::Malformed]));
+    out.push((
+        "random frame, good checksum",
+        framed,
+        &[ErrorCode::Malformed],
+    ));
 
     // A burst of random bytes far larger than the server reads at once.
     let mut burst = vec![0u8; 4 << 20];
@@ -339,12 +360,17 @@ fn bad_inputs(port: &Port, cluster_id: u64) -> Vec<(&'static str, Vec<u8>, &'sta
     // A length prefix far over the limit (and a few bytes of a body that never comes).
     let mut oversized = (u32::MAX - 7).to_le_bytes().to_vec();
     oversized.extend_from_slice(&[0u8; 12]);
-    out.push(("oversized length prefix", oversized, &[ErrorCode::Oversized]));
+    out.push((
+        "oversized length prefix",
+        oversized,
+        &[ErrorCode::Oversized],
+    ));
 
     let hello = |cluster: u64, version: u16| {
         let mut h = match port {
             Port::Client => Hello::new(cluster, CLIENT_ID_NONE, 0),
-            Port::Peer => Hello::new(cluster, 1, 0),
+            // Claims to be another replica of the cluster.
+            Port::Peer => Hello::new(cluster, (target + 1) % 3, 0),
         };
         h.version = version;
         match port {
@@ -362,6 +388,22 @@ fn bad_inputs(port: &Port, cluster_id: u64) -> Vec<(&'static str, Vec<u8>, &'sta
         hello(cluster_id ^ 0x00ff_00ff_0000_0000, PROTOCOL_VERSION),
         &[ErrorCode::WrongCluster],
     ));
+
+    // A good handshake, then random bytes in a frame with a right checksum.
+    let mut then_garbage = hello(cluster_id, PROTOCOL_VERSION);
+    then_garbage.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    then_garbage.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    then_garbage.extend_from_slice(&body);
+    out.push((
+        "random frame after a good handshake",
+        then_garbage,
+        &[ErrorCode::Malformed],
+    ));
+
+    // A good handshake, then a second one.
+    let mut twice = hello(cluster_id, PROTOCOL_VERSION);
+    twice.extend_from_slice(&hello(cluster_id, PROTOCOL_VERSION));
+    out.push(("a second handshake", twice, &[ErrorCode::Malformed]));
     out
 }
 
@@ -397,12 +439,17 @@ fn send_and_read_until_closed(addr: &str, bytes: &[u8], port: &Port) -> Vec<Wire
     let mut errors = Vec::new();
     loop {
         let res = reader.read_from(4096, |buf| s.read(buf));
-        while let Some(p) = reader.next_payload().expect("the server sends valid frames") {
+        while let Some(p) = reader
+            .next_payload()
+            .expect("the server sends valid frames")
+        {
             let e = match port {
                 Port::Client => {
                     let f = access::<ServerFrame>(p).expect("a valid server frame");
                     match rkyv::deserialize::<ServerFrame, rkyv::rancor::Error>(f).unwrap() {
                         ServerFrame::Error(e) => e,
+                        // The answer to a good handshake that comes first.
+                        ServerFrame::Welcome(_) if errors.is_empty() => continue,
                         other => panic!("expected an error frame, got {other:?}"),
                     }
                 }
@@ -432,16 +479,21 @@ fn bad_input_on_client_and_peer_ports_is_refused_and_the_server_keeps_serving() 
     put_get_works(&tc, "before");
     // A client that stays connected through all of it keeps working too.
     let mut bystander = tc.client();
-    for (i, (port, r)) in [(Port::Client, 0usize), (Port::Peer, 0), (Port::Client, 2), (Port::Peer, 1)]
-        .into_iter()
-        .enumerate()
+    for (i, (port, r)) in [
+        (Port::Client, 0usize),
+        (Port::Peer, 0),
+        (Port::Client, 2),
+        (Port::Peer, 1),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let rc = &tc.config().replicas[r];
         let addr = match port {
             Port::Client => format!("{}:{}", rc.host, rc.client_port),
             Port::Peer => format!("{}:{}", rc.host, rc.peer_port),
         };
-        for (case, bytes, codes) in bad_inputs(&port, cluster_id) {
+        for (case, bytes, codes) in bad_inputs(&port, cluster_id, r as u32) {
             let errors = send_and_read_until_closed(&addr, &bytes, &port);
             assert_eq!(
                 errors.len(),
@@ -465,6 +517,108 @@ fn bad_input_on_client_and_peer_ports_is_refused_and_the_server_keeps_serving() 
     let mut c = tc.client();
     for r in 0..3 {
         wait_caught_up(&mut c, r, 1, Duration::from_secs(10));
+    }
+}
+
+/// Reads one frame from `s` (a blocking stream with a read timeout).
+fn read_one<T>(s: &mut TcpStream) -> T
+where
+    T: rkyv::Archive,
+    T::Archived: rkyv::Portable
+        + for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>
+        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+{
+    let mut reader = FrameReader::new(1 << 20);
+    loop {
+        if let Some(p) = reader.next_payload().expect("a valid frame") {
+            let a = access::<T>(p).expect("a valid archive");
+            return rkyv::deserialize::<T, rkyv::rancor::Error>(a).unwrap();
+        }
+        let n = reader.read_from(4096, |buf| s.read(buf)).expect("read");
+        assert!(n > 0, "closed before a whole frame arrived");
+    }
+}
+
+#[test]
+fn connection_limit_refuses_with_busy_and_recovers() {
+    const LIMIT: usize = 8;
+    let tc = TestCluster::start_with(3, 1, |c| c.limits.connections_max = LIMIT);
+    let r0 = tc.config().replicas[0].clone();
+    let client_addr = format!("{}:{}", r0.host, r0.client_port);
+    let mut held = Vec::new();
+    let busy = loop {
+        assert!(held.len() <= LIMIT, "{} connections were all welcomed", held.len());
+        let mut s = TcpStream::connect(&client_addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&encode_frame(&ClientFrame::Hello(Hello::new(0, CLIENT_ID_NONE, 0))))
+            .unwrap();
+        match read_one::<ServerFrame>(&mut s) {
+            ServerFrame::Welcome(_) => held.push(s),
+            ServerFrame::Error(e) => break e,
+            other => panic!("unexpected answer to a handshake: {other:?}"),
+        }
+    };
+    assert_eq!(busy.code, ErrorCode::Busy, "{busy:?}");
+    // The peer port shares the limit, and answers in its own frame type.
+    let peer_addr = format!("{}:{}", r0.host, r0.peer_port);
+    let errors = send_and_read_until_closed(&peer_addr, &[], &Port::Peer);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].code, ErrorCode::Busy, "{errors:?}");
+    // Once those clients go away, replica 0 takes new ones again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = TcpStream::connect(&client_addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&encode_frame(&ClientFrame::Hello(Hello::new(0, CLIENT_ID_NONE, 0))))
+            .unwrap();
+        match read_one::<ServerFrame>(&mut s) {
+            ServerFrame::Welcome(_) => break,
+            other => assert!(Instant::now() < deadline, "still refused: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    put_get_works(&tc, "after-limit");
+}
+
+/// Replicas on different hosts with the same ports (127.0.0.1, .2, .3 stand in for hosts): a
+/// client that first reaches any one of them talks to the replica it means to.
+#[test]
+fn replicas_on_distinct_hosts_with_the_same_ports() {
+    let tc = TestCluster::start_with(3, 2, |c| {
+        let first = c.replicas[0].clone();
+        for r in c.replicas.iter_mut() {
+            r.host = format!("127.0.0.{}", r.id + 1);
+            r.client_port = first.client_port;
+            r.peer_port = first.peer_port;
+            r.admin_port = first.admin_port;
+            // Each replica is alone on its "host": auto pinning would stack them on one core.
+            r.cpus = Cpus::Mode("off".into());
+        }
+    });
+    for (i, endpoint) in tc.cluster.endpoints().into_iter().enumerate() {
+        let mut opts = ClientOptions::new(vec![endpoint.clone()]);
+        opts.op_timeout = Duration::from_secs(5);
+        let mut c = Client::connect(opts).expect("connect");
+        for (r, g, st) in c.status_all() {
+            let st = st.unwrap_or_else(|e| panic!("via {endpoint}: status of {r}/{g}: {e}"));
+            assert_eq!(
+                (st.replica, st.group),
+                (r, g),
+                "via {endpoint}: asked {r}/{g}"
+            );
+        }
+        for g in 0..2 {
+            let key = key_in_group(&format!("via{i}-"), g, 2);
+            match c.put(key.as_bytes(), b"v") {
+                Ok(Outcome::Put { .. }) => {}
+                other => panic!("via {endpoint}: put {key}: {other:?}"),
+            }
+            match c.get(key.as_bytes(), true) {
+                Ok(Outcome::Get { value: Some(v), .. }) if v.as_ref() == b"v" => {}
+                other => panic!("via {endpoint}: get {key}: {other:?}"),
+            }
+        }
     }
 }
 
@@ -494,7 +648,10 @@ fn server_must_fail(config: &Path, id: u32) -> (ExitStatus, String) {
                 .unwrap()
                 .read_to_string(&mut stderr)
                 .unwrap();
-            assert!(!status.success(), "the server should have refused to start; stderr: {stderr}");
+            assert!(
+                !status.success(),
+                "the server should have refused to start; stderr: {stderr}"
+            );
             return (status, stderr);
         }
         if Instant::now() > deadline {
@@ -510,11 +667,23 @@ fn server_must_fail(config: &Path, id: u32) -> (ExitStatus, String) {
 /// `needle`. With `only`, stderr must hold nothing else.
 fn the_error_line(stderr: &str, needle: &str, only: bool) -> String {
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "expected one error: line, stderr was:\n{stderr}");
+    assert_eq!(
+        errors.len(),
+        1,
+        "expected one error: line, stderr was:\n{stderr}"
+    );
     if only {
-        assert_eq!(stderr.trim_end().lines().count(), 1, "expected only the error line:\n{stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "expected only the error line:\n{stderr}"
+        );
     }
-    assert!(errors[0].contains(needle), "the error line should mention {needle:?}: {}", errors[0]);
+    assert!(
+        errors[0].contains(needle),
+        "the error line should mention {needle:?}: {}",
+        errors[0]
+    );
     errors[0].to_string()
 }
 
@@ -535,8 +704,13 @@ fn bad_config_files_fail_with_one_clear_line() {
     the_error_line(&stderr, "bogus_knob", true);
 
     let path = dir.path().join("unknown-nested-field.toml");
-    let text = good.to_toml().replace("[timeouts]", "[timeouts]\nelection_timeout_ms = 10");
-    assert!(text.contains("election_timeout_ms = 10"), "the config has a [timeouts] table");
+    let text = good
+        .to_toml()
+        .replace("[timeouts]", "[timeouts]\nelection_timeout_ms = 10");
+    assert!(
+        text.contains("election_timeout_ms = 10"),
+        "the config has a [timeouts] table"
+    );
     std::fs::write(&path, text).unwrap();
     let (_, stderr) = server_must_fail(&path, 0);
     the_error_line(&stderr, "election_timeout_ms", true);
@@ -547,7 +721,11 @@ fn bad_config_files_fail_with_one_clear_line() {
     let path = dir.path().join("port-clash.toml");
     std::fs::write(&path, clash.to_toml()).unwrap();
     let (_, stderr) = server_must_fail(&path, 0);
-    the_error_line(&stderr, &format!("port {}", clash.replicas[0].peer_port), true);
+    the_error_line(
+        &stderr,
+        &format!("port {}", clash.replicas[0].peer_port),
+        true,
+    );
 
     // A port some other process holds.
     let holder = std::net::TcpListener::bind(("127.0.0.1", good.replicas[0].client_port))
@@ -556,7 +734,11 @@ fn bad_config_files_fail_with_one_clear_line() {
     std::fs::write(&path, good.to_toml()).unwrap();
     let (_, stderr) = server_must_fail(&path, 0);
     let line = the_error_line(&stderr, &good.replicas[0].client_port.to_string(), false);
-    assert_eq!(stderr.trim_end().lines().last(), Some(line.as_str()), "the error comes last");
+    assert_eq!(
+        stderr.trim_end().lines().last(),
+        Some(line.as_str()),
+        "the error comes last"
+    );
     drop(holder);
 
     // An id that is not in the config.
@@ -581,7 +763,10 @@ fn data_directory_of_another_cluster_is_refused() {
         assert!(matches!(c.put(b"k", b"v"), Ok(Outcome::Put { .. })));
         cluster.stop();
     }
-    assert!(data.join("replica-0").is_dir(), "replica 0 made its data directory");
+    assert!(
+        data.join("replica-0").is_dir(),
+        "replica 0 made its data directory"
+    );
 
     let mut b = a.clone();
     b.cluster_id = cluster_a ^ 0x0bad_0000_0000_0000;
@@ -602,7 +787,9 @@ fn kill_leader_under_load(groups: u32, durability: BackendChoice) {
     let mut watcher = tc.client();
     let before = wait_leaders(&mut watcher, groups, Duration::from_secs(10));
     let victim = before[0];
-    let led: Vec<u32> = (0..groups).filter(|&g| before[g as usize] == victim).collect();
+    let led: Vec<u32> = (0..groups)
+        .filter(|&g| before[g as usize] == victim)
+        .collect();
 
     let load = Load::start(&tc, 4, &format!("kill{groups}"));
     std::thread::sleep(Duration::from_millis(500));
@@ -634,13 +821,20 @@ fn kill_leader_under_load(groups: u32, durability: BackendChoice) {
         "no new leader within 2 x election_timeout_max ({:?}): took {elected_in:?}",
         election_max * 2
     );
-    assert!(res.errors.is_empty(), "writes failed: {:?}", &res.errors[..res.errors.len().min(5)]);
+    assert!(
+        res.errors.is_empty(),
+        "writes failed: {:?}",
+        &res.errors[..res.errors.len().min(5)]
+    );
     let after = acked_per_group_since(&res.acked, groups, killed_at);
     assert!(
         after.iter().all(|&n| n > 0),
         "every group acknowledged writes after the kill: {after:?}"
     );
-    eprintln!("groups={groups}: {} acknowledged writes, {after:?} after the kill", res.acked.len());
+    eprintln!(
+        "groups={groups}: {} acknowledged writes, {after:?} after the kill",
+        res.acked.len()
+    );
     verify_acked(&tc, &res.acked);
 
     // The victim comes back from its WAL and catches up.
@@ -684,7 +878,11 @@ fn stop_follower_under_load(groups: u32, durability: BackendChoice) {
     std::thread::sleep(Duration::from_millis(300));
     let res = load.finish();
 
-    assert!(res.errors.is_empty(), "writes failed: {:?}", &res.errors[..res.errors.len().min(5)]);
+    assert!(
+        res.errors.is_empty(),
+        "writes failed: {:?}",
+        &res.errors[..res.errors.len().min(5)]
+    );
     let during: Vec<usize> = {
         let mut n = vec![0; groups as usize];
         for a in res

@@ -60,7 +60,11 @@ pub fn render(a: &BTreeMap<String, Summary>, b: &BTreeMap<String, Summary>) -> S
     let pairs: Vec<(String, &Summary, &Summary)> = if a.len() == 1 && b.len() == 1 {
         let (la, sa) = a.iter().next().expect("one");
         let (lb, sb) = b.iter().next().expect("one");
-        let label = if la == lb { la.clone() } else { format!("{la} vs {lb}") };
+        let label = if la == lb {
+            la.clone()
+        } else {
+            format!("{la} vs {lb}")
+        };
         vec![(label, sa, sb)]
     } else {
         a.iter()
@@ -73,7 +77,11 @@ pub fn render(a: &BTreeMap<String, Summary>, b: &BTreeMap<String, Summary>) -> S
         "cell", "metric", "A", "B", "delta"
     );
     for (label, sa, sb) in &pairs {
-        let label = if label.is_empty() { "(run)" } else { label.as_str() };
+        let label = if label.is_empty() {
+            "(run)"
+        } else {
+            label.as_str()
+        };
         let _ = writeln!(
             out,
             "{:<40} {:<6} {:>12.0} {:>12.0} {:>9}",
@@ -106,15 +114,26 @@ pub fn render(a: &BTreeMap<String, Summary>, b: &BTreeMap<String, Summary>) -> S
             }
         }
         if sa.flagged || sb.flagged {
-            let _ = writeln!(out, "  note: a run is flagged ({}{})", sa.flag_reasons.join("; "), sb.flag_reasons.join("; "));
+            let _ = writeln!(
+                out,
+                "  note: a run is flagged ({}{})",
+                sa.flag_reasons.join("; "),
+                sb.flag_reasons.join("; ")
+            );
         }
     }
     let only_a: Vec<&String> = a.keys().filter(|k| !b.contains_key(*k)).collect();
     let only_b: Vec<&String> = b.keys().filter(|k| !a.contains_key(*k)).collect();
     if pairs.len() > 1 && (!only_a.is_empty() || !only_b.is_empty()) {
-        let _ = writeln!(out, "\nunmatched cells: A only {only_a:?}, B only {only_b:?}");
+        let _ = writeln!(
+            out,
+            "\nunmatched cells: A only {only_a:?}, B only {only_b:?}"
+        );
     }
-    let _ = writeln!(out, "\nlatencies in us; delta = (B - A) / A; lower latency and higher ops/s are better");
+    let _ = writeln!(
+        out,
+        "\nlatencies in us; delta = (B - A) / A; lower latency and higher ops/s are better"
+    );
     out
 }
 

@@ -146,7 +146,10 @@ enum Timer {
     /// Give up on this attempt if it is still the current one.
     AttemptTimeout { session: usize, req_id: u64 },
     /// A reply held back by the placement delay.
-    Deliver { link: usize, frame: Box<ServerFrame> },
+    Deliver {
+        link: usize,
+        frame: Box<ServerFrame>,
+    },
 }
 
 pub struct Engine {
@@ -310,11 +313,18 @@ impl Engine {
             });
         self.poll
             .registry()
-            .register(&mut stream, Token(idx), Interest::READABLE | Interest::WRITABLE)
+            .register(
+                &mut stream,
+                Token(idx),
+                Interest::READABLE | Interest::WRITABLE,
+            )
             .ok()?;
         let _ = stream.set_nodelay(true);
         let delay_ns = match &self.cfg.placement {
-            Some(p) => p.one_way_ns(&self.clients[client].region, p.replica_region(replica as usize)),
+            Some(p) => p.one_way_ns(
+                &self.clients[client].region,
+                p.replica_region(replica as usize),
+            ),
             None => 0,
         };
         let mut link = Link {
@@ -378,7 +388,10 @@ impl Engine {
     fn start_request(&mut self, session: usize, scheduled_ns: u64, now: u64) {
         let (op, kind) = self.next_op();
         let key = match &op {
-            Op::Get { key, .. } | Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => key,
+            Op::Get { key, .. }
+            | Op::Put { key, .. }
+            | Op::Delete { key }
+            | Op::Cas { key, .. } => key,
         };
         let group = group_of(key, self.cfg.topology.groups);
         let s = &mut self.sessions[session];
@@ -620,7 +633,11 @@ impl Engine {
             ServerFrame::Reply { .. } | ServerFrame::Status { .. } => {}
             ServerFrame::Welcome(_) | ServerFrame::Topology { .. } => return,
             ServerFrame::Error(e) => {
-                tracing::warn!("server refused the load generator: {:?}: {}", e.code, e.message);
+                tracing::warn!(
+                    "server refused the load generator: {:?}: {}",
+                    e.code,
+                    e.message
+                );
                 self.errors += 1;
                 return;
             }
@@ -647,7 +664,11 @@ impl Engine {
                         Some(x) => (x.client, x.replica),
                         None => return,
                     };
-                    let region = self.sessions.iter().find(|s| s.client == client).map_or(0, |s| s.region_idx);
+                    let region = self
+                        .sessions
+                        .iter()
+                        .find(|s| s.client == client)
+                        .map_or(0, |s| s.region_idx);
                     self.probe_samples
                         .entry((region, replica))
                         .or_default()
@@ -777,7 +798,12 @@ impl Engine {
         let replicas = self.cfg.topology.replicas.len() as u32;
         let mut targets = Vec::new();
         for (ri, _) in self.regions.clone().iter().enumerate() {
-            let Some(client) = self.sessions.iter().find(|s| s.region_idx == ri).map(|s| s.client) else {
+            let Some(client) = self
+                .sessions
+                .iter()
+                .find(|s| s.region_idx == ri)
+                .map(|s| s.client)
+            else {
                 continue;
             };
             for r in 0..replicas {
@@ -819,7 +845,11 @@ impl Engine {
         }
         let mut out = Vec::new();
         for &(_, r, ri) in &targets {
-            let mut v = self.probe_samples.get(&(ri, r)).cloned().unwrap_or_default();
+            let mut v = self
+                .probe_samples
+                .get(&(ri, r))
+                .cloned()
+                .unwrap_or_default();
             v.sort_unstable();
             let region = &self.regions[ri];
             let rr = self.replica_region(r);

@@ -161,7 +161,8 @@ pub struct Summary {
     pub throughput_ops_s: f64,
     pub latency_us: std::collections::BTreeMap<String, stats::Percentiles>,
     /// Per client region, per operation.
-    pub latency_us_by_region: std::collections::BTreeMap<String, std::collections::BTreeMap<String, stats::Percentiles>>,
+    pub latency_us_by_region:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, stats::Percentiles>>,
     pub floor_rtt_us: f64,
     pub floor_sync_write_us: f64,
     /// write p50 ÷ (2 × floor RTT + floor sync write); read p50 ÷ floor RTT.
@@ -217,7 +218,9 @@ pub fn run_one(spec: &BenchSpec, out: &Path, quiet: bool) -> Result<Summary, Str
             for id in 0..spec.replicas {
                 commands.push_str(&format!(
                     "{} server --config {} --id {id}\n",
-                    std::env::current_exe().map_err(|e| e.to_string())?.display(),
+                    std::env::current_exe()
+                        .map_err(|e| e.to_string())?
+                        .display(),
                     cluster.config_path.display()
                 ));
             }
@@ -327,7 +330,10 @@ pub fn local_config(
         // Elections must outlast the slowest round trip, or leaders flap.
         let max_rtt_ms = (0..spec.replicas as usize)
             .flat_map(|a| (0..spec.replicas as usize).map(move |b| (a, b)))
-            .map(|(a, b)| p.rtt_ms(p.replica_region(a), p.replica_region(b)).unwrap_or(0.0))
+            .map(|(a, b)| {
+                p.rtt_ms(p.replica_region(a), p.replica_region(b))
+                    .unwrap_or(0.0)
+            })
             .fold(0.0, f64::max);
         if max_rtt_ms > 0.0 {
             cfg.timeouts.heartbeat_ms = 50;
@@ -369,7 +375,9 @@ fn chrono_like_stamp() -> String {
 fn shell_words(args: &[String]) -> String {
     args.iter()
         .map(|a| {
-            if a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,".contains(c)) {
+            if a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=:,".contains(c))
+            {
                 a.clone()
             } else {
                 format!("'{}'", a.replace('\'', "'\\''"))

@@ -251,12 +251,19 @@ pub fn table(s: &Summary) -> String {
         );
     }
     if !s.links.is_empty() && s.links.iter().any(|l| l.configured_rtt_ms > 0.0) {
-        let _ = writeln!(out, "\nemulated links (client region -> replica): configured vs measured RTT ms");
+        let _ = writeln!(
+            out,
+            "\nemulated links (client region -> replica): configured vs measured RTT ms"
+        );
         for l in &s.links {
             let _ = writeln!(
                 out,
                 "  {:<16} -> {} ({:<16}) {:>8.1} {:>8.1}",
-                l.client_region, l.replica, l.replica_region, l.configured_rtt_ms, l.measured_rtt_ms_p50
+                l.client_region,
+                l.replica,
+                l.replica_region,
+                l.configured_rtt_ms,
+                l.measured_rtt_ms_p50
             );
         }
     }

@@ -138,7 +138,7 @@ pub fn write_hgrm(h: &Histogram<u64>, path: &Path) -> std::io::Result<()> {
                 "{:>12.3} {:>2.12} {:>10} {}",
                 v.value_iterated_to() as f64 / 1000.0,
                 q,
-                v.count_since_last_iteration() as u64 + 0,
+                v.count_since_last_iteration(),
                 inv
             )?;
         }
@@ -166,7 +166,12 @@ pub fn write_hgrm(h: &Histogram<u64>, path: &Path) -> std::io::Result<()> {
 
 /// Interval histograms (one per second per operation) in HdrHistogram's interval log format.
 pub struct IntervalLog {
-    intervals: Vec<(String, std::time::Duration, std::time::Duration, Histogram<u64>)>,
+    intervals: Vec<(
+        String,
+        std::time::Duration,
+        std::time::Duration,
+        Histogram<u64>,
+    )>,
 }
 
 impl Default for IntervalLog {

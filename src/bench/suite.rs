@@ -106,8 +106,18 @@ fn value_label(v: &toml::Value) -> String {
     }
 }
 
+/// A suite file, expanded into its cells (before repeats).
+pub struct Suite {
+    pub name: String,
+    pub repeats: u32,
+    pub randomize: bool,
+    pub seed: u64,
+    pub load_axis: Option<String>,
+    pub cells: Vec<Cell>,
+}
+
 /// Expands a suite file into its cells (before repeats).
-pub fn expand(path: &Path) -> Result<(String, u32, bool, u64, Option<String>, Vec<Cell>), String> {
+pub fn expand(path: &Path) -> Result<Suite, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read suite {}: {e}", path.display()))?;
     let f: SuiteFile = toml::from_str(&text)
@@ -175,7 +185,14 @@ pub fn expand(path: &Path) -> Result<(String, u32, bool, u64, Option<String>, Ve
             .map_err(|e| format!("suite {} cell {}: {e}", path.display(), spec.label))?;
         out.push(Cell { axes, spec });
     }
-    Ok((f.name, f.repeats, f.randomize, f.seed, f.load_axis, out))
+    Ok(Suite {
+        name: f.name,
+        repeats: f.repeats,
+        randomize: f.randomize,
+        seed: f.seed,
+        load_axis: f.load_axis,
+        cells: out,
+    })
 }
 
 pub fn run_suite(args: SuiteArgs) -> std::process::ExitCode {
@@ -194,7 +211,14 @@ pub fn run_suite(args: SuiteArgs) -> std::process::ExitCode {
 }
 
 fn run_suite_inner(args: &SuiteArgs) -> Result<PathBuf, String> {
-    let (name, repeats, randomize, seed, load_axis, mut cells) = expand(&args.file)?;
+    let Suite {
+        name,
+        repeats,
+        randomize,
+        seed,
+        load_axis,
+        mut cells,
+    } = expand(&args.file)?;
     for c in cells.iter_mut() {
         if let Some(d) = args.duration {
             c.spec.duration = d;
@@ -213,7 +237,8 @@ fn run_suite_inner(args: &SuiteArgs) -> Result<PathBuf, String> {
     let stamp = super::chrono_like_stamp();
     let dir = args.out.join(format!("{stamp}-{name}"));
     let runs_dir = dir.join("runs");
-    std::fs::create_dir_all(&runs_dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&runs_dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     std::fs::copy(&args.file, dir.join("suite.toml")).map_err(|e| e.to_string())?;
     std::fs::write(
         dir.join("command.txt"),
@@ -246,9 +271,19 @@ fn run_suite_inner(args: &SuiteArgs) -> Result<PathBuf, String> {
     }
     bar.finish_and_clear();
     results.sort_by_key(|(i, r, _)| (*i, *r));
-    write_suite_outputs(&dir, &name, &cells, &results, &failures, load_axis.as_deref())?;
+    write_suite_outputs(
+        &dir,
+        &name,
+        &cells,
+        &results,
+        &failures,
+        load_axis.as_deref(),
+    )?;
     if results.is_empty() {
-        return Err(format!("every run of the suite failed: {}", failures.join("; ")));
+        return Err(format!(
+            "every run of the suite failed: {}",
+            failures.join("; ")
+        ));
     }
     Ok(dir)
 }
@@ -296,7 +331,9 @@ fn write_suite_outputs(
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
     for (_, r, s) in results {
         let p = |op: &str, f: fn(&super::stats::Percentiles) -> f64| {
-            s.latency_us.get(op).map_or("-".into(), |x| format!("{:.0}", f(x)))
+            s.latency_us
+                .get(op)
+                .map_or("-".into(), |x| format!("{:.0}", f(x)))
         };
         let _ = writeln!(
             md,
@@ -310,7 +347,11 @@ fn write_suite_outputs(
             p("get", |x| x.p99),
             s.floor_rtt_us,
             s.floor_sync_write_us,
-            if s.flagged { s.flag_reasons.join("; ") } else { String::new() }
+            if s.flagged {
+                s.flag_reasons.join("; ")
+            } else {
+                String::new()
+            }
         );
     }
     replication_cost(&mut md, results);
@@ -343,7 +384,11 @@ fn write_suite_outputs(
     }
     let mut plots = Vec::new();
     if !cdf_series.is_empty() {
-        plot_cdf(&cdf_series, &dir.join("latency-cdf"), &format!("{name}: write latency CDF"))?;
+        plot_cdf(
+            &cdf_series,
+            &dir.join("latency-cdf"),
+            &format!("{name}: write latency CDF"),
+        )?;
         plots.push("latency-cdf");
     }
     if let Some(axis) = load_axis {
@@ -410,8 +455,14 @@ fn replication_cost(md: &mut String, results: &[(usize, u32, Summary)]) {
         }
     }
     if !lines.is_empty() {
-        let _ = writeln!(md, "\n## Cost of replication (3 replicas / 1 replica, same knobs)\n");
-        let _ = writeln!(md, "| 3-replica cell | 3-replica ops/s | 1-replica ops/s | ratio |");
+        let _ = writeln!(
+            md,
+            "\n## Cost of replication (3 replicas / 1 replica, same knobs)\n"
+        );
+        let _ = writeln!(
+            md,
+            "| 3-replica cell | 3-replica ops/s | 1-replica ops/s | ratio |"
+        );
         let _ = writeln!(md, "|---|---|---|---|");
         for l in lines {
             let _ = writeln!(md, "{l}");
@@ -463,7 +514,10 @@ type PlotResult = Result<(), String>;
 
 /// A chart that can be drawn on any plotters backend.
 trait Plot {
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, plotters::coord::Shift>) -> PlotResult
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, plotters::coord::Shift>,
+    ) -> PlotResult
     where
         DB::ErrorType: 'static;
 }
@@ -471,7 +525,9 @@ trait Plot {
 /// Draws `plot` as `stem.svg` and `stem.png`. Both need a font to lay out text.
 fn both_backends(plot: &impl Plot, stem: &Path) -> PlotResult {
     if !ensure_font() {
-        return Err("no TrueType font found; install fonts-dejavu-core (scripts/setup.sh does)".into());
+        return Err(
+            "no TrueType font found; install fonts-dejavu-core (scripts/setup.sh does)".into(),
+        );
     }
     let svg = stem.with_extension("svg");
     {
@@ -497,55 +553,55 @@ impl Plot for CdfPlot<'_> {
     where
         DB::ErrorType: 'static,
     {
-    let (series, title) = (self.0, self.1);
-    root.fill(&WHITE).map_err(err)?;
-    let max_us = series
-        .iter()
-        .map(|(_, h)| h.value_at_quantile(0.9999) as f64 / 1000.0)
-        .fold(1.0, f64::max);
-    let min_us = series
-        .iter()
-        .map(|(_, h)| h.min() as f64 / 1000.0)
-        .fold(f64::MAX, f64::min)
-        .max(1.0);
-    let mut chart = ChartBuilder::on(root)
-        .caption(title, ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d((min_us * 0.8..max_us * 1.2).log_scale(), 0.0..1.0)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("latency (us, log scale)")
-        .y_desc("fraction of requests")
-        .draw()
-        .map_err(err)?;
-    for (i, (label, h)) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        let total = h.len() as f64;
-        let mut seen = 0u64;
-        let points: Vec<(f64, f64)> = h
-            .iter_recorded()
-            .map(|v| {
-                seen += v.count_at_value();
-                (v.value_iterated_to() as f64 / 1000.0, seen as f64 / total)
-            })
-            .collect();
+        let (series, title) = (self.0, self.1);
+        root.fill(&WHITE).map_err(err)?;
+        let max_us = series
+            .iter()
+            .map(|(_, h)| h.value_at_quantile(0.9999) as f64 / 1000.0)
+            .fold(1.0, f64::max);
+        let min_us = series
+            .iter()
+            .map(|(_, h)| h.min() as f64 / 1000.0)
+            .fold(f64::MAX, f64::min)
+            .max(1.0);
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d((min_us * 0.8..max_us * 1.2).log_scale(), 0.0..1.0)
+            .map_err(err)?;
         chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))
-            .map_err(err)?
-            .label(label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(err)?;
-    Ok(())
+            .configure_mesh()
+            .x_desc("latency (us, log scale)")
+            .y_desc("fraction of requests")
+            .draw()
+            .map_err(err)?;
+        for (i, (label, h)) in series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let total = h.len() as f64;
+            let mut seen = 0u64;
+            let points: Vec<(f64, f64)> = h
+                .iter_recorded()
+                .map(|v| {
+                    seen += v.count_at_value();
+                    (v.value_iterated_to() as f64 / 1000.0, seen as f64 / total)
+                })
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                .map_err(err)?
+                .label(label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(err)?;
+        Ok(())
     }
 }
 
@@ -561,52 +617,61 @@ impl Plot for CurvePlot<'_> {
     where
         DB::ErrorType: 'static,
     {
-    let (curves, title) = (self.0, self.1);
-    root.fill(&WHITE).map_err(err)?;
-    let max_x = curves.values().flatten().map(|p| p.0).fold(1.0, f64::max);
-    let max_y = curves.values().flatten().map(|p| p.2).fold(1.0, f64::max);
-    let mut chart = ChartBuilder::on(root)
-        .caption(format!("{title}: throughput vs latency (p50 solid, p99 dashed)"), ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..max_x * 1.1, (1.0..max_y * 1.5).log_scale())
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("throughput (ops/s)")
-        .y_desc("latency (us, log scale)")
-        .draw()
-        .map_err(err)?;
-    for (i, (label, pts)) in curves.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        let mut pts = pts.clone();
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        chart
-            .draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1.max(1.0))), color.stroke_width(2)))
-            .map_err(err)?
-            .label(format!("{label} p50"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart
-            .draw_series(DashedLineSeries::new(
-                pts.iter().map(|p| (p.0, p.2.max(1.0))),
-                6,
-                4,
-                color.stroke_width(1),
-            ))
+        let (curves, title) = (self.0, self.1);
+        root.fill(&WHITE).map_err(err)?;
+        let max_x = curves.values().flatten().map(|p| p.0).fold(1.0, f64::max);
+        let max_y = curves.values().flatten().map(|p| p.2).fold(1.0, f64::max);
+        let mut chart = ChartBuilder::on(root)
+            .caption(
+                format!("{title}: throughput vs latency (p50 solid, p99 dashed)"),
+                ("sans-serif", 20),
+            )
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..max_x * 1.1, (1.0..max_y * 1.5).log_scale())
             .map_err(err)?;
         chart
-            .draw_series(pts.iter().map(|p| Circle::new((p.0, p.1.max(1.0)), 3, color.filled())))
+            .configure_mesh()
+            .x_desc("throughput (ops/s)")
+            .y_desc("latency (us, log scale)")
+            .draw()
             .map_err(err)?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(err)?;
-    Ok(())
+        for (i, (label, pts)) in curves.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let mut pts = pts.clone();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            chart
+                .draw_series(LineSeries::new(
+                    pts.iter().map(|p| (p.0, p.1.max(1.0))),
+                    color.stroke_width(2),
+                ))
+                .map_err(err)?
+                .label(format!("{label} p50"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            chart
+                .draw_series(DashedLineSeries::new(
+                    pts.iter().map(|p| (p.0, p.2.max(1.0))),
+                    6,
+                    4,
+                    color.stroke_width(1),
+                ))
+                .map_err(err)?;
+            chart
+                .draw_series(
+                    pts.iter()
+                        .map(|p| Circle::new((p.0, p.1.max(1.0)), 3, color.filled())),
+                )
+                .map_err(err)?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(err)?;
+        Ok(())
     }
 }
 
@@ -639,7 +704,10 @@ impl Plot for BarPlot<'_> {
         let max_y = rows.iter().map(|r| r.2).fold(1.0, f64::max);
         let n = rows.len();
         let mut chart = ChartBuilder::on(root)
-            .caption(format!("{}: latency per client region (p50 bar, p99 tick)", self.1), ("sans-serif", 20))
+            .caption(
+                format!("{}: latency per client region (p50 bar, p99 tick)", self.1),
+                ("sans-serif", 20),
+            )
             .margin(15)
             .x_label_area_size(40)
             .y_label_area_size(70)
@@ -662,7 +730,9 @@ impl Plot for BarPlot<'_> {
                 )))
                 .map_err(err)?
                 .label(label.clone())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
+                });
             chart
                 .draw_series(std::iter::once(PathElement::new(
                     vec![(x + 0.3, *p99), (x + 0.7, *p99)],
@@ -693,8 +763,12 @@ mod tests {
     #[test]
     fn shipped_suites_expand() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/suites");
-        for (file, min_cells) in [("replicas.toml", 3), ("placements.toml", 6), ("knobs.toml", 6)] {
-            let (_, _, _, _, _, cells) = expand(&dir.join(file)).unwrap();
+        for (file, min_cells) in [
+            ("replicas.toml", 3),
+            ("placements.toml", 6),
+            ("knobs.toml", 6),
+        ] {
+            let cells = expand(&dir.join(file)).unwrap().cells;
             assert!(cells.len() >= min_cells, "{file}: {} cells", cells.len());
             for c in &cells {
                 c.spec.validate().unwrap();
@@ -715,7 +789,10 @@ mod tests {
         plot_cdf(&[("a".into(), h)], &dir.path().join("cdf"), "t").unwrap();
         assert!(dir.path().join("cdf.svg").exists());
         let mut curves = BTreeMap::new();
-        curves.insert("x".to_string(), vec![(100.0, 50.0, 90.0), (200.0, 60.0, 120.0)]);
+        curves.insert(
+            "x".to_string(),
+            vec![(100.0, 50.0, 90.0), (200.0, 60.0, 120.0)],
+        );
         plot_throughput_latency(&curves, &dir.path().join("tl"), "t").unwrap();
         assert!(dir.path().join("tl.svg").exists());
     }

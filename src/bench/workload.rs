@@ -111,7 +111,9 @@ impl std::str::FromStr for Arrival {
         match s {
             "poisson" => Ok(Arrival::Poisson),
             "constant" => Ok(Arrival::Constant),
-            _ => Err(format!("unknown arrival process {s:?}; use poisson or constant")),
+            _ => Err(format!(
+                "unknown arrival process {s:?}; use poisson or constant"
+            )),
         }
     }
 }

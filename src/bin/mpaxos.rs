@@ -38,7 +38,7 @@ enum Command {
     /// Run a local cluster on loopback in the foreground (Ctrl-C stops it).
     Cluster(mpaxos::server::local::ClusterArgs),
     /// Benchmark a cluster (a local 3-replica one by default); `bench compare A B` diffs runs.
-    Bench(BenchCmd),
+    Bench(Box<BenchCmd>),
     /// Run a benchmark suite: a matrix of runs with a combined report and plots.
     Suite(mpaxos::bench::suite::SuiteArgs),
     #[command(flatten)]

@@ -102,7 +102,10 @@ fn run_inner(cmd: StoreCommand) -> Result<ExitCode, String> {
     match outcome {
         Outcome::Put { revision, version } => println!("OK revision={revision} version={version}"),
         Outcome::Delete { revision, existed } => {
-            println!("{} revision={revision}", if existed { "DELETED" } else { "ABSENT" })
+            println!(
+                "{} revision={revision}",
+                if existed { "DELETED" } else { "ABSENT" }
+            )
         }
         Outcome::Cas {
             ok,
@@ -171,7 +174,16 @@ fn status(ep: &Endpoints, format: OutputFormat) -> Result<ExitCode, String> {
         );
         println!(
             "{:<8} {:<6} {:<22} {:<10} {:<7} {:<10} {:>10} {:>10} {:>8} {:<7}",
-            "REPLICA", "GROUP", "ENDPOINT", "ROLE", "LEADER", "BALLOT", "COMMIT", "APPLIED", "PENDING", "WAL"
+            "REPLICA",
+            "GROUP",
+            "ENDPOINT",
+            "ROLE",
+            "LEADER",
+            "BALLOT",
+            "COMMIT",
+            "APPLIED",
+            "PENDING",
+            "WAL"
         );
         for (r, g, res) in &rows {
             let info = &topology.replicas[*r as usize];

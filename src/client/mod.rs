@@ -17,8 +17,8 @@ use bytes::Bytes;
 
 use crate::net::frame::{access, FrameReader};
 use crate::net::wire::{
-    group_of, ClientFrame, GroupStatus, Hello, Op, Outcome, Request,
-    ServerFrame, Topology, CLIENT_ID_NONE,
+    group_of, ClientFrame, GroupStatus, Hello, Op, Outcome, Request, ServerFrame, Topology,
+    CLIENT_ID_NONE,
 };
 use crate::net::FrameEncoder;
 
@@ -68,8 +68,14 @@ struct Link {
 }
 
 impl Link {
-    fn open(addr: SocketAddr, timeout: Duration, hello: &Hello, enc: &mut FrameEncoder) -> Result<(Link, Topology), String> {
-        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    fn open(
+        addr: SocketAddr,
+        timeout: Duration,
+        hello: &Hello,
+        enc: &mut FrameEncoder,
+    ) -> Result<(Link, Topology), String> {
+        let stream =
+            TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
         let mut link = Link {
             stream,
@@ -79,7 +85,10 @@ impl Link {
         link.send(enc, &ClientFrame::Hello(hello.clone()))?;
         match link.recv(Instant::now() + timeout)? {
             ServerFrame::Welcome(t) => Ok((link, t)),
-            ServerFrame::Error(e) => Err(format!("{addr} refused the handshake: {:?}: {}", e.code, e.message)),
+            ServerFrame::Error(e) => Err(format!(
+                "{addr} refused the handshake: {:?}: {}",
+                e.code, e.message
+            )),
             other => Err(format!("{addr} answered the handshake with {other:?}")),
         }
     }
@@ -87,7 +96,9 @@ impl Link {
     fn send(&mut self, enc: &mut FrameEncoder, frame: &ClientFrame) -> Result<(), String> {
         self.out.clear();
         enc.encode(frame, &mut self.out);
-        self.stream.write_all(&self.out).map_err(|e| format!("send: {e}"))
+        self.stream
+            .write_all(&self.out)
+            .map_err(|e| format!("send: {e}"))
     }
 
     fn recv(&mut self, deadline: Instant) -> Result<ServerFrame, String> {
@@ -105,13 +116,18 @@ impl Link {
             if left.is_zero() {
                 return Err("timed out waiting for a reply".into());
             }
-            self.stream.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+            self.stream
+                .set_read_timeout(Some(left))
+                .map_err(|e| e.to_string())?;
             let stream = &mut self.stream;
             match self.reader.read_from(16 * 1024, |buf| stream.read(buf)) {
                 Ok(0) => return Err("connection closed by the server".into()),
                 Ok(_) => {}
                 Err(e) => {
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) {
                         return Err("timed out waiting for a reply".into());
                     }
                     return Err(format!("receive: {e}"));
@@ -152,10 +168,18 @@ impl Client {
             let hello = Hello::new(opts.cluster_id, CLIENT_ID_NONE, 0);
             match Link::open(addr, opts.attempt_timeout, &hello, &mut encoder) {
                 Ok((link, topology)) => {
+                    // Which replica answered: the one whose address this is (replicas on
+                    // different hosts often share port numbers, so the port alone is not
+                    // enough). None: keep no link, one opens on first use.
                     let replica = topology
                         .replicas
                         .iter()
-                        .find(|r| r.client_port_base == addr.port())
+                        .find(|r| {
+                            r.client_port_base == addr.port()
+                                && (r.host.as_str(), r.client_port_base)
+                                    .to_socket_addrs()
+                                    .is_ok_and(|mut a| a.any(|a| a == addr))
+                        })
                         .map(|r| r.id);
                     let mut client = Client {
                         leaders: topology.leaders.clone(),
@@ -175,7 +199,9 @@ impl Client {
                     }
                     return Ok(client);
                 }
-                Err(e) if e.contains("refused the handshake") => return Err(ClientError::Refused(e)),
+                Err(e) if e.contains("refused the handshake") => {
+                    return Err(ClientError::Refused(e))
+                }
                 Err(e) => problems.push(e),
             }
         }
@@ -215,7 +241,12 @@ impl Client {
         })
     }
 
-    pub fn cas(&mut self, key: &[u8], expected_version: u64, value: &[u8]) -> Result<Outcome, ClientError> {
+    pub fn cas(
+        &mut self,
+        key: &[u8],
+        expected_version: u64,
+        value: &[u8],
+    ) -> Result<Outcome, ClientError> {
         self.execute(Op::Cas {
             key: Bytes::copy_from_slice(key),
             expected_version,
@@ -241,7 +272,8 @@ impl Client {
         if !self.links.contains_key(&(replica, group)) {
             let addr = self.addr_of(replica, group)?;
             let hello = Hello::new(self.opts.cluster_id, CLIENT_ID_NONE, group);
-            let (link, topology) = Link::open(addr, self.opts.attempt_timeout, &hello, &mut self.encoder)?;
+            let (link, topology) =
+                Link::open(addr, self.opts.attempt_timeout, &hello, &mut self.encoder)?;
             for (g, l) in topology.leaders.iter().enumerate() {
                 if self.leaders.get(g).is_some_and(|x| x.is_none()) {
                     self.leaders[g] = *l;
@@ -249,14 +281,20 @@ impl Client {
             }
             self.links.insert((replica, group), link);
         }
-        Ok(self.links.get_mut(&(replica, group)).expect("just inserted"))
+        Ok(self
+            .links
+            .get_mut(&(replica, group))
+            .expect("just inserted"))
     }
 
     /// Sends one operation to its group's leader, following redirects and retrying (with the
     /// same sequence number) until it gets an answer or `op_timeout` passes.
     pub fn execute(&mut self, op: Op) -> Result<Outcome, ClientError> {
         let key = match &op {
-            Op::Get { key, .. } | Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => key,
+            Op::Get { key, .. }
+            | Op::Put { key, .. }
+            | Op::Delete { key }
+            | Op::Cas { key, .. } => key,
         };
         let group = group_of(key, self.topology.groups);
         if !matches!(op, Op::Get { .. }) {
@@ -320,7 +358,13 @@ impl Client {
         }
     }
 
-    fn attempt(&mut self, target: u32, group: u32, req: &Request, deadline: Instant) -> Result<Outcome, String> {
+    fn attempt(
+        &mut self,
+        target: u32,
+        group: u32,
+        req: &Request,
+        deadline: Instant,
+    ) -> Result<Outcome, String> {
         let attempt_deadline = deadline.min(Instant::now() + self.opts.attempt_timeout);
         let frame = ClientFrame::Request(req.clone());
         // The encoder lives beside the links; take it out while a link is borrowed.
@@ -355,8 +399,12 @@ impl Client {
                     link.send(&mut enc, &ClientFrame::Status { id })?;
                     loop {
                         match link.recv(deadline)? {
-                            ServerFrame::Status { id: got, status } if got == id => return Ok(status),
-                            ServerFrame::Error(e) => return Err(format!("{:?}: {}", e.code, e.message)),
+                            ServerFrame::Status { id: got, status } if got == id => {
+                                return Ok(status)
+                            }
+                            ServerFrame::Error(e) => {
+                                return Err(format!("{:?}: {}", e.code, e.message))
+                            }
                             _ => continue,
                         }
                     }

@@ -27,18 +27,34 @@ pub enum FrameError {
 }
 
 /// Serializes values into frames, reusing its buffers.
-#[derive(Default)]
 pub struct FrameEncoder {
     scratch: AlignedVec,
     arena: rkyv::ser::allocator::Arena,
+    max_payload: usize,
+}
+
+impl Default for FrameEncoder {
+    fn default() -> Self {
+        FrameEncoder::new()
+    }
 }
 
 impl FrameEncoder {
     pub fn new() -> FrameEncoder {
-        FrameEncoder::default()
+        FrameEncoder::with_limit(FRAME_PAYLOAD_MAX_BYTES)
     }
 
-    /// Appends one frame holding `value` to `out`; returns the frame's length in bytes.
+    /// An encoder that refuses payloads over `max_payload` bytes (the receiver's limit).
+    pub fn with_limit(max_payload: usize) -> FrameEncoder {
+        FrameEncoder {
+            scratch: AlignedVec::new(),
+            arena: Default::default(),
+            max_payload,
+        }
+    }
+
+    /// Appends one frame holding `value` to `out`; returns the frame's length in bytes, or 0
+    /// (and appends nothing) if the payload is over the limit: the receiver would refuse it.
     pub fn encode<T>(&mut self, value: &T, out: &mut Vec<u8>) -> usize
     where
         T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
@@ -52,10 +68,15 @@ impl FrameEncoder {
         )
         .expect("serializing into memory cannot fail");
         let len = buf.len();
-        assert!(
-            len <= FRAME_PAYLOAD_MAX_BYTES,
-            "an outgoing frame of {len} bytes is over the limit; callers bound what they send"
-        );
+        if len > self.max_payload {
+            tracing::warn!(
+                len,
+                max = self.max_payload,
+                "not sending a frame over the receiver's size limit"
+            );
+            self.scratch = buf;
+            return 0;
+        }
         out.reserve(FRAME_HEADER_BYTES + len);
         out.extend_from_slice(&(len as u32).to_le_bytes());
         out.extend_from_slice(&crc32c::crc32c(&buf).to_le_bytes());
@@ -66,9 +87,13 @@ impl FrameEncoder {
 }
 
 /// Accumulates bytes from a stream and cuts them into validated frames.
+///
+/// `buf[start..end]` holds unconsumed bytes; `buf` stays initialized up to its length, so
+/// reads never zero-fill memory again (only growth does, once).
 pub struct FrameReader {
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     payload: AlignedVec,
     max_payload: usize,
 }
@@ -84,8 +109,24 @@ impl FrameReader {
         FrameReader {
             buf: Vec::new(),
             start: 0,
+            end: 0,
             payload: AlignedVec::new(),
             max_payload,
+        }
+    }
+
+    /// Makes room for at least `at_least` more bytes after `end`.
+    fn reserve(&mut self, at_least: usize) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.start > 0 && self.buf.len() - self.end < at_least {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() - self.end < at_least {
+            self.buf.resize(self.end + at_least, 0);
         }
     }
 
@@ -96,26 +137,17 @@ impl FrameReader {
         at_least: usize,
         source: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
     ) -> std::io::Result<usize> {
-        if self.start > 0 && (self.start == self.buf.len() || self.start > self.buf.capacity() / 2)
-        {
-            self.buf.drain(..self.start);
-            self.start = 0;
+        self.reserve(at_least);
+        let result = source(&mut self.buf[self.end..]);
+        if let Ok(n) = result {
+            self.end += n;
         }
-        let len = self.buf.len();
-        if self.buf.capacity() - len < at_least {
-            self.buf.reserve(at_least);
-        }
-        let cap = self.buf.capacity();
-        self.buf.resize(cap, 0);
-        let result = source(&mut self.buf[len..]);
-        let n = *result.as_ref().unwrap_or(&0);
-        self.buf.truncate(len + n);
         result
     }
 
     /// Bytes buffered but not yet consumed.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
+        self.end - self.start
     }
 
     pub fn is_empty(&self) -> bool {
@@ -124,13 +156,15 @@ impl FrameReader {
 
     /// Appends bytes (tests and simple callers).
     pub fn push(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
+        self.reserve(bytes.len());
+        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
     }
 
     /// The next complete frame's payload, checksum-verified and in an aligned buffer, or
     /// `None` if more bytes are needed. After an error the stream is unusable: close it.
     pub fn next_payload(&mut self) -> Result<Option<&AlignedVec>, FrameError> {
-        let avail = &self.buf[self.start..];
+        let avail = &self.buf[self.start..self.end];
         if avail.len() < FRAME_HEADER_BYTES {
             return Ok(None);
         }
@@ -162,7 +196,8 @@ where
     T: Archive,
     T::Archived: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
 {
-    rkyv::access::<T::Archived, rancor::Error>(payload).map_err(|e| FrameError::Invalid(e.to_string()))
+    rkyv::access::<T::Archived, rancor::Error>(payload)
+        .map_err(|e| FrameError::Invalid(e.to_string()))
 }
 
 /// Encodes one value as a standalone frame (tests, tools, the blocking client).
@@ -207,7 +242,10 @@ mod tests {
         reader.push(&[0; 4]);
         assert_eq!(
             reader.next_payload().unwrap_err(),
-            FrameError::Oversized { len: 4096, max: 1024 }
+            FrameError::Oversized {
+                len: 4096,
+                max: 1024
+            }
         );
         let mut frame = encode_frame(&ClientFrame::Status { id: 3 });
         let last = frame.len() - 1;
@@ -239,8 +277,15 @@ mod peer_tests {
     fn peer_frames_round_trip() {
         let msgs = vec![
             PeerFrame::Hello(Hello::new(1, 2, 0)),
-            PeerFrame::Msg(message_to_wire(&Message::Heartbeat { ballot: Ballot::new(1, 2), commit: 3, read_round: 4 })),
-            PeerFrame::Msg(message_to_wire(&Message::Prepare { ballot: Ballot::new(1, 2), first_slot: 1 })),
+            PeerFrame::Msg(message_to_wire(&Message::Heartbeat {
+                ballot: Ballot::new(1, 2),
+                commit: 3,
+                read_round: 4,
+            })),
+            PeerFrame::Msg(message_to_wire(&Message::Prepare {
+                ballot: Ballot::new(1, 2),
+                first_slot: 1,
+            })),
         ];
         let mut enc = FrameEncoder::new();
         let mut out = Vec::new();

@@ -39,18 +39,23 @@ impl Placement {
     pub fn load(path: &Path) -> Result<Placement, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read placement file {}: {e}", path.display()))?;
-        let f: PlacementFile = toml::from_str(&text)
-            .map_err(|e| format!("placement file {} is not valid: {}", path.display(), e.message()))?;
+        let f: PlacementFile = toml::from_str(&text).map_err(|e| {
+            format!(
+                "placement file {} is not valid: {}",
+                path.display(),
+                e.message()
+            )
+        })?;
         let mut rtt_ms = HashMap::new();
         if let Some(csv) = &f.rtt_csv {
             let csv_path = path.parent().unwrap_or(Path::new(".")).join(csv);
-            let text = std::fs::read_to_string(&csv_path).map_err(|e| {
-                format!("cannot read RTT matrix {}: {e}", csv_path.display())
-            })?;
+            let text = std::fs::read_to_string(&csv_path)
+                .map_err(|e| format!("cannot read RTT matrix {}: {e}", csv_path.display()))?;
             let mut lines = text.lines();
             let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
             let col = |name: &str| header.iter().position(|h| h.trim() == name);
-            let (Some(from), Some(to), Some(avg)) = (col("from"), col("to"), col("rtt_avg_ms")) else {
+            let (Some(from), Some(to), Some(avg)) = (col("from"), col("to"), col("rtt_avg_ms"))
+            else {
                 return Err(format!(
                     "RTT matrix {} needs the columns from,to,rtt_avg_ms",
                     csv_path.display()
@@ -61,10 +66,24 @@ impl Placement {
                     continue;
                 }
                 let cells: Vec<&str> = line.split(',').collect();
-                let bad = || format!("RTT matrix {} line {}: malformed", csv_path.display(), n + 2);
-                let rtt: f64 = cells.get(avg).ok_or_else(bad)?.trim().parse().map_err(|_| bad())?;
+                let bad = || {
+                    format!(
+                        "RTT matrix {} line {}: malformed",
+                        csv_path.display(),
+                        n + 2
+                    )
+                };
+                let rtt: f64 = cells
+                    .get(avg)
+                    .ok_or_else(bad)?
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad())?;
                 rtt_ms.insert(
-                    (cells.get(from).ok_or_else(bad)?.trim().to_string(), cells[to].trim().to_string()),
+                    (
+                        cells.get(from).ok_or_else(bad)?.trim().to_string(),
+                        cells[to].trim().to_string(),
+                    ),
                     rtt,
                 );
             }
@@ -84,12 +103,22 @@ impl Placement {
 
     fn check(&self) -> Result<(), String> {
         if self.replicas.is_empty() || self.clients.is_empty() {
-            return Err(format!("placement {}: replicas and clients must name at least one region", self.name));
+            return Err(format!(
+                "placement {}: replicas and clients must name at least one region",
+                self.name
+            ));
         }
-        let all = self.replicas.iter().chain(&self.clients).chain(self.leader.iter());
+        let all = self
+            .replicas
+            .iter()
+            .chain(&self.clients)
+            .chain(self.leader.iter());
         for r in all {
             if !self.regions.contains(r) {
-                return Err(format!("placement {}: region {r:?} is not in `regions`", self.name));
+                return Err(format!(
+                    "placement {}: region {r:?} is not in `regions`",
+                    self.name
+                ));
             }
         }
         for a in &self.regions {
@@ -140,7 +169,9 @@ impl Placement {
     /// The replica the leader should be pinned to, if the placement names a leader region.
     pub fn leader_replica(&self, replicas: usize) -> Option<u32> {
         let want = self.leader.as_ref()?;
-        (0..replicas).find(|&i| self.replica_region(i) == want).map(|i| i as u32)
+        (0..replicas)
+            .find(|&i| self.replica_region(i) == want)
+            .map(|i| i as u32)
     }
 }
 

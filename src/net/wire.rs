@@ -159,10 +159,22 @@ pub enum PeerFrame {
 /// One client operation. `client_id` + `seq` make writes exactly-once across retries.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    Get { key: Bytes, linearizable: bool },
-    Put { key: Bytes, value: Bytes },
-    Delete { key: Bytes },
-    Cas { key: Bytes, expected_version: u64, value: Bytes },
+    Get {
+        key: Bytes,
+        linearizable: bool,
+    },
+    Put {
+        key: Bytes,
+        value: Bytes,
+    },
+    Delete {
+        key: Bytes,
+    },
+    Cas {
+        key: Bytes,
+        expected_version: u64,
+        value: Bytes,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -185,18 +197,38 @@ pub enum ClientFrame {
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Put { revision: u64, version: u64 },
-    Delete { revision: u64, existed: bool },
-    Cas { ok: bool, revision: u64, version: u64 },
-    Get { value: Option<Bytes>, version: u64, mod_revision: u64 },
+    Put {
+        revision: u64,
+        version: u64,
+    },
+    Delete {
+        revision: u64,
+        existed: bool,
+    },
+    Cas {
+        ok: bool,
+        revision: u64,
+        version: u64,
+    },
+    Get {
+        value: Option<Bytes>,
+        version: u64,
+        mod_revision: u64,
+    },
     /// Not the leader of this group: go to `leader` (none known yet: retry shortly).
-    NotLeader { leader: Option<u32> },
+    NotLeader {
+        leader: Option<u32>,
+    },
     /// The key belongs to another group.
-    WrongGroup { group: u32 },
+    WrongGroup {
+        group: u32,
+    },
     /// The leader's queue is full; back off and retry.
     Busy,
     /// The request is invalid (too large a key or value, an older sequence number, ...).
-    Invalid { reason: String },
+    Invalid {
+        reason: String,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -234,9 +266,18 @@ pub struct GroupStatus {
 pub enum ServerFrame {
     /// The handshake was accepted.
     Welcome(Topology),
-    Reply { id: u64, outcome: Outcome },
-    Status { id: u64, status: GroupStatus },
-    Topology { id: u64, topology: Topology },
+    Reply {
+        id: u64,
+        outcome: Outcome,
+    },
+    Status {
+        id: u64,
+        status: GroupStatus,
+    },
+    Topology {
+        id: u64,
+        topology: Topology,
+    },
     Error(WireError),
 }
 

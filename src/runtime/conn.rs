@@ -44,7 +44,10 @@ impl Conn {
     /// One read into the frame buffer.
     pub fn read_some(&mut self) -> ReadStatus {
         let stream = &mut self.stream;
-        match self.reader.read_from(READ_CHUNK_BYTES, |buf| stream.read(buf)) {
+        match self
+            .reader
+            .read_from(READ_CHUNK_BYTES, |buf| stream.read(buf))
+        {
             Ok(0) => ReadStatus::Closed,
             Ok(_) => ReadStatus::Data,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => ReadStatus::WouldBlock,

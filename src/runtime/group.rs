@@ -98,7 +98,11 @@ pub fn spawn(spec: GroupSpec) -> Result<GroupHandle, String> {
         .spawn(move || {
             if let Some(core) = spec.core {
                 if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-                    tracing::warn!(group = spec.group, core, "could not pin to core; running unpinned");
+                    tracing::warn!(
+                        group = spec.group,
+                        core,
+                        "could not pin to core; running unpinned"
+                    );
                 }
             }
             match Group::start(spec) {
@@ -219,12 +223,16 @@ impl Group {
             tracing::warn!(group = spec.group, "{note}");
         }
         if let Some(t) = &report.torn_tail {
-            tracing::warn!(group = spec.group, "dropped a torn last write (never acknowledged): {t:?}");
+            tracing::warn!(
+                group = spec.group,
+                "dropped a torn last write (never acknowledged): {t:?}"
+            );
         }
         let wal_backend = storage.wal().backend_kind().to_string();
         let poll = Poll::new().map_err(|e| format!("cannot create an event loop: {e}"))?;
         let waker = Arc::new(
-            Waker::new(poll.registry(), WAKER).map_err(|e| format!("cannot create a waker: {e}"))?,
+            Waker::new(poll.registry(), WAKER)
+                .map_err(|e| format!("cannot create a waker: {e}"))?,
         );
         let bind = |addr: SocketAddr, what: &str| {
             TcpListener::bind(addr).map_err(|e| {
@@ -283,7 +291,7 @@ impl Group {
             next_gen: 1,
             dirty: Vec::new(),
             peers,
-            encoder: FrameEncoder::new(),
+            encoder: FrameEncoder::with_limit(PEER_FRAME_MAX_BYTES),
             epoch,
             replica,
             kv: KvStore::new(),
@@ -397,7 +405,10 @@ impl Group {
     }
 
     fn fail(&mut self, why: String) {
-        tracing::error!(group = self.group, "WAL failed, this group stops taking part: {why}");
+        tracing::error!(
+            group = self.group,
+            "WAL failed, this group stops taking part: {why}"
+        );
         self.failed = Some(why);
         self.shared.healthy[self.group as usize].store(false, Ordering::Release);
         self.shared.leaders[self.group as usize].store(NO_LEADER, Ordering::Release);
@@ -466,8 +477,12 @@ impl Group {
                 self.answer(waiter, wire::outcome_from_reply(reply));
             }
         }
-        self.metrics.proposals_committed_total.inc_by(cmds.len() as u64);
-        self.metrics.proposals_applied_total.inc_by(cmds.len() as u64);
+        self.metrics
+            .proposals_committed_total
+            .inc_by(cmds.len() as u64);
+        self.metrics
+            .proposals_applied_total
+            .inc_by(cmds.len() as u64);
         self.metrics.applied_index.set(slot as i64);
     }
 
@@ -589,7 +604,11 @@ impl Group {
         if let Some(mut conn) = link.conn.take() {
             let _ = self.poll.registry().deregister(&mut conn.stream);
             if link.connected {
-                tracing::info!(group = self.group, peer = id, "peer link lost; reconnecting");
+                tracing::info!(
+                    group = self.group,
+                    peer = id,
+                    "peer link lost; reconnecting"
+                );
             }
         }
         link.connected = false;
@@ -631,7 +650,12 @@ impl Group {
                 ReadStatus::Data => {
                     if let Ok(Some(payload)) = conn.reader.next_payload() {
                         if let Ok(ArchivedPeerFrame::Error(e)) = access::<PeerFrame>(payload) {
-                            tracing::warn!(group = self.group, peer = id, "peer refused us: {}", e.message);
+                            tracing::warn!(
+                                group = self.group,
+                                peer = id,
+                                "peer refused us: {}",
+                                e.message
+                            );
                         }
                     }
                 }
@@ -678,15 +702,18 @@ impl Group {
             };
             let live = self.conns.len() - self.free.len();
             if live >= self.limits.connections_max {
-                // Refuse politely: the client gets a reason instead of a silent close.
+                // Refuse politely: the client (or peer) gets a reason, in a frame of the
+                // port's own kind, instead of a silent close.
                 let mut conn = Conn::new(stream, 0);
-                self.encoder.encode(
-                    &ServerFrame::Error(WireError {
-                        code: ErrorCode::Busy,
-                        message: format!("connection limit {} reached", self.limits.connections_max),
-                    }),
-                    conn.out(),
-                );
+                let err = WireError {
+                    code: ErrorCode::Busy,
+                    message: format!("connection limit {} reached", self.limits.connections_max),
+                };
+                if peer {
+                    self.encoder.encode(&PeerFrame::Error(err), conn.out());
+                } else {
+                    self.encoder.encode(&ServerFrame::Error(err), conn.out());
+                }
                 let _ = conn.flush();
                 continue;
             }
@@ -798,15 +825,20 @@ impl Group {
 
     /// Sends an error frame and closes the connection once it is flushed.
     fn refuse(&mut self, idx: usize, kind: Kind, code: ErrorCode, message: String) {
-        tracing::warn!(group = self.group, conn = idx, ?code, "refusing a connection: {message}");
+        tracing::warn!(
+            group = self.group,
+            conn = idx,
+            ?code,
+            "refusing a connection: {message}"
+        );
         let Some(slot) = self.conns[idx].as_mut() else {
             return;
         };
         let err = WireError { code, message };
         match kind {
-            Kind::ClientNew | Kind::Client => {
-                self.encoder.encode(&ServerFrame::Error(err), slot.conn.out())
-            }
+            Kind::ClientNew | Kind::Client => self
+                .encoder
+                .encode(&ServerFrame::Error(err), slot.conn.out()),
             Kind::PeerNew | Kind::Peer(_) => {
                 self.encoder.encode(&PeerFrame::Error(err), slot.conn.out())
             }
@@ -830,7 +862,9 @@ impl Group {
             ));
         }
         let cluster = h.cluster_id.to_native();
-        if cluster != self.cluster_id && !(cluster == 0 && !peer) {
+        // A client on first contact may send 0 (it learns the id from our welcome); a peer may not.
+        let first_contact = cluster == 0 && !peer;
+        if cluster != self.cluster_id && !first_contact {
             return Err((
                 ErrorCode::WrongCluster,
                 format!(
@@ -1008,7 +1042,10 @@ impl Group {
             self.answer_now(
                 waiter,
                 Outcome::Invalid {
-                    reason: format!("key of {} bytes is over the {KEY_BYTES_MAX}-byte limit", key.len()),
+                    reason: format!(
+                        "key of {} bytes is over the {KEY_BYTES_MAX}-byte limit",
+                        key.len()
+                    ),
                 },
             );
             return;
@@ -1127,7 +1164,11 @@ impl Group {
             return;
         };
         if slot.conn.unsent() > CLIENT_OUT_MAX_BYTES {
-            tracing::warn!(group = self.group, conn = idx, "client is not reading its replies; closing");
+            tracing::warn!(
+                group = self.group,
+                conn = idx,
+                "client is not reading its replies; closing"
+            );
             self.close(idx);
             return;
         }
@@ -1192,7 +1233,11 @@ impl Group {
                 (None, Role::Candidate) => "candidate".into(),
                 (None, Role::Follower) => "follower".into(),
             },
-            leader: if self.failed.is_some() { None } else { st.leader },
+            leader: if self.failed.is_some() {
+                None
+            } else {
+                st.leader
+            },
             ballot: st.promised.into(),
             commit: st.commit,
             applied: st.applied,

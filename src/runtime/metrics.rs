@@ -45,8 +45,16 @@ impl GroupMetrics {
             applied_index: Gauge::default(),
         };
         let sub = registry.sub_registry_with_label(("group".into(), group.to_string().into()));
-        sub.register("has_leader", "1 if this group knows a leader", m.has_leader.clone());
-        sub.register("is_leader", "1 if this replica leads this group", m.is_leader.clone());
+        sub.register(
+            "has_leader",
+            "1 if this group knows a leader",
+            m.has_leader.clone(),
+        );
+        sub.register(
+            "is_leader",
+            "1 if this replica leads this group",
+            m.is_leader.clone(),
+        );
         sub.register(
             "leader_changes_seen",
             "Leader changes this replica has seen",
@@ -87,8 +95,16 @@ impl GroupMetrics {
             "Heartbeat round trips to peers",
             m.peer_round_trip_time_seconds.clone(),
         );
-        sub.register("commit_index", "Highest committed slot", m.commit_index.clone());
-        sub.register("applied_index", "Highest applied slot", m.applied_index.clone());
+        sub.register(
+            "commit_index",
+            "Highest committed slot",
+            m.commit_index.clone(),
+        );
+        sub.register(
+            "applied_index",
+            "Highest applied slot",
+            m.applied_index.clone(),
+        );
         m
     }
 }

@@ -164,10 +164,9 @@ impl Storage {
                 let buf = std::mem::take(&mut self.bodies[used]);
                 let mut buf = buf;
                 buf.clear();
-                self.bodies[used] = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(
-                    &record, buf,
-                )
-                .expect("serializing into memory cannot fail");
+                self.bodies[used] =
+                    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&record, buf)
+                        .expect("serializing into memory cannot fail");
                 used += 1;
                 meta.push((slot, ballot));
             };
@@ -215,7 +214,8 @@ impl Storage {
             }
             self.in_flight.pop_front();
             out.up_to = Some(pid);
-            out.write_seconds.push((now.saturating_sub(at)) as f64 / 1e9);
+            out.write_seconds
+                .push((now.saturating_sub(at)) as f64 / 1e9);
         }
         if !self.backlog.is_empty() {
             self.drain_backlog(now)?;

@@ -17,7 +17,11 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    pub fn start(addr: SocketAddr, registry: Registry, shared: Arc<Shared>) -> Result<AdminServer, String> {
+    pub fn start(
+        addr: SocketAddr,
+        registry: Registry,
+        shared: Arc<Shared>,
+    ) -> Result<AdminServer, String> {
         let server = Arc::new(tiny_http::Server::http(addr).map_err(|e| {
             format!("cannot serve the admin endpoint on {addr}: {e}; is the admin_port in use?")
         })?);
@@ -47,7 +51,11 @@ fn serve(server: &tiny_http::Server, registry: &Registry, shared: &Shared) {
             "/metrics" => {
                 let mut text = String::new();
                 match encode(&mut text, registry) {
-                    Ok(()) => (200, "application/openmetrics-text; version=1.0.0; charset=utf-8", text),
+                    Ok(()) => (
+                        200,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        text,
+                    ),
                     Err(e) => (500, "text/plain", format!("encoding metrics failed: {e}\n")),
                 }
             }
@@ -69,7 +77,9 @@ fn serve(server: &tiny_http::Server, registry: &Registry, shared: &Shared) {
                 (
                     if ok { 200 } else { 503 },
                     "application/json",
-                    format!("{{\"health\":\"{ok}\",\"groups\":{groups},\"reason\":\"{reason}\"}}\n"),
+                    format!(
+                        "{{\"health\":\"{ok}\",\"groups\":{groups},\"reason\":\"{reason}\"}}\n"
+                    ),
                 )
             }
             "/readyz" => {
@@ -77,10 +87,18 @@ fn serve(server: &tiny_http::Server, registry: &Registry, shared: &Shared) {
                 (
                     if ready { 200 } else { 503 },
                     "text/plain",
-                    if ready { "ok\n".into() } else { "starting\n".into() },
+                    if ready {
+                        "ok\n".into()
+                    } else {
+                        "starting\n".into()
+                    },
                 )
             }
-            _ => (404, "text/plain", "not found: try /metrics, /health or /readyz\n".into()),
+            _ => (
+                404,
+                "text/plain",
+                "not found: try /metrics, /health or /readyz\n".into(),
+            ),
         };
         let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes())
             .expect("static header is valid");

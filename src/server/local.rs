@@ -35,7 +35,8 @@ pub fn free_base_port(replicas: u32, groups: u32) -> Result<u16, String> {
 impl LocalCluster {
     /// Writes `config` to `dir/cluster.toml` (the cluster's data lives under `dir` too).
     pub fn new(dir: &Path, config: ClusterConfig, binary: PathBuf) -> Result<LocalCluster, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         config.validate()?;
         let config_path = dir.join("cluster.toml");
         std::fs::write(&config_path, config.to_toml())
@@ -165,7 +166,9 @@ impl LocalCluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(format!("the cluster did not become ready within {timeout:?}: {last}"))
+        Err(format!(
+            "the cluster did not become ready within {timeout:?}: {last}"
+        ))
     }
 
     /// SIGTERM every replica and wait for it (SIGKILL after 5 s).
@@ -268,12 +271,20 @@ pub fn run_cluster(args: ClusterArgs) -> std::process::ExitCode {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let _ = signal_hook::flag::register(sig, stop.clone());
     }
-    if let Err(e) = cluster.start_all().and_then(|_| cluster.wait_ready(Duration::from_secs(20))) {
+    if let Err(e) = cluster
+        .start_all()
+        .and_then(|_| cluster.wait_ready(Duration::from_secs(20)))
+    {
         eprintln!("error: {e}");
         cluster.stop();
         return ExitCode::FAILURE;
     }
-    println!("cluster {:#x} is up: {} replicas, {} groups", cluster.config.cluster_id, cluster.config.replicas.len(), cluster.config.groups);
+    println!(
+        "cluster {:#x} is up: {} replicas, {} groups",
+        cluster.config.cluster_id,
+        cluster.config.replicas.len(),
+        cluster.config.groups
+    );
     println!("config:    {}", cluster.config_path.display());
     println!("endpoints: {}", cluster.endpoints().join(","));
     for r in &cluster.config.replicas {
@@ -287,11 +298,17 @@ pub fn run_cluster(args: ClusterArgs) -> std::process::ExitCode {
             cluster.log_path(r.id).display()
         );
     }
-    println!("try:       mpaxos status --endpoints {}", cluster.endpoints().join(","));
+    println!(
+        "try:       mpaxos status --endpoints {}",
+        cluster.endpoints().join(",")
+    );
     println!("Ctrl-C stops every replica.");
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         for (id, status) in cluster.exited() {
-            eprintln!("replica {id} exited unexpectedly ({status}); see {}", cluster.log_path(id).display());
+            eprintln!(
+                "replica {id} exited unexpectedly ({status}); see {}",
+                cluster.log_path(id).display()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -145,7 +145,9 @@ pub fn start(cfg: &ClusterConfig, id: u32) -> Result<Running, String> {
         }
     };
     let delays = match &cfg.placement {
-        Some(p) => crate::net::placement::Placement::load(p)?.replica_delays_ns(id, cfg.replicas.len())?,
+        Some(p) => {
+            crate::net::placement::Placement::load(p)?.replica_delays_ns(id, cfg.replicas.len())?
+        }
         None => Vec::new(),
     };
     let shared = Arc::new(Shared::new(cfg.groups));
