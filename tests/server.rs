@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use mpaxos::client::{Client, ClientOptions};
 use mpaxos::net::frame::{access, encode_frame, FrameReader};
 use mpaxos::net::wire::{
-    group_of, ClientFrame, ErrorCode, GroupStatus, Hello, Outcome, PeerFrame, ServerFrame,
-    WireError, CLIENT_ID_NONE, PROTOCOL_VERSION,
+    group_of, ClientFrame, ErrorCode, GroupStatus, Hello, Op, Outcome, PeerFrame, Request,
+    ServerFrame, WireError, CLIENT_ID_NONE, PROTOCOL_VERSION,
 };
 use mpaxos::server::config::{ClusterConfig, Cpus};
 use mpaxos::server::local::{free_base_port, LocalCluster};
@@ -547,11 +547,19 @@ fn connection_limit_refuses_with_busy_and_recovers() {
     let client_addr = format!("{}:{}", r0.host, r0.client_port);
     let mut held = Vec::new();
     let busy = loop {
-        assert!(held.len() <= LIMIT, "{} connections were all welcomed", held.len());
+        assert!(
+            held.len() <= LIMIT,
+            "{} connections were all welcomed",
+            held.len()
+        );
         let mut s = TcpStream::connect(&client_addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(&encode_frame(&ClientFrame::Hello(Hello::new(0, CLIENT_ID_NONE, 0))))
-            .unwrap();
+        s.write_all(&encode_frame(&ClientFrame::Hello(Hello::new(
+            0,
+            CLIENT_ID_NONE,
+            0,
+        ))))
+        .unwrap();
         match read_one::<ServerFrame>(&mut s) {
             ServerFrame::Welcome(_) => held.push(s),
             ServerFrame::Error(e) => break e,
@@ -570,8 +578,12 @@ fn connection_limit_refuses_with_busy_and_recovers() {
     loop {
         let mut s = TcpStream::connect(&client_addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(&encode_frame(&ClientFrame::Hello(Hello::new(0, CLIENT_ID_NONE, 0))))
-            .unwrap();
+        s.write_all(&encode_frame(&ClientFrame::Hello(Hello::new(
+            0,
+            CLIENT_ID_NONE,
+            0,
+        ))))
+        .unwrap();
         match read_one::<ServerFrame>(&mut s) {
             ServerFrame::Welcome(_) => break,
             other => assert!(Instant::now() < deadline, "still refused: {other:?}"),
@@ -579,6 +591,80 @@ fn connection_limit_refuses_with_busy_and_recovers() {
         std::thread::sleep(Duration::from_millis(20));
     }
     put_get_works(&tc, "after-limit");
+}
+
+/// A client that sends its requests and then shuts down its sending side (as `nc -N` does)
+/// still gets every answer before the server closes.
+#[test]
+fn half_closed_client_gets_its_answers() {
+    let tc = TestCluster::start(3, 1, BackendChoice::Auto);
+    let mut c = tc.client();
+    let leader = wait_leaders(&mut c, 1, Duration::from_secs(10))[0];
+    assert!(matches!(c.put(b"half", b"closed"), Ok(Outcome::Put { .. })));
+    let r = &tc.config().replicas[leader as usize];
+    let mut s = TcpStream::connect((r.host.as_str(), r.client_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = |id: u64, seq: u64, op: Op| {
+        encode_frame(&ClientFrame::Request(Request {
+            id,
+            client_id: 0xfeed,
+            seq,
+            op,
+        }))
+    };
+    let mut bytes = encode_frame(&ClientFrame::Hello(Hello::new(0, CLIENT_ID_NONE, 0)));
+    bytes.extend(request(
+        1,
+        1,
+        Op::Put {
+            key: "half-2".into(),
+            value: "x".into(),
+        },
+    ));
+    bytes.extend(request(
+        2,
+        1,
+        Op::Get {
+            key: "half".into(),
+            linearizable: true,
+        },
+    ));
+    s.write_all(&bytes).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reader = FrameReader::new(1 << 20);
+    let mut frames = Vec::new();
+    loop {
+        let n = reader
+            .read_from(4096, |buf| s.read(buf))
+            .expect("the server closes, it does not time out");
+        while let Some(p) = reader.next_payload().unwrap() {
+            let a = access::<ServerFrame>(p).unwrap();
+            frames.push(rkyv::deserialize::<ServerFrame, rkyv::rancor::Error>(a).unwrap());
+        }
+        if n == 0 {
+            break;
+        }
+    }
+    assert!(
+        matches!(frames.first(), Some(ServerFrame::Welcome(_))),
+        "{frames:?}"
+    );
+    let replies: Vec<(u64, Outcome)> = frames
+        .into_iter()
+        .filter_map(|f| match f {
+            ServerFrame::Reply { id, outcome } => Some((id, outcome)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    for (id, outcome) in &replies {
+        match (id, outcome) {
+            (1, Outcome::Put { .. }) => {}
+            (2, Outcome::Get { value: Some(v), .. }) => assert_eq!(v.as_ref(), b"closed"),
+            other => panic!("{other:?}"),
+        }
+    }
+    put_get_works(&tc, "after-half-close");
 }
 
 /// Replicas on different hosts with the same ports (127.0.0.1, .2, .3 stand in for hosts): a
@@ -916,4 +1002,65 @@ fn sigstop_follower_one_group() {
 #[test]
 fn sigstop_follower_two_groups() {
     stop_follower_under_load(2, BackendChoice::Auto);
+}
+
+// ------------------------------------------------------------------------------------------
+// SIGSTOP of the leader: the others elect a new one; the old one, resumed, steps down and
+// catches up, and no acknowledged write is lost.
+
+#[test]
+fn sigstop_leader_then_resume() {
+    let _serial = fault_lock();
+    let groups = 1;
+    let mut tc = TestCluster::start(3, groups, BackendChoice::Auto);
+    let election_max = Duration::from_millis(tc.config().timeouts.election_timeout_max_ms);
+    let mut watcher = tc.client();
+    let old = wait_leaders(&mut watcher, groups, Duration::from_secs(10))[0];
+
+    let load = Load::start(&tc, 3, "stopleader");
+    std::thread::sleep(Duration::from_millis(300));
+    tc.cluster.signal(old, libc::SIGSTOP);
+    let stopped_at = Instant::now();
+    // The watcher's link to the stopped leader would hang each poll: use the others only.
+    let deadline = stopped_at + Duration::from_secs(10);
+    let new = loop {
+        let mut opts = ClientOptions::new(tc.cluster.endpoints());
+        opts.attempt_timeout = Duration::from_millis(200);
+        let mut c = Client::connect(opts).unwrap();
+        let l = leaders(&mut c, groups)[0];
+        if let Some(l) = l.filter(|&l| l != old) {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new leader while {old} is stopped"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!(
+        "replica {new} took over {:?} after replica {old} stopped",
+        stopped_at.elapsed()
+    );
+    std::thread::sleep(election_max * 2);
+    tc.cluster.signal(old, libc::SIGCONT);
+    let resumed_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    let res = load.finish();
+    assert!(
+        res.errors.is_empty(),
+        "writes failed: {:?}",
+        &res.errors[..res.errors.len().min(5)]
+    );
+    let after = acked_per_group_since(&res.acked, groups, resumed_at);
+    assert!(after[0] > 0, "writes succeed after the old leader resumed");
+    let mut watcher = tc.client();
+    wait_caught_up(&mut watcher, old, groups, Duration::from_secs(20));
+    let st = statuses(&mut watcher);
+    let leaders_now: Vec<u32> = st
+        .iter()
+        .filter(|s| s.role == "leader")
+        .map(|s| s.replica)
+        .collect();
+    assert_eq!(leaders_now.len(), 1, "one leader: {st:#?}");
+    verify_acked(&tc, &res.acked);
 }

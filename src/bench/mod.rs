@@ -238,7 +238,7 @@ pub fn run_one(spec: &BenchSpec, out: &Path, quiet: bool) -> Result<Summary, Str
         let logs = run_dir.join("logs");
         let _ = std::fs::create_dir_all(&logs);
         for id in 0..spec.replicas {
-            let _ = std::fs::copy(cluster.log_path(id), logs.join(format!("replica-{id}.log")));
+            let _ = std::fs::rename(cluster.log_path(id), logs.join(format!("replica-{id}.log")));
         }
         // The data is scratch: keep the config and logs, drop the WAL files.
         for id in 0..spec.replicas {

@@ -19,6 +19,9 @@ pub struct Conn {
     out_pos: usize,
     /// Close once the output is flushed (after an error frame).
     pub closing: bool,
+    /// The other side shut down its sending half: nothing more to read, but the answers it
+    /// is waiting for still go out before we close.
+    pub eof: bool,
 }
 
 pub enum ReadStatus {
@@ -26,7 +29,9 @@ pub enum ReadStatus {
     Data,
     /// Nothing more for now.
     WouldBlock,
-    /// The peer closed or the socket failed.
+    /// The other side will send nothing more (it closed, or shut down its sending half).
+    Eof,
+    /// The socket failed.
     Closed,
 }
 
@@ -38,6 +43,7 @@ impl Conn {
             out: Vec::with_capacity(16 * 1024),
             out_pos: 0,
             closing: false,
+            eof: false,
         }
     }
 
@@ -48,7 +54,7 @@ impl Conn {
             .reader
             .read_from(READ_CHUNK_BYTES, |buf| stream.read(buf))
         {
-            Ok(0) => ReadStatus::Closed,
+            Ok(0) => ReadStatus::Eof,
             Ok(_) => ReadStatus::Data,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => ReadStatus::WouldBlock,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => ReadStatus::Data,

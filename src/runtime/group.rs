@@ -199,6 +199,8 @@ struct Group {
     pending_reads: HashMap<u64, (Waiter, Bytes)>,
     next_read_id: u64,
     self_msgs: Vec<Envelope>,
+    /// The last peer message encoded, and its frame bytes.
+    last_peer_frame: Option<(Message, Vec<u8>)>,
     last_leader: Option<ReplicaId>,
     last_role: Role,
 }
@@ -302,6 +304,7 @@ impl Group {
             pending_reads: HashMap::new(),
             next_read_id: 1,
             self_msgs: Vec::new(),
+            last_peer_frame: None,
             last_leader: None,
             last_role: Role::Follower,
         })
@@ -533,21 +536,38 @@ impl Group {
                 link.heartbeat_probe = Some((*read_round, now));
             }
         }
-        let frame = PeerFrame::Msg(wire::message_to_wire(&env.msg));
-        let link = &mut self.peers[to];
-        let Some(conn) = link.conn.as_mut() else {
+        let link = &self.peers[to];
+        let Some(conn) = link.conn.as_ref() else {
             return;
         };
         if conn.unsent() > PEER_OUT_MAX_BYTES {
             return;
         }
-        if link.delay_ns > 0 {
-            let mut bytes = Vec::new();
-            self.encoder.encode(&frame, &mut bytes);
-            link.delayed.push_back((now + link.delay_ns, bytes));
-            return;
+        // The leader sends the same Accept (or heartbeat) to every peer: encode it once.
+        let cached = self
+            .last_peer_frame
+            .as_ref()
+            .is_some_and(|(msg, _)| *msg == env.msg);
+        if !cached {
+            let mut bytes = std::mem::take(&mut self.last_peer_frame)
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            bytes.clear();
+            let frame = PeerFrame::Msg(wire::message_to_wire(&env.msg));
+            if self.encoder.encode(&frame, &mut bytes) == 0 {
+                tracing::warn!(group = self.group, kind = env.msg.kind(), "dropping a peer message over the frame limit");
+                return;
+            }
+            self.last_peer_frame = Some((env.msg, bytes));
         }
-        self.encoder.encode(&frame, conn.out());
+        let bytes = &self.last_peer_frame.as_ref().expect("just cached").1;
+        let link = &mut self.peers[to];
+        let conn = link.conn.as_mut().expect("checked above");
+        if link.delay_ns > 0 {
+            link.delayed.push_back((now + link.delay_ns, bytes.clone()));
+        } else {
+            conn.out().extend_from_slice(bytes);
+        }
     }
 
     fn maintain_peers(&mut self, now: Nanos) {
@@ -660,7 +680,7 @@ impl Group {
                     }
                 }
                 ReadStatus::WouldBlock => break,
-                ReadStatus::Closed => {
+                ReadStatus::Eof | ReadStatus::Closed => {
                     self.drop_peer_link(id, now);
                     return;
                 }
@@ -762,8 +782,8 @@ impl Group {
             let Some(slot) = self.conns.get_mut(idx).and_then(|s| s.as_mut()) else {
                 return;
             };
-            if slot.conn.closing {
-                // Only flushing the error frame is left.
+            if slot.conn.closing || slot.conn.eof {
+                // Only flushing (the error frame, or the answers still owed) is left.
                 self.mark_dirty(idx);
                 return;
             }
@@ -774,6 +794,15 @@ impl Group {
             match status {
                 ReadStatus::Data => continue,
                 ReadStatus::WouldBlock => {
+                    self.mark_dirty(idx);
+                    return;
+                }
+                ReadStatus::Eof => {
+                    // A half-closed client still gets what it asked for: close once every
+                    // answer is out (flush_all).
+                    if let Some(slot) = self.conns[idx].as_mut() {
+                        slot.conn.eof = true;
+                    }
                     self.mark_dirty(idx);
                     return;
                 }
@@ -1132,6 +1161,10 @@ impl Group {
         if let Some(slot) = self.conns.get_mut(w.conn).and_then(|s| s.as_mut()) {
             if slot.gen == w.gen {
                 slot.waiting = slot.waiting.saturating_add_signed(by);
+                if by < 0 && slot.conn.eof {
+                    // A half-closed connection may have nothing left to wait for.
+                    self.dirty.push(w.conn);
+                }
             }
         }
     }
@@ -1189,7 +1222,8 @@ impl Group {
                 continue;
             };
             let failed = slot.conn.flush().is_err();
-            let done_closing = slot.conn.closing && slot.conn.unsent() == 0;
+            let done_closing = (slot.conn.closing || (slot.conn.eof && slot.waiting == 0))
+                && slot.conn.unsent() == 0;
             if failed || done_closing {
                 self.close(idx);
             }
