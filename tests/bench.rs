@@ -47,7 +47,9 @@ impl FakeServer {
                 }
                 let Ok(conn) = conn else { continue };
                 let stalled = stalled.clone();
-                std::thread::spawn(move || serve(conn, port, started, stall_after, stall, &stalled));
+                std::thread::spawn(move || {
+                    serve(conn, port, started, stall_after, stall, &stalled)
+                });
             }
         });
         FakeServer { port, stop }
@@ -89,7 +91,9 @@ fn serve(
     let mut out = Vec::new();
     loop {
         while let Ok(Some(p)) = reader.next_payload() {
-            let Ok(frame) = access::<ClientFrame>(p) else { return };
+            let Ok(frame) = access::<ClientFrame>(p) else {
+                return;
+            };
             let reply = match frame {
                 ArchivedClientFrame::Hello(_) => ServerFrame::Welcome(Topology {
                     cluster_id: 7,
@@ -162,6 +166,7 @@ fn config(topology: Topology) -> EngineConfig {
         keys: 1000,
         key_dist: KeyDist::Uniform,
         value_bytes: 16,
+        key_bytes: 16,
         seed: 3,
         placement: None,
         attempt_timeout: Duration::from_secs(5),

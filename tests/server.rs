@@ -54,6 +54,7 @@ struct TestCluster {
 impl TestCluster {
     /// Starts `replicas` replicas of `groups` groups and waits until every group has a leader.
     fn start(replicas: u32, groups: u32, durability: BackendChoice) -> TestCluster {
+        let durability = match std::env::var("XDUR").ok().as_deref() { Some(x) => x.parse().unwrap(), None => durability };
         TestCluster::start_with(replicas, groups, |c| c.durability = durability)
     }
 
@@ -119,6 +120,20 @@ impl Drop for TestCluster {
         }
         if std::thread::panicking() {
             eprintln!("{}", self.log_tails());
+            // MPAXOS_TEST_LOGS_DIR=<dir> keeps the whole logs of a failed test there.
+            if let Some(keep) = std::env::var_os("MPAXOS_TEST_LOGS_DIR") {
+                let to = Path::new(&keep).join(format!(
+                    "{}-{}",
+                    std::thread::current().name().unwrap_or("test"),
+                    std::process::id()
+                ));
+                let _ = std::fs::create_dir_all(&to);
+                for r in &self.cluster.config.replicas {
+                    let from = self.cluster.log_path(r.id);
+                    let _ = std::fs::copy(&from, to.join(from.file_name().unwrap()));
+                }
+                eprintln!("logs kept in {}", to.display());
+            }
         }
         self.cluster.stop();
     }
@@ -273,6 +288,37 @@ impl Load {
         }
         all
     }
+}
+
+/// The load saw no failed write; else the failures and the cluster's state.
+fn assert_no_errors(tc: &TestCluster, res: &LoadResult) {
+    if res.errors.is_empty() {
+        return;
+    }
+    let mut c = tc.client();
+    let st: Vec<String> = c
+        .status_all()
+        .into_iter()
+        .map(|(r, g, s)| match s {
+            Ok(s) => format!(
+                "{r}/{g}: {} leader {:?} ballot {}.{} commit {} applied {} pending {}",
+                s.role,
+                s.leader,
+                s.ballot.round,
+                s.ballot.replica,
+                s.commit,
+                s.applied,
+                s.proposals_pending
+            ),
+            Err(e) => format!("{r}/{g}: {e}"),
+        })
+        .collect();
+    panic!(
+        "{} writes failed, first: {:?}; status now:\n{}",
+        res.errors.len(),
+        &res.errors[..res.errors.len().min(5)],
+        st.join("\n")
+    );
 }
 
 /// Every acknowledged write reads back (linearizably) with its value.
@@ -907,11 +953,7 @@ fn kill_leader_under_load(groups: u32, durability: BackendChoice) {
         "no new leader within 2 x election_timeout_max ({:?}): took {elected_in:?}",
         election_max * 2
     );
-    assert!(
-        res.errors.is_empty(),
-        "writes failed: {:?}",
-        &res.errors[..res.errors.len().min(5)]
-    );
+    assert_no_errors(&tc, &res);
     let after = acked_per_group_since(&res.acked, groups, killed_at);
     assert!(
         after.iter().all(|&n| n > 0),
@@ -964,11 +1006,7 @@ fn stop_follower_under_load(groups: u32, durability: BackendChoice) {
     std::thread::sleep(Duration::from_millis(300));
     let res = load.finish();
 
-    assert!(
-        res.errors.is_empty(),
-        "writes failed: {:?}",
-        &res.errors[..res.errors.len().min(5)]
-    );
+    assert_no_errors(&tc, &res);
     let during: Vec<usize> = {
         let mut n = vec![0; groups as usize];
         for a in res
@@ -1046,11 +1084,7 @@ fn sigstop_leader_then_resume() {
     let resumed_at = Instant::now();
     std::thread::sleep(Duration::from_millis(500));
     let res = load.finish();
-    assert!(
-        res.errors.is_empty(),
-        "writes failed: {:?}",
-        &res.errors[..res.errors.len().min(5)]
-    );
+    assert_no_errors(&tc, &res);
     let after = acked_per_group_since(&res.acked, groups, resumed_at);
     assert!(after[0] > 0, "writes succeed after the old leader resumed");
     let mut watcher = tc.client();

@@ -48,6 +48,7 @@ pub struct EngineConfig {
     pub keys: u64,
     pub key_dist: KeyDist,
     pub value_bytes: usize,
+    pub key_bytes: usize,
     pub seed: u64,
     pub placement: Option<Placement>,
     pub attempt_timeout: Duration,
@@ -205,6 +206,14 @@ impl Engine {
             ));
         }
         let keys = KeyPicker::new(cfg.keys, cfg.key_dist.clone())?;
+        if cfg.key_bytes < super::workload::min_key_size(cfg.keys) {
+            return Err(format!(
+                "--key-size {} cannot hold {} distinct keys; use at least {}",
+                cfg.key_bytes,
+                cfg.keys,
+                super::workload::min_key_size(cfg.keys)
+            ));
+        }
         let regions: Vec<String> = match &cfg.placement {
             Some(p) => p.clients.clone(),
             None => vec!["local".into()],
@@ -363,7 +372,7 @@ impl Engine {
 
     fn next_op(&mut self) -> (Op, &'static str) {
         let k = self.keys.pick(&mut self.rng);
-        key_bytes(k, &mut self.key_buf);
+        key_bytes(k, self.cfg.key_bytes, &mut self.key_buf);
         let key = Bytes::copy_from_slice(&self.key_buf);
         if self.rng.gen_bool(self.cfg.read_ratio) {
             (

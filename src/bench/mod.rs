@@ -4,7 +4,11 @@
 //! no `--endpoints` are given.
 
 pub mod compare;
+#[cfg(feature = "etcd")]
+pub mod compare_etcd;
 pub mod engine;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod floor;
 pub mod report;
 pub mod stats;
@@ -66,6 +70,18 @@ pub struct BenchSpec {
     /// Value bytes per put.
     #[arg(long, default_value_t = 64)]
     pub value_size: usize,
+    /// Key bytes (`k` + zero-padded key number).
+    #[arg(long, default_value_t = 16)]
+    pub key_size: usize,
+    /// Write every key once before the warm-up (so reads find values).
+    #[arg(long)]
+    pub prefill: bool,
+    /// What to drive: mpaxos, or etcd (a build with `--features etcd`, and `--endpoints`).
+    #[arg(long, default_value = "mpaxos")]
+    pub target: String,
+    /// etcd only: gRPC connections shared by the clients (etcd's benchmark `--conns`).
+    #[arg(long, default_value_t = 1)]
+    pub conns: usize,
     /// WAL backend of the local cluster: auto, uring, sync or memory.
     #[arg(long, default_value = "auto")]
     pub durability: String,
@@ -132,6 +148,26 @@ impl BenchSpec {
         if self.groups == 0 {
             return Err("--groups must be at least 1".into());
         }
+        match self.target.as_str() {
+            "mpaxos" => {}
+            "etcd" => {
+                if !cfg!(feature = "etcd") {
+                    return Err("this build has no etcd target; build with `cargo build --release --features etcd` (scripts/setup-etcd.sh installs protoc)".into());
+                }
+                if self.endpoints.is_none() {
+                    return Err("--target etcd needs --endpoints of a running etcd cluster".into());
+                }
+            }
+            other => return Err(format!("unknown --target {other:?}; use mpaxos or etcd")),
+        }
+        if self.key_size < workload::min_key_size(self.keys) {
+            return Err(format!(
+                "--key-size {} cannot hold {} distinct keys; use at least {}",
+                self.key_size,
+                self.keys,
+                workload::min_key_size(self.keys)
+            ));
+        }
         Ok(())
     }
 
@@ -146,6 +182,9 @@ impl BenchSpec {
             .as_ref()
             .and_then(|p| p.file_stem())
             .map_or("lan".to_string(), |s| s.to_string_lossy().to_string());
+        if self.target == "etcd" {
+            return format!("etcd-{load}");
+        }
         format!(
             "r{}-g{}-{}-{}-{}",
             self.replicas, self.groups, place, self.durability, load
@@ -210,6 +249,7 @@ pub fn run_one(spec: &BenchSpec, out: &Path, quiet: bool) -> Result<Summary, Str
     // The cluster: local (started here, stopped when this function returns) or existing.
     let mut local = None;
     let endpoints = match &spec.endpoints {
+        Some(e) if e.is_empty() => return Err("--endpoints is empty".into()),
         Some(e) => e.clone(),
         None => {
             let cfg = local_config(spec, &data_dir, placement.as_ref())?;
@@ -256,7 +296,11 @@ fn measure(
     placement: Option<Placement>,
     quiet: bool,
 ) -> Result<Summary, String> {
-    let mut opts = ClientOptions::new(endpoints);
+    let bar = progress_bar(spec, quiet);
+    if spec.target == "etcd" {
+        return measure_etcd(spec, run_dir, data_parent, &endpoints, &bar);
+    }
+    let mut opts = ClientOptions::new(endpoints.clone());
     opts.op_timeout = Duration::from_secs(10);
     let mut client = Client::connect(opts).map_err(|e| e.to_string())?;
     let wal_backend = client
@@ -264,9 +308,11 @@ fn measure(
         .into_iter()
         .find_map(|(_, _, s)| s.ok().map(|s| s.wal_backend))
         .unwrap_or_default();
-    // Refresh leaders after the cluster settled.
     let topology = client.topology().clone();
     drop(client);
+    if spec.prefill {
+        prefill(spec, &endpoints)?;
+    }
 
     // The physical floor, measured now, in this run, on this machine.
     let floor_rtt = floor::loopback_rtt(spec.value_size, 2000)?;
@@ -285,28 +331,92 @@ fn measure(
         keys: spec.keys,
         key_dist: spec.key_dist()?,
         value_bytes: spec.value_size,
+        key_bytes: spec.key_size,
         seed: spec.seed,
         placement,
         attempt_timeout: Duration::from_secs(2),
         drain_timeout: Duration::from_secs(10),
         probes_per_link: 10,
     };
-    let bar = if quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let b = indicatif::ProgressBar::new(1000);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {percent}%")
-                .expect("template")
-                .progress_chars("=> "),
-        );
-        b.set_message(format!("bench {}", spec.slug()));
-        b
-    };
     let engine = Engine::new(cfg)?;
     let result = engine.run(&|f| bar.set_position((f * 1000.0) as u64))?;
     bar.finish_and_clear();
     report::write_run(spec, run_dir, result, floor_rtt, floor_sync, wal_backend)
+}
+
+fn progress_bar(spec: &BenchSpec, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(1000);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {percent}%")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    b.set_message(format!("bench {}", spec.slug()));
+    b
+}
+
+/// Writes every key once, from up to 16 clients in parallel.
+fn prefill(spec: &BenchSpec, endpoints: &[String]) -> Result<(), String> {
+    let workers = (spec.clients * spec.outstanding).clamp(1, 16) as u64;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                scope.spawn(move || -> Result<(), String> {
+                    let mut c = Client::connect(ClientOptions::new(endpoints.to_vec()))
+                        .map_err(|e| e.to_string())?;
+                    let value = vec![b'x'; spec.value_size];
+                    let mut key = Vec::new();
+                    let mut k = w;
+                    while k < spec.keys {
+                        workload::key_bytes(k, spec.key_size, &mut key);
+                        c.put(&key, &value).map_err(|e| format!("prefill: {e}"))?;
+                        k += workers;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a prefill thread panicked".into()))
+            })
+            .collect::<Result<Vec<()>, String>>()
+    })?;
+    Ok(())
+}
+
+#[cfg(feature = "etcd")]
+fn measure_etcd(
+    spec: &BenchSpec,
+    run_dir: &Path,
+    data_parent: &Path,
+    endpoints: &[String],
+    bar: &indicatif::ProgressBar,
+) -> Result<Summary, String> {
+    if spec.prefill {
+        etcd::prefill(spec, endpoints)?;
+    }
+    let floor_rtt = floor::loopback_rtt(spec.value_size, 2000)?;
+    let floor_sync = floor::sync_write(data_parent, 200)?;
+    let result = etcd::run(spec, endpoints, &|f| bar.set_position((f * 1000.0) as u64))?;
+    bar.finish_and_clear();
+    report::write_run(spec, run_dir, result, floor_rtt, floor_sync, "etcd".into())
+}
+
+#[cfg(not(feature = "etcd"))]
+fn measure_etcd(
+    _: &BenchSpec,
+    _: &Path,
+    _: &Path,
+    _: &[String],
+    _: &indicatif::ProgressBar,
+) -> Result<Summary, String> {
+    Err("this build has no etcd target; build with --features etcd".into())
 }
 
 /// The local cluster a run starts: the spec's knobs on loopback.

@@ -79,7 +79,8 @@ pub struct Cell {
     pub spec: BenchSpec,
 }
 
-fn default_spec() -> BenchSpec {
+/// Every bench knob at its command-line default.
+pub fn default_spec() -> BenchSpec {
     use clap::Parser;
     #[derive(Parser)]
     struct Wrap {

@@ -91,11 +91,18 @@ impl KeyPicker {
     }
 }
 
-/// Formats key number `k` as the bytes sent (fixed width, so every key has the same size).
-pub fn key_bytes(k: u64, out: &mut Vec<u8>) {
+/// Formats key number `k` as the bytes sent: `k` then the number zero-padded, `size` bytes in
+/// all, so every key has the same size (wider only if the number does not fit).
+pub fn key_bytes(k: u64, size: usize, out: &mut Vec<u8>) {
     use std::io::Write;
     out.clear();
-    let _ = write!(out, "k{k:015}");
+    let digits = size.saturating_sub(1).max(1);
+    let _ = write!(out, "k{k:0digits$}");
+}
+
+/// The smallest key size (see [`key_bytes`]) that holds `keys` distinct keys.
+pub fn min_key_size(keys: u64) -> usize {
+    1 + keys.saturating_sub(1).max(1).to_string().len()
 }
 
 /// Request arrivals of an open-loop run.
@@ -150,6 +157,17 @@ impl Arrivals {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn keys_have_the_asked_size() {
+        let mut out = Vec::new();
+        key_bytes(42, 8, &mut out);
+        assert_eq!(out, b"k0000042");
+        key_bytes(99_999, 8, &mut out);
+        assert_eq!(out.len(), 8);
+        assert_eq!(min_key_size(100_000), 6);
+        assert_eq!(min_key_size(1), 2);
+    }
 
     #[test]
     fn parses_distributions() {

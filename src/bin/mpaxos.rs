@@ -41,6 +41,9 @@ enum Command {
     Bench(Box<BenchCmd>),
     /// Run a benchmark suite: a matrix of runs with a combined report and plots.
     Suite(mpaxos::bench::suite::SuiteArgs),
+    /// Side by side with a 3-member etcd started here (build with --features etcd).
+    #[cfg(feature = "etcd")]
+    CompareEtcd(mpaxos::bench::compare_etcd::CompareEtcdArgs),
     #[command(flatten)]
     Store(mpaxos::client::cli::StoreCommand),
 }
@@ -103,6 +106,8 @@ fn main() -> ExitCode {
             None => mpaxos::bench::run_bench(b.args),
         },
         Command::Suite(args) => mpaxos::bench::suite::run_suite(args),
+        #[cfg(feature = "etcd")]
+        Command::CompareEtcd(args) => mpaxos::bench::compare_etcd::run(args),
     }
 }
 
