@@ -7,6 +7,7 @@
 #   scripts/deploy.sh HOSTS_FILE collect [--run-dir DIR]   logs, status.json, /metrics into DIR
 #   scripts/deploy.sh HOSTS_FILE wipe    [--run-dir DIR]   delete the (stopped) replicas' data
 #   scripts/deploy.sh HOSTS_FILE endpoints [--run-dir DIR] print the client endpoints
+#   scripts/deploy.sh HOSTS_FILE config  [--run-dir DIR]   only write DIR/cluster.toml (e.g. for systemd)
 #
 # The hosts file: one replica per line, in replica-id order (0, 1, 2, ...); `#` starts a comment.
 #
@@ -65,6 +66,8 @@
 #
 # Docs: docs/deploy.md.
 set -euo pipefail
+# The remote scripts are single-quoted on purpose: their $VARS expand on the host.
+# shellcheck disable=SC2016
 
 PROG=deploy.sh
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -75,7 +78,7 @@ die() {
 }
 warn() { echo "$PROG: warning: $*" >&2; }
 usage() {
-  sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   echo "Hosts file format, environment and placeholders: the header of $0 or docs/deploy.md." >&2
   exit 2
 }
@@ -97,7 +100,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 case $ACTION in
-  start | stop | status | collect | wipe | endpoints) ;;
+  start | stop | status | collect | wipe | endpoints | config) ;;
   *) echo "$PROG: unknown action: $ACTION" >&2; usage ;;
 esac
 [[ -f $HOSTS_FILE ]] || die "hosts file $HOSTS_FILE does not exist"
@@ -115,15 +118,19 @@ DEFAULT_COPY_CMD='scp -q {src} {host}:{dst}'
 REMOTE_CMD=${MPAXOS_REMOTE_CMD:-$DEFAULT_REMOTE_CMD}
 COPY_CMD=${MPAXOS_COPY_CMD:-$DEFAULT_COPY_CMD}
 
-[[ $GROUPS_N =~ ^[0-9]+$ ]] && ((GROUPS_N >= 1 && GROUPS_N <= 256)) ||
-  die "MPAXOS_GROUPS must be 1..256, got '$GROUPS_N'"
+# in_range VALUE MIN MAX: VALUE is a decimal number in [MIN, MAX].
+in_range() { [[ $1 =~ ^[0-9]{1,9}$ ]] && ((10#$1 >= $2 && 10#$1 <= $3)); }
+in_range "$GROUPS_N" 1 256 || die "MPAXOS_GROUPS must be 1..256, got '$GROUPS_N'"
+GROUPS_N=$((10#$GROUPS_N))
 case $DURABILITY in auto | uring | sync | memory) ;; *)
   die "MPAXOS_DURABILITY must be auto, uring, sync or memory, got '$DURABILITY'" ;;
 esac
-[[ $BASE_PORT =~ ^[0-9]+$ ]] && ((BASE_PORT >= 1 && BASE_PORT <= 65535)) ||
-  die "MPAXOS_BASE_PORT must be a port number, got '$BASE_PORT'"
-[[ $START_TIMEOUT =~ ^[0-9]+$ ]] || die "MPAXOS_START_TIMEOUT must be whole seconds"
-[[ $STOP_TIMEOUT =~ ^[0-9]+$ ]] || die "MPAXOS_STOP_TIMEOUT must be whole seconds"
+in_range "$BASE_PORT" 1 65535 || die "MPAXOS_BASE_PORT must be a port number, got '$BASE_PORT'"
+BASE_PORT=$((10#$BASE_PORT))
+in_range "$START_TIMEOUT" 1 86400 || die "MPAXOS_START_TIMEOUT must be whole seconds"
+in_range "$STOP_TIMEOUT" 0 86400 || die "MPAXOS_STOP_TIMEOUT must be whole seconds"
+START_TIMEOUT=$((10#$START_TIMEOUT))
+STOP_TIMEOUT=$((10#$STOP_TIMEOUT))
 # `~/x` means x in the login directory, which is what a relative path already means for both
 # ssh and scp; a quoted `~` would not be expanded remotely.
 REMOTE_DIR=${REMOTE_DIR#\~/}
@@ -258,7 +265,7 @@ parse_hosts() {
   local n=${#R_ADDR[@]}
   ((n >= 1 && n <= 9)) || die "$HOSTS_FILE lists $n replicas; mpaxos supports 1 to 9"
   if [[ -n ${MPAXOS_PREFERRED_LEADER:-} ]]; then
-    [[ $MPAXOS_PREFERRED_LEADER =~ ^[0-9]+$ ]] && ((MPAXOS_PREFERRED_LEADER < n)) ||
+    in_range "$MPAXOS_PREFERRED_LEADER" 0 $((n - 1)) ||
       die "MPAXOS_PREFERRED_LEADER must be a replica id 0..$((n - 1))"
   fi
 }
@@ -339,7 +346,7 @@ write_config() {
     printf 'data_dir = %s\n' "$(toml_str "$DATA_DIR")"
     printf 'durability = "%s"\n' "$DURABILITY"
     if [[ -n ${MPAXOS_PREFERRED_LEADER:-} ]]; then
-      printf 'preferred_leader = %s\n' "$MPAXOS_PREFERRED_LEADER"
+      printf 'preferred_leader = %s\n' "$((10#$MPAXOS_PREFERRED_LEADER))"
     fi
     if [[ -n ${MPAXOS_CONFIG_EXTRA:-} ]]; then
       [[ -f $MPAXOS_CONFIG_EXTRA ]] || die "MPAXOS_CONFIG_EXTRA: $MPAXOS_CONFIG_EXTRA does not exist"
@@ -348,11 +355,12 @@ write_config() {
       printf '\n'
     fi
     if [[ -n ${MPAXOS_MAX_RTT_MS:-} ]]; then
-      [[ $MPAXOS_MAX_RTT_MS =~ ^[0-9]+$ ]] || die "MPAXOS_MAX_RTT_MS must be whole milliseconds"
+      in_range "$MPAXOS_MAX_RTT_MS" 0 100000 || die "MPAXOS_MAX_RTT_MS must be whole milliseconds"
       printf '\n# MPAXOS_MAX_RTT_MS=%s: elections must outlast the slowest round trip.\n' "$MPAXOS_MAX_RTT_MS"
+      local rtt=$((10#$MPAXOS_MAX_RTT_MS))
       printf '[timeouts]\nheartbeat_ms = 50\n'
-      printf 'election_timeout_min_ms = %s\n' "$((MPAXOS_MAX_RTT_MS * 4 + 500))"
-      printf 'election_timeout_max_ms = %s\n' "$((MPAXOS_MAX_RTT_MS * 8 + 1000))"
+      printf 'election_timeout_min_ms = %s\n' "$((rtt * 4 + 500))"
+      printf 'election_timeout_max_ms = %s\n' "$((rtt * 8 + 1000))"
     fi
     for i in "${!R_ADDR[@]}"; do
       printf '\n[[replicas]]\n'
@@ -473,14 +481,32 @@ echo \"stopped (pid \$pid)\"
   return "$rc"
 }
 
+# cluster.toml, replicas.tsv, endpoints and deploy.env in the run directory.
+write_run_files() {
+  local cid eps
+  cid=$(cluster_id)
+  write_config "$RUN_DIR/cluster.toml" "$cid"
+  layout_tsv >"$RUN_DIR/replicas.tsv"
+  eps=$(endpoints)
+  printf '%s\n' "$eps" >"$RUN_DIR/endpoints"
+  {
+    printf 'MPAXOS_ENDPOINTS=%s\n' "$eps"
+    printf 'DEPLOY_REPLICAS=%s\n' "${#R_ADDR[@]}"
+    printf 'DEPLOY_GROUPS=%s\n' "$GROUPS_N"
+    printf 'DEPLOY_DURABILITY=%s\n' "$DURABILITY"
+    printf 'DEPLOY_HOSTS_FILE=%s\n' "$(shq "$(cd "$(dirname "$HOSTS_FILE")" && pwd)/$(basename "$HOSTS_FILE")")"
+    printf 'export MPAXOS_ENDPOINTS\n'
+  } >"$RUN_DIR/deploy.env"
+}
+
 do_start() {
   # 1. Nothing may be running already (a running replica would keep its old config, and the
   #    run directory must keep describing it).
-  local i running=()
+  local i out running=()
   for i in "${!R_ADDR[@]}"; do
-    if remote "$i" 'if p=$(running_pid); then echo "$p"; fi' | grep -q .; then
-      running+=("$i")
-    fi
+    out=$(remote "$i" 'if p=$(running_pid); then echo "running $p"; else echo free; fi') ||
+      die "cannot run commands on ${R_SSH[i]} (replica $i) with: $REMOTE_CMD"
+    [[ $out != running* ]] || running+=("$i")
   done
   [[ ${#running[@]} -eq 0 ]] ||
     die "replica(s) ${running[*]} already running; run: $0 $HOSTS_FILE stop --run-dir $RUN_DIR"
@@ -495,24 +521,19 @@ do_start() {
   fi
   [[ -x $BINARY ]] || die "no executable at $BINARY"
 
-  # 3. The config and the layout.
-  local cid
-  cid=$(cluster_id)
-  write_config "$RUN_DIR/cluster.toml" "$cid"
-  layout_tsv >"$RUN_DIR/replicas.tsv"
-  local eps
-  eps=$(endpoints)
-  printf '%s\n' "$eps" >"$RUN_DIR/endpoints"
-  {
-    printf 'MPAXOS_ENDPOINTS=%s\n' "$eps"
-    printf 'DEPLOY_REPLICAS=%s\n' "${#R_ADDR[@]}"
-    printf 'DEPLOY_GROUPS=%s\n' "$GROUPS_N"
-    printf 'DEPLOY_DURABILITY=%s\n' "$DURABILITY"
-    printf 'DEPLOY_HOSTS_FILE=%s\n' "$(shq "$(cd "$(dirname "$HOSTS_FILE")" && pwd)/$(basename "$HOSTS_FILE")")"
-    printf 'export MPAXOS_ENDPOINTS\n'
-  } >"$RUN_DIR/deploy.env"
+  # 3. The config and the layout, checked here rather than on every host: the server validates
+  #    its config (exit 2 if invalid) before it looks up --id, so an id that cannot exist
+  #    checks the file without starting anything.
+  write_run_files
+  local check rc=0
+  check=$("$BINARY" server --config "$RUN_DIR/cluster.toml" --id 4294967295 2>&1) || rc=$?
+  if [[ $rc -eq 2 ]]; then
+    die "the generated config is invalid: $check"
+  fi
   cmdlog "start: ${#R_ADDR[@]} replicas, config $RUN_DIR/cluster.toml"
   echo "config: $RUN_DIR/cluster.toml (cluster_id $(sed -n 's/^cluster_id = //p' "$RUN_DIR/cluster.toml"))"
+  local eps
+  eps=$(endpoints)
 
   # 4. Copy the binary and config, once per (host, directory). Copy to a new name and rename:
   #    overwriting a binary another replica runs would fail (ETXTBSY).
@@ -671,11 +692,16 @@ fi
 mkdir -p "$RUN_DIR"
 RUN_DIR=$(cd "$RUN_DIR" && pwd)
 CMDLOG=$RUN_DIR/commands.log
-if [[ $ACTION != start ]]; then
+if [[ $ACTION != start && $ACTION != config ]]; then
   load_deployed_layout
 fi
 case $ACTION in
   start) do_start ;;
+  config)
+    write_run_files
+    cmdlog "config: wrote $RUN_DIR/cluster.toml"
+    echo "$RUN_DIR/cluster.toml"
+    ;;
   stop)
     cmdlog "stop"
     do_stop

@@ -54,7 +54,6 @@ struct TestCluster {
 impl TestCluster {
     /// Starts `replicas` replicas of `groups` groups and waits until every group has a leader.
     fn start(replicas: u32, groups: u32, durability: BackendChoice) -> TestCluster {
-        let durability = match std::env::var("XDUR").ok().as_deref() { Some(x) => x.parse().unwrap(), None => durability };
         TestCluster::start_with(replicas, groups, |c| c.durability = durability)
     }
 

@@ -384,25 +384,6 @@ impl Group {
         self.drive(now);
         self.maintain_peers(now);
         if now >= self.metrics_flush_at {
-            let links: Vec<(bool, bool, usize, usize)> = self
-                .peers
-                .iter()
-                .map(|p| {
-                    (
-                        p.conn.is_some(),
-                        p.connected,
-                        p.conn.as_ref().map_or(0, |c| c.unsent()),
-                        p.delayed.len(),
-                    )
-                })
-                .collect();
-            let live = self
-                .conns
-                .iter()
-                .flatten()
-                .map(|s| (s.conn.unsent(), s.waiting))
-                .collect::<Vec<_>>();
-            tracing::debug!(target: "dbg", group = self.group, st = ?self.replica.status(), pending_disk = self.storage.pending(), pw = self.pending_writes.len(), pr = self.pending_reads.len(), ?links, ?live, "tick");
             self.flush_metrics();
             self.metrics_flush_at = now + METRICS_FLUSH_NS;
         }
@@ -419,7 +400,6 @@ impl Group {
                     self.fsync_hist.observe(*s);
                 }
                 if let Some(id) = durable.up_to {
-                    tracing::trace!(target: "dbg", group = self.group, id, "persisted");
                     self.replica.persisted(now, id);
                 }
             }
@@ -456,21 +436,6 @@ impl Group {
                 }
             }
             for env in ready.messages {
-                if matches!(
-                    env.msg,
-                    Message::Prepare { .. }
-                        | Message::Promise { .. }
-                        | Message::Reject { .. }
-                        | Message::CatchupRequest { .. }
-                        | Message::CatchupReply { .. }
-                ) {
-                    let sz = match &env.msg {
-                        Message::Promise { entries, .. } => entries.len(),
-                        Message::CatchupReply { entries } => entries.len(),
-                        _ => 0,
-                    };
-                    tracing::debug!(target: "dbg", group = self.group, to = env.to, kind = env.msg.kind(), sz, msg = ?DbgMsg(&env.msg), "send");
-                }
                 if env.to == self.spec_id {
                     self.self_msgs.push(env);
                 } else {
@@ -1002,12 +967,6 @@ impl Group {
                         }
                     }
                 }
-                if matches!(
-                    env.msg,
-                    Message::Prepare { .. } | Message::Promise { .. } | Message::Reject { .. }
-                ) {
-                    tracing::debug!(target: "dbg", group = self.group, from = env.from, kind = env.msg.kind(), msg = ?DbgMsg(&env.msg), st = ?self.replica.status(), "recv");
-                }
                 self.replica.step(now, env);
                 true
             }
@@ -1336,25 +1295,5 @@ fn not_leader_outcome(e: NotLeader) -> Outcome {
     match e {
         NotLeader::Redirect { leader } => Outcome::NotLeader { leader },
         NotLeader::QueueFull => Outcome::Busy,
-    }
-}
-
-struct DbgMsg<'a>(&'a Message);
-impl std::fmt::Debug for DbgMsg<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Message::Prepare { ballot, first_slot } => {
-                write!(f, "prepare {ballot} from {first_slot}")
-            }
-            Message::Promise {
-                ballot,
-                first_slot,
-                entries,
-            } => write!(f, "promise {ballot} from {first_slot} n={}", entries.len()),
-            Message::Reject { ballot, promised } => {
-                write!(f, "reject {ballot} promised {promised}")
-            }
-            m => write!(f, "{}", m.kind()),
-        }
     }
 }

@@ -6,7 +6,6 @@
 //! `snap-<slot:020>.snap` (snapshots). `*.tmp` files are unfinished and removed at open.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -123,24 +122,79 @@ pub fn write_zeros(file: &File, path: &Path, offset: u64, len: u64) -> Result<()
     Ok(())
 }
 
+/// How a segment is zero-filled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fill {
+    /// As fast as the disk goes (start-up, or a writer that must wait for it anyway).
+    Now,
+    /// In the background while the log is being written: small O_DIRECT chunks with pauses, so
+    /// the log's own durable writes never queue behind tens of megabytes of zeros. (Filling a
+    /// whole segment through the page cache and syncing it at once stalled acknowledged
+    /// writes for seconds on a slow disk.)
+    Paced,
+}
+
+/// Zero-fills `len` bytes from `offset` in 256 KiB direct (or buffered) writes, syncing every
+/// 4 MiB; `Fill::Paced` sleeps as long as each chunk took, leaving the disk half free.
+fn write_zeros_paced(
+    file: &File,
+    path: &Path,
+    offset: u64,
+    len: u64,
+    fill: Fill,
+) -> Result<(), WalError> {
+    const CHUNK: usize = 256 << 10;
+    const SYNC_EVERY: u64 = 4 << 20;
+    let mut zeros = AlignedBuf::new(CHUNK);
+    zeros.set_len(CHUNK);
+    let mut done = 0u64;
+    let mut since_sync = 0u64;
+    let err = |e| WalError::io(format!("zero-filling {}", path.display()), path, e);
+    while done < len {
+        let started = std::time::Instant::now();
+        let n = (len - done).min(CHUNK as u64) as usize;
+        file.write_all_at(&zeros.as_slice()[..n], offset + done)
+            .map_err(err)?;
+        done += n as u64;
+        since_sync += n as u64;
+        if since_sync >= SYNC_EVERY {
+            file.sync_data().map_err(err)?;
+            since_sync = 0;
+        }
+        if fill == Fill::Paced {
+            std::thread::sleep(started.elapsed());
+        }
+    }
+    Ok(())
+}
+
 /// Creates a preallocated, zero-filled segment atomically (tmp file, sync, rename, dir sync)
 /// and returns it opened for writing. On any failure the tmp file is removed, so a full disk
 /// never leaves a half-made segment behind.
-pub fn create_segment(dir: &Path, header: SegmentHeader, direct: bool) -> Result<File, WalError> {
+pub fn create_segment(
+    dir: &Path,
+    header: SegmentHeader,
+    direct: bool,
+    fill: Fill,
+) -> Result<File, WalError> {
     let final_path = dir.join(segment_name(header.index));
     let tmp = dir.join(format!("{}.tmp", segment_name(header.index)));
     let made = (|| {
-        let mut f = File::create(&tmp)
+        File::create(&tmp)
             .map_err(|e| WalError::io(format!("creating {}", tmp.display()), &tmp, e))?;
-        let mut first = vec![0u8; SECTOR_BYTES];
-        header.encode(&mut first);
-        f.write_all(&first)
+        let f = open_rw(&tmp, direct)
+            .map_err(|e| WalError::io(format!("opening {}", tmp.display()), &tmp, e))?;
+        let mut first = AlignedBuf::new(SECTOR_BYTES);
+        first.set_len(SECTOR_BYTES);
+        header.encode(first.as_full_mut());
+        f.write_all_at(first.as_slice(), 0)
             .map_err(|e| WalError::io(format!("writing {}", tmp.display()), &tmp, e))?;
-        write_zeros(
+        write_zeros_paced(
             &f,
             &tmp,
             SECTOR_BYTES as u64,
             header.segment_bytes - SECTOR_BYTES as u64,
+            fill,
         )?;
         f.sync_all()
             .map_err(|e| WalError::io(format!("syncing {}", tmp.display()), &tmp, e))?;

@@ -613,7 +613,12 @@ impl Wal {
                     if let Some((_, h)) = other {
                         let _ = h.join();
                     }
-                    create_segment(&self.cfg.dir, self.segment_header(index), self.direct)?
+                    create_segment(
+                        &self.cfg.dir,
+                        self.segment_header(index),
+                        self.direct,
+                        files::Fill::Now,
+                    )?
                 }
             }
         };
@@ -650,7 +655,7 @@ impl Wal {
         let (dir, header, direct) = (self.cfg.dir.clone(), self.segment_header(next), self.direct);
         let spawned = std::thread::Builder::new()
             .name("wal-prealloc".into())
-            .spawn(move || create_segment(&dir, header, direct));
+            .spawn(move || create_segment(&dir, header, direct, files::Fill::Paced));
         if let Ok(h) = spawned {
             self.spare = Some((next, h));
         }
