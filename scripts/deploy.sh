@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2016 # remote scripts are single-quoted on purpose: they expand on the host
 # Deploys an mpaxos cluster onto several hosts and manages it.
 #
 #   scripts/deploy.sh HOSTS_FILE start   [--run-dir DIR]   build, write cluster.toml, copy, start, wait
@@ -66,8 +67,6 @@
 #
 # Docs: docs/deploy.md.
 set -euo pipefail
-# The remote scripts are single-quoted on purpose: their $VARS expand on the host.
-# shellcheck disable=SC2016
 
 PROG=deploy.sh
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -78,7 +77,7 @@ die() {
 }
 warn() { echo "$PROG: warning: $*" >&2; }
 usage() {
-  sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '3,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   echo "Hosts file format, environment and placeholders: the header of $0 or docs/deploy.md." >&2
   exit 2
 }
@@ -499,6 +498,14 @@ write_run_files() {
   } >"$RUN_DIR/deploy.env"
 }
 
+check_config() {
+  local check rc=0
+  check=$("$BINARY" server --config "$RUN_DIR/cluster.toml" --id 4294967295 2>&1) || rc=$?
+  if [[ $rc -eq 2 ]]; then
+    die "the generated config is invalid: $check"
+  fi
+}
+
 do_start() {
   # 1. Nothing may be running already (a running replica would keep its old config, and the
   #    run directory must keep describing it).
@@ -525,11 +532,7 @@ do_start() {
   #    its config (exit 2 if invalid) before it looks up --id, so an id that cannot exist
   #    checks the file without starting anything.
   write_run_files
-  local check rc=0
-  check=$("$BINARY" server --config "$RUN_DIR/cluster.toml" --id 4294967295 2>&1) || rc=$?
-  if [[ $rc -eq 2 ]]; then
-    die "the generated config is invalid: $check"
-  fi
+  check_config
   cmdlog "start: ${#R_ADDR[@]} replicas, config $RUN_DIR/cluster.toml"
   echo "config: $RUN_DIR/cluster.toml (cluster_id $(sed -n 's/^cluster_id = //p' "$RUN_DIR/cluster.toml"))"
   local eps
@@ -699,6 +702,7 @@ case $ACTION in
   start) do_start ;;
   config)
     write_run_files
+    if [[ -x $BINARY ]]; then check_config; else warn "no binary at $BINARY: cluster.toml not checked"; fi
     cmdlog "config: wrote $RUN_DIR/cluster.toml"
     echo "$RUN_DIR/cluster.toml"
     ;;

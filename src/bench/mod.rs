@@ -160,6 +160,9 @@ impl BenchSpec {
             }
             other => return Err(format!("unknown --target {other:?}; use mpaxos or etcd")),
         }
+        if self.endpoints.is_some() && self.placement.is_some() && self.target == "mpaxos" {
+            return Err("--placement emulates a WAN inside a local cluster's servers; against --endpoints only the client side would be delayed. Use netem on real hosts (docs/deploy.md)".into());
+        }
         if self.key_size < workload::min_key_size(self.keys) {
             return Err(format!(
                 "--key-size {} cannot hold {} distinct keys; use at least {}",
@@ -310,6 +313,20 @@ fn measure(
         .unwrap_or_default();
     let topology = client.topology().clone();
     drop(client);
+    // Against an existing cluster, record what actually ran, not the local-cluster defaults.
+    let external;
+    let spec = if spec.endpoints.is_some() {
+        let mut s = spec.clone();
+        s.replicas = topology.replicas.len() as u32;
+        s.groups = topology.groups;
+        if !wal_backend.is_empty() {
+            s.durability = wal_backend.clone();
+        }
+        external = s;
+        &external
+    } else {
+        spec
+    };
     if spec.prefill {
         prefill(spec, &endpoints)?;
     }

@@ -238,6 +238,12 @@ pub fn table(s: &Summary) -> String {
         "\nphysical floor (same run): loopback round trip p50 {:.1} us, 4 KiB O_DIRECT write+datasync p50 {:.1} us",
         s.floor_rtt_us, s.floor_sync_write_us
     );
+    if c.endpoints.is_some() {
+        let _ = writeln!(
+            out,
+            "  (measured on the load generator's host: against remote replicas the ratios below are only indicative)"
+        );
+    }
     if let Some(r) = s.write_p50_over_floor {
         let _ = writeln!(
             out,

@@ -100,7 +100,10 @@ fn main() -> ExitCode {
         Command::Check(command) => mpaxos::wal::cli::run_check(command),
         Command::Server { config, id } => mpaxos::server::run(&config, id),
         Command::Cluster(args) => mpaxos::server::local::run_cluster(args),
-        Command::Store(cmd) => mpaxos::client::cli::run(cmd),
+        Command::Store(cmd) => {
+            restore_sigpipe();
+            mpaxos::client::cli::run(cmd)
+        }
         Command::Bench(b) => match b.sub {
             Some(BenchSub::Compare(args)) => mpaxos::bench::compare::run_compare(args),
             None => mpaxos::bench::run_bench(b.args),
@@ -108,6 +111,16 @@ fn main() -> ExitCode {
         Command::Suite(args) => mpaxos::bench::suite::run_suite(args),
         #[cfg(feature = "etcd")]
         Command::CompareEtcd(args) => mpaxos::bench::compare_etcd::run(args),
+    }
+}
+
+/// Store commands print and exit: let `mpaxos status | head` end quietly on a closed pipe
+/// instead of panicking. (Servers keep Rust's default of ignoring SIGPIPE, so a client that
+/// vanishes is a write error, never a dead replica.)
+fn restore_sigpipe() {
+    // SAFETY: resetting a signal disposition before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
