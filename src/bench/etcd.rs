@@ -45,6 +45,17 @@ impl Acc {
             .saturating_record(latency_ns.max(1));
         self.completed += 1;
     }
+
+    /// Records a finished request: its latency if it succeeded, else the error.
+    fn finish(&mut self, op: &'static str, res: Result<(), String>, latency_ns: u64, second: u64) {
+        match res {
+            Ok(()) => self.record(op, latency_ns, second),
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
 }
 
 struct Workload {
@@ -178,18 +189,12 @@ pub fn run(
                             let (op, res) = w.one(&mut kv, &mut rng).await;
                             let done = tokio::time::Instant::now();
                             if in_window(sent) {
-                                let mut a = acc.lock().expect("lock");
-                                match res {
-                                    Ok(()) => a.record(
-                                        op,
-                                        (done - sent).as_nanos() as u64,
-                                        second_of(sent),
-                                    ),
-                                    Err(e) => {
-                                        a.errors += 1;
-                                        a.first_error.get_or_insert(e);
-                                    }
-                                }
+                                acc.lock().expect("lock").finish(
+                                    op,
+                                    res,
+                                    (done - sent).as_nanos() as u64,
+                                    second_of(sent),
+                                );
                             }
                         }
                     }));
@@ -218,18 +223,12 @@ pub fn run(
                         drop(permit);
                         let done = tokio::time::Instant::now();
                         if in_window(scheduled) {
-                            let mut a = acc.lock().expect("lock");
-                            match res {
-                                Ok(()) => a.record(
-                                    op,
-                                    (done - scheduled).as_nanos() as u64,
-                                    second_of(scheduled),
-                                ),
-                                Err(e) => {
-                                    a.errors += 1;
-                                    a.first_error.get_or_insert(e);
-                                }
-                            }
+                            acc.lock().expect("lock").finish(
+                                op,
+                                res,
+                                (done - scheduled).as_nanos() as u64,
+                                second_of(scheduled),
+                            );
                         }
                     }));
                     at += Duration::from_nanos(arrivals.next_gap_ns(&mut rng).max(1.0) as u64);
