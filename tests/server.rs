@@ -7,10 +7,15 @@
 //!   with one clear `error:` line.
 //! - kill -9 of the leader under load: a new leader within 2x the election timeout, no
 //!   acknowledged write lost, and the killed replica recovers from its WAL and catches up.
-//! - SIGSTOP of a follower: writes keep succeeding; after SIGCONT it catches up.
+//! - SIGSTOP of a follower: writes keep succeeding; after SIGCONT it catches up without
+//!   disturbing the leader. SIGSTOP of the leader: another takes over; the old one, resumed,
+//!   steps down and catches up.
+//! - The connection limit answers Busy (in the port's own frame type); a half-closed client
+//!   still gets its answers; replicas on different hosts may share port numbers.
 //!
 //! The fault tests run one at a time (a lock) so that their timing bounds hold on a small
-//! machine; the others run in parallel with them.
+//! machine; the others run in parallel with them. A failed test prints the tail of every
+//! replica's log; `MPAXOS_TEST_LOGS_DIR=<dir>` keeps the whole logs there.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -155,6 +160,18 @@ fn leaders(client: &mut Client, groups: u32) -> Vec<Option<u32>> {
             st.iter()
                 .find(|s| s.group == g && s.role == "leader")
                 .map(|s| s.replica)
+        })
+        .collect()
+}
+
+/// Per group, the leader and its ballot (round, replica), as the leader reports them.
+fn leader_ballots(client: &mut Client, groups: u32) -> Vec<Option<(u32, u64, u32)>> {
+    let st = statuses(client);
+    (0..groups)
+        .map(|g| {
+            st.iter()
+                .find(|s| s.group == g && s.role == "leader")
+                .map(|s| (s.replica, s.ballot.round, s.ballot.replica))
         })
         .collect()
 }
@@ -463,7 +480,7 @@ impl Drop for JoinOnDrop {
     }
 }
 
-fn scopeguard(t: JoinHandle<()>) -> JoinOnDrop {
+fn join_on_drop(t: JoinHandle<()>) -> JoinOnDrop {
     JoinOnDrop(Some(t))
 }
 
@@ -479,7 +496,7 @@ fn send_and_read_until_closed(addr: &str, bytes: &[u8], port: &Port) -> Vec<Wire
     let writer = std::thread::spawn(move || {
         let _ = w.write_all(&bytes);
     });
-    let _writer = scopeguard(writer);
+    let _writer = join_on_drop(writer);
     let mut reader = FrameReader::new(1 << 20);
     let mut errors = Vec::new();
     loop {
@@ -993,6 +1010,7 @@ fn stop_follower_under_load(groups: u32, durability: BackendChoice) {
     let follower = (0..3u32)
         .find(|r| !leaders_now.contains(r))
         .expect("a replica that leads no group");
+    let terms_before = leader_ballots(&mut watcher, groups);
 
     let load = Load::start(&tc, 3, &format!("stop{groups}"));
     std::thread::sleep(Duration::from_millis(300));
@@ -1027,6 +1045,13 @@ fn stop_follower_under_load(groups: u32, durability: BackendChoice) {
     );
 
     wait_caught_up(&mut watcher, follower, groups, Duration::from_secs(20));
+    // A follower coming back reads the heartbeats that queued up while it was stopped before
+    // its overdue election timer can fire: the leaders were never disturbed.
+    assert_eq!(
+        leader_ballots(&mut watcher, groups),
+        terms_before,
+        "(leader, ballot) per group changed after replica {follower} was stopped and resumed"
+    );
     verify_acked(&tc, &res.acked);
     put_get_works(&tc, "after-resume");
 }

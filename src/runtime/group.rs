@@ -60,6 +60,8 @@ const CLIENT_OUT_MAX_BYTES: usize = 64 << 20;
 const RECONNECT_MIN_MS: u64 = 20;
 const RECONNECT_MAX_MS: u64 = 1000;
 const METRICS_FLUSH_NS: Nanos = 100_000_000;
+/// A wait that ends this much later than asked for means the thread was paused.
+const PAUSE_NS: Nanos = 50_000_000;
 
 /// Everything one group thread needs, decided by the server before it starts.
 pub struct GroupSpec {
@@ -318,21 +320,29 @@ impl Group {
         self.shared.ready[self.group as usize].store(true, Ordering::Release);
         self.shared.healthy[self.group as usize].store(true, Ordering::Release);
         let mut events = Events::with_capacity(1024);
+        // Set after a pause: the next turn polls once more before running timers.
+        let mut recheck = false;
         loop {
             if self.shared.stop.load(Ordering::Acquire) {
                 break;
             }
-            let now = self.now();
-            let timeout = self.next_deadline(now).saturating_sub(now);
-            if let Err(e) = self
+            let before = self.now();
+            let timeout = if recheck {
+                0
+            } else {
+                self.next_deadline(before).saturating_sub(before)
+            };
+            let interrupted = match self
                 .poll
                 .poll(&mut events, Some(Duration::from_nanos(timeout)))
             {
-                if e.kind() != io::ErrorKind::Interrupted {
+                Ok(()) => false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+                Err(e) => {
                     tracing::error!(group = self.group, "event loop failed: {e}");
                     break;
                 }
-            }
+            };
             let now = self.now();
             for event in events.iter() {
                 match event.token() {
@@ -345,6 +355,18 @@ impl Group {
                     Token(t) => self.on_conn_readable(t - CONN_BASE, now),
                 }
             }
+            // The thread was paused (SIGSTOP/SIGCONT, a VM or scheduler stall): the wait ended
+            // late or was interrupted, and what it returned may predate the pause. Input that
+            // arrived meanwhile (the leader's heartbeats) must be read before the timers that
+            // expired meanwhile run, or a follower deposes a healthy leader: poll again, without
+            // waiting, before this turn's timers. Once, so that a loaded host that always wakes
+            // late still makes progress.
+            let paused = interrupted || now.saturating_sub(before) > timeout + PAUSE_NS;
+            if paused && !recheck {
+                recheck = true;
+                continue;
+            }
+            recheck = false;
             self.poll_disk(now);
             self.turn(now);
         }

@@ -255,6 +255,9 @@ mod tests {
             let mut cfg = WalConfig::new(dir.path(), 5, 0);
             cfg.backend = backend;
             cfg.segment_bytes = 1 << 20;
+            // A batch must fit in a segment after its header, an entry in a batch.
+            cfg.max_batch_bytes = 512 << 10;
+            cfg.max_entry_bytes = 256 << 10;
             let (mut st, durable, _) = Storage::open(cfg.clone()).unwrap();
             assert_eq!(durable, DurableState::default());
             let b1 = Ballot::new(1, 2);
