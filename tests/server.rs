@@ -983,7 +983,7 @@ fn kill_leader_under_load(groups: u32, durability: BackendChoice) {
 
     // The victim comes back from its WAL and catches up.
     tc.cluster.start(victim).unwrap();
-    wait_caught_up(&mut watcher, victim, groups, Duration::from_secs(20));
+    wait_caught_up(&mut watcher, victim, groups, Duration::from_secs(60));
     put_get_works(&tc, "after-restart");
 }
 
@@ -1044,7 +1044,7 @@ fn stop_follower_under_load(groups: u32, durability: BackendChoice) {
         "every group acknowledged writes while a follower was stopped: {during:?}"
     );
 
-    wait_caught_up(&mut watcher, follower, groups, Duration::from_secs(20));
+    wait_caught_up(&mut watcher, follower, groups, Duration::from_secs(60));
     // A follower coming back reads the heartbeats that queued up while it was stopped before
     // its overdue election timer can fire: the leaders were never disturbed.
     assert_eq!(
@@ -1112,7 +1112,7 @@ fn sigstop_leader_then_resume() {
     let after = acked_per_group_since(&res.acked, groups, resumed_at);
     assert!(after[0] > 0, "writes succeed after the old leader resumed");
     let mut watcher = tc.client();
-    wait_caught_up(&mut watcher, old, groups, Duration::from_secs(20));
+    wait_caught_up(&mut watcher, old, groups, Duration::from_secs(60));
     let st = statuses(&mut watcher);
     let leaders_now: Vec<u32> = st
         .iter()

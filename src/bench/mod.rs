@@ -222,6 +222,9 @@ pub struct Summary {
     pub leaders: Vec<Option<u32>>,
     pub wal_backend: String,
     pub links: Vec<engine::LinkRtt>,
+    /// Replica-to-replica links of a local cluster.
+    #[serde(default)]
+    pub peer_links: Vec<PeerLinkRtt>,
     pub config: BenchSpec,
     pub started_unix_s: u64,
 }
@@ -275,7 +278,16 @@ pub fn run_one(spec: &BenchSpec, out: &Path, quiet: bool) -> Result<Summary, Str
         }
     };
     std::fs::write(run_dir.join("commands.txt"), &commands).map_err(|e| e.to_string())?;
-    let result = measure(spec, &run_dir, &data_parent, endpoints, placement, quiet);
+    let local_config = local.as_ref().map(|c: &LocalCluster| c.config.clone());
+    let result = measure(
+        spec,
+        &run_dir,
+        &data_parent,
+        endpoints,
+        placement,
+        local_config.as_ref(),
+        quiet,
+    );
     if let Some(mut cluster) = local {
         cluster.stop();
         let logs = run_dir.join("logs");
@@ -297,6 +309,7 @@ fn measure(
     data_parent: &Path,
     endpoints: Vec<String>,
     placement: Option<Placement>,
+    local: Option<&ClusterConfig>,
     quiet: bool,
 ) -> Result<Summary, String> {
     let bar = progress_bar(spec, quiet);
@@ -335,6 +348,7 @@ fn measure(
     let floor_rtt = floor::loopback_rtt(spec.value_size, 2000)?;
     let floor_sync = floor::sync_write(data_parent, 200)?;
 
+    let peer_placement = placement.clone();
     let cfg = EngineConfig {
         topology,
         clients: spec.clients,
@@ -358,7 +372,100 @@ fn measure(
     let engine = Engine::new(cfg)?;
     let result = engine.run(&|f| bar.set_position((f * 1000.0) as u64))?;
     bar.finish_and_clear();
-    report::write_run(spec, run_dir, result, floor_rtt, floor_sync, wal_backend)
+    let peer_links = local.map_or_else(Vec::new, |c| peer_link_rtts(c, peer_placement.as_ref()));
+    report::write_run(
+        spec,
+        run_dir,
+        result,
+        floor_rtt,
+        floor_sync,
+        wal_backend,
+        peer_links,
+    )
+}
+
+/// A replica-to-replica link: the heartbeat round trip the replica measured (its
+/// `mpaxos_peer_round_trip_time_seconds` metric, all groups) against the configured RTT.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerLinkRtt {
+    pub from: u32,
+    pub from_region: String,
+    pub to: u32,
+    pub to_region: String,
+    pub configured_rtt_ms: f64,
+    pub measured_rtt_ms_mean: f64,
+    pub samples: u64,
+}
+
+/// Reads every replica's `/metrics` for its per-peer heartbeat round trips.
+fn peer_link_rtts(cfg: &ClusterConfig, placement: Option<&Placement>) -> Vec<PeerLinkRtt> {
+    let mut out = Vec::new();
+    for r in &cfg.replicas {
+        let Ok(text) = http_get(&r.host, r.admin_port, "/metrics") else {
+            continue;
+        };
+        let mut sums: std::collections::BTreeMap<u32, (f64, u64)> = Default::default();
+        for line in text.lines() {
+            let (is_sum, rest) = if let Some(x) =
+                line.strip_prefix("mpaxos_peer_round_trip_time_seconds_sum{")
+            {
+                (true, x)
+            } else if let Some(x) = line.strip_prefix("mpaxos_peer_round_trip_time_seconds_count{")
+            {
+                (false, x)
+            } else {
+                continue;
+            };
+            let Some((labels, value)) = rest.split_once("} ") else {
+                continue;
+            };
+            let peer = labels
+                .split(',')
+                .find_map(|l| l.strip_prefix("peer=\""))
+                .and_then(|p| p.trim_end_matches('"').parse::<u32>().ok());
+            let (Some(peer), Ok(v)) = (peer, value.trim().parse::<f64>()) else {
+                continue;
+            };
+            let e = sums.entry(peer).or_default();
+            if is_sum {
+                e.0 += v;
+            } else {
+                e.1 += v as u64;
+            }
+        }
+        for (peer, (sum, count)) in sums {
+            if count == 0 {
+                continue;
+            }
+            let region = |id: u32| cfg.replicas[id as usize].region.clone();
+            out.push(PeerLinkRtt {
+                from: r.id,
+                from_region: region(r.id),
+                to: peer,
+                to_region: region(peer),
+                configured_rtt_ms: placement
+                    .and_then(|p| p.rtt_ms(&region(r.id), &region(peer)))
+                    .filter(|_| region(r.id) != region(peer))
+                    .unwrap_or(0.0),
+                measured_rtt_ms_mean: sum / count as f64 * 1e3,
+                samples: count,
+            });
+        }
+    }
+    out
+}
+
+/// A minimal HTTP/1.0 GET (the admin endpoint is plain HTTP on loopback).
+fn http_get(host: &str, port: u16, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect((host, port))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body
+        .split_once("\r\n\r\n")
+        .map_or(body.clone(), |(_, b)| b.to_string()))
 }
 
 fn progress_bar(spec: &BenchSpec, quiet: bool) -> indicatif::ProgressBar {
@@ -422,7 +529,15 @@ fn measure_etcd(
     let floor_sync = floor::sync_write(data_parent, 200)?;
     let result = etcd::run(spec, endpoints, &|f| bar.set_position((f * 1000.0) as u64))?;
     bar.finish_and_clear();
-    report::write_run(spec, run_dir, result, floor_rtt, floor_sync, "etcd".into())
+    report::write_run(
+        spec,
+        run_dir,
+        result,
+        floor_rtt,
+        floor_sync,
+        "etcd".into(),
+        Vec::new(),
+    )
 }
 
 #[cfg(not(feature = "etcd"))]

@@ -19,6 +19,7 @@ pub fn write_run(
     floor_rtt: Percentiles,
     floor_sync: Percentiles,
     wal_backend: String,
+    peer_links: Vec<super::PeerLinkRtt>,
 ) -> Result<Summary, String> {
     let io = |e: std::io::Error| format!("writing the run directory: {e}");
     let hist_dir = run_dir.join("histograms");
@@ -103,6 +104,7 @@ pub fn write_run(
         leaders: result.leaders,
         wal_backend,
         links: result.links,
+        peer_links,
         config: spec.clone(),
         started_unix_s: result
             .started
@@ -270,6 +272,24 @@ pub fn table(s: &Summary) -> String {
                 l.replica_region,
                 l.configured_rtt_ms,
                 l.measured_rtt_ms_p50
+            );
+        }
+    }
+    if s.peer_links.iter().any(|l| l.configured_rtt_ms > 0.0) {
+        let _ = writeln!(
+            out,
+            "\nemulated links (replica -> replica, heartbeats): configured vs measured mean RTT ms"
+        );
+        for l in &s.peer_links {
+            let _ = writeln!(
+                out,
+                "  {} ({:<16}) -> {} ({:<16}) {:>8.1} {:>8.1}",
+                l.from,
+                l.from_region,
+                l.to,
+                l.to_region,
+                l.configured_rtt_ms,
+                l.measured_rtt_ms_mean
             );
         }
     }

@@ -79,6 +79,13 @@ pub struct Config {
     pub proposal_queue_max: usize,
     /// Chosen values per catch-up reply, at most.
     pub catchup_batch_max: usize,
+    /// Leader lease (DESIGN §5): how long after sending a heartbeat that a majority
+    /// acknowledged the leader may serve linearizable reads locally, without a read round.
+    /// 0 turns leases off. Safe only if every acceptor's stickiness window
+    /// (`election_timeout_min_ms`) outlasts it on every clock: keep it at most
+    /// `min over replicas of election_timeout_min_ms × (1 − 2 × max clock drift)`
+    /// ([`Config::lease_ms_for`]).
+    pub lease_ms: u64,
     pub inject_bug: Option<InjectedBug>,
 }
 
@@ -97,8 +104,15 @@ impl Config {
             batch_delay_us: 0,
             proposal_queue_max: 16 * 1024,
             catchup_batch_max: 256,
+            lease_ms: Config::lease_ms_for(150, 10),
             inject_bug: None,
         }
+    }
+
+    /// The longest safe lease for a cluster whose smallest `election_timeout_min_ms` is
+    /// `election_timeout_min_ms`, with clock rates that may differ by up to `drift_percent`.
+    pub fn lease_ms_for(election_timeout_min_ms: u64, drift_percent: u64) -> u64 {
+        election_timeout_min_ms * 100u64.saturating_sub(2 * drift_percent) / 100
     }
 
     fn validate(&self) {
@@ -113,6 +127,10 @@ impl Config {
         assert!(self.election_timeout_min_ms <= self.election_timeout_max_ms);
         assert!(self.pipeline_depth > 0 && self.batch_max_ops > 0 && self.batch_max_bytes > 0);
         assert!(self.proposal_queue_max > 0 && self.catchup_batch_max > 0);
+        assert!(
+            self.lease_ms < self.election_timeout_min_ms,
+            "a lease must end before an acceptor's stickiness window"
+        );
     }
 }
 
@@ -229,6 +247,10 @@ struct Leader {
     read_round: u64,
     read_round_wanted: bool,
     acked_round: Vec<u64>,
+    /// Leases: when each heartbeat round went out (oldest first, pruned), and per replica the
+    /// send time of the newest heartbeat it acknowledged.
+    round_sent_at: VecDeque<(u64, Nanos)>,
+    lease_ack: Vec<Option<Nanos>>,
     reads: VecDeque<PendingRead>,
 }
 
@@ -260,6 +282,10 @@ pub struct Replica {
     last_heard_leader: Option<Nanos>,
     election_deadline: Nanos,
     round_seen_max: u64,
+    /// With leases, a restarted acceptor has forgotten which leader it heard from and when:
+    /// it promises no new ballot until a whole stickiness window has passed since it started,
+    /// so a lease granted before the crash still holds.
+    promise_blackout_until: Nanos,
 
     proposer: Proposer,
     queue: VecDeque<(Nanos, Command)>,
@@ -291,6 +317,11 @@ impl Replica {
             last_heard_leader: None,
             election_deadline: 0,
             round_seen_max: durable.promised.round,
+            promise_blackout_until: if cfg.lease_ms > 0 {
+                now + cfg.election_timeout_min_ms * NS_PER_MS
+            } else {
+                0
+            },
             proposer: Proposer::Idle,
             queue: VecDeque::new(),
             queue_bytes: 0,
@@ -360,12 +391,26 @@ impl Replica {
 
     /// Starts a linearizable read with caller-chosen `id`. Its outcome appears in a later
     /// `Ready::reads`; the read must then be served after applying that Ready's `committed`.
-    pub fn read_index(&mut self, _now: Nanos, id: u64) -> Result<(), NotLeader> {
+    pub fn read_index(&mut self, now: Nanos, id: u64) -> Result<(), NotLeader> {
         let hint = self.leader_hint();
         let commit = self.log.commit();
+        let lease = match &self.proposer {
+            Proposer::Leader(leader) => self.holds_lease(leader, now),
+            _ => false,
+        };
         let Proposer::Leader(leader) = &mut self.proposer else {
             return Err(NotLeader::Redirect { leader: hint });
         };
+        if lease {
+            // No other leader can exist until the lease ends: serve once everything committed
+            // so far (and everything an earlier leader may have chosen) is applied.
+            leader.reads.push_back(PendingRead {
+                id,
+                round: 0,
+                index: commit.max(leader.recovery_end),
+            });
+            return Ok(());
+        }
         if self.cfg.inject_bug == Some(InjectedBug::StaleLeaderRead) {
             self.out.reads.push(ReadResult {
                 id,
@@ -557,6 +602,9 @@ impl Replica {
 
     /// Leader stickiness: refuse a new ballot while a live leader other than `from` leads.
     fn sticks_to_leader(&self, now: Nanos, from: ReplicaId) -> bool {
+        if now < self.promise_blackout_until && from != self.cfg.id {
+            return true;
+        }
         let min_ns = self.cfg.election_timeout_min_ms * NS_PER_MS;
         if let Proposer::Leader(leader) = &self.proposer {
             return self.leader_has_quorum(leader, now, min_ns);
@@ -801,6 +849,8 @@ impl Replica {
             read_round: 0,
             read_round_wanted: false,
             acked_round: vec![0; n],
+            round_sent_at: VecDeque::new(),
+            lease_ack: vec![None; n],
             reads: VecDeque::new(),
         };
         leader.last_ack[self.cfg.id as usize] = Some(now);
@@ -896,6 +946,33 @@ impl Replica {
         leader.last_ack[from as usize] = Some(now);
         let acked = &mut leader.acked_round[from as usize];
         *acked = (*acked).max(read_round);
+        // The ack vouches for the heartbeat of round `read_round`: the acceptor refuses other
+        // leaders for a stickiness window from when it received it, which is after we sent it.
+        if let Ok(i) = leader
+            .round_sent_at
+            .binary_search_by_key(&read_round, |(r, _)| *r)
+        {
+            let sent_at = leader.round_sent_at[i].1;
+            let lease = &mut leader.lease_ack[from as usize];
+            *lease = Some(lease.map_or(sent_at, |l| l.max(sent_at)));
+        }
+    }
+
+    /// Whether the leader holds a lease at `now`: a classic quorum (itself included) has
+    /// acknowledged heartbeats sent less than `lease_ms` ago.
+    fn holds_lease(&self, leader: &Leader, now: Nanos) -> bool {
+        if self.cfg.lease_ms == 0 {
+            return false;
+        }
+        let lease_ns = self.cfg.lease_ms * NS_PER_MS;
+        let mut live = VoteSet::EMPTY;
+        live.insert(self.cfg.id);
+        for (id, sent) in leader.lease_ack.iter().enumerate() {
+            if sent.is_some_and(|at| now < at + lease_ns) {
+                live.insert(id as ReplicaId);
+            }
+        }
+        self.quorum.is_phase1_quorum(live)
     }
 
     fn tick_leader(&mut self, now: Nanos) {
@@ -963,9 +1040,21 @@ impl Replica {
         let Proposer::Leader(leader) = &mut self.proposer else {
             return;
         };
-        if leader.read_round_wanted {
+        if leader.read_round_wanted || self.cfg.lease_ms > 0 {
+            // With leases every heartbeat is its own round, so an ack names its send time.
             leader.read_round += 1;
             leader.read_round_wanted = false;
+        }
+        if self.cfg.lease_ms > 0 {
+            let lease_ns = self.cfg.lease_ms * NS_PER_MS;
+            while leader
+                .round_sent_at
+                .front()
+                .is_some_and(|(_, at)| now >= at + lease_ns)
+            {
+                leader.round_sent_at.pop_front();
+            }
+            leader.round_sent_at.push_back((leader.read_round, now));
         }
         leader.heartbeat_due = now + heartbeat_ns;
         leader.acked_round[self.cfg.id as usize] = leader.read_round;

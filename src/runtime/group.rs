@@ -176,7 +176,8 @@ struct Group {
     metrics: GroupMetrics,
     fsync_hist: LocalHistogram,
     batch_hist: LocalHistogram,
-    rtt_hist: LocalHistogram,
+    /// Per peer.
+    rtt_hist: Vec<LocalHistogram>,
     metrics_flush_at: Nanos,
 
     poll: Poll,
@@ -283,7 +284,11 @@ impl Group {
             shared: spec.shared,
             fsync_hist: LocalHistogram::new(metrics.wal_fsync_duration_seconds.clone()),
             batch_hist: LocalHistogram::new(metrics.batch_size.clone()),
-            rtt_hist: LocalHistogram::new(metrics.peer_round_trip_time_seconds.clone()),
+            rtt_hist: metrics
+                .peer_round_trip_time_seconds
+                .iter()
+                .map(|h| LocalHistogram::new(h.clone()))
+                .collect(),
             metrics,
             metrics_flush_at: 0,
             poll,
@@ -984,7 +989,8 @@ impl Group {
                     let link = &mut self.peers[from as usize];
                     if let Some((round, at)) = link.heartbeat_probe {
                         if *read_round >= round {
-                            self.rtt_hist.observe(now.saturating_sub(at) as f64 / 1e9);
+                            self.rtt_hist[from as usize]
+                                .observe(now.saturating_sub(at) as f64 / 1e9);
                             link.heartbeat_probe = None;
                         }
                     }
@@ -1309,7 +1315,9 @@ impl Group {
     fn flush_metrics(&mut self) {
         self.fsync_hist.flush();
         self.batch_hist.flush();
-        self.rtt_hist.flush();
+        for h in &mut self.rtt_hist {
+            h.flush();
+        }
     }
 }
 

@@ -22,14 +22,16 @@ pub struct GroupMetrics {
     pub proposals_failed_total: Counter,
     pub wal_fsync_duration_seconds: Histogram,
     pub batch_size: Histogram,
-    pub peer_round_trip_time_seconds: Histogram,
+    /// Per peer (index = replica id; our own slot is unused): heartbeat round trips.
+    pub peer_round_trip_time_seconds: Vec<Histogram>,
     pub commit_index: Gauge,
     pub applied_index: Gauge,
 }
 
 impl GroupMetrics {
-    /// Creates the metrics of group `group` and registers them (labelled `group="g"`).
-    pub fn register(registry: &mut Registry, group: u32) -> GroupMetrics {
+    /// Creates the metrics of group `group` and registers them (labelled `group="g"`; peer
+    /// round trips also `peer="p"`).
+    pub fn register(registry: &mut Registry, group: u32, replicas: u32, me: u32) -> GroupMetrics {
         let m = GroupMetrics {
             has_leader: Gauge::default(),
             is_leader: Gauge::default(),
@@ -40,7 +42,9 @@ impl GroupMetrics {
             proposals_failed_total: Counter::default(),
             wal_fsync_duration_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 18)),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
-            peer_round_trip_time_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 20)),
+            peer_round_trip_time_seconds: (0..replicas)
+                .map(|_| Histogram::new(exponential_buckets(0.000_01, 2.0, 20)))
+                .collect(),
             commit_index: Gauge::default(),
             applied_index: Gauge::default(),
         };
@@ -91,11 +95,6 @@ impl GroupMetrics {
             m.batch_size.clone(),
         );
         sub.register(
-            "peer_round_trip_time_seconds",
-            "Heartbeat round trips to peers",
-            m.peer_round_trip_time_seconds.clone(),
-        );
-        sub.register(
             "commit_index",
             "Highest committed slot",
             m.commit_index.clone(),
@@ -105,6 +104,24 @@ impl GroupMetrics {
             "Highest applied slot",
             m.applied_index.clone(),
         );
+        for (peer, h) in m.peer_round_trip_time_seconds.iter().enumerate() {
+            if peer as u32 == me {
+                continue;
+            }
+            registry
+                .sub_registry_with_labels(
+                    [
+                        ("group".into(), group.to_string().into()),
+                        ("peer".into(), peer.to_string().into()),
+                    ]
+                    .into_iter(),
+                )
+                .register(
+                    "peer_round_trip_time_seconds",
+                    "Heartbeat round trips to a peer",
+                    h.clone(),
+                );
+        }
         m
     }
 }

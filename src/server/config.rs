@@ -80,6 +80,12 @@ pub struct Timeouts {
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// Leader leases: the leader serves linearizable reads locally while a majority's
+    /// heartbeat acks are fresh (DESIGN §5). Off: every linearizable read runs a read round.
+    pub lease_reads: bool,
+    /// The most two replicas' clock rates may differ, in percent; leases are shortened by
+    /// twice this.
+    pub clock_drift_percent: u64,
 }
 
 impl Default for Timeouts {
@@ -88,6 +94,8 @@ impl Default for Timeouts {
             heartbeat_ms: 20,
             election_timeout_min_ms: 150,
             election_timeout_max_ms: 300,
+            lease_reads: true,
+            clock_drift_percent: 10,
         }
     }
 }
@@ -252,6 +260,18 @@ impl ClusterConfig {
                 t.heartbeat_ms, t.election_timeout_min_ms
             ));
         }
+        if t.clock_drift_percent >= 50 {
+            return Err("timeouts.clock_drift_percent must be below 50".into());
+        }
+        if t.lease_reads
+            && Self::lease_ms_for(t.election_timeout_min_ms / 2, t.clock_drift_percent)
+                <= t.heartbeat_ms
+        {
+            return Err(format!(
+                "timeouts: with lease_reads, heartbeats ({} ms) must come well within the lease (a fraction of election_timeout_min_ms {} ms); lower heartbeat_ms or raise election_timeout_min_ms",
+                t.heartbeat_ms, t.election_timeout_min_ms
+            ));
+        }
         if t.election_timeout_min_ms > t.election_timeout_max_ms {
             return Err("timeouts.election_timeout_min_ms is above election_timeout_max_ms".into());
         }
@@ -281,6 +301,10 @@ impl ClusterConfig {
             return Err("limits must be at least 1".into());
         }
         Ok(())
+    }
+
+    fn lease_ms_for(min_ms: u64, drift_percent: u64) -> u64 {
+        crate::protocol::Config::lease_ms_for(min_ms, drift_percent)
     }
 
     pub fn replica(&self, id: u32) -> Result<&ReplicaConfig, String> {

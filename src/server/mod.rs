@@ -49,18 +49,27 @@ pub fn protocol_config(cfg: &ClusterConfig, id: u32, group: u32) -> protocol::Co
     p.batch_delay_us = cfg.batching.batch_delay_us;
     p.proposal_queue_max = cfg.batching.proposal_queue_max;
     p.catchup_batch_max = 64;
+    // The smallest stickiness window in the cluster bounds every leader's lease.
+    let mut cluster_min_ms = cfg.timeouts.election_timeout_min_ms;
     if let Some(preferred) = cfg.preferred_leader {
         // Everyone else waits at least twice as long before a first election.
         let t = &cfg.timeouts;
         let span = (t.election_timeout_max_ms - t.election_timeout_min_ms).max(2);
+        let preferred_min_ms = (t.election_timeout_min_ms / 2).max(t.heartbeat_ms + 1);
+        cluster_min_ms = cluster_min_ms.min(preferred_min_ms);
         if preferred == id {
-            p.election_timeout_min_ms = (t.election_timeout_min_ms / 2).max(t.heartbeat_ms + 1);
+            p.election_timeout_min_ms = preferred_min_ms;
             p.election_timeout_max_ms = p.election_timeout_min_ms + span / 4;
         } else {
             p.election_timeout_min_ms = t.election_timeout_min_ms + span;
             p.election_timeout_max_ms = t.election_timeout_max_ms + span;
         }
     }
+    p.lease_ms = if cfg.timeouts.lease_reads {
+        protocol::Config::lease_ms_for(cluster_min_ms, cfg.timeouts.clock_drift_percent)
+    } else {
+        0
+    };
     p
 }
 
@@ -193,7 +202,7 @@ pub fn start(cfg: &ClusterConfig, id: u32) -> Result<Running, String> {
             core: cores.as_ref().map(|c| c[g as usize]),
             limits: cfg.limits.clone(),
             shared: shared.clone(),
-            metrics: GroupMetrics::register(&mut registry, g),
+            metrics: GroupMetrics::register(&mut registry, g, cfg.replicas.len() as u32, id),
             peer_delay_ns: delays.clone(),
         };
         match runtime::spawn(spec) {
