@@ -130,7 +130,9 @@ pub fn write_run(
             (op, h)
         })
         .collect();
-    if let Err(e) = super::suite::plot_cdf(&series, &run_dir.join("latency-cdf"), &spec.slug()) {
+    if let Err(e) =
+        super::suite::plot_cdf(&series, &run_dir.join("latency-cdf"), &spec.slug(), false)
+    {
         tracing::warn!("could not draw the latency CDF: {e}");
     }
     Ok(summary)

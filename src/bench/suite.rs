@@ -70,6 +70,10 @@ pub struct SuiteArgs {
     /// Override the repeat count.
     #[arg(long)]
     pub repeats: Option<u32>,
+    /// Run nothing: rewrite report.md, summary.csv and the plots of an existing suite
+    /// directory from its summaries.json (after a change to the report code).
+    #[arg(long)]
+    pub rerender: Option<PathBuf>,
 }
 
 /// One cell of the matrix: its axis values (for labels) and the spec it runs.
@@ -211,7 +215,41 @@ pub fn run_suite(args: SuiteArgs) -> std::process::ExitCode {
     }
 }
 
+fn rerender(file: &Path, dir: &Path) -> Result<PathBuf, String> {
+    let suite = expand(file)?;
+    let text = std::fs::read_to_string(dir.join("summaries.json"))
+        .map_err(|e| format!("cannot read {}/summaries.json: {e}", dir.display()))?;
+    let summaries: Vec<Summary> =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut repeats: BTreeMap<usize, u32> = BTreeMap::new();
+    let mut results = Vec::new();
+    for s in summaries {
+        let Some(i) = suite.cells.iter().position(|c| c.spec.label == s.label) else {
+            return Err(format!(
+                "run {:?} matches no cell of {}",
+                s.label,
+                file.display()
+            ));
+        };
+        let r = repeats.entry(i).or_default();
+        results.push((i, *r, s));
+        *r += 1;
+    }
+    write_suite_outputs(
+        dir,
+        &suite.name,
+        &suite.cells,
+        &results,
+        &[],
+        suite.load_axis.as_deref(),
+    )?;
+    Ok(dir.to_path_buf())
+}
+
 fn run_suite_inner(args: &SuiteArgs) -> Result<PathBuf, String> {
+    if let Some(dir) = &args.rerender {
+        return rerender(&args.file, dir);
+    }
     let Suite {
         name,
         repeats,
@@ -389,6 +427,7 @@ fn write_suite_outputs(
             &cdf_series,
             &dir.join("latency-cdf"),
             &format!("{name}: write latency CDF"),
+            true,
         )?;
         plots.push("latency-cdf");
     }
@@ -431,8 +470,8 @@ fn write_suite_outputs(
     Ok(())
 }
 
-/// The cost of replication: throughput of each 3-replica cell over the 1-replica cell that
-/// differs from it only in `replicas`.
+/// The cost of replication: the median throughput of each 3-replica cell over the median of
+/// the 1-replica cell that differs from it only in `replicas`.
 fn replication_cost(md: &mut String, results: &[(usize, u32, Summary)]) {
     let key = |s: &Summary| {
         let mut c = s.config.clone();
@@ -441,16 +480,28 @@ fn replication_cost(md: &mut String, results: &[(usize, u32, Summary)]) {
         c.seed = 0;
         serde_json::to_string(&c).unwrap_or_default()
     };
+    let median = |replicas: u32, k: &str| {
+        let mut v: Vec<f64> = results
+            .iter()
+            .filter(|(_, _, s)| s.config.replicas == replicas && key(s) == k)
+            .map(|(_, _, s)| s.throughput_ops_s)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        (v.get(v.len() / 2).copied(), v.len())
+    };
+    let mut seen = std::collections::BTreeSet::new();
     let mut lines = Vec::new();
-    for (_, _, one) in results.iter().filter(|(_, _, s)| s.config.replicas == 1) {
-        for (_, _, three) in results.iter().filter(|(_, _, s)| s.config.replicas == 3) {
-            if key(one) == key(three) && one.throughput_ops_s > 0.0 {
+    for (_, _, three) in results.iter().filter(|(_, _, s)| s.config.replicas == 3) {
+        let k = key(three);
+        if !seen.insert(k.clone()) {
+            continue;
+        }
+        if let ((Some(t3), n3), (Some(t1), n1)) = (median(3, &k), median(1, &k)) {
+            if t1 > 0.0 {
                 lines.push(format!(
-                    "| {} | {:.0} | {:.0} | {:.2} |",
+                    "| {} | {t3:.0} ({n3}) | {t1:.0} ({n1}) | {:.2} |",
                     three.label,
-                    three.throughput_ops_s,
-                    one.throughput_ops_s,
-                    three.throughput_ops_s / one.throughput_ops_s
+                    t3 / t1
                 ));
             }
         }
@@ -460,6 +511,7 @@ fn replication_cost(md: &mut String, results: &[(usize, u32, Summary)]) {
             md,
             "\n## Cost of replication (3 replicas / 1 replica, same knobs)\n"
         );
+        let _ = writeln!(md, "Medians over repeats (repeat count in parentheses); 1 replica is the same binary and durability without replication.\n");
         let _ = writeln!(
             md,
             "| 3-replica cell | 3-replica ops/s | 1-replica ops/s | ratio |"
@@ -523,8 +575,8 @@ trait Plot {
         DB::ErrorType: 'static;
 }
 
-/// Draws `plot` as `stem.svg` and `stem.png`. Both need a font to lay out text.
-fn both_backends(plot: &impl Plot, stem: &Path) -> PlotResult {
+/// Draws `plot` as `stem.svg` and, with `png`, `stem.png`. Both need a font to lay out text.
+fn both_backends(plot: &impl Plot, stem: &Path, png: bool) -> PlotResult {
     if !ensure_font() {
         return Err(
             "no TrueType font found; install fonts-dejavu-core (scripts/setup.sh does)".into(),
@@ -535,6 +587,9 @@ fn both_backends(plot: &impl Plot, stem: &Path) -> PlotResult {
         let root = SVGBackend::new(&svg, (900, 600)).into_drawing_area();
         plot.draw(&root)?;
         root.present().map_err(|e| e.to_string())?;
+    }
+    if !png {
+        return Ok(());
     }
     let png = stem.with_extension("png");
     let root = BitMapBackend::new(&png, (900, 600)).into_drawing_area();
@@ -606,9 +661,9 @@ impl Plot for CdfPlot<'_> {
     }
 }
 
-/// Latency CDFs (log-scale x) of named histograms, as `stem.svg` and `stem.png`.
-pub fn plot_cdf(series: &CdfArgs, stem: &Path, title: &str) -> PlotResult {
-    both_backends(&CdfPlot(series, title), stem)
+/// Latency CDFs (log-scale x) of named histograms, as `stem.svg` and (with `png`) `stem.png`.
+pub fn plot_cdf(series: &CdfArgs, stem: &Path, title: &str, png: bool) -> PlotResult {
+    both_backends(&CdfPlot(series, title), stem, png)
 }
 
 type CurveArgs = BTreeMap<String, Vec<(f64, f64, f64)>>;
@@ -678,7 +733,7 @@ impl Plot for CurvePlot<'_> {
 
 /// Throughput–latency curves, one per cell family (everything but the load axis).
 pub fn plot_throughput_latency(curves: &CurveArgs, stem: &Path, title: &str) -> PlotResult {
-    both_backends(&CurvePlot(curves, title), stem)
+    both_backends(&CurvePlot(curves, title), stem, true)
 }
 
 fn region_rows(runs: &[&Summary]) -> Vec<(String, f64, f64)> {
@@ -754,7 +809,7 @@ impl Plot for BarPlot<'_> {
 
 /// Per-region latency bars of placement runs.
 pub fn plot_region_bars(runs: &[&Summary], stem: &Path, title: &str) -> PlotResult {
-    both_backends(&BarPlot(region_rows(runs), title), stem)
+    both_backends(&BarPlot(region_rows(runs), title), stem, true)
 }
 
 #[cfg(test)]
@@ -787,7 +842,8 @@ mod tests {
         for v in 1..5000u64 {
             h.record(v * 1000).unwrap();
         }
-        plot_cdf(&[("a".into(), h)], &dir.path().join("cdf"), "t").unwrap();
+        plot_cdf(&[("a".into(), h)], &dir.path().join("cdf"), "t", true).unwrap();
+        assert!(dir.path().join("cdf.png").exists());
         assert!(dir.path().join("cdf.svg").exists());
         let mut curves = BTreeMap::new();
         curves.insert(

@@ -86,6 +86,8 @@ pub struct Config {
     /// `min over replicas of election_timeout_min_ms × (1 − 2 × max clock drift)`
     /// ([`Config::lease_ms_for`]).
     pub lease_ms: u64,
+    /// The most two replicas' clock rates may differ, percent: sizes the restart blackout.
+    pub clock_drift_percent: u64,
     pub inject_bug: Option<InjectedBug>,
 }
 
@@ -105,6 +107,7 @@ impl Config {
             proposal_queue_max: 16 * 1024,
             catchup_batch_max: 256,
             lease_ms: Config::lease_ms_for(150, 10),
+            clock_drift_percent: 10,
             inject_bug: None,
         }
     }
@@ -113,6 +116,13 @@ impl Config {
     /// `election_timeout_min_ms`, with clock rates that may differ by up to `drift_percent`.
     pub fn lease_ms_for(election_timeout_min_ms: u64, drift_percent: u64) -> u64 {
         election_timeout_min_ms * 100u64.saturating_sub(2 * drift_percent) / 100
+    }
+
+    /// How long a restarted acceptor refuses new ballots: long enough, on its own clock, to
+    /// outlast any lease granted before it crashed on the leader's clock.
+    fn restart_blackout_ms(&self) -> u64 {
+        let d = self.clock_drift_percent.min(49);
+        (self.lease_ms * (100 + d)).div_ceil(100 - d)
     }
 
     fn validate(&self) {
@@ -318,7 +328,7 @@ impl Replica {
             election_deadline: 0,
             round_seen_max: durable.promised.round,
             promise_blackout_until: if cfg.lease_ms > 0 {
-                now + cfg.election_timeout_min_ms * NS_PER_MS
+                now + cfg.restart_blackout_ms() * NS_PER_MS
             } else {
                 0
             },
