@@ -172,6 +172,7 @@ fn config(topology: Topology) -> EngineConfig {
         attempt_timeout: Duration::from_secs(5),
         drain_timeout: Duration::from_secs(5),
         probes_per_link: 0,
+        spin: Duration::ZERO,
     }
 }
 

@@ -56,6 +56,10 @@ pub struct EngineConfig {
     pub drain_timeout: Duration,
     /// Status round trips per (client region, replica) link measured before the run.
     pub probes_per_link: u32,
+    /// Poll without sleeping for up to this long before blocking: a thread woken from sleep
+    /// on a VM can take tens of microseconds to run, which would be charged to the system
+    /// under test.
+    pub spin: Duration,
 }
 
 /// A link's measured round trip against its configured one.
@@ -784,15 +788,29 @@ impl Engine {
     fn turn(&mut self, events: &mut Events, next_arrival: Option<u64>) -> Result<u64, String> {
         let now = self.now();
         let wait = self.next_wakeup(now, next_arrival).saturating_sub(now);
-        self.poll
-            .poll(events, Some(Duration::from_nanos(wait)))
-            .or_else(|e| {
+        let spin_until = now + (self.cfg.spin.as_nanos() as u64).min(wait);
+        loop {
+            // Spin first (zero-timeout polls), then block for the rest of the wait.
+            let timeout = if self.now() < spin_until {
+                Duration::ZERO
+            } else {
+                Duration::from_nanos(
+                    self.next_wakeup(self.now(), next_arrival)
+                        .saturating_sub(self.now()),
+                )
+            };
+            self.poll.poll(events, Some(timeout)).or_else(|e| {
                 if e.kind() == io::ErrorKind::Interrupted {
                     Ok(())
                 } else {
                     Err(e.to_string())
                 }
             })?;
+            if !events.is_empty() || timeout > Duration::ZERO || self.now() >= spin_until {
+                break;
+            }
+            std::hint::spin_loop();
+        }
         let now = self.now();
         let ready: Vec<usize> = events.iter().map(|e| e.token().0).collect();
         for idx in ready {

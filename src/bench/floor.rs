@@ -15,8 +15,13 @@ use crate::net::wire::{ArchivedClientFrame, ClientFrame, Op, Outcome, Request, S
 use super::stats::{new_histogram, Percentiles};
 
 /// Round trips of a put-sized request against an echo server that decodes it and answers with
-/// a reply frame, like a replica would without doing any work.
-pub fn loopback_rtt(value_bytes: usize, iterations: u32) -> Result<Percentiles, String> {
+/// a reply frame, like a replica would without doing any work. The client waits for each reply
+/// the way the load generator does: polling for up to `spin`, then blocking.
+pub fn loopback_rtt(
+    value_bytes: usize,
+    iterations: u32,
+    spin: std::time::Duration,
+) -> Result<Percentiles, String> {
     let listener =
         TcpListener::bind("127.0.0.1:0").map_err(|e| format!("floor: cannot bind: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -53,6 +58,7 @@ pub fn loopback_rtt(value_bytes: usize, iterations: u32) -> Result<Percentiles, 
     });
     let mut c = TcpStream::connect(addr).map_err(|e| format!("floor: cannot connect: {e}"))?;
     let _ = c.set_nodelay(true);
+    c.set_nonblocking(true).map_err(|e| e.to_string())?;
     let mut enc = FrameEncoder::new();
     let mut reader = FrameReader::default();
     let mut out = Vec::new();
@@ -82,6 +88,13 @@ pub fn loopback_rtt(value_bytes: usize, iterations: u32) -> Result<Percentiles, 
             match reader.read_from(16 * 1024, |b| c.read(b)) {
                 Ok(0) => return Err("floor: echo server closed".into()),
                 Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if start.elapsed() < spin {
+                        std::hint::spin_loop();
+                    } else {
+                        wait_readable(&c)?;
+                    }
+                }
                 Err(e) => return Err(format!("floor: {e}")),
             }
         }
@@ -92,6 +105,25 @@ pub fn loopback_rtt(value_bytes: usize, iterations: u32) -> Result<Percentiles, 
     drop(c);
     let _ = server.join();
     Ok(Percentiles::of(&h))
+}
+
+/// Blocks until `s` is readable (the engine's epoll wait, for one socket).
+fn wait_readable(s: &TcpStream) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: s.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let rc = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(format!("floor: poll: {e}"));
+        }
+    }
+    Ok(())
 }
 
 /// One 4 KiB O_DIRECT write + datasync on the disk holding `dir`, `iterations` times.

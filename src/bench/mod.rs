@@ -107,6 +107,12 @@ pub struct BenchSpec {
     /// Where data directories (and the floor's disk probe) go; default: the run directory.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// The load generator polls this long before sleeping while it waits for replies (so its
+    /// own wake-up latency is not charged to the system); the floor's client does the same.
+    /// 0: always block (runs recorded before this knob existed blocked).
+    #[arg(long, default_value_t = 30)]
+    #[serde(default)]
+    pub spin_us: u64,
     /// Free-form label stored with the run (suites set it).
     #[arg(long, default_value = "")]
     pub label: String,
@@ -345,7 +351,8 @@ fn measure(
     }
 
     // The physical floor, measured now, in this run, on this machine.
-    let floor_rtt = floor::loopback_rtt(spec.value_size, 2000)?;
+    let floor_rtt =
+        floor::loopback_rtt(spec.value_size, 2000, Duration::from_micros(spec.spin_us))?;
     let floor_sync = floor::sync_write(data_parent, 200)?;
 
     let peer_placement = placement.clone();
@@ -368,6 +375,7 @@ fn measure(
         attempt_timeout: Duration::from_secs(2),
         drain_timeout: Duration::from_secs(10),
         probes_per_link: 10,
+        spin: Duration::from_micros(spec.spin_us),
     };
     let engine = Engine::new(cfg)?;
     let result = engine.run(&|f| bar.set_position((f * 1000.0) as u64))?;
@@ -525,7 +533,8 @@ fn measure_etcd(
     if spec.prefill {
         etcd::prefill(spec, endpoints)?;
     }
-    let floor_rtt = floor::loopback_rtt(spec.value_size, 2000)?;
+    let floor_rtt =
+        floor::loopback_rtt(spec.value_size, 2000, Duration::from_micros(spec.spin_us))?;
     let floor_sync = floor::sync_write(data_parent, 200)?;
     let result = etcd::run(spec, endpoints, &|f| bar.set_position((f * 1000.0) as u64))?;
     bar.finish_and_clear();
