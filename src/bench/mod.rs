@@ -351,9 +351,7 @@ fn measure(
     }
 
     // The physical floor, measured now, in this run, on this machine.
-    let floor_rtt =
-        floor::loopback_rtt(spec.value_size, 2000, Duration::from_micros(spec.spin_us))?;
-    let floor_sync = floor::sync_write(data_parent, 200)?;
+    let (floor_rtt, floor_sync) = measure_floors(spec, data_parent)?;
 
     let peer_placement = placement.clone();
     let cfg = EngineConfig {
@@ -533,9 +531,7 @@ fn measure_etcd(
     if spec.prefill {
         etcd::prefill(spec, endpoints)?;
     }
-    let floor_rtt =
-        floor::loopback_rtt(spec.value_size, 2000, Duration::from_micros(spec.spin_us))?;
-    let floor_sync = floor::sync_write(data_parent, 200)?;
+    let (floor_rtt, floor_sync) = measure_floors(spec, data_parent)?;
     let result = etcd::run(spec, endpoints, &|f| bar.set_position((f * 1000.0) as u64))?;
     bar.finish_and_clear();
     report::write_run(
@@ -558,6 +554,17 @@ fn measure_etcd(
     _: &indicatif::ProgressBar,
 ) -> Result<Summary, String> {
     Err("this build has no etcd target; build with --features etcd".into())
+}
+
+/// The physical floor of this run: the transport's round trip (waiting for replies the way the
+/// engine does) and one durable 4 KiB write on the data disk.
+fn measure_floors(
+    spec: &BenchSpec,
+    data_parent: &Path,
+) -> Result<(stats::Percentiles, stats::Percentiles), String> {
+    let rtt = floor::loopback_rtt(spec.value_size, 2000, Duration::from_micros(spec.spin_us))?;
+    let sync = floor::sync_write(data_parent, 200)?;
+    Ok((rtt, sync))
 }
 
 /// The local cluster a run starts: the spec's knobs on loopback.
