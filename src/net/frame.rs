@@ -145,15 +145,6 @@ impl FrameReader {
         result
     }
 
-    /// Bytes buffered but not yet consumed.
-    pub fn buffered(&self) -> usize {
-        self.end - self.start
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.buffered() == 0
-    }
-
     /// Appends bytes (tests and simple callers).
     pub fn push(&mut self, bytes: &[u8]) {
         self.reserve(bytes.len());

@@ -161,8 +161,7 @@ impl Storage {
                 if self.bodies.len() <= used {
                     self.bodies.push(rkyv::util::AlignedVec::new());
                 }
-                let buf = std::mem::take(&mut self.bodies[used]);
-                let mut buf = buf;
+                let mut buf = std::mem::take(&mut self.bodies[used]);
                 buf.clear();
                 self.bodies[used] =
                     rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&record, buf)
