@@ -1,52 +1,48 @@
-//! One Paxos group's thread: a mio loop that drives `protocol`, `kv` and the WAL.
+//! One Paxos group's thread: the mio shell around the group's sans-IO [`Node`].
 //!
-//! The loop, once per turn (see `docs/internals/runtime.md`):
+//! The shell owns sockets, the clock, the WAL's eventfd and peer links; everything else
+//! (protocol, kv, the storage mapping, waiting clients, status) is the node, which the
+//! simulator runs too. The loop, once per turn (see `docs/internals/runtime.md`):
 //! 1. wait for socket, disk or waker events, or the next timer;
-//! 2. read every readable socket: peer messages go to `Replica::step`, client requests to
-//!    `propose`/`read_index` (or are answered at once: redirects, local reads, status);
-//! 3. feed durable write ids from the WAL to `persisted`; `tick` when the protocol is due;
-//! 4. drain `Replica::ready` until it is empty: hand writes to the WAL, queue messages (those
-//!    to ourselves are stepped back in), apply committed batches to `kv` and answer waiting
-//!    clients, serve confirmed reads;
-//! 5. flush every connection that has output: one write per connection per turn.
+//! 2. read every readable socket; decode each frame; handshakes, topology and status frames
+//!    are answered here, peer messages go to `Node::on_peer` and client requests to
+//!    `Node::on_request`, each with the clock read after its bytes were read;
+//! 3. `Node::on_disk`, `Node::tick`, `Node::drive`; send what `Node::take_output` gives;
+//! 4. flush every connection that has output: one write per connection per turn.
 //!
 //! Everything here belongs to this thread; the only shared state is a few atomics (leaders
 //! per group for topology replies, health) and metrics.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::conn::{Conn, ReadStatus};
 use super::metrics::{GroupMetrics, LocalHistogram};
+use super::node::{ConnId, Node, NodeConfig, Output};
 use super::storage::Storage;
 use super::{Shared, NO_LEADER};
-use crate::kv::{self, KvStore, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use crate::net::frame::{access, FrameError, FRAME_PAYLOAD_MAX_BYTES};
 use crate::net::wire::{
-    self, group_of, ArchivedClientFrame, ArchivedOp, ArchivedPeerFrame, ArchivedRequest,
-    ClientFrame, ErrorCode, GroupStatus, Hello, Outcome, PeerFrame, ReplicaInfo, ServerFrame,
-    Topology, WireError, CLIENT_ID_NONE,
+    self, ArchivedClientFrame, ArchivedPeerFrame, ClientFrame, ErrorCode, GroupStatus, Hello,
+    PeerFrame, ReplicaInfo, ServerFrame, Topology, WireError, CLIENT_ID_NONE,
 };
 use crate::net::FrameEncoder;
-use crate::protocol::{
-    self, Command, Envelope, Message, Nanos, NotLeader, ReadOutcome, Replica, ReplicaId, Role,
-};
+use crate::protocol::{self, Envelope, Message, Nanos, ReplicaId};
 use crate::server::config::Limits;
-use crate::wal::WalConfig;
+use crate::wal::{Wal, WalConfig};
 
 const CLIENT_LISTENER: Token = Token(0);
 const PEER_LISTENER: Token = Token(1);
 const WAL_EVENTS: Token = Token(2);
 const WAKER: Token = Token(3);
+const TIMER: Token = Token(4);
 const PEER_OUT_BASE: usize = 16;
 const CONN_BASE: usize = 1024;
 
@@ -62,6 +58,25 @@ const RECONNECT_MAX_MS: u64 = 1000;
 const METRICS_FLUSH_NS: Nanos = 100_000_000;
 /// A wait that ends this much later than asked for means the thread was paused.
 const PAUSE_NS: Nanos = 50_000_000;
+/// Client writes are refused with `Busy` while this many bytes wait for the WAL.
+const WAL_BACKLOG_BYTES_MAX: usize = 64 << 20;
+/// Bits of a [`ConnId`] that hold the connection's slot index; the rest is its generation.
+const CONN_INDEX_BITS: u32 = 24;
+
+/// The clock of every group thread: CLOCK_BOOTTIME, which (unlike CLOCK_MONOTONIC, what
+/// `Instant` reads) keeps counting while the machine or VM is suspended. A lease measured on a
+/// clock that stops would outlive the acceptors' promises, which keep counting on theirs.
+pub fn boottime_ns() -> Nanos {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own; CLOCK_BOOTTIME exists on every Linux
+    // this runs on (2.6.39+).
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) failed");
+    ts.tv_sec as Nanos * 1_000_000_000 + ts.tv_nsec as Nanos
+}
 
 /// Everything one group thread needs, decided by the server before it starts.
 pub struct GroupSpec {
@@ -142,14 +157,16 @@ struct Slot {
     conn: Conn,
     kind: Kind,
     gen: u64,
-    waiting: usize,
 }
 
-#[derive(Clone, Copy)]
-struct Waiter {
-    conn: usize,
-    gen: u64,
-    req_id: u64,
+impl Slot {
+    fn id(&self, idx: usize) -> ConnId {
+        (self.gen << CONN_INDEX_BITS) | idx as u64
+    }
+}
+
+fn conn_index(id: ConnId) -> usize {
+    (id & ((1 << CONN_INDEX_BITS) - 1)) as usize
 }
 
 struct PeerLink {
@@ -173,15 +190,13 @@ struct Group {
     replicas: Vec<ReplicaInfo>,
     limits: Limits,
     shared: Arc<Shared>,
-    metrics: GroupMetrics,
-    fsync_hist: LocalHistogram,
-    batch_hist: LocalHistogram,
     /// Per peer.
     rtt_hist: Vec<LocalHistogram>,
     metrics_flush_at: Nanos,
 
     poll: Poll,
     waker: Arc<Waker>,
+    timer: TimerFd,
     client_listener: TcpListener,
     peer_listener: TcpListener,
     conns: Vec<Option<Slot>>,
@@ -191,26 +206,23 @@ struct Group {
     peers: Vec<PeerLink>,
     encoder: FrameEncoder,
 
-    epoch: Instant,
-    replica: Replica,
-    kv: KvStore,
-    storage: Storage,
-    wal_backend: String,
-    /// Set when the WAL failed: the group stops taking part and refuses clients.
-    failed: Option<String>,
-    pending_writes: HashMap<(u64, u64), Waiter>,
-    pending_reads: HashMap<u64, (Waiter, Bytes)>,
-    next_read_id: u64,
-    self_msgs: Vec<Envelope>,
+    node: Node<Wal>,
+    output: Output,
+    /// What was last published in `shared` for this group.
+    published_leader: Option<ReplicaId>,
+    published_failed: bool,
     /// The last peer message encoded, and its frame bytes.
     last_peer_frame: Option<(Message, Vec<u8>)>,
-    last_leader: Option<ReplicaId>,
-    last_role: Role,
 }
 
 impl Group {
     fn start(spec: GroupSpec) -> Result<Group, String> {
-        let epoch = Instant::now();
+        if spec.limits.connections_max >= 1 << CONN_INDEX_BITS {
+            return Err(format!(
+                "limits.connections_max must be below {}",
+                1u64 << CONN_INDEX_BITS
+            ));
+        }
         let (storage, durable, recovered) = Storage::open(spec.wal.clone())?;
         let report = &recovered.report;
         tracing::info!(
@@ -233,7 +245,6 @@ impl Group {
                 "dropped a torn last write (never acknowledged): {t:?}"
             );
         }
-        let wal_backend = storage.wal().backend_kind().to_string();
         let poll = Poll::new().map_err(|e| format!("cannot create an event loop: {e}"))?;
         let waker = Arc::new(
             Waker::new(poll.registry(), WAKER)
@@ -257,7 +268,9 @@ impl Group {
                 )
             })
             .map_err(|e| format!("cannot register with the event loop: {e}"))?;
-        let replica = Replica::new(spec.protocol.clone(), &durable, 0);
+        let timer = TimerFd::new().map_err(|e| format!("cannot create a timerfd: {e}"))?;
+        reg.register(&mut SourceFd(&timer.fd()), TIMER, Interest::READABLE)
+            .map_err(|e| format!("cannot register with the event loop: {e}"))?;
         let peers = spec
             .peer_addrs
             .iter()
@@ -274,6 +287,19 @@ impl Group {
             })
             .collect();
         let metrics = spec.metrics.clone();
+        let node_cfg = NodeConfig {
+            replica_id: spec.replica_id,
+            group: spec.group,
+            groups: spec.groups,
+            protocol: spec.protocol.clone(),
+            limits: spec.limits.clone(),
+            backlog_bytes_max: WAL_BACKLOG_BYTES_MAX,
+            record_applied: false,
+            inject_ack_before_durable: false,
+        };
+        // The replica's timers start now, after recovery and binding: a long recovery must not
+        // count against the election timeout.
+        let node = Node::new(node_cfg, storage, &durable, boottime_ns(), metrics.clone());
         Ok(Group {
             spec_id: spec.replica_id,
             group: spec.group,
@@ -282,17 +308,15 @@ impl Group {
             replicas: spec.replicas,
             limits: spec.limits,
             shared: spec.shared,
-            fsync_hist: LocalHistogram::new(metrics.wal_fsync_duration_seconds.clone()),
-            batch_hist: LocalHistogram::new(metrics.batch_size.clone()),
             rtt_hist: metrics
                 .peer_round_trip_time_seconds
                 .iter()
                 .map(|h| LocalHistogram::new(h.clone()))
                 .collect(),
-            metrics,
             metrics_flush_at: 0,
             poll,
             waker,
+            timer,
             client_listener,
             peer_listener,
             conns: Vec::new(),
@@ -301,24 +325,16 @@ impl Group {
             dirty: Vec::new(),
             peers,
             encoder: FrameEncoder::with_limit(PEER_FRAME_MAX_BYTES),
-            epoch,
-            replica,
-            kv: KvStore::new(),
-            storage,
-            wal_backend,
-            failed: None,
-            pending_writes: HashMap::new(),
-            pending_reads: HashMap::new(),
-            next_read_id: 1,
-            self_msgs: Vec::new(),
+            node,
+            output: Output::default(),
+            published_leader: None,
+            published_failed: false,
             last_peer_frame: None,
-            last_leader: None,
-            last_role: Role::Follower,
         })
     }
 
     fn now(&self) -> Nanos {
-        self.epoch.elapsed().as_nanos() as Nanos
+        boottime_ns()
     }
 
     fn run(&mut self) {
@@ -337,6 +353,9 @@ impl Group {
             } else {
                 self.next_deadline(before).saturating_sub(before)
             };
+            // epoll rounds its timeout up to whole milliseconds; the timerfd wakes us at the
+            // deadline itself (sub-millisecond batching delays and WAN emulation queues).
+            self.timer.arm(before + timeout);
             let interrupted = match self
                 .poll
                 .poll(&mut events, Some(Duration::from_nanos(timeout)))
@@ -348,16 +367,17 @@ impl Group {
                     break;
                 }
             };
-            let now = self.now();
+            let woke = self.now();
             for event in events.iter() {
                 match event.token() {
                     CLIENT_LISTENER => self.accept(false),
                     PEER_LISTENER => self.accept(true),
                     WAL_EVENTS | WAKER => {}
+                    TIMER => self.timer.clear(),
                     Token(t) if (PEER_OUT_BASE..CONN_BASE).contains(&t) => {
-                        self.on_peer_link_event(t - PEER_OUT_BASE, now)
+                        self.on_peer_link_event(t - PEER_OUT_BASE, woke)
                     }
-                    Token(t) => self.on_conn_readable(t - CONN_BASE, now),
+                    Token(t) => self.on_conn_readable(t - CONN_BASE),
                 }
             }
             // The thread was paused (SIGSTOP/SIGCONT, a VM or scheduler stall): the wait ended
@@ -366,27 +386,22 @@ impl Group {
             // expired meanwhile run, or a follower deposes a healthy leader: poll again, without
             // waiting, before this turn's timers. Once, so that a loaded host that always wakes
             // late still makes progress.
-            let paused = interrupted || now.saturating_sub(before) > timeout + PAUSE_NS;
+            let paused = interrupted || woke.saturating_sub(before) > timeout + PAUSE_NS;
             if paused && !recheck {
                 recheck = true;
                 continue;
             }
             recheck = false;
-            self.poll_disk(now);
-            self.turn(now);
+            self.turn();
         }
-        if self.failed.is_none() {
-            if let Err(e) = self.storage.flush() {
-                tracing::warn!(group = self.group, "WAL flush at shutdown failed: {e}");
-            }
-        }
+        self.node.shutdown();
         self.shared.ready[self.group as usize].store(false, Ordering::Release);
     }
 
     fn next_deadline(&self, now: Nanos) -> Nanos {
         let mut due = self.metrics_flush_at.max(now);
-        if self.failed.is_none() {
-            due = due.min(self.replica.poll_timeout());
+        if let Some(at) = self.node.poll_timeout() {
+            due = due.min(at);
         }
         for p in &self.peers {
             if p.conn.is_none() && p.retry_at > 0 {
@@ -397,18 +412,20 @@ impl Group {
             }
         }
         // Completions of a backend without a usable eventfd edge are still picked up.
-        if self.storage.pending() > 0 {
+        if self.node.disk_busy() {
             due = due.min(now + 1_000_000);
         }
         due
     }
 
-    /// Timers, protocol output, peer links and flushing: the end of every loop turn.
-    fn turn(&mut self, now: Nanos) {
-        if self.failed.is_none() && now >= self.replica.poll_timeout() {
-            self.replica.tick(now);
-        }
-        self.drive(now);
+    /// Disk, timers, node output, peer links and flushing: the end of every loop turn.
+    fn turn(&mut self) {
+        let now = self.now();
+        self.node.on_disk(now);
+        self.node.tick(now);
+        self.node.drive(now);
+        self.send_output(now);
+        self.publish();
         self.maintain_peers(now);
         if now >= self.metrics_flush_at {
             self.flush_metrics();
@@ -417,136 +434,44 @@ impl Group {
         self.flush_all();
     }
 
-    fn poll_disk(&mut self, now: Nanos) {
-        if self.failed.is_some() {
-            return;
+    /// Sends what the node asked for: peer messages, and replies to connections still open.
+    fn send_output(&mut self, now: Nanos) {
+        let mut output = std::mem::take(&mut self.output);
+        self.node.take_output(&mut output);
+        for env in output.messages.drain(..) {
+            self.send_peer(now, env);
         }
-        match self.storage.poll(now) {
-            Ok(durable) => {
-                for s in &durable.write_seconds {
-                    self.fsync_hist.observe(*s);
-                }
-                if let Some(id) = durable.up_to {
-                    self.replica.persisted(now, id);
-                }
+        for reply in output.replies.drain(..) {
+            let idx = conn_index(reply.conn);
+            let live = self
+                .conns
+                .get(idx)
+                .and_then(|s| s.as_ref())
+                .is_some_and(|s| s.id(idx) == reply.conn);
+            if live {
+                self.send_client(
+                    idx,
+                    &ServerFrame::Reply {
+                        id: reply.req_id,
+                        outcome: reply.outcome,
+                    },
+                );
             }
-            Err(e) => self.fail(format!("{e}")),
         }
+        self.output = output;
     }
 
-    fn fail(&mut self, why: String) {
-        tracing::error!(
-            group = self.group,
-            "WAL failed, this group stops taking part: {why}"
-        );
-        self.failed = Some(why);
-        self.shared.healthy[self.group as usize].store(false, Ordering::Release);
-        self.shared.leaders[self.group as usize].store(NO_LEADER, Ordering::Release);
-        self.fail_waiting(None);
-    }
-
-    // ---- protocol output ----
-
-    fn drive(&mut self, now: Nanos) {
-        if self.failed.is_some() {
-            return;
-        }
-        loop {
-            let ready = self.replica.ready(now);
-            if ready.is_empty() && self.self_msgs.is_empty() {
-                break;
-            }
-            if !ready.writes.is_empty() {
-                if let Err(e) = self.storage.submit(now, ready.writes) {
-                    self.fail(e.to_string());
-                    return;
-                }
-            }
-            for env in ready.messages {
-                if env.to == self.spec_id {
-                    self.self_msgs.push(env);
-                } else {
-                    self.send_peer(now, env);
-                }
-            }
-            for (slot, value) in ready.committed {
-                self.apply(slot, &value);
-            }
-            for read in ready.reads {
-                let Some((waiter, key)) = self.pending_reads.remove(&read.id) else {
-                    continue;
-                };
-                let outcome = match read.outcome {
-                    ReadOutcome::Ready => wire::outcome_from_reply(self.kv.get(&key)),
-                    ReadOutcome::NotLeader { leader } => Outcome::NotLeader { leader },
-                };
-                self.answer(waiter, outcome);
-            }
-            for d in ready.dropped {
-                if let Some(waiter) = self.pending_writes.remove(&(d.client_id, d.seq)) {
-                    self.metrics.proposals_failed_total.inc();
-                    self.answer(waiter, Outcome::NotLeader { leader: d.leader });
-                }
-            }
-            let msgs = std::mem::take(&mut self.self_msgs);
-            for env in msgs {
-                self.replica.step(now, env);
-            }
-        }
-        self.observe_status();
-    }
-
-    fn apply(&mut self, slot: protocol::Slot, value: &protocol::Value) {
-        let cmds = value.commands();
-        if self.last_role == Role::Leader && !cmds.is_empty() {
-            self.batch_hist.observe(cmds.len() as f64);
-        }
-        for cmd in cmds {
-            let reply = self.kv.apply(cmd.client_id, cmd.seq, &cmd.payload);
-            if let Some(waiter) = self.pending_writes.remove(&(cmd.client_id, cmd.seq)) {
-                self.answer(waiter, wire::outcome_from_reply(reply));
-            }
-        }
-        self.metrics
-            .proposals_committed_total
-            .inc_by(cmds.len() as u64);
-        self.metrics
-            .proposals_applied_total
-            .inc_by(cmds.len() as u64);
-        self.metrics.applied_index.set(slot as i64);
-    }
-
-    fn observe_status(&mut self) {
-        let st = self.replica.status();
-        self.metrics.commit_index.set(st.commit as i64);
-        self.metrics
-            .proposals_pending
-            .set(self.pending_writes.len() as i64);
-        if st.leader != self.last_leader {
-            self.metrics.leader_changes_seen_total.inc();
-            self.metrics.has_leader.set(st.leader.is_some() as i64);
+    /// Publishes the node's leader and health to the other threads (topology, admin).
+    fn publish(&mut self) {
+        let leader = self.node.leader();
+        if leader != self.published_leader {
             self.shared.leaders[self.group as usize]
-                .store(st.leader.unwrap_or(NO_LEADER), Ordering::Release);
-            tracing::info!(group = self.group, leader = ?st.leader, role = ?st.role, ballot = %st.promised, "leader changed");
-            self.last_leader = st.leader;
+                .store(leader.unwrap_or(NO_LEADER), Ordering::Release);
+            self.published_leader = leader;
         }
-        if st.role != self.last_role {
-            self.metrics.is_leader.set((st.role == Role::Leader) as i64);
-            if self.last_role == Role::Leader {
-                // Whatever we had in flight may or may not be chosen by the next leader:
-                // the clients retry there, and exactly-once makes that safe.
-                self.fail_waiting(st.leader);
-            }
-            self.last_role = st.role;
-        }
-    }
-
-    fn fail_waiting(&mut self, leader: Option<ReplicaId>) {
-        let writes: Vec<Waiter> = self.pending_writes.drain().map(|(_, w)| w).collect();
-        let reads: Vec<Waiter> = self.pending_reads.drain().map(|(_, (w, _))| w).collect();
-        for w in writes.into_iter().chain(reads) {
-            self.metrics.proposals_failed_total.inc();
-            self.answer(w, Outcome::NotLeader { leader });
+        if self.node.failed().is_some() && !self.published_failed {
+            self.shared.healthy[self.group as usize].store(false, Ordering::Release);
+            self.published_failed = true;
         }
     }
 
@@ -796,19 +721,19 @@ impl Group {
                 conn: Conn::new(stream, max),
                 kind: if peer { Kind::PeerNew } else { Kind::ClientNew },
                 gen: self.next_gen,
-                waiting: 0,
             });
         }
     }
 
     fn close(&mut self, idx: usize) {
         if let Some(mut slot) = self.conns[idx].take() {
+            self.node.conn_closed(slot.id(idx));
             let _ = self.poll.registry().deregister(&mut slot.conn.stream);
             self.free.push(idx);
         }
     }
 
-    fn on_conn_readable(&mut self, idx: usize, now: Nanos) {
+    fn on_conn_readable(&mut self, idx: usize) {
         loop {
             let Some(slot) = self.conns.get_mut(idx).and_then(|s| s.as_mut()) else {
                 return;
@@ -819,6 +744,9 @@ impl Group {
                 return;
             }
             let status = slot.conn.read_some();
+            // The clock is read after the bytes: no event may be stamped earlier than its
+            // arrival (a lease check, a follower's "heard from the leader").
+            let now = self.now();
             if !self.take_frames(idx, now) {
                 return;
             }
@@ -981,9 +909,6 @@ impl Group {
                 true
             }
             (Some(Kind::Peer(from)), ArchivedPeerFrame::Msg(m)) => {
-                if self.failed.is_some() {
-                    return true;
-                }
                 let env = wire::envelope_from_archived(from, self.spec_id, m);
                 if let Message::HeartbeatAck { read_round, .. } = &env.msg {
                     let link = &mut self.peers[from as usize];
@@ -995,7 +920,7 @@ impl Group {
                         }
                     }
                 }
-                self.replica.step(now, env);
+                self.node.on_peer(now, env);
                 true
             }
             (_, ArchivedPeerFrame::Error(e)) => {
@@ -1040,12 +965,15 @@ impl Group {
                 true
             }
             (Kind::Client, ArchivedClientFrame::Request(req)) => {
-                let waiter = Waiter {
-                    conn: idx,
-                    gen,
-                    req_id: req.id.to_native(),
+                let req = match rkyv::deserialize::<wire::Request, rkyv::rancor::Error>(req) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.refuse(idx, kind, ErrorCode::Malformed, e.to_string());
+                        return false;
+                    }
                 };
-                self.on_request(now, waiter, req);
+                let conn = (gen << CONN_INDEX_BITS) | idx as u64;
+                self.node.on_request(now, conn, req);
                 true
             }
             (Kind::Client, ArchivedClientFrame::Status { id }) => {
@@ -1082,148 +1010,6 @@ impl Group {
         }
     }
 
-    fn on_request(&mut self, now: Nanos, waiter: Waiter, req: &ArchivedRequest) {
-        let waiting = self.conns[waiter.conn].as_ref().map_or(0, |s| s.waiting);
-        if waiting >= self.limits.requests_per_connection_max {
-            self.answer_now(waiter, Outcome::Busy);
-            return;
-        }
-        if let Some(why) = &self.failed {
-            tracing::debug!(group = self.group, "refusing a request: {why}");
-            self.answer_now(waiter, Outcome::NotLeader { leader: None });
-            return;
-        }
-        let key: &[u8] = match &req.op {
-            ArchivedOp::Get { key, .. }
-            | ArchivedOp::Put { key, .. }
-            | ArchivedOp::Delete { key }
-            | ArchivedOp::Cas { key, .. } => key.as_slice(),
-        };
-        if key.len() > KEY_BYTES_MAX {
-            self.answer_now(
-                waiter,
-                Outcome::Invalid {
-                    reason: format!(
-                        "key of {} bytes is over the {KEY_BYTES_MAX}-byte limit",
-                        key.len()
-                    ),
-                },
-            );
-            return;
-        }
-        let g = group_of(key, self.groups);
-        if g != self.group {
-            self.answer_now(waiter, Outcome::WrongGroup { group: g });
-            return;
-        }
-        let key = Bytes::copy_from_slice(key);
-        let op = match &req.op {
-            ArchivedOp::Get { linearizable, .. } => {
-                if !*linearizable {
-                    let reply = self.kv.get(&key);
-                    self.answer_now(waiter, wire::outcome_from_reply(reply));
-                    return;
-                }
-                let id = self.next_read_id;
-                self.next_read_id += 1;
-                match self.replica.read_index(now, id) {
-                    Ok(()) => {
-                        self.pending_reads.insert(id, (waiter, key));
-                        self.bump_waiting(waiter, 1);
-                    }
-                    Err(e) => self.answer_now(waiter, not_leader_outcome(e)),
-                }
-                return;
-            }
-            ArchivedOp::Put { value, .. } => kv::Op::Put {
-                key,
-                value: Bytes::copy_from_slice(value.as_slice()),
-            },
-            ArchivedOp::Delete { .. } => kv::Op::Delete { key },
-            ArchivedOp::Cas {
-                expected_version,
-                value,
-                ..
-            } => kv::Op::Cas {
-                key,
-                expected_version: expected_version.to_native(),
-                value: Bytes::copy_from_slice(value.as_slice()),
-            },
-        };
-        if let kv::Op::Put { value, .. } | kv::Op::Cas { value, .. } = &op {
-            if value.len() > VALUE_BYTES_MAX {
-                self.answer_now(
-                    waiter,
-                    Outcome::Invalid {
-                        reason: format!(
-                            "value of {} bytes is over the {VALUE_BYTES_MAX}-byte limit",
-                            value.len()
-                        ),
-                    },
-                );
-                return;
-            }
-        }
-        let id = (req.client_id.to_native(), req.seq.to_native());
-        if let Some(w) = self.pending_writes.get_mut(&id) {
-            // A retry of a command still in flight here: answer the newest asker only.
-            let old = std::mem::replace(w, waiter);
-            self.bump_waiting(old, -1);
-            self.bump_waiting(waiter, 1);
-            return;
-        }
-        let command = Command {
-            client_id: id.0,
-            seq: id.1,
-            payload: op.encode(),
-        };
-        match self.replica.propose(now, command) {
-            Ok(()) => {
-                self.pending_writes.insert(id, waiter);
-                self.bump_waiting(waiter, 1);
-            }
-            Err(e) => {
-                self.metrics.proposals_failed_total.inc();
-                self.answer_now(waiter, not_leader_outcome(e));
-            }
-        }
-    }
-
-    fn bump_waiting(&mut self, w: Waiter, by: isize) {
-        if let Some(slot) = self.conns.get_mut(w.conn).and_then(|s| s.as_mut()) {
-            if slot.gen == w.gen {
-                slot.waiting = slot.waiting.saturating_add_signed(by);
-                if by < 0 && slot.conn.eof {
-                    // A half-closed connection may have nothing left to wait for.
-                    self.dirty.push(w.conn);
-                }
-            }
-        }
-    }
-
-    /// Answers a request that was never counted as waiting.
-    fn answer_now(&mut self, w: Waiter, outcome: Outcome) {
-        self.bump_waiting(w, 1);
-        self.answer(w, outcome);
-    }
-
-    fn answer(&mut self, w: Waiter, outcome: Outcome) {
-        let Some(slot) = self.conns.get_mut(w.conn).and_then(|s| s.as_mut()) else {
-            return;
-        };
-        if slot.gen != w.gen {
-            return; // That client is gone; its connection slot was reused.
-        }
-        slot.waiting = slot.waiting.saturating_sub(1);
-        self.send_client(
-            w.conn,
-            &ServerFrame::Reply {
-                id: w.req_id,
-                outcome,
-            },
-        );
-    }
-
     fn send_client(&mut self, idx: usize, frame: &ServerFrame) {
         let Some(slot) = self.conns[idx].as_mut() else {
             return;
@@ -1253,9 +1039,10 @@ impl Group {
             let Some(slot) = self.conns.get_mut(idx).and_then(|s| s.as_mut()) else {
                 continue;
             };
+            let waiting = self.node.waiting(slot.id(idx));
             let failed = slot.conn.flush().is_err();
-            let done_closing = (slot.conn.closing || (slot.conn.eof && slot.waiting == 0))
-                && slot.conn.unsent() == 0;
+            let done_closing =
+                (slot.conn.closing || (slot.conn.eof && waiting == 0)) && slot.conn.unsent() == 0;
             if failed || done_closing {
                 self.close(idx);
             }
@@ -1289,41 +1076,74 @@ impl Group {
     }
 
     fn status(&self) -> GroupStatus {
-        let st = self.replica.status();
-        GroupStatus {
-            replica: self.spec_id,
-            group: self.group,
-            role: match (&self.failed, st.role) {
-                (Some(_), _) => "failed".into(),
-                (None, Role::Leader) => "leader".into(),
-                (None, Role::Candidate) => "candidate".into(),
-                (None, Role::Follower) => "follower".into(),
-            },
-            leader: if self.failed.is_some() {
-                None
-            } else {
-                st.leader
-            },
-            ballot: st.promised.into(),
-            commit: st.commit,
-            applied: st.applied,
-            proposals_pending: self.pending_writes.len() as u64,
-            wal_backend: self.wal_backend.clone(),
-        }
+        self.node.status()
     }
 
     fn flush_metrics(&mut self) {
-        self.fsync_hist.flush();
-        self.batch_hist.flush();
+        self.node.flush_metrics();
         for h in &mut self.rtt_hist {
             h.flush();
         }
     }
 }
 
-fn not_leader_outcome(e: NotLeader) -> Outcome {
-    match e {
-        NotLeader::Redirect { leader } => Outcome::NotLeader { leader },
-        NotLeader::QueueFull => Outcome::Busy,
+/// A CLOCK_BOOTTIME timerfd: wakes the loop at a deadline with nanosecond precision (epoll's
+/// own timeout is whole milliseconds).
+struct TimerFd {
+    fd: std::os::fd::OwnedFd,
+    armed_at: Nanos,
+}
+
+impl TimerFd {
+    fn new() -> io::Result<TimerFd> {
+        // SAFETY: plain syscall; the fd is owned below.
+        let fd = unsafe {
+            libc::timerfd_create(libc::CLOCK_BOOTTIME, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC)
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor we own.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        Ok(TimerFd { fd, armed_at: 0 })
+    }
+
+    fn fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.fd)
+    }
+
+    /// Fires once at `at` (CLOCK_BOOTTIME nanoseconds); re-arming for the same instant is free.
+    fn arm(&mut self, at: Nanos) {
+        if at == self.armed_at {
+            return;
+        }
+        self.armed_at = at;
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: (at / 1_000_000_000) as libc::time_t,
+                tv_nsec: (at % 1_000_000_000) as libc::c_long,
+            },
+        };
+        // SAFETY: a valid timerfd and itimerspec; an absolute time in the past fires at once.
+        unsafe {
+            libc::timerfd_settime(
+                self.fd(),
+                libc::TFD_TIMER_ABSTIME,
+                &spec,
+                std::ptr::null_mut(),
+            )
+        };
+    }
+
+    /// Consumes an expiry so the fd stops being readable.
+    fn clear(&mut self) {
+        let mut n: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64; non-blocking.
+        unsafe { libc::read(self.fd(), (&mut n as *mut u64).cast(), 8) };
+        self.armed_at = 0;
     }
 }

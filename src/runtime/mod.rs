@@ -4,8 +4,10 @@
 //! Owns nothing but the wiring: the protocol decides, the WAL persists, `net` frames bytes.
 
 mod conn;
+pub mod disk;
 pub mod group;
 pub mod metrics;
+pub mod node;
 pub mod storage;
 
 use std::sync::atomic::{AtomicBool, AtomicU32};

@@ -1,21 +1,30 @@
-//! The bridge between the protocol's numbered writes and the group's WAL.
+//! The bridge between the protocol's numbered writes and the group's WAL (through [`Disk`], so
+//! the simulator runs this very code over its simulated disk).
 //!
 //! Owns: encoding protocol writes as WAL entries (and decoding them at start-up), grouping
-//! the log writes of one loop turn into one append, keeping protocol write ids and WAL write
-//! ids in step (both complete in order), and holding writes back while the WAL pushes back.
+//! the log writes of one loop turn into appends no larger than the WAL takes, keeping protocol
+//! write ids and WAL write ids in step (both complete in order), and holding writes back while
+//! the WAL pushes back.
 //!
 //! Mapping: `Promise` → the superblock's promised ballot; `Accept` → one entry for its slot at
 //! its ballot; `Chosen` → one entry per slot, flagged chosen. Replaying entries in log order
 //! through [`DurableState::apply`] rebuilds the state the replica had.
+//!
+//! Limits: a run of log writes is cut into appends that each fit the WAL's batch limit (one
+//! protocol write may span several appends; it is durable when the last one is). A full WAL
+//! queue is backpressure, never an error: records wait in the backlog, and the node refuses new
+//! client work while the backlog is over its byte bound ([`Storage::backlog_bytes`]).
 
 use std::collections::VecDeque;
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use super::disk::{Disk, DiskLimits};
 use crate::net::frame::access;
 use crate::net::wire::{value_from_archived, value_to_wire, WValue};
 use crate::protocol::{self, Ballot, DurableState, Nanos, Slot, Write};
-use crate::wal::{self, Recovered, SuperState, Wal, WalConfig, WalError};
+use crate::wal::format::{ENTRY_HEADER_BYTES, SECTOR_BYTES};
+use crate::wal::{self, RecoveredEntry, SuperState, Wal, WalConfig, WalError};
 
 /// The body of one WAL entry.
 #[derive(Archive, Serialize, Deserialize, Debug)]
@@ -40,66 +49,142 @@ pub struct Durable {
     pub write_seconds: Vec<f64>,
 }
 
-pub struct Storage {
-    wal: Wal,
-    /// (WAL write id, highest protocol write id it carries, handed over at).
-    in_flight: VecDeque<(wal::WriteId, protocol::WriteId, Nanos)>,
-    /// Protocol writes the WAL pushed back on; retried in order after the next completion.
-    backlog: VecDeque<(protocol::WriteId, Write)>,
-    bodies: Vec<rkyv::util::AlignedVec>,
-    completed: Vec<wal::WriteId>,
+/// One unit the WAL takes: a log entry, or the superblock.
+enum Record {
+    Entry {
+        slot: Slot,
+        ballot: Ballot,
+        body: rkyv::util::AlignedVec,
+    },
+    Superblock {
+        promised: Ballot,
+    },
 }
 
-impl Storage {
-    /// Opens the WAL and rebuilds the protocol's durable state from it.
-    pub fn open(cfg: WalConfig) -> Result<(Storage, DurableState, Recovered), String> {
-        let (wal, mut recovered) = Wal::open(cfg).map_err(|e| e.to_string())?;
-        let mut durable = DurableState::default();
-        let sb = recovered.superblock.promised;
-        durable.apply(&Write::Promise {
-            ballot: Ballot::new(sb.round, sb.replica),
-        });
-        let mut aligned = rkyv::util::AlignedVec::<16>::new();
-        for e in recovered.entries.drain(..) {
-            aligned.clear();
-            aligned.extend_from_slice(&e.body);
-            let record = access::<WalRecord>(&aligned).map_err(|err| {
-                format!(
-                    "WAL entry for slot {} at log offset {} does not decode ({err}); this data directory was written by an incompatible version",
-                    e.slot_first, e.log_offset
-                )
-            })?;
-            let value = value_from_archived(&record.value);
-            let slot = e.slot_first;
-            if record.chosen {
-                durable.apply(&Write::Chosen {
-                    entries: vec![(slot, value)],
-                });
-            } else {
-                durable.apply(&Write::Accept {
-                    ballot: Ballot::new(e.ballot.round, e.ballot.replica),
-                    slot,
-                    value,
-                });
-            }
+impl Record {
+    fn append_bytes(&self) -> usize {
+        match self {
+            Record::Entry { body, .. } => ENTRY_HEADER_BYTES + body.len(),
+            Record::Superblock { .. } => 0,
         }
-        let storage = Storage {
-            wal,
-            in_flight: VecDeque::new(),
-            backlog: VecDeque::new(),
-            bodies: Vec::new(),
-            completed: Vec::new(),
-        };
-        Ok((storage, durable, recovered))
+    }
+}
+
+/// A record waiting for the WAL; `completes` is the protocol write it finishes, if it is the
+/// last record of one.
+struct Queued {
+    record: Record,
+    completes: Option<protocol::WriteId>,
+}
+
+pub struct Storage<D: Disk> {
+    disk: D,
+    limits: DiskLimits,
+    /// (WAL write id, highest protocol write it completes, handed over at).
+    in_flight: VecDeque<(wal::WriteId, Option<protocol::WriteId>, Nanos)>,
+    /// Records the WAL pushed back on; retried in order after the next completion.
+    backlog: VecDeque<Queued>,
+    backlog_bytes: usize,
+    completed: Vec<wal::WriteId>,
+    /// Injected bug (simulator only): report writes durable as soon as they are handed over.
+    ack_before_durable: bool,
+    acked_early: Option<protocol::WriteId>,
+}
+
+/// Rebuilds the protocol's durable state from what the WAL recovered (the server's WAL at
+/// start-up, or the simulator's disk after a crash): one code path for both.
+pub fn replay(promised: wal::Ballot, entries: &[RecoveredEntry]) -> Result<DurableState, String> {
+    let mut durable = DurableState::default();
+    durable.apply(&Write::Promise {
+        ballot: Ballot::new(promised.round, promised.replica),
+    });
+    let mut aligned = rkyv::util::AlignedVec::<16>::new();
+    for e in entries {
+        aligned.clear();
+        aligned.extend_from_slice(&e.body);
+        let record = access::<WalRecord>(&aligned).map_err(|err| {
+            format!(
+                "WAL entry for slot {} at log offset {} does not decode ({err}); this data directory was written by an incompatible version",
+                e.slot_first, e.log_offset
+            )
+        })?;
+        let value = value_from_archived(&record.value);
+        let slot = e.slot_first;
+        if record.chosen {
+            durable.apply(&Write::Chosen {
+                entries: vec![(slot, value)],
+            });
+        } else {
+            durable.apply(&Write::Accept {
+                ballot: Ballot::new(e.ballot.round, e.ballot.replica),
+                slot,
+                value,
+            });
+        }
+    }
+    Ok(durable)
+}
+
+/// Decodes one entry body the way recovery does (the simulator uses it to see which value an
+/// acceptor wrote).
+pub fn decode_value(body: &[u8]) -> Option<(bool, protocol::Value)> {
+    let mut aligned = rkyv::util::AlignedVec::<16>::new();
+    aligned.extend_from_slice(body);
+    let record = access::<WalRecord>(&aligned).ok()?;
+    Some((record.chosen, value_from_archived(&record.value)))
+}
+
+impl Storage<Wal> {
+    /// Opens the WAL and rebuilds the protocol's durable state from it.
+    pub fn open(cfg: WalConfig) -> Result<(Storage<Wal>, DurableState, wal::Recovered), String> {
+        let (wal, mut recovered) = Wal::open(cfg).map_err(|e| e.to_string())?;
+        let durable = replay(recovered.superblock.promised, &recovered.entries)?;
+        recovered.entries = Vec::new();
+        Ok((Storage::new(wal), durable, recovered))
     }
 
     pub fn wal(&self) -> &Wal {
-        &self.wal
+        &self.disk
+    }
+}
+
+impl<D: Disk> Storage<D> {
+    pub fn new(disk: D) -> Storage<D> {
+        let limits = disk.limits();
+        assert!(
+            limits.append_bytes_max >= SECTOR_BYTES && limits.entry_bytes_max > 0,
+            "WAL limits too small: {limits:?}"
+        );
+        Storage {
+            disk,
+            limits,
+            in_flight: VecDeque::new(),
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
+            completed: Vec::new(),
+            ack_before_durable: false,
+            acked_early: None,
+        }
+    }
+
+    /// Injected bug for the simulator: acknowledge writes before the disk says they are
+    /// durable.
+    pub fn inject_ack_before_durable(&mut self) {
+        self.ack_before_durable = true;
+    }
+
+    pub fn disk(&self) -> &D {
+        &self.disk
     }
 
     /// Writes not yet durable (handed to the WAL or held back).
     pub fn pending(&self) -> usize {
         self.in_flight.len() + self.backlog.len()
+    }
+
+    /// Bytes of log records waiting for the WAL to take them.
+    pub fn backlog_bytes(&self) -> usize {
+        self.backlog_bytes
     }
 
     /// Hands the protocol's writes to the WAL (in order). A fatal WAL error stops the group.
@@ -108,39 +193,138 @@ impl Storage {
         now: Nanos,
         writes: impl IntoIterator<Item = (protocol::WriteId, Write)>,
     ) -> Result<(), WalError> {
-        self.backlog.extend(writes);
+        for (id, write) in writes {
+            self.enqueue(id, write)?;
+        }
         self.drain_backlog(now)
     }
 
-    fn drain_backlog(&mut self, now: Nanos) -> Result<(), WalError> {
-        while let Some((id, write)) = self.backlog.front() {
-            if let Write::Promise { ballot } = write {
-                let state = SuperState {
-                    promised: to_wal_ballot(*ballot),
-                    app: Vec::new(),
-                };
-                let id = *id;
-                match self.wal.set_superblock(state) {
-                    Ok(wid) => {
-                        self.in_flight.push_back((wid, id, now));
-                        self.backlog.pop_front();
-                        continue;
-                    }
-                    Err(WalError::Backpressure { .. }) => return Ok(()),
-                    Err(e) => return Err(e),
+    fn enqueue(&mut self, id: protocol::WriteId, write: Write) -> Result<(), WalError> {
+        let start = self.backlog.len();
+        match write {
+            Write::Promise { ballot } => self.push(Record::Superblock { promised: ballot }),
+            Write::Accept {
+                ballot,
+                slot,
+                value,
+            } => self.push_entry(slot, ballot, false, &value)?,
+            Write::Chosen { entries } => {
+                for (slot, value) in &entries {
+                    self.push_entry(*slot, Ballot::ZERO, true, value)?;
                 }
             }
-            // A run of log writes becomes one append.
-            let run = self
-                .backlog
-                .iter()
-                .take_while(|(_, w)| !matches!(w, Write::Promise { .. }))
-                .count();
-            match self.append_run(run) {
+        }
+        if self.backlog.len() == start {
+            // A write with nothing to store (an empty Chosen) is durable as soon as the
+            // writes before it are: let it complete with the next one.
+            self.push(Record::Superblock {
+                promised: Ballot::ZERO,
+            });
+        }
+        self.backlog.back_mut().expect("just pushed").completes = Some(id);
+        Ok(())
+    }
+
+    fn push(&mut self, record: Record) {
+        self.backlog_bytes += record.append_bytes();
+        self.backlog.push_back(Queued {
+            record,
+            completes: None,
+        });
+    }
+
+    fn push_entry(
+        &mut self,
+        slot: Slot,
+        ballot: Ballot,
+        chosen: bool,
+        value: &protocol::Value,
+    ) -> Result<(), WalError> {
+        let record = WalRecord {
+            chosen,
+            value: value_to_wire(value),
+        };
+        let body = rkyv::api::high::to_bytes::<rkyv::rancor::Error>(&record)
+            .expect("serializing into memory cannot fail");
+        if body.len() > self.limits.entry_bytes_max
+            || ENTRY_HEADER_BYTES + body.len() > self.limits.append_bytes_max
+        {
+            // The protocol's batching limits keep slots far below this; reaching it is a
+            // configuration error, not something to retry.
+            return Err(WalError::Limit {
+                what: format!("the WAL entry for slot {slot} ({} bytes)", body.len()),
+                limit: self.limits.entry_bytes_max as u64,
+            });
+        }
+        self.push(Record::Entry { slot, ballot, body });
+        Ok(())
+    }
+
+    fn drain_backlog(&mut self, now: Nanos) -> Result<(), WalError> {
+        while let Some(front) = self.backlog.front() {
+            if let Record::Superblock { promised } = front.record {
+                let result = if promised == Ballot::ZERO && front.completes.is_some() {
+                    // The placeholder of an empty write: nothing to store.
+                    None
+                } else {
+                    Some(self.disk.set_superblock(SuperState {
+                        promised: to_wal_ballot(promised),
+                        app: Vec::new(),
+                    }))
+                };
+                match result {
+                    Some(Ok(wid)) => {
+                        let q = self.backlog.pop_front().expect("front exists");
+                        self.handed_over(wid, q.completes, now);
+                    }
+                    None => {
+                        let q = self.backlog.pop_front().expect("front exists");
+                        self.complete_with_previous(q.completes);
+                    }
+                    Some(Err(WalError::Backpressure { .. })) => return Ok(()),
+                    Some(Err(e)) => return Err(e),
+                }
+                continue;
+            }
+            // A run of log entries becomes one append, cut at the WAL's batch limit.
+            let mut run = 0;
+            let mut bytes = 0;
+            for q in &self.backlog {
+                let Record::Entry { body, .. } = &q.record else {
+                    break;
+                };
+                let next = bytes + ENTRY_HEADER_BYTES + body.len();
+                if run > 0 && next.next_multiple_of(SECTOR_BYTES) > self.limits.append_bytes_max {
+                    break;
+                }
+                bytes = next;
+                run += 1;
+            }
+            let result = {
+                let entries: Vec<wal::Entry<'_>> = self
+                    .backlog
+                    .iter()
+                    .take(run)
+                    .map(|q| match &q.record {
+                        Record::Entry { slot, ballot, body } => wal::Entry {
+                            slot_first: *slot,
+                            slot_last: *slot,
+                            ballot: to_wal_ballot(*ballot),
+                            body: body.as_slice(),
+                        },
+                        Record::Superblock { .. } => unreachable!("a run holds entries only"),
+                    })
+                    .collect();
+                self.disk.append(&entries)
+            };
+            match result {
                 Ok(wid) => {
-                    let last = self.backlog[run - 1].0;
-                    self.in_flight.push_back((wid, last, now));
-                    self.backlog.drain(..run);
+                    let mut completes = None;
+                    for q in self.backlog.drain(..run) {
+                        self.backlog_bytes -= q.record.append_bytes();
+                        completes = q.completes.or(completes);
+                    }
+                    self.handed_over(wid, completes, now);
                 }
                 Err(WalError::Backpressure { .. }) => return Ok(()),
                 Err(e) => return Err(e),
@@ -149,61 +333,35 @@ impl Storage {
         Ok(())
     }
 
-    fn append_run(&mut self, run: usize) -> Result<wal::WriteId, WalError> {
-        let mut meta: Vec<(Slot, Ballot)> = Vec::new();
-        let mut used = 0;
-        for (_, write) in self.backlog.iter().take(run) {
-            let mut push = |slot: Slot, ballot: Ballot, chosen: bool, value: &protocol::Value| {
-                let record = WalRecord {
-                    chosen,
-                    value: value_to_wire(value),
-                };
-                if self.bodies.len() <= used {
-                    self.bodies.push(rkyv::util::AlignedVec::new());
-                }
-                let mut buf = std::mem::take(&mut self.bodies[used]);
-                buf.clear();
-                self.bodies[used] =
-                    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&record, buf)
-                        .expect("serializing into memory cannot fail");
-                used += 1;
-                meta.push((slot, ballot));
-            };
-            match write {
-                Write::Accept {
-                    ballot,
-                    slot,
-                    value,
-                } => push(*slot, *ballot, false, value),
-                Write::Chosen { entries } => {
-                    for (slot, value) in entries {
-                        push(*slot, Ballot::ZERO, true, value);
-                    }
-                }
-                Write::Promise { .. } => unreachable!("a run holds log writes only"),
+    fn handed_over(&mut self, wid: wal::WriteId, completes: Option<protocol::WriteId>, now: Nanos) {
+        if self.ack_before_durable && completes.is_some() {
+            self.acked_early = completes;
+        }
+        self.in_flight.push_back((wid, completes, now));
+    }
+
+    /// A write that needs no disk work completes with the last write handed over before it.
+    fn complete_with_previous(&mut self, completes: Option<protocol::WriteId>) {
+        match self.in_flight.back_mut() {
+            Some(last) => last.1 = completes.or(last.1),
+            None => {
+                // Nothing in flight: it is durable now.
+                self.acked_early = completes.or(self.acked_early);
             }
         }
-        let entries: Vec<wal::Entry<'_>> = meta
-            .iter()
-            .zip(&self.bodies[..used])
-            .map(|((slot, ballot), body)| wal::Entry {
-                slot_first: *slot,
-                slot_last: *slot,
-                ballot: to_wal_ballot(*ballot),
-                body: body.as_slice(),
-            })
-            .collect();
-        self.wal.append(&entries)
     }
 
     /// Collects completions. Call when the WAL's eventfd is readable (and cheaply at any time).
     pub fn poll(&mut self, now: Nanos) -> Result<Durable, WalError> {
-        let mut out = Durable::default();
+        let mut out = Durable {
+            up_to: self.acked_early.take(),
+            ..Default::default()
+        };
         if self.in_flight.is_empty() {
             return Ok(out);
         }
         self.completed.clear();
-        self.wal.poll_completions(&mut self.completed)?;
+        self.disk.poll_completions(&mut self.completed)?;
         let Some(&last) = self.completed.last() else {
             return Ok(out);
         };
@@ -212,7 +370,9 @@ impl Storage {
                 break;
             }
             self.in_flight.pop_front();
-            out.up_to = Some(pid);
+            if pid.is_some() {
+                out.up_to = pid.max(out.up_to);
+            }
             out.write_seconds
                 .push((now.saturating_sub(at)) as f64 / 1e9);
         }
@@ -224,10 +384,9 @@ impl Storage {
 
     /// Blocks until everything handed over is durable (clean shutdown).
     pub fn flush(&mut self) -> Result<(), WalError> {
-        self.wal.flush()
+        self.disk.flush()
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,60 @@
+//! The WAL's interface as the node sees it, so the server runs the real [`Wal`] behind it and
+//! the simulator runs a fault-injecting model of a disk (`sim::disk`) behind the very same
+//! calls.
+//!
+//! The contract is the WAL's own (see `crate::wal`): `append` and `set_superblock` return a
+//! write id at once or push back ([`WalError::Backpressure`]); ids become durable in order and
+//! `poll_completions` reports them; any other error is fatal to the group.
+
+use crate::wal::{self, SuperState, Wal, WalError};
+
+pub trait Disk {
+    /// Appends entries as one group-commit write; see [`Wal::append`].
+    fn append(&mut self, entries: &[wal::Entry<'_>]) -> Result<wal::WriteId, WalError>;
+    /// Replaces the superblock state; see [`Wal::set_superblock`].
+    fn set_superblock(&mut self, state: SuperState) -> Result<wal::WriteId, WalError>;
+    /// Moves newly durable write ids (increasing) into `out`.
+    fn poll_completions(&mut self, out: &mut Vec<wal::WriteId>) -> Result<(), WalError>;
+    /// Blocks until everything handed over is durable (clean shutdown).
+    fn flush(&mut self) -> Result<(), WalError>;
+    /// The largest entry body and the largest append (entry headers included), bytes.
+    fn limits(&self) -> DiskLimits;
+    /// A short name for status and logs ("uring", "sync", "memory", "sim").
+    fn backend_name(&self) -> String;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskLimits {
+    pub entry_bytes_max: usize,
+    pub append_bytes_max: usize,
+}
+
+impl Disk for Wal {
+    fn append(&mut self, entries: &[wal::Entry<'_>]) -> Result<wal::WriteId, WalError> {
+        Wal::append(self, entries)
+    }
+
+    fn set_superblock(&mut self, state: SuperState) -> Result<wal::WriteId, WalError> {
+        Wal::set_superblock(self, state)
+    }
+
+    fn poll_completions(&mut self, out: &mut Vec<wal::WriteId>) -> Result<(), WalError> {
+        Wal::poll_completions(self, out)
+    }
+
+    fn flush(&mut self) -> Result<(), WalError> {
+        Wal::flush(self)
+    }
+
+    fn limits(&self) -> DiskLimits {
+        let cfg = self.config();
+        DiskLimits {
+            entry_bytes_max: cfg.max_entry_bytes as usize,
+            append_bytes_max: cfg.max_batch_bytes as usize,
+        }
+    }
+
+    fn backend_name(&self) -> String {
+        self.backend_kind().to_string()
+    }
+}
