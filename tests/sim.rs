@@ -97,7 +97,20 @@ fn first_violation(replicas: u32, bug: InjectedBug, seeds_max: u64) -> Option<u6
             jobs: jobs(),
         };
         let summary = sim::run_range(&range, &|_| {});
-        if let Some(failed) = summary.failed.first() {
+        // Caught means a safety check fired, not merely that the run got stuck.
+        let safety = |o: &&SimOutcome| {
+            o.violations.iter().any(|v| {
+                matches!(
+                    v.check,
+                    "agreement"
+                        | "applied-order"
+                        | "linearizability"
+                        | "lost-write"
+                        | "convergence"
+                )
+            })
+        };
+        if let Some(failed) = summary.failed.iter().find(safety) {
             return Some(failed.seed);
         }
         first += chunk;
@@ -128,4 +141,14 @@ fn catches_skip_value_adoption() {
 #[test]
 fn catches_stale_leader_read() {
     assert_bug_caught(InjectedBug::StaleLeaderRead);
+}
+
+#[test]
+fn catches_storage_ack_before_durable() {
+    assert_bug_caught(InjectedBug::StorageAckBeforeDurable);
+}
+
+#[test]
+fn catches_clock_stops_in_suspend() {
+    assert_bug_caught(InjectedBug::ClockStopsInSuspend);
 }

@@ -36,13 +36,21 @@ pub enum InjectedBug {
     /// The leader trusts its leadership: reads are answered locally without a quorum round,
     /// and it never steps down on a lost quorum.
     StaleLeaderRead,
+    /// Not a protocol bug: the node's storage mapping reports WAL writes durable as soon as
+    /// they are handed to the disk (the simulator's crashes then lose acknowledged state).
+    StorageAckBeforeDurable,
+    /// Not a protocol bug: the replica's clock stops while its process or VM is suspended
+    /// (CLOCK_MONOTONIC does), so a lease outlives the promises that back it.
+    ClockStopsInSuspend,
 }
 
 impl InjectedBug {
-    pub const ALL: [InjectedBug; 3] = [
+    pub const ALL: [InjectedBug; 5] = [
         InjectedBug::AckBeforePersist,
         InjectedBug::SkipValueAdoption,
         InjectedBug::StaleLeaderRead,
+        InjectedBug::StorageAckBeforeDurable,
+        InjectedBug::ClockStopsInSuspend,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -50,6 +58,8 @@ impl InjectedBug {
             InjectedBug::AckBeforePersist => "ack-before-persist",
             InjectedBug::SkipValueAdoption => "skip-value-adoption",
             InjectedBug::StaleLeaderRead => "stale-leader-read",
+            InjectedBug::StorageAckBeforeDurable => "storage-ack-before-durable",
+            InjectedBug::ClockStopsInSuspend => "clock-stops-in-suspend",
         }
     }
 

@@ -294,7 +294,7 @@ impl Group {
             protocol: spec.protocol.clone(),
             limits: spec.limits.clone(),
             backlog_bytes_max: WAL_BACKLOG_BYTES_MAX,
-            record_applied: false,
+            observe: false,
             inject_ack_before_durable: false,
         };
         // The replica's timers start now, after recovery and binding: a long recovery must not

@@ -49,8 +49,9 @@ pub struct NodeConfig {
     /// New client writes are refused with `Busy` (retryable) while more than this many bytes
     /// of log records wait for the WAL to take them.
     pub backlog_bytes_max: usize,
-    /// Report every applied slot in [`Output::applied`] (the simulator's checks use it).
-    pub record_applied: bool,
+    /// Report every applied slot and every message to itself in [`Output`] (the simulator's
+    /// checks use them).
+    pub observe: bool,
     /// Injected bug (simulator only): the storage mapping acknowledges writes before the
     /// disk says they are durable.
     pub inject_ack_before_durable: bool,
@@ -70,8 +71,11 @@ pub struct Output {
     /// Peer messages, in order (never addressed to this replica).
     pub messages: Vec<Envelope>,
     pub replies: Vec<ClientReply>,
-    /// Slots applied to the kv, in order (only with [`NodeConfig::record_applied`]).
+    /// Slots applied to the kv, in order (only with [`NodeConfig::observe`]).
     pub applied: Vec<(Slot, Value)>,
+    /// Messages the replica sent itself, already delivered (only with
+    /// [`NodeConfig::observe`]).
+    pub self_messages: Vec<Envelope>,
 }
 
 impl Output {
@@ -83,6 +87,7 @@ impl Output {
         self.messages.clear();
         self.replies.clear();
         self.applied.clear();
+        self.self_messages.clear();
     }
 }
 
@@ -364,6 +369,9 @@ impl<D: Disk> Node<D> {
             }
             for env in ready.messages {
                 if env.to == self.cfg.replica_id {
+                    if self.cfg.observe {
+                        self.out.self_messages.push(env.clone());
+                    }
                     self.self_msgs.push(env);
                 } else {
                     self.out.messages.push(env);
@@ -417,7 +425,7 @@ impl<D: Disk> Node<D> {
         self.metrics.proposals_committed_total.inc_by(n);
         self.metrics.proposals_applied_total.inc_by(n);
         self.metrics.applied_index.set(slot as i64);
-        if self.cfg.record_applied {
+        if self.cfg.observe {
             self.out.applied.push((slot, value));
         }
     }

@@ -54,7 +54,7 @@ enum Record {
     Entry {
         slot: Slot,
         ballot: Ballot,
-        body: rkyv::util::AlignedVec,
+        body: Vec<u8>,
     },
     Superblock {
         promised: Ballot,
@@ -123,6 +123,17 @@ pub fn replay(promised: wal::Ballot, entries: &[RecoveredEntry]) -> Result<Durab
         }
     }
     Ok(durable)
+}
+
+/// Encodes one entry body (an accepted or a chosen value).
+pub fn encode_record(chosen: bool, value: &protocol::Value) -> Vec<u8> {
+    let record = WalRecord {
+        chosen,
+        value: value_to_wire(value),
+    };
+    rkyv::api::high::to_bytes::<rkyv::rancor::Error>(&record)
+        .expect("serializing into memory cannot fail")
+        .into_vec()
 }
 
 /// Decodes one entry body the way recovery does (the simulator uses it to see which value an
@@ -240,12 +251,7 @@ impl<D: Disk> Storage<D> {
         chosen: bool,
         value: &protocol::Value,
     ) -> Result<(), WalError> {
-        let record = WalRecord {
-            chosen,
-            value: value_to_wire(value),
-        };
-        let body = rkyv::api::high::to_bytes::<rkyv::rancor::Error>(&record)
-            .expect("serializing into memory cannot fail");
+        let body = encode_record(chosen, value);
         if body.len() > self.limits.entry_bytes_max
             || ENTRY_HEADER_BYTES + body.len() > self.limits.append_bytes_max
         {
@@ -456,5 +462,67 @@ mod tests {
             let (_, durable, _) = Storage::open(cfg).unwrap();
             assert_eq!(durable, expected);
         }
+    }
+
+    /// Hole: one run of log writes used to become one append, and an append over the WAL's
+    /// batch limit (a catch-up of big values, a backlog behind a slow disk) failed the group
+    /// for good. Runs are now cut at the limit, and a write larger than one append spans
+    /// several.
+    #[test]
+    fn a_run_over_the_append_limit_is_split_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = WalConfig::new(dir.path(), 5, 0);
+        cfg.backend = BackendChoice::Sync;
+        cfg.segment_bytes = 64 << 20;
+        cfg.max_batch_bytes = 4 << 20;
+        cfg.max_entry_bytes = 2 << 20;
+        cfg.max_pending_writes = 2;
+        let (mut st, _, _) = Storage::open(cfg.clone()).unwrap();
+        let big = |seq: u64| {
+            Value::Batch(Arc::from(vec![Command {
+                client_id: 1,
+                seq,
+                payload: bytes::Bytes::from(vec![7u8; 1 << 20]),
+            }]))
+        };
+        let b1 = Ballot::new(1, 0);
+        // 12 MiB of chosen values in one protocol write, then accepts: three times the
+        // append limit, and more appends than the WAL queues at once (backpressure).
+        let mut writes = vec![(
+            1,
+            Write::Chosen {
+                entries: (1..=12).map(|s| (s, big(s))).collect(),
+            },
+        )];
+        for slot in 13..=20 {
+            writes.push((
+                slot - 11,
+                Write::Accept {
+                    ballot: b1,
+                    slot,
+                    value: big(slot),
+                },
+            ));
+        }
+        let mut expected = DurableState::default();
+        for (_, w) in &writes {
+            expected.apply(w);
+        }
+        st.submit(0, writes)
+            .expect("a big run is split, never refused");
+        let mut up_to = None;
+        for _ in 0..5000 {
+            if let Some(u) = st.poll(0).unwrap().up_to {
+                up_to = Some(u);
+            }
+            if up_to == Some(9) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert_eq!(up_to, Some(9));
+        drop(st);
+        let (_, durable, _) = Storage::open(cfg).unwrap();
+        assert_eq!(durable, expected);
     }
 }

@@ -14,7 +14,9 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::rc::Rc;
 
+use crate::protocol::{Ballot, Slot, Value};
 use crate::runtime::disk::{Disk, DiskLimits};
+use crate::runtime::storage;
 use crate::wal::format::{ENTRY_HEADER_BYTES, SECTOR_BYTES};
 use crate::wal::{self, RecoveredEntry, SuperState, WalError};
 
@@ -78,9 +80,28 @@ impl DiskState {
         }
     }
 
-    /// Writes handed over since the last call, in order.
-    pub fn take_submitted(&mut self) -> Vec<u64> {
-        std::mem::take(&mut self.submitted)
+    /// Writes handed over since the last call, in order, each with the accepted (not
+    /// chosen) values its entries carry, decoded as recovery would decode them.
+    pub fn take_submitted(&mut self) -> Vec<(u64, Vec<(Slot, Ballot, Value)>)> {
+        let ids = std::mem::take(&mut self.submitted);
+        ids.into_iter()
+            .map(|id| {
+                let mut accepts = Vec::new();
+                if let Some(InFlight {
+                    content: Content::Entries(entries),
+                    ..
+                }) = self.in_flight.iter().find(|w| w.id == id)
+                {
+                    for e in entries {
+                        if let Some((false, value)) = storage::decode_value(&e.body) {
+                            let ballot = Ballot::new(e.ballot.round, e.ballot.replica);
+                            accepts.push((e.slot_first, ballot, value));
+                        }
+                    }
+                }
+                (id, accepts)
+            })
+            .collect()
     }
 
     /// The world says write `id` reached stable storage (or failed, with an armed EIO).
@@ -219,7 +240,9 @@ impl Disk for SimDisk {
     }
 
     fn set_superblock(&mut self, state: SuperState) -> Result<wal::WriteId, WalError> {
-        self.0.borrow_mut().admit(Content::Superblock(state.promised))
+        self.0
+            .borrow_mut()
+            .admit(Content::Superblock(state.promised))
     }
 
     fn poll_completions(&mut self, out: &mut Vec<wal::WriteId>) -> Result<(), WalError> {

@@ -17,6 +17,7 @@
 //!
 //! Everything that happens is folded into a trace hash: the same seed gives the same hash.
 
+mod disk;
 mod network;
 mod runner;
 mod world;

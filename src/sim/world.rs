@@ -1,21 +1,37 @@
-//! One simulated run: the world (replicas, clients, network, disks, clocks), its event loop and
-//! its checks. See the module docs of `sim` for the fault model and the checks.
+//! One simulated run: the world (hosts running the real node, clients, network, disks,
+//! clocks), its event loop and its checks. See the module docs of `sim` for the fault model
+//! and the checks.
+//!
+//! Each host runs [`Node`] — the very code the server's mio shell runs — over a
+//! [`SimDisk`] behind the WAL's interface. The world plays the shell: it delivers decoded
+//! peer messages and client requests, reports disk completions, fires timers, and carries
+//! the node's output over the simulated network.
 
+use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::hash::{Hash, Hasher};
+use std::rc::Rc;
 
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::disk::{DiskState, SimDisk};
 use super::network::{NetworkFaults, Partition};
 use crate::check;
-use crate::kv::{KvStore, Op, Reply};
+use crate::kv::Op as KvOp;
+use crate::net::wire::{Op, Outcome, Request};
 use crate::protocol::{
-    Ballot, Command, Config, DurableState, Envelope, InjectedBug, Message, Nanos, NotLeader,
-    QuorumSpec, ReadOutcome, Replica, ReplicaId, Slot, Value, VoteSet, Write, WriteId,
+    Ballot, Command, Config, Envelope, InjectedBug, Message, Nanos, QuorumSpec, ReplicaId, Slot,
+    Value, VoteSet,
 };
+use crate::runtime::disk::DiskLimits;
+use crate::runtime::metrics::GroupMetrics;
+use crate::runtime::node::{Node, NodeConfig, Output};
+use crate::runtime::storage::{self, Storage};
+use crate::server::config::Limits;
+use crate::wal::{self, RecoveredEntry};
 
 const NS_PER_MS: u64 = 1_000_000;
 const CLIENT_TIMEOUT_NS: Nanos = 300 * NS_PER_MS;
@@ -25,6 +41,16 @@ const HEAL_DEADLINE_NS: Nanos = 30_000 * NS_PER_MS;
 const CONVERGENCE_CHECK_NS: Nanos = 50 * NS_PER_MS;
 /// The linearizability search is bounded; exceeding it fails the seed rather than passing it.
 const CHECK_STEPS_MAX: u64 = 20_000_000;
+/// The server's limits, simulated as shipped: the largest peer frame, the WAL's entry and
+/// append limits (`server::run` sets these), its queue depth.
+const PEER_FRAME_MAX_BYTES: usize = 64 << 20;
+const WAL_LIMITS: DiskLimits = DiskLimits {
+    entry_bytes_max: 6 << 20,
+    append_bytes_max: 16 << 20,
+};
+const WAL_PENDING_MAX: usize = 4096;
+const BACKLOG_BYTES_MAX: usize = 64 << 20;
+const VALUE_BYTES_MAX: usize = crate::kv::VALUE_BYTES_MAX;
 
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -36,7 +62,7 @@ pub struct SimConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
     /// Which check failed: agreement, applied-order, linearizability, lost-write, liveness,
-    /// convergence.
+    /// convergence, oversized-message.
     pub check: &'static str,
     pub detail: String,
 }
@@ -47,7 +73,11 @@ pub struct SimStats {
     pub ops_issued: u64,
     pub slots_committed: Slot,
     pub crashes: u64,
+    pub cluster_crashes: u64,
+    pub pauses: u64,
     pub partitions: u64,
+    pub disk_stalls: u64,
+    pub disk_errors: u64,
     pub messages_sent: u64,
     pub messages_dropped: u64,
     pub events: u64,
@@ -78,27 +108,8 @@ enum Addr {
 #[derive(Clone, Debug)]
 enum Packet {
     Peer(Envelope),
-    Request {
-        client: usize,
-        number: u64,
-        request: Request,
-    },
-    Response {
-        number: u64,
-        response: Response,
-    },
-}
-
-#[derive(Clone, Debug)]
-enum Request {
-    Write(Command),
-    Read { key: Bytes },
-}
-
-#[derive(Clone, Debug)]
-enum Response {
-    Done(Reply),
-    NotLeader(Option<ReplicaId>),
+    Request { client: usize, request: Request },
+    Response { req_id: u64, outcome: Outcome },
 }
 
 #[derive(Debug)]
@@ -110,12 +121,21 @@ enum Event {
     DiskDone {
         replica: ReplicaId,
         incarnation: u64,
-        write_id: WriteId,
+        write_id: u64,
     },
     Crash,
+    CrashAll,
     Restart {
         replica: ReplicaId,
+        incarnation: u64,
     },
+    Pause,
+    Resume {
+        replica: ReplicaId,
+        incarnation: u64,
+    },
+    DiskStall,
+    DiskError,
     PartitionStart,
     PartitionEnd,
     Heal,
@@ -162,38 +182,51 @@ impl Ord for Scheduled {
 struct Plan {
     storm: NetworkFaults,
     crash_every_ms: Option<u64>,
+    /// Whole-cluster crashes (power loss of every replica at once).
+    crash_all_every_ms: Option<u64>,
+    /// SIGSTOP-like pauses, some longer than the election timeout and the lease.
+    pause_every_ms: Option<u64>,
     partition_every_ms: Option<u64>,
     disk_latency_ns: (Nanos, Nanos),
+    disk_stall_every_ms: Option<u64>,
+    /// ENOSPC / EIO now and then: the node must fail loudly, never ack a lost write.
+    disk_error_every_ms: Option<u64>,
     fault_phase_ns: Nanos,
     clients: usize,
     keys: u32,
     think_ns_max: Nanos,
+    /// Puts carry values up to this size (up to the 1 MiB limit in some seeds).
+    value_bytes_max: usize,
 }
 
-struct Node {
+/// One simulated machine: the node (while up), its disk (always), its clock.
+struct Host {
     id: ReplicaId,
-    replica: Option<Replica>,
+    node: Option<Node<SimDisk>>,
+    disk: Rc<RefCell<DiskState>>,
     incarnation: u64,
-    durable: DurableState,
-    disk: VecDeque<(WriteId, Write)>,
+    /// Set while paused (SIGSTOP): inputs wait in `inbox` until resumed.
+    paused: bool,
+    inbox: Vec<(Addr, Packet)>,
+    disk_signal: bool,
     /// The flush in progress ends here; writes issued meanwhile join the next flush.
     disk_flush_ends_at: Nanos,
     disk_next_flush_ends_at: Option<Nanos>,
+    disk_stalled_until: Nanos,
     clock_offset_ns: Nanos,
     clock_ppm: i64,
-    kv: KvStore,
     applied_slot: Slot,
     applied_commands: BTreeSet<(u64, u64)>,
-    waiting_writes: BTreeMap<(u64, u64), (usize, u64)>,
-    waiting_reads: BTreeMap<u64, (usize, u64, Bytes)>,
-    /// Accept writes issued, so the vote an Accepted reports can be attributed to its value.
+    /// Accept writes issued (as the disk saw them), so the vote an Accepted reports can be
+    /// attributed to its value.
     issued_accepts: BTreeMap<(Slot, Ballot), Value>,
 }
 
-impl Node {
+impl Host {
     /// Group commit, as a real WAL does it: a write issued while the disk is idle starts a
     /// flush now; writes issued during a flush all complete together with the next one.
     fn disk_flush_end(&mut self, t: Nanos, latency: Nanos) -> Nanos {
+        let t = t.max(self.disk_stalled_until);
         if t >= self.disk_flush_ends_at {
             if let Some(next) = self.disk_next_flush_ends_at.take() {
                 if next > t {
@@ -211,7 +244,7 @@ impl Node {
             .get_or_insert(self.disk_flush_ends_at + latency)
     }
 
-    /// The replica's own monotonic clock: offset and a bounded rate error.
+    /// The replica's own clock (CLOCK_BOOTTIME): offset and a bounded rate error.
     fn local(&self, t: Nanos) -> Nanos {
         let skew = (i128::from(t) * i128::from(self.clock_ppm) / 1_000_000) as i64;
         self.clock_offset_ns + t.saturating_add_signed(skew)
@@ -227,11 +260,16 @@ impl Node {
         }
         t
     }
+
+    fn up(&self) -> bool {
+        self.node.is_some()
+    }
 }
 
 struct ClientOp {
     number: u64,
-    request: Request,
+    op: Op,
+    seq: u64,
     key: Bytes,
     history_index: usize,
     attempt: u32,
@@ -256,12 +294,12 @@ struct World {
     plan: Plan,
     faults: NetworkFaults,
     partition: Partition,
-    nodes: Vec<Node>,
+    hosts: Vec<Host>,
     clients: Vec<Client>,
-    replica_cfg: Config,
+    replica_cfgs: Vec<Config>,
     healed_at: Option<Nanos>,
     done: bool,
-    read_id_next: u64,
+    output: Output,
 
     history: Vec<check::Operation>,
     learned: BTreeMap<Slot, Value>,
@@ -278,10 +316,15 @@ impl World {
         assert!(cfg.replicas >= 1);
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let storm = NetworkFaults::random(&mut rng);
+        let sometimes = |rng: &mut ChaCha8Rng, p: f64, lo: u64, hi: u64| {
+            rng.gen_bool(p).then(|| rng.gen_range(lo..=hi))
+        };
         let plan = Plan {
             storm: storm.clone(),
-            crash_every_ms: rng.gen_bool(0.7).then(|| rng.gen_range(100..=2_000)),
-            partition_every_ms: rng.gen_bool(0.7).then(|| rng.gen_range(100..=2_000)),
+            crash_every_ms: sometimes(&mut rng, 0.7, 100, 2_000),
+            crash_all_every_ms: sometimes(&mut rng, 0.15, 500, 3_000),
+            pause_every_ms: sometimes(&mut rng, 0.4, 200, 2_000),
+            partition_every_ms: sometimes(&mut rng, 0.7, 100, 2_000),
             disk_latency_ns: {
                 // From a fast NVMe to a slow network disk: a slow disk widens the window in
                 // which a crash loses state that was (wrongly) already reported.
@@ -289,32 +332,54 @@ impl World {
                 let spread_max = [1_000_000, 5_000_000, 50_000_000][rng.gen_range(0..3)];
                 (min, min + rng.gen_range(0..=spread_max))
             },
+            disk_stall_every_ms: sometimes(&mut rng, 0.3, 300, 3_000),
+            disk_error_every_ms: sometimes(&mut rng, 0.1, 500, 4_000),
             fault_phase_ns: rng.gen_range(1_000..=4_000) * NS_PER_MS,
             clients: rng.gen_range(2..=5),
             keys: rng.gen_range(1..=4),
             think_ns_max: rng.gen_range(0..=20) * NS_PER_MS,
+            value_bytes_max: if rng.gen_bool(0.03) {
+                VALUE_BYTES_MAX
+            } else {
+                16
+            },
         };
-        let replica_cfg = random_replica_config(&mut rng, cfg);
-        let mut nodes = Vec::new();
+        let mut replica_cfgs = random_replica_configs(&mut rng, cfg);
+        let drift_ppm_max = if rng.gen_bool(0.3) {
+            // Up to the configured bound: `clock_drift_percent` is how far two replicas'
+            // rates may differ, so each may be off by half of it.
+            (replica_cfgs[0].clock_drift_percent * 10_000 / 2) as i64
+        } else {
+            500
+        };
+        let preload = Preload::random(&mut rng, cfg.replicas);
+        if preload.slots > 0 {
+            // What the server ships (`server::protocol_config`): catch-up in chunks of 64.
+            for c in &mut replica_cfgs {
+                c.catchup_batch_max = 64;
+            }
+        }
+        let mut hosts = Vec::new();
         for id in 0..cfg.replicas {
-            let node = Node {
+            let mut disk = DiskState::new(WAL_LIMITS, WAL_PENDING_MAX);
+            preload.apply(&mut disk, id);
+            hosts.push(Host {
                 id,
-                replica: None,
+                node: None,
+                disk: Rc::new(RefCell::new(disk)),
                 incarnation: 0,
-                durable: DurableState::default(),
-                disk: VecDeque::new(),
+                paused: false,
+                inbox: Vec::new(),
+                disk_signal: false,
                 disk_flush_ends_at: 0,
                 disk_next_flush_ends_at: None,
+                disk_stalled_until: 0,
                 clock_offset_ns: rng.gen_range(0..=1_000) * NS_PER_MS,
-                clock_ppm: rng.gen_range(-500..=500),
-                kv: KvStore::new(),
+                clock_ppm: rng.gen_range(-drift_ppm_max..=drift_ppm_max),
                 applied_slot: 0,
                 applied_commands: BTreeSet::new(),
-                waiting_writes: BTreeMap::new(),
-                waiting_reads: BTreeMap::new(),
                 issued_accepts: BTreeMap::new(),
-            };
-            nodes.push(node);
+            });
         }
         let clients = (0..plan.clients)
             .map(|i| Client {
@@ -336,12 +401,12 @@ impl World {
             faults: storm,
             plan,
             partition: Partition::none(),
-            replica_cfg,
-            nodes,
+            replica_cfgs,
+            hosts,
             clients,
             healed_at: None,
             done: false,
-            read_id_next: 1,
+            output: Output::default(),
             history: Vec::new(),
             learned: BTreeMap::new(),
             votes: BTreeMap::new(),
@@ -372,15 +437,21 @@ impl World {
         }));
     }
 
+    /// Schedules the next occurrence of a recurring fault, `every_ms` apart on average.
+    fn schedule_every(&mut self, every_ms: Option<u64>, event: Event) {
+        if let Some(every_ms) = every_ms {
+            let at = self.now + self.rng.gen_range(0..=2 * every_ms) * NS_PER_MS;
+            self.schedule(at, event);
+        }
+    }
+
     fn schedule_faults(&mut self) {
-        if let Some(every_ms) = self.plan.crash_every_ms {
-            let at = self.now + self.rng.gen_range(0..=2 * every_ms) * NS_PER_MS;
-            self.schedule(at, Event::Crash);
-        }
-        if let Some(every_ms) = self.plan.partition_every_ms {
-            let at = self.now + self.rng.gen_range(0..=2 * every_ms) * NS_PER_MS;
-            self.schedule(at, Event::PartitionStart);
-        }
+        self.schedule_every(self.plan.crash_every_ms, Event::Crash);
+        self.schedule_every(self.plan.crash_all_every_ms, Event::CrashAll);
+        self.schedule_every(self.plan.pause_every_ms, Event::Pause);
+        self.schedule_every(self.plan.partition_every_ms, Event::PartitionStart);
+        self.schedule_every(self.plan.disk_stall_every_ms, Event::DiskStall);
+        self.schedule_every(self.plan.disk_error_every_ms, Event::DiskError);
     }
 
     fn healed(&self) -> bool {
@@ -415,11 +486,12 @@ impl World {
     }
 
     fn next_timer(&self) -> Option<(Nanos, ReplicaId)> {
-        self.nodes
+        self.hosts
             .iter()
-            .filter_map(|node| {
-                let replica = node.replica.as_ref()?;
-                Some((node.global(replica.poll_timeout()).max(self.now), node.id))
+            .filter(|h| !h.paused)
+            .filter_map(|h| {
+                let due = h.node.as_ref()?.poll_timeout()?;
+                Some((h.global(due).max(self.now), h.id))
             })
             .min()
     }
@@ -428,13 +500,10 @@ impl World {
         self.now = at;
         self.stats.events += 1;
         self.trace_event(1, u64::from(id), 0);
-        let node = &mut self.nodes[id as usize];
-        let now = node.local(at);
-        node.replica
-            .as_mut()
-            .expect("timer of a live replica")
-            .tick(now);
-        self.drain(id);
+        let host = &mut self.hosts[id as usize];
+        let now = host.local(at);
+        host.node.as_mut().expect("timer of a live node").tick(now);
+        self.drive(id);
     }
 
     fn handle(&mut self, event: Event) {
@@ -445,11 +514,73 @@ impl World {
                 incarnation,
                 write_id,
             } => self.disk_done(replica, incarnation, write_id),
-            Event::Crash => self.crash_some(),
-            Event::Restart { replica } => {
-                if self.nodes[replica as usize].replica.is_none() {
+            Event::Crash => {
+                if !self.healed() {
+                    let victims = if self.rng.gen_bool(0.2) {
+                        self.quorum.classic()
+                    } else {
+                        1
+                    };
+                    for _ in 0..victims {
+                        self.crash_one();
+                    }
+                    self.schedule_every(self.plan.crash_every_ms, Event::Crash);
+                }
+            }
+            Event::CrashAll => {
+                if !self.healed() {
+                    self.stats.cluster_crashes += 1;
+                    for id in 0..self.cfg.replicas {
+                        self.crash(id);
+                    }
+                    self.schedule_every(self.plan.crash_all_every_ms, Event::CrashAll);
+                }
+            }
+            Event::Restart {
+                replica,
+                incarnation,
+            } => {
+                let host = &self.hosts[replica as usize];
+                if !host.up() && host.incarnation == incarnation {
                     self.trace_event(4, u64::from(replica), 0);
                     self.start_replica(replica);
+                }
+            }
+            Event::Pause => {
+                if !self.healed() {
+                    self.pause_one();
+                    self.schedule_every(self.plan.pause_every_ms, Event::Pause);
+                }
+            }
+            Event::Resume {
+                replica,
+                incarnation,
+            } => self.resume(replica, incarnation),
+            Event::DiskStall => {
+                if !self.healed() {
+                    let id = self.rng.gen_range(0..self.cfg.replicas);
+                    let lasts = self.rng.gen_range(100..=2_000) * NS_PER_MS;
+                    self.stats.disk_stalls += 1;
+                    self.trace_event(9, u64::from(id), lasts);
+                    let host = &mut self.hosts[id as usize];
+                    host.disk_stalled_until = host.disk_stalled_until.max(self.now + lasts);
+                    self.schedule_every(self.plan.disk_stall_every_ms, Event::DiskStall);
+                }
+            }
+            Event::DiskError => {
+                if !self.healed() {
+                    let id = self.rng.gen_range(0..self.cfg.replicas);
+                    let eio = self.rng.gen_bool(0.5);
+                    self.stats.disk_errors += 1;
+                    self.trace_event(10, u64::from(id), u64::from(eio));
+                    let mut disk = self.hosts[id as usize].disk.borrow_mut();
+                    if eio {
+                        disk.armed.eio = true;
+                    } else {
+                        disk.armed.enospc = true;
+                    }
+                    drop(disk);
+                    self.schedule_every(self.plan.disk_error_every_ms, Event::DiskError);
                 }
             }
             Event::PartitionStart => {
@@ -464,10 +595,7 @@ impl World {
             }
             Event::PartitionEnd => {
                 self.partition = Partition::none();
-                if let Some(every_ms) = self.plan.partition_every_ms {
-                    let at = self.now + self.rng.gen_range(0..=2 * every_ms) * NS_PER_MS;
-                    self.schedule(at, Event::PartitionStart);
-                }
+                self.schedule_every(self.plan.partition_every_ms, Event::PartitionStart);
             }
             Event::Heal => self.heal(),
             Event::ClientNext { client } => self.client_next(client),
@@ -502,56 +630,63 @@ impl World {
         self.trace.write_u64(b);
     }
 
-    // ------------------------------------------------------------------ replicas
+    // ------------------------------------------------------------------ hosts
 
+    /// Starts (or restarts) replica `id`: recovery from its disk, exactly as the server does
+    /// it, then a node whose timers start now.
     fn start_replica(&mut self, id: ReplicaId) {
-        let mut cfg = self.replica_cfg.clone();
-        cfg.id = id;
+        let protocol = self.replica_cfgs[id as usize].clone();
         let t = self.now;
-        let node = &mut self.nodes[id as usize];
-        node.incarnation += 1;
-        node.kv = KvStore::new();
-        node.applied_slot = 0;
-        node.applied_commands.clear();
-        let now = node.local(t);
-        node.replica = Some(Replica::new(cfg, &node.durable, now));
-        self.drain(id);
-    }
-
-    /// Crashes a replica, or several at once (a rack losing power). Replicas with writes in
-    /// flight are the likelier victims: that is where a crash can lose something.
-    fn crash_some(&mut self) {
-        if self.healed() {
-            return;
-        }
-        let victims = if self.rng.gen_bool(0.2) {
-            self.quorum.classic()
-        } else {
-            1
+        let observe = true;
+        let inject_ack = self.cfg.inject_bug == Some(InjectedBug::StorageAckBeforeDurable);
+        let host = &mut self.hosts[id as usize];
+        host.incarnation += 1;
+        host.paused = false;
+        host.inbox.clear();
+        host.disk_signal = false;
+        host.applied_slot = 0;
+        host.applied_commands.clear();
+        host.issued_accepts.clear();
+        let durable = {
+            let disk = host.disk.borrow();
+            let (promised, entries) = disk.recovered();
+            storage::replay(promised, entries).expect("the simulated disk holds valid records")
         };
-        for _ in 0..victims {
-            self.crash_one();
-        }
-        let every_ms = self.plan.crash_every_ms.expect("crashes planned");
-        let at = self.now + self.rng.gen_range(0..=2 * every_ms) * NS_PER_MS;
-        self.schedule(at, Event::Crash);
+        let storage = Storage::new(SimDisk(host.disk.clone()));
+        let node_cfg = NodeConfig {
+            replica_id: id,
+            group: 0,
+            groups: 1,
+            protocol,
+            limits: Limits::default(),
+            backlog_bytes_max: BACKLOG_BYTES_MAX,
+            observe,
+            inject_ack_before_durable: inject_ack,
+        };
+        let metrics = GroupMetrics::register(
+            &mut prometheus_client::registry::Registry::default(),
+            0,
+            self.cfg.replicas,
+            id,
+        );
+        let now = host.local(t);
+        host.node = Some(Node::new(node_cfg, storage, &durable, now, metrics));
+        self.drive(id);
     }
 
     fn crash_one(&mut self) {
-        let down = self.nodes.iter().filter(|n| n.replica.is_none()).count();
+        let down = self.hosts.iter().filter(|h| !h.up()).count();
         // Up to a majority may be down at once, so quorum loss is exercised too.
         if down >= self.quorum.classic() as usize {
             return;
         }
-        let up = |n: &&Node| n.replica.is_some();
         let busy: Vec<ReplicaId> = self
-            .nodes
+            .hosts
             .iter()
-            .filter(up)
-            .filter(|n| !n.disk.is_empty())
-            .map(|n| n.id)
+            .filter(|h| h.up() && h.disk.borrow().in_flight() > 0)
+            .map(|h| h.id)
             .collect();
-        let all: Vec<ReplicaId> = self.nodes.iter().filter(up).map(|n| n.id).collect();
+        let all: Vec<ReplicaId> = self.hosts.iter().filter(|h| h.up()).map(|h| h.id).collect();
         let pool = if !busy.is_empty() && self.rng.gen_bool(0.7) {
             busy
         } else {
@@ -561,66 +696,177 @@ impl World {
             return;
         }
         let id = pool[self.rng.gen_range(0..pool.len())];
+        self.crash(id);
+    }
+
+    /// Kills replica `id`: volatile state is gone; of the writes in flight, a random prefix
+    /// reached the disk (never reported), the rest is lost. It restarts later.
+    fn crash(&mut self, id: ReplicaId) {
+        if !self.hosts[id as usize].up() {
+            return;
+        }
         self.trace_event(3, u64::from(id), 0);
         self.stats.crashes += 1;
-        let node = &mut self.nodes[id as usize];
-        // Everything not yet durable is lost.
-        node.replica = None;
-        node.incarnation += 1;
-        node.disk.clear();
-        node.waiting_writes.clear();
-        node.waiting_reads.clear();
-        node.issued_accepts.clear();
+        let in_flight = self.hosts[id as usize].disk.borrow().in_flight();
+        let reach = self.rng.gen_range(0..=in_flight);
+        let host = &mut self.hosts[id as usize];
+        host.node = None;
+        host.incarnation += 1;
+        host.paused = false;
+        host.inbox.clear();
+        host.disk.borrow_mut().crash(reach);
+        host.disk_flush_ends_at = 0;
+        host.disk_next_flush_ends_at = None;
+        let incarnation = host.incarnation;
         let restart = self.now + self.rng.gen_range(10..=1_000) * NS_PER_MS;
-        self.schedule(restart, Event::Restart { replica: id });
+        self.schedule(
+            restart,
+            Event::Restart {
+                replica: id,
+                incarnation,
+            },
+        );
     }
 
-    fn disk_done(&mut self, id: ReplicaId, incarnation: u64, write_id: WriteId) {
-        let node = &mut self.nodes[id as usize];
-        if node.incarnation != incarnation {
+    /// SIGSTOP: the process keeps its state but runs nothing; input queues up. Some pauses
+    /// outlast the election timeout and the lease.
+    fn pause_one(&mut self) {
+        let up: Vec<ReplicaId> = self
+            .hosts
+            .iter()
+            .filter(|h| h.up() && !h.paused)
+            .map(|h| h.id)
+            .collect();
+        if up.is_empty() {
+            return;
+        }
+        let id = up[self.rng.gen_range(0..up.len())];
+        let lasts = self.rng.gen_range(20..=2_000) * NS_PER_MS;
+        self.trace_event(11, u64::from(id), lasts);
+        self.stats.pauses += 1;
+        let host = &mut self.hosts[id as usize];
+        host.paused = true;
+        if self.cfg.inject_bug == Some(InjectedBug::ClockStopsInSuspend) {
+            // The bug: a clock that does not count the suspension (CLOCK_MONOTONIC).
+            host.clock_offset_ns = host.clock_offset_ns.saturating_sub(lasts);
+        }
+        let incarnation = host.incarnation;
+        self.schedule(
+            self.now + lasts,
+            Event::Resume {
+                replica: id,
+                incarnation,
+            },
+        );
+    }
+
+    /// SIGCONT: like the server's loop after a pause, read everything that arrived before
+    /// running the timers that expired meanwhile.
+    fn resume(&mut self, id: ReplicaId, incarnation: u64) {
+        let host = &self.hosts[id as usize];
+        if host.incarnation != incarnation || !host.paused {
+            return;
+        }
+        self.trace_event(12, u64::from(id), 0);
+        let host = &mut self.hosts[id as usize];
+        host.paused = false;
+        let inbox = std::mem::take(&mut host.inbox);
+        // The shell reads its sockets in whatever order epoll lists them: each connection's
+        // bytes in order, connections interleaved arbitrarily.
+        let mut queues: BTreeMap<Addr, std::collections::VecDeque<Packet>> = BTreeMap::new();
+        for (_, packet) in inbox {
+            let source = match &packet {
+                Packet::Peer(envelope) => Addr::Replica(envelope.from),
+                Packet::Request { client, .. } => Addr::Client(*client),
+                Packet::Response { .. } => unreachable!("responses go to clients"),
+            };
+            queues.entry(source).or_default().push_back(packet);
+        }
+        while !queues.is_empty() {
+            let pick = self.rng.gen_range(0..queues.len());
+            let source = *queues.keys().nth(pick).expect("in range");
+            let queue = queues.get_mut(&source).expect("present");
+            let packet = queue.pop_front().expect("queues are never empty");
+            if queue.is_empty() {
+                queues.remove(&source);
+            }
+            self.deliver(Addr::Replica(id), packet);
+        }
+        let host = &mut self.hosts[id as usize];
+        if host.disk_signal {
+            host.disk_signal = false;
+            let now = host.local(self.now);
+            if let Some(node) = host.node.as_mut() {
+                node.on_disk(now);
+            }
+        }
+        self.drive(id);
+    }
+
+    fn disk_done(&mut self, id: ReplicaId, incarnation: u64, write_id: u64) {
+        if self.hosts[id as usize].incarnation != incarnation {
             return; // The write died with the crash.
         }
-        let (done_id, write) = node.disk.pop_front().expect("a write in flight");
-        assert_eq!(done_id, write_id, "the simulated disk completes in order");
-        node.durable.apply(&write);
-        let now = node.local(self.now);
-        node.replica
-            .as_mut()
-            .expect("live")
-            .persisted(now, write_id);
         self.trace_event(2, u64::from(id), write_id);
-        self.drain(id);
+        let host = &mut self.hosts[id as usize];
+        host.disk.borrow_mut().complete(write_id);
+        if host.paused {
+            host.disk_signal = true;
+            return;
+        }
+        let now = host.local(self.now);
+        if let Some(node) = host.node.as_mut() {
+            node.on_disk(now);
+        }
+        self.drive(id);
     }
 
-    /// Takes the replica's Ready and does what it says, like the real runtime would.
-    fn drain(&mut self, id: ReplicaId) {
+    /// Drives the node and carries out what it asks, like the server's shell does.
+    fn drive(&mut self, id: ReplicaId) {
         let t = self.now;
         let (lo, hi) = self.plan.disk_latency_ns;
         let latency = self.rng.gen_range(lo..=hi);
-        let node = &mut self.nodes[id as usize];
-        let now = node.local(t);
-        let Some(replica) = node.replica.as_mut() else {
+        let host = &mut self.hosts[id as usize];
+        if host.paused {
+            return;
+        }
+        let now = host.local(t);
+        let Some(node) = host.node.as_mut() else {
             return;
         };
-        let ready = replica.ready(now);
-        let mut disk_done = Vec::new();
-        for (write_id, write) in ready.writes {
-            if let Write::Accept {
-                ballot,
-                slot,
-                value,
-            } = &write
-            {
-                node.issued_accepts.insert((*slot, *ballot), value.clone());
+        let was_failed = node.failed().is_some();
+        node.drive(now);
+        let mut output = std::mem::take(&mut self.output);
+        node.take_output(&mut output);
+        let newly_failed = match node.failed() {
+            Some(why) if !was_failed => Some(why.to_string()),
+            _ => None,
+        };
+        if let Some(why) = newly_failed {
+            // Only an injected disk fault may stop a node; anything else (a WAL limit, a
+            // safety violation the replica detected) is a bug.
+            if !why.contains("EIO") && !why.contains("full") {
+                self.violations.push(Violation {
+                    check: "node-failed",
+                    detail: format!("replica {id} stopped: {why}"),
+                });
             }
-            let done_at = node.disk_flush_end(t, latency);
-            node.disk.push_back((write_id, write));
-            disk_done.push((done_at, write_id));
         }
-        let incarnation = node.incarnation;
-        for (done_at, write_id) in disk_done {
+        let host = &mut self.hosts[id as usize];
+        // The disk's view of what the node wrote: schedule completions (group commit) and
+        // remember which value each Accept wrote, for the vote count.
+        let submitted = host.disk.borrow_mut().take_submitted();
+        let incarnation = host.incarnation;
+        let mut done = Vec::new();
+        for (write_id, accepts) in submitted {
+            for (slot, ballot, value) in accepts {
+                host.issued_accepts.insert((slot, ballot), value);
+            }
+            done.push((host.disk_flush_end(t, latency), write_id));
+        }
+        for (at, write_id) in done {
             self.schedule(
-                done_at,
+                at,
                 Event::DiskDone {
                     replica: id,
                     incarnation,
@@ -628,36 +874,33 @@ impl World {
                 },
             );
         }
-        for envelope in ready.messages {
-            if let Message::Accepted { ballot, slot } = envelope.msg {
-                let node = &self.nodes[id as usize];
-                if let Some(value) = node.issued_accepts.get(&(slot, ballot)).cloned() {
-                    self.count_vote(id, slot, ballot, value);
-                }
-            }
+        for envelope in output.self_messages.drain(..) {
+            self.observe_vote(id, &envelope);
+        }
+        for envelope in output.messages.drain(..) {
+            self.observe_vote(id, &envelope);
             self.send_peer(envelope);
         }
-        for (slot, value) in ready.committed {
-            self.apply_committed(id, slot, value);
+        for (slot, value) in output.applied.drain(..) {
+            self.observe_applied(id, slot, value);
         }
-        for read in ready.reads {
-            let node = &mut self.nodes[id as usize];
-            let Some((client, number, key)) = node.waiting_reads.remove(&read.id) else {
-                continue;
-            };
-            let response = match read.outcome {
-                ReadOutcome::Ready => Response::Done(node.kv.get(&key)),
-                ReadOutcome::NotLeader { leader } => Response::NotLeader(leader),
-            };
-            self.respond(client, number, response);
+        for reply in output.replies.drain(..) {
+            self.transmit(
+                Addr::Client(reply.conn as usize),
+                Packet::Response {
+                    req_id: reply.req_id,
+                    outcome: reply.outcome,
+                },
+            );
         }
-        for dropped in ready.dropped {
-            let node = &mut self.nodes[id as usize];
-            if let Some((client, number)) = node
-                .waiting_writes
-                .remove(&(dropped.client_id, dropped.seq))
-            {
-                self.respond(client, number, Response::NotLeader(dropped.leader));
+        self.output = output;
+    }
+
+    fn observe_vote(&mut self, id: ReplicaId, envelope: &Envelope) {
+        if let Message::Accepted { ballot, slot } = envelope.msg {
+            let host = &self.hosts[id as usize];
+            if let Some(value) = host.issued_accepts.get(&(slot, ballot)).cloned() {
+                self.count_vote(id, slot, ballot, value);
             }
         }
     }
@@ -695,7 +938,7 @@ impl World {
         }
     }
 
-    fn apply_committed(&mut self, id: ReplicaId, slot: Slot, value: Value) {
+    fn observe_applied(&mut self, id: ReplicaId, slot: Slot, value: Value) {
         // Check (a), learner side, and (b): applied in order, each slot's one chosen value.
         match self.learned.get(&slot) {
             Some(first) if *first != value => self.violations.push(Violation {
@@ -724,53 +967,42 @@ impl World {
             }
         }
         self.trace_event(6, u64::from(id), slot);
-        let node = &mut self.nodes[id as usize];
-        if slot != node.applied_slot + 1 {
+        let host = &mut self.hosts[id as usize];
+        if slot != host.applied_slot + 1 {
             self.violations.push(Violation {
                 check: "applied-order",
                 detail: format!(
                     "replica {id} applied slot {slot} after slot {}",
-                    node.applied_slot
+                    host.applied_slot
                 ),
             });
         }
-        node.applied_slot = slot;
-        let mut replies = Vec::new();
+        host.applied_slot = slot;
         for command in value.commands() {
-            let reply = node
-                .kv
-                .apply(command.client_id, command.seq, &command.payload);
-            node.applied_commands
+            host.applied_commands
                 .insert((command.client_id, command.seq));
-            if let Some(waiter) = node
-                .waiting_writes
-                .remove(&(command.client_id, command.seq))
-            {
-                replies.push((waiter, reply));
-            }
         }
         self.stats.slots_committed = self.stats.slots_committed.max(slot);
-        for ((client, number), reply) in replies {
-            self.respond(client, number, Response::Done(reply));
-        }
     }
 
     // ------------------------------------------------------------------ network
 
     fn send_peer(&mut self, envelope: Envelope) {
         let to = envelope.to;
-        if envelope.from == to {
-            // A replica talking to its own acceptor: no network in between.
-            self.schedule(
-                self.now,
-                Event::Deliver {
-                    to: Addr::Replica(to),
-                    packet: Packet::Peer(envelope),
-                },
-            );
+        self.stats.messages_sent += 1;
+        if let Some(bytes) = oversized(&envelope.msg) {
+            // The real shell cannot encode it and drops it: a bug to prevent, not to survive.
+            self.violations.push(Violation {
+                check: "oversized-message",
+                detail: format!(
+                    "replica {} sent a {} of about {bytes} bytes to replica {to}, over the {PEER_FRAME_MAX_BYTES}-byte frame limit",
+                    envelope.from,
+                    envelope.msg.kind()
+                ),
+            });
+            self.stats.messages_dropped += 1;
             return;
         }
-        self.stats.messages_sent += 1;
         if self.partition.blocks(envelope.from, to) {
             self.stats.messages_dropped += 1;
             return;
@@ -804,76 +1036,41 @@ impl World {
     }
 
     fn deliver(&mut self, to: Addr, packet: Packet) {
+        if let Addr::Replica(id) = to {
+            let host = &mut self.hosts[id as usize];
+            if !host.up() {
+                return;
+            }
+            if host.paused {
+                host.inbox.push((to, packet));
+                return;
+            }
+        }
         match (to, packet) {
             (Addr::Replica(id), Packet::Peer(envelope)) => {
                 self.trace.write_u64(self.now);
                 envelope.hash(&mut self.trace);
-                let node = &mut self.nodes[id as usize];
-                let now = node.local(self.now);
-                let Some(replica) = node.replica.as_mut() else {
-                    return;
-                };
-                replica.step(now, envelope);
-                self.drain(id);
+                let host = &mut self.hosts[id as usize];
+                let now = host.local(self.now);
+                host.node.as_mut().expect("up").on_peer(now, envelope);
+                self.drive(id);
             }
-            (
-                Addr::Replica(id),
-                Packet::Request {
-                    client,
-                    number,
-                    request,
-                },
-            ) => {
-                self.trace_event(7, u64::from(id), number);
-                self.on_request(id, client, number, request);
+            (Addr::Replica(id), Packet::Request { client, request }) => {
+                self.trace_event(7, u64::from(id), request.id);
+                let host = &mut self.hosts[id as usize];
+                let now = host.local(self.now);
+                host.node
+                    .as_mut()
+                    .expect("up")
+                    .on_request(now, client as u64, request);
+                self.drive(id);
             }
-            (Addr::Client(client), Packet::Response { number, response }) => {
-                self.trace_event(8, client as u64, number);
-                self.on_response(client, number, response);
+            (Addr::Client(client), Packet::Response { req_id, outcome }) => {
+                self.trace_event(8, client as u64, req_id);
+                self.on_response(client, req_id, outcome);
             }
             (to, packet) => unreachable!("{packet:?} routed to {to:?}"),
         }
-    }
-
-    fn on_request(&mut self, id: ReplicaId, client: usize, number: u64, request: Request) {
-        let read_id = self.read_id_next;
-        self.read_id_next += 1;
-        let node = &mut self.nodes[id as usize];
-        let now = node.local(self.now);
-        let Some(replica) = node.replica.as_mut() else {
-            return;
-        };
-        let result = match &request {
-            Request::Write(command) => {
-                let key = (command.client_id, command.seq);
-                let result = replica.propose(now, command.clone());
-                if result.is_ok() {
-                    node.waiting_writes.insert(key, (client, number));
-                }
-                result
-            }
-            Request::Read { key } => {
-                let result = replica.read_index(now, read_id);
-                if result.is_ok() {
-                    node.waiting_reads
-                        .insert(read_id, (client, number, key.clone()));
-                }
-                result
-            }
-        };
-        match result {
-            Ok(()) => self.drain(id),
-            Err(NotLeader::Redirect { leader }) => {
-                self.respond(client, number, Response::NotLeader(leader))
-            }
-            Err(NotLeader::QueueFull) => {
-                self.respond(client, number, Response::NotLeader(Some(id)))
-            }
-        }
-    }
-
-    fn respond(&mut self, client: usize, number: u64, response: Response) {
-        self.transmit(Addr::Client(client), Packet::Response { number, response });
     }
 
     // ------------------------------------------------------------------ clients
@@ -882,21 +1079,48 @@ impl World {
         matches!(&self.clients[client].op, Some(op) if op.number == number && op.attempt == attempt)
     }
 
+    fn random_value(&mut self, tag: String) -> Bytes {
+        let max = self.plan.value_bytes_max;
+        if max <= 16 || self.rng.gen_bool(0.5) {
+            return Bytes::from(tag);
+        }
+        let len = self.rng.gen_range(tag.len()..=max);
+        let mut v = tag.into_bytes();
+        v.resize(len, b'.');
+        Bytes::from(v)
+    }
+
     fn client_next(&mut self, client: usize) {
         if self.healed() || self.clients[client].op.is_some() {
             return;
         }
         let key = Bytes::from(format!("k{}", self.rng.gen_range(0..self.plan.keys)));
         let roll = self.rng.gen_range(0..100);
+        let wander = self
+            .rng
+            .gen_bool(0.1)
+            .then(|| self.rng.gen_range(0..self.cfg.replicas));
         let c = &mut self.clients[client];
+        if let Some(target) = wander {
+            // Now and then a client starts at any replica (its nearest, a stale topology).
+            c.target = target;
+        }
         c.ops_started += 1;
         let number = c.ops_started;
-        let (call, request) = if roll < 35 {
-            (check::Call::Get, Request::Read { key: key.clone() })
+        let (call, op) = if roll < 35 {
+            (
+                check::Call::Get,
+                Op::Get {
+                    key: key.clone(),
+                    linearizable: true,
+                },
+            )
         } else {
             c.seq += 1;
-            let value = Bytes::from(format!("c{}s{}", c.id, c.seq));
-            let (call, op) = if roll < 70 {
+            let tag = format!("c{}s{}", c.id, c.seq);
+            let value = self.random_value(tag);
+            let c = &mut self.clients[client];
+            if roll < 70 {
                 (
                     check::Call::Put {
                         value: value.to_vec(),
@@ -926,13 +1150,7 @@ impl World {
                 )
             } else {
                 (check::Call::Delete, Op::Delete { key: key.clone() })
-            };
-            let command = Command {
-                client_id: c.id,
-                seq: c.seq,
-                payload: op.encode(),
-            };
-            (call, Request::Write(command))
+            }
         };
         let c = &mut self.clients[client];
         self.history.push(check::Operation {
@@ -943,9 +1161,15 @@ impl World {
             invoke_ns: self.now,
             complete_ns: 0,
         });
+        let seq = if matches!(op, Op::Get { .. }) {
+            0
+        } else {
+            c.seq
+        };
         c.op = Some(ClientOp {
             number,
-            request,
+            op,
+            seq,
             key,
             history_index: self.history.len() - 1,
             attempt: 0,
@@ -956,18 +1180,17 @@ impl World {
 
     fn client_send(&mut self, client: usize) {
         let c = &mut self.clients[client];
+        let id = c.id;
         let op = c.op.as_mut().expect("an op to send");
         op.attempt += 1;
         let (number, attempt, target) = (op.number, op.attempt, c.target);
-        let request = op.request.clone();
-        self.transmit(
-            Addr::Replica(target),
-            Packet::Request {
-                client,
-                number,
-                request,
-            },
-        );
+        let request = Request {
+            id: number,
+            client_id: id,
+            seq: op.seq,
+            op: op.op.clone(),
+        };
+        self.transmit(Addr::Replica(target), Packet::Request { client, request });
         self.schedule(
             self.now + CLIENT_TIMEOUT_NS,
             Event::ClientTimeout {
@@ -978,49 +1201,53 @@ impl World {
         );
     }
 
-    fn on_response(&mut self, client: usize, number: u64, response: Response) {
+    fn on_response(&mut self, client: usize, number: u64, outcome: Outcome) {
         let n = self.cfg.replicas;
         let c = &mut self.clients[client];
         let Some(op) = c.op.as_ref() else { return };
         if op.number != number {
             return; // A late answer to an earlier operation.
         }
-        let reply = match response {
-            Response::NotLeader(hint) => {
-                c.target = match hint {
-                    Some(leader) if leader != c.target => leader,
-                    _ => (c.target + 1) % n,
-                };
-                let attempt = op.attempt;
-                self.schedule(
-                    self.now + CLIENT_BACKOFF_NS,
-                    Event::ClientResend {
-                        client,
-                        number,
-                        attempt,
-                    },
-                );
-                return;
-            }
-            Response::Done(reply) => reply,
+        let retry_hint = match &outcome {
+            Outcome::NotLeader { leader } => Some(*leader),
+            Outcome::Busy => Some(Some(c.target)),
+            _ => None,
         };
-        let op = c.op.take().expect("checked");
-        let ret = match reply {
-            Reply::Get { value, version, .. } => check::Ret::Get {
+        if let Some(hint) = retry_hint {
+            c.target = match hint {
+                Some(leader) if leader != c.target => leader,
+                Some(_) if matches!(outcome, Outcome::Busy) => c.target,
+                _ => (c.target + 1) % n,
+            };
+            let attempt = op.attempt;
+            self.schedule(
+                self.now + CLIENT_BACKOFF_NS,
+                Event::ClientResend {
+                    client,
+                    number,
+                    attempt,
+                },
+            );
+            return;
+        }
+        let ret = match outcome {
+            Outcome::Get { value, version, .. } => check::Ret::Get {
                 value: value.map(|v| v.to_vec()),
                 version,
             },
-            Reply::Put { version, .. } => check::Ret::Put { version },
-            Reply::Delete { existed, .. } => check::Ret::Delete { existed },
-            Reply::Cas { ok, version, .. } => check::Ret::Cas { ok, version },
+            Outcome::Put { version, .. } => check::Ret::Put { version },
+            Outcome::Delete { existed, .. } => check::Ret::Delete { existed },
+            Outcome::Cas { ok, version, .. } => check::Ret::Cas { ok, version },
             other => {
                 self.violations.push(Violation {
                     check: "linearizability",
                     detail: format!("client {} got an impossible reply {other:?}", c.id),
                 });
+                c.op = None;
                 return;
             }
         };
+        let op = c.op.take().expect("checked");
         let version_seen = match &ret {
             check::Ret::Get { version, .. }
             | check::Ret::Put { version }
@@ -1028,8 +1255,8 @@ impl World {
             check::Ret::Delete { .. } => 0,
         };
         c.known_version.insert(op.key.clone(), version_seen);
-        if let Request::Write(command) = &op.request {
-            self.acked_writes.push((command.client_id, command.seq));
+        if !matches!(op.op, Op::Get { .. }) {
+            self.acked_writes.push((c.id, op.seq));
         }
         let entry = &mut self.history[op.history_index];
         entry.ret = Some(ret);
@@ -1046,7 +1273,22 @@ impl World {
         self.partition = Partition::none();
         self.faults = self.plan.storm.calm();
         for id in 0..self.cfg.replicas {
-            if self.nodes[id as usize].replica.is_none() {
+            let host = &mut self.hosts[id as usize];
+            host.disk_stalled_until = host.disk_stalled_until.min(self.now);
+            host.disk.borrow_mut().armed = Default::default();
+            let incarnation = host.incarnation;
+            if host.paused {
+                self.resume(id, incarnation);
+            }
+            // A node that stopped on a disk error is restarted by its operator.
+            let failed = self.hosts[id as usize]
+                .node
+                .as_ref()
+                .is_some_and(|n| n.failed().is_some());
+            if failed {
+                self.crash(id);
+            }
+            if !self.hosts[id as usize].up() {
                 self.start_replica(id);
             }
         }
@@ -1059,11 +1301,11 @@ impl World {
 
     fn converged(&self) -> bool {
         let statuses: Vec<_> = self
-            .nodes
+            .hosts
             .iter()
-            .filter_map(|n| n.replica.as_ref().map(|r| r.status()))
+            .filter_map(|h| h.node.as_ref().map(|n| n.replica().status()))
             .collect();
-        if statuses.len() != self.nodes.len() {
+        if statuses.len() != self.hosts.len() {
             return false;
         }
         let commit_max = statuses.iter().map(|s| s.commit).max().unwrap_or(0);
@@ -1089,9 +1331,13 @@ impl World {
             })
             .collect();
         let statuses: Vec<String> = self
-            .nodes
+            .hosts
             .iter()
-            .filter_map(|n| n.replica.as_ref().map(|r| format!("{:?}", r.status())))
+            .filter_map(|h| {
+                h.node
+                    .as_ref()
+                    .map(|n| format!("{:?} failed={:?}", n.replica().status(), n.failed()))
+            })
             .collect();
         self.violations.push(Violation {
             check: "liveness",
@@ -1106,31 +1352,35 @@ impl World {
 
     fn final_checks(&mut self) {
         // (d) No acknowledged write is lost: every replica has applied every one.
-        for node in &self.nodes {
+        for host in &self.hosts {
             if let Some(missing) = self
                 .acked_writes
                 .iter()
-                .find(|w| !node.applied_commands.contains(w))
+                .find(|w| !host.applied_commands.contains(w))
             {
                 self.violations.push(Violation {
                     check: "lost-write",
                     detail: format!(
                         "replica {} never applied acknowledged write client {} seq {}",
-                        node.id, missing.0, missing.1
+                        host.id, missing.0, missing.1
                     ),
                 });
             }
         }
         // (f) Converged replicas hold equal state.
-        let digests: Vec<u64> = self.nodes.iter().map(|n| n.kv.digest()).collect();
+        let digests: Vec<u64> = self
+            .hosts
+            .iter()
+            .map(|h| h.node.as_ref().map_or(0, |n| n.kv().digest()))
+            .collect();
         if digests.iter().any(|d| *d != digests[0]) {
             self.violations.push(Violation {
                 check: "convergence",
                 detail: format!(
                     "kv states differ at applied slots {:?}",
-                    self.nodes
+                    self.hosts
                         .iter()
-                        .map(|n| n.applied_slot)
+                        .map(|h| h.applied_slot)
                         .collect::<Vec<_>>()
                 ),
             });
@@ -1164,15 +1414,140 @@ impl World {
     }
 }
 
-fn random_replica_config(rng: &mut ChaCha8Rng, cfg: &SimConfig) -> Config {
-    let mut replica = Config::new(0, cfg.replicas);
-    replica.seed = cfg.seed;
-    replica.inject_bug = cfg.inject_bug;
-    replica.pipeline_depth = [1, 4, 32][rng.gen_range(0..3)];
-    replica.batch_max_ops = [1, 4, 64][rng.gen_range(0..3)];
-    replica.batch_delay_us = [0, 0, 500][rng.gen_range(0..3)];
-    replica.catchup_batch_max = [2, 64][rng.gen_range(0..2)];
-    replica
+/// The encoded size of a message that could exceed the peer frame limit, if it does. Only
+/// messages that carry many values are measured.
+fn oversized(msg: &Message) -> Option<usize> {
+    let values: Box<dyn Iterator<Item = &Value>> = match msg {
+        Message::Promise { entries, .. } => Box::new(entries.iter().map(|e| &e.value)),
+        Message::CatchupReply { entries } => Box::new(entries.iter().map(|(_, v)| v)),
+        _ => return None,
+    };
+    let bytes: usize = values
+        .map(|v| {
+            32 + v
+                .commands()
+                .iter()
+                .map(|c| c.payload.len() + 32)
+                .sum::<usize>()
+        })
+        .sum();
+    (bytes > PEER_FRAME_MAX_BYTES).then_some(bytes)
+}
+
+/// A log the cluster already holds when the run starts (some seeds): many small slots (a
+/// long-lived cluster; some replicas do not know the last thousands are chosen) or a few huge
+/// ones (1 MiB values) accepted and never known chosen. Every slot is accepted at one old
+/// ballot on every replica, so the preload itself is consistent: what a whole-cluster restart
+/// finds on disk.
+struct Preload {
+    slots: u64,
+    value_bytes: usize,
+    /// Per replica: how many leading slots it knows are chosen.
+    known_chosen: Vec<u64>,
+}
+
+impl Preload {
+    fn random(rng: &mut ChaCha8Rng, replicas: u32) -> Preload {
+        let roll = rng.gen_range(0..1000);
+        let (slots, value_bytes) = if roll < 4 {
+            (rng.gen_range(100_000..=120_000), 8)
+        } else if roll < 6 && replicas <= 5 {
+            // 70 MiB of log: more than one peer frame holds.
+            (rng.gen_range(70..=75), VALUE_BYTES_MAX)
+        } else {
+            (0, 0)
+        };
+        let known_chosen = (0..replicas)
+            .map(|_| {
+                if value_bytes > 8 || slots == 0 {
+                    0
+                } else {
+                    slots - rng.gen_range(0..=32) - rng.gen_range(0..=5_000)
+                }
+            })
+            .collect();
+        Preload {
+            slots,
+            value_bytes,
+            known_chosen,
+        }
+    }
+
+    fn apply(&self, disk: &mut DiskState, replica: ReplicaId) {
+        if self.slots == 0 {
+            return;
+        }
+        let ballot = wal::Ballot {
+            round: 1,
+            replica: 0,
+        };
+        let payload_value = Bytes::from(vec![b'p'; self.value_bytes]);
+        let known_chosen = self.known_chosen[replica as usize];
+        let entries = (1..=self.slots)
+            .map(|slot| {
+                let op = KvOp::Put {
+                    key: Bytes::from(format!("preload/{}", slot % 1000)),
+                    value: payload_value.clone(),
+                };
+                let value = Value::Batch(
+                    vec![Command {
+                        client_id: 1 << 40,
+                        seq: slot,
+                        payload: op.encode(),
+                    }]
+                    .into(),
+                );
+                let chosen = slot <= known_chosen;
+                RecoveredEntry {
+                    slot_first: slot,
+                    slot_last: slot,
+                    ballot: if chosen {
+                        wal::Ballot::default()
+                    } else {
+                        ballot
+                    },
+                    body: storage::encode_record(chosen, &value),
+                    log_offset: 0,
+                }
+            })
+            .collect();
+        disk.preload(ballot, entries);
+    }
+}
+
+/// Every replica's protocol configuration. Most seeds draw random knobs; some run exactly
+/// what the server ships for a cluster with a preferred leader (asymmetric election
+/// timeouts, the lease derived from them).
+fn random_replica_configs(rng: &mut ChaCha8Rng, cfg: &SimConfig) -> Vec<Config> {
+    let shipped = rng.gen_bool(0.25);
+    let preferred = rng.gen_range(0..cfg.replicas);
+    let pipeline_depth = [1, 4, 32][rng.gen_range(0..3)];
+    let batch_max_ops = [1, 4, 64][rng.gen_range(0..3)];
+    let batch_delay_us = [0, 0, 500][rng.gen_range(0..3)];
+    let catchup_batch_max = [2, 64][rng.gen_range(0..2)];
+    (0..cfg.replicas)
+        .map(|id| {
+            let mut replica = if shipped {
+                let mut cluster = crate::server::config::ClusterConfig::local(
+                    cfg.replicas,
+                    1,
+                    std::path::Path::new("/sim"),
+                    1,
+                );
+                cluster.preferred_leader = Some(preferred);
+                crate::server::protocol_config(&cluster, id, 0)
+            } else {
+                Config::new(id, cfg.replicas)
+            };
+            replica.seed = cfg.seed;
+            replica.inject_bug = cfg.inject_bug;
+            replica.pipeline_depth = pipeline_depth;
+            replica.batch_max_ops = batch_max_ops;
+            replica.batch_delay_us = batch_delay_us;
+            replica.catchup_batch_max = catchup_batch_max;
+            replica
+        })
+        .collect()
 }
 
 fn describe(value: &Value) -> String {
@@ -1181,6 +1556,7 @@ fn describe(value: &Value) -> String {
         Value::Batch(commands) => {
             let ids: Vec<String> = commands
                 .iter()
+                .take(8)
                 .map(|c| format!("c{}s{}", c.client_id, c.seq))
                 .collect();
             format!("batch [{}]", ids.join(" "))
