@@ -20,6 +20,9 @@ use crate::runtime::storage;
 use crate::wal::format::{ENTRY_HEADER_BYTES, SECTOR_BYTES};
 use crate::wal::{self, RecoveredEntry, SuperState, WalError};
 
+/// An accepted value as a disk write carries it: (slot, ballot, value).
+pub type AcceptedEntry = (Slot, Ballot, Value);
+
 /// What one write carries.
 #[derive(Clone, Debug)]
 enum Content {
@@ -82,7 +85,7 @@ impl DiskState {
 
     /// Writes handed over since the last call, in order, each with the accepted (not
     /// chosen) values its entries carry, decoded as recovery would decode them.
-    pub fn take_submitted(&mut self) -> Vec<(u64, Vec<(Slot, Ballot, Value)>)> {
+    pub fn take_submitted(&mut self) -> Vec<(u64, Vec<AcceptedEntry>)> {
         let ids = std::mem::take(&mut self.submitted);
         ids.into_iter()
             .map(|id| {
