@@ -380,6 +380,7 @@ enum Port {
 fn bad_inputs(
     port: &Port,
     cluster_id: u64,
+    settings_digest: u64,
     target: u32,
 ) -> Vec<(&'static str, Vec<u8>, &'static [ErrorCode])> {
     let mut rng = ChaCha8Rng::seed_from_u64(0x5eed);
@@ -432,7 +433,11 @@ fn bad_inputs(
         let mut h = match port {
             Port::Client => Hello::new(cluster, CLIENT_ID_NONE, 0),
             // Claims to be another replica of the cluster.
-            Port::Peer => Hello::new(cluster, (target + 1) % 3, 0),
+            Port::Peer => {
+                let mut h = Hello::new(cluster, (target + 1) % 3, 0);
+                h.settings_digest = settings_digest;
+                h
+            }
         };
         h.version = version;
         match port {
@@ -450,6 +455,17 @@ fn bad_inputs(
         hello(cluster_id ^ 0x00ff_00ff_0000_0000, PROTOCOL_VERSION),
         &[ErrorCode::WrongCluster],
     ));
+
+    if matches!(port, Port::Peer) {
+        // A peer whose timeouts or lease settings differ would break the lease argument.
+        let mut h = Hello::new(cluster_id, (target + 1) % 3, 0);
+        h.settings_digest = settings_digest ^ 0x10;
+        out.push((
+            "peer with other timeout settings",
+            encode_frame(&PeerFrame::Hello(h)),
+            &[ErrorCode::WrongCluster],
+        ));
+    }
 
     // A good handshake, then random bytes in a frame with a right checksum.
     let mut then_garbage = hello(cluster_id, PROTOCOL_VERSION);
@@ -555,7 +571,8 @@ fn bad_input_on_client_and_peer_ports_is_refused_and_the_server_keeps_serving() 
             Port::Client => format!("{}:{}", rc.host, rc.client_port),
             Port::Peer => format!("{}:{}", rc.host, rc.peer_port),
         };
-        for (case, bytes, codes) in bad_inputs(&port, cluster_id, r as u32) {
+        let digest = tc.config().settings_digest();
+        for (case, bytes, codes) in bad_inputs(&port, cluster_id, digest, r as u32) {
             let errors = send_and_read_until_closed(&addr, &bytes, &port);
             assert_eq!(
                 errors.len(),

@@ -576,6 +576,8 @@ pub fn local_config(
     let base = free_base_port(spec.replicas, spec.groups)?;
     let mut cfg = ClusterConfig::local(spec.replicas, spec.groups, data_dir, base);
     cfg.durability = spec.durability()?;
+    // A benchmark cluster is never restarted: memory durability is its to choose.
+    cfg.unsafe_memory_durability = cfg.durability == crate::wal::BackendChoice::Memory;
     cfg.batching.batch_max_ops = spec.batch_max_ops;
     cfg.batching.batch_max_bytes = spec.batch_max_bytes;
     cfg.batching.batch_delay_us = spec.batch_delay_us;

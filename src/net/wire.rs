@@ -15,7 +15,7 @@ use crate::protocol::{Ballot, Command, Envelope, Message, PromiseEntry, ReplicaI
 pub const MAGIC: u32 = u32::from_le_bytes(*b"MPAX");
 /// Bumped on any incompatible change of these types; a peer or client with another version is
 /// refused with [`ErrorCode::Version`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The group a key belongs to: FNV-1a 64 of the key, modulo the group count. Clients and
 /// servers must agree on this function; changing it is a protocol version bump.
 pub fn group_of(key: &[u8], groups: u32) -> u32 {
@@ -40,6 +40,10 @@ pub struct Hello {
     pub replica_id: u32,
     /// The group the connection is for; must match the port's group.
     pub group: u32,
+    /// From a peer: a digest of the settings the lease argument needs every replica to share
+    /// (heartbeat, election timeouts, lease, drift bound, preferred leader); a peer whose
+    /// digest differs is refused. 0 from a client.
+    pub settings_digest: u64,
 }
 
 impl Hello {
@@ -50,6 +54,7 @@ impl Hello {
             cluster_id,
             replica_id,
             group,
+            settings_digest: 0,
         }
     }
 }

@@ -97,6 +97,8 @@ pub struct GroupSpec {
     pub metrics: GroupMetrics,
     /// Per-peer one-way delay (WAN emulation), nanoseconds; empty = none.
     pub peer_delay_ns: Vec<Nanos>,
+    /// [`crate::server::config::ClusterConfig::settings_digest`]: peers must agree on it.
+    pub settings_digest: u64,
 }
 
 /// A running group thread.
@@ -187,6 +189,7 @@ struct Group {
     group: u32,
     groups: u32,
     cluster_id: u64,
+    settings_digest: u64,
     replicas: Vec<ReplicaInfo>,
     limits: Limits,
     shared: Arc<Shared>,
@@ -305,6 +308,7 @@ impl Group {
             group: spec.group,
             groups: spec.groups,
             cluster_id: spec.cluster_id,
+            settings_digest: spec.settings_digest,
             replicas: spec.replicas,
             limits: spec.limits,
             shared: spec.shared,
@@ -548,7 +552,9 @@ impl Group {
     }
 
     fn connect_peer(&mut self, id: usize, now: Nanos) {
-        let hello = PeerFrame::Hello(Hello::new(self.cluster_id, self.spec_id, self.group));
+        let mut hello = Hello::new(self.cluster_id, self.spec_id, self.group);
+        hello.settings_digest = self.settings_digest;
+        let hello = PeerFrame::Hello(hello);
         let link = &mut self.peers[id];
         match TcpStream::connect(link.addr) {
             Ok(mut stream) => {
@@ -876,6 +882,16 @@ impl Group {
             return Err((
                 ErrorCode::UnknownReplica,
                 format!("replica id {rid} is not a peer of replica {}", self.spec_id),
+            ));
+        }
+        let digest = h.settings_digest.to_native();
+        if peer && digest != self.settings_digest {
+            return Err((
+                ErrorCode::WrongCluster,
+                format!(
+                    "replica {rid} runs with different timeout or lease settings (digest {digest:#x}, ours {:#x}); every replica must share heartbeat_ms, election timeouts, lease_reads, clock_drift_percent and preferred_leader",
+                    self.settings_digest
+                ),
             ));
         }
         if !peer && rid != CLIENT_ID_NONE {

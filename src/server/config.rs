@@ -130,6 +130,11 @@ pub struct ClusterConfig {
     pub data_dir: PathBuf,
     #[serde(default)]
     pub durability: BackendChoice,
+    /// `durability = "memory"` forgets promises on restart, so a restarted replica can help
+    /// elect a second leader (split brain). A server refuses it unless this is set: for
+    /// benchmarks of everything above the disk, on clusters nobody restarts.
+    #[serde(default)]
+    pub unsafe_memory_durability: bool,
     #[serde(default)]
     pub batching: Batching,
     #[serde(default)]
@@ -194,6 +199,9 @@ impl ClusterConfig {
         }
         if self.groups == 0 || self.groups > 256 {
             return Err(format!("groups must be 1..=256, got {}", self.groups));
+        }
+        if self.durability == BackendChoice::Memory && !self.unsafe_memory_durability {
+            return Err("durability = \"memory\" keeps no promise across a restart, so a restarted replica can help elect a second leader; use auto, uring or sync, or set unsafe_memory_durability = true for a benchmark cluster that is never restarted".into());
         }
         let n = self.replicas.len();
         if n == 0 || n > 9 {
@@ -307,6 +315,30 @@ impl ClusterConfig {
         crate::protocol::Config::lease_ms_for(min_ms, drift_percent)
     }
 
+    /// A digest of the settings every replica must share for leases and stickiness to be
+    /// sound; peers compare it in their handshake and refuse a mismatch.
+    pub fn settings_digest(&self) -> u64 {
+        let t = &self.timeouts;
+        let fields = [
+            t.heartbeat_ms,
+            t.election_timeout_min_ms,
+            t.election_timeout_max_ms,
+            t.lease_reads as u64,
+            t.clock_drift_percent,
+            self.preferred_leader.map_or(u64::MAX, u64::from),
+            self.replicas.len() as u64,
+        ];
+        // FNV-1a: stable across builds and platforms, unlike std's hasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for f in fields {
+            for b in f.to_le_bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        h | 1
+    }
+
     pub fn replica(&self, id: u32) -> Result<&ReplicaConfig, String> {
         self.replicas.get(id as usize).ok_or_else(|| {
             format!(
@@ -359,6 +391,7 @@ impl ClusterConfig {
             groups,
             data_dir: data_dir.to_path_buf(),
             durability: BackendChoice::Auto,
+            unsafe_memory_durability: false,
             batching: Batching::default(),
             timeouts: Timeouts::default(),
             limits: Limits::default(),
@@ -403,6 +436,14 @@ mod tests {
         let mut cfg = ClusterConfig::local(3, 1, Path::new("/tmp/x"), 20000);
         cfg.timeouts.heartbeat_ms = 500;
         assert!(cfg.validate().unwrap_err().contains("heartbeat_ms"));
+        let mut cfg = ClusterConfig::local(3, 1, Path::new("/tmp/x"), 20000);
+        cfg.durability = BackendChoice::Memory;
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .contains("unsafe_memory_durability"));
+        cfg.unsafe_memory_durability = true;
+        cfg.validate().unwrap();
         let err = toml::from_str::<ClusterConfig>("cluster_id = 1\nbogus = 2\n").unwrap_err();
         assert!(err.message().contains("bogus"), "{}", err.message());
     }

@@ -251,6 +251,8 @@ pub fn run_cluster(args: ClusterArgs) -> std::process::ExitCode {
         let dir = std::path::absolute(&args.dir).unwrap_or(args.dir.clone());
         let mut c = ClusterConfig::local(args.replicas, args.groups, &dir, base);
         c.durability = args.durability;
+        // A benchmark cluster is never restarted: memory durability is its to choose.
+        c.unsafe_memory_durability = c.durability == crate::wal::BackendChoice::Memory;
         c
     };
     let binary = match std::env::current_exe() {

@@ -205,6 +205,7 @@ pub fn start(cfg: &ClusterConfig, id: u32) -> Result<Running, String> {
             shared: shared.clone(),
             metrics: GroupMetrics::register(&mut registry, g, cfg.replicas.len() as u32, id),
             peer_delay_ns: delays.clone(),
+            settings_digest: cfg.settings_digest(),
         };
         match runtime::spawn(spec) {
             Ok(h) => running.groups.push(h),
