@@ -43,6 +43,12 @@ fn assert_seeds_pass(replicas: u32, first_seed: u64, seeds: u64) {
         "too little work: {summary:?}"
     );
     assert!(summary.crashes > 0, "no crashes were injected");
+    assert!(summary.pauses > 0, "no pauses were injected");
+    assert!(summary.disk_stalls > 0, "no disk stalls were injected");
+    if seeds >= 500 {
+        assert!(summary.cluster_crashes > 0, "no whole-cluster crashes");
+        assert!(summary.disk_errors > 0, "no disk errors were injected");
+    }
 }
 
 #[test]

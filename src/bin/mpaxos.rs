@@ -188,11 +188,15 @@ fn run_sim(args: SimArgs) -> ExitCode {
         sim::run_range(&range, &report)
     };
     eprintln!(
-        "replicas={} first_seed={} ops_completed={} crashes={} elapsed_s={:.1}",
+        "replicas={} first_seed={} ops_completed={} crashes={} cluster_crashes={} pauses={} disk_stalls={} disk_errors={} elapsed_s={:.1}",
         args.replicas,
         args.seed,
         summary.ops_completed,
         summary.crashes,
+        summary.cluster_crashes,
+        summary.pauses,
+        summary.disk_stalls,
+        summary.disk_errors,
         started.elapsed().as_secs_f64()
     );
     println!(

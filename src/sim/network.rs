@@ -23,7 +23,10 @@ impl NetworkFaults {
         let drop_ppm = [0, 1_000, 10_000, 50_000, 100_000][rng.gen_range(0..5)];
         let duplicate_ppm = [0, 1_000, 20_000, 50_000][rng.gen_range(0..4)];
         let delay_min_ns = rng.gen_range(50..=1_000) * NS_PER_US;
-        let delay_max_ns = delay_min_ns + rng.gen_range(100..=20_000) * NS_PER_US;
+        // Some seeds have messages delayed for as long as an election timeout (a congested
+        // or re-routed WAN link): heartbeats arrive after the follower gave up on them.
+        let spread_max_us = if rng.gen_bool(0.1) { 400_000 } else { 20_000 };
+        let delay_max_ns = delay_min_ns + rng.gen_range(100..=spread_max_us) * NS_PER_US;
         NetworkFaults {
             drop_ppm,
             duplicate_ppm,
@@ -32,10 +35,15 @@ impl NetworkFaults {
         }
     }
 
+    /// The network after healing: no drops or duplicates, and delays back under 20 ms (a
+    /// link congested for as long as an election timeout recovers).
     pub fn calm(&self) -> Self {
         NetworkFaults {
             drop_ppm: 0,
             duplicate_ppm: 0,
+            delay_max_ns: self
+                .delay_max_ns
+                .min(self.delay_min_ns + 20_000 * NS_PER_US),
             ..self.clone()
         }
     }

@@ -25,6 +25,10 @@ pub struct RangeSummary {
     pub ops_completed: u64,
     pub slots_committed: u64,
     pub crashes: u64,
+    pub cluster_crashes: u64,
+    pub pauses: u64,
+    pub disk_stalls: u64,
+    pub disk_errors: u64,
 }
 
 impl RangeSummary {
@@ -59,6 +63,10 @@ pub fn run_range(range: &SeedRange, on_failure: &(dyn Fn(&SimOutcome) + Sync)) -
                 s.ops_completed += outcome.stats.ops_completed;
                 s.slots_committed += outcome.stats.slots_committed;
                 s.crashes += outcome.stats.crashes;
+                s.cluster_crashes += outcome.stats.cluster_crashes;
+                s.pauses += outcome.stats.pauses;
+                s.disk_stalls += outcome.stats.disk_stalls;
+                s.disk_errors += outcome.stats.disk_errors;
                 if !outcome.violations.is_empty() {
                     s.failed.push(outcome);
                 }
