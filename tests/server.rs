@@ -1122,3 +1122,114 @@ fn sigstop_leader_then_resume() {
     assert_eq!(leaders_now.len(), 1, "one leader: {st:#?}");
     verify_acked(&tc, &res.acked);
 }
+
+// ------------------------------------------------------------------------------------------
+// What a client sees while one replica is paused (SIGSTOP): the longest operation of a
+// writer, a linearizable reader and a serializable reader that were running already, and of
+// fresh clients (connect + one put, like the CLI) whose endpoint list names the paused replica
+// first. All with the default client options (as the CLI and the load generator use them).
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Victim {
+    Follower,
+    Leader,
+}
+
+/// Per probe, (operations, failed, longest operation) over the operations that overlapped the
+/// pause.
+fn measure_pause(victim: Victim) -> Vec<(&'static str, usize, usize, Duration)> {
+    let _serial = fault_lock();
+    let mut tc = TestCluster::start(3, 1, BackendChoice::Auto);
+    let mut watcher = tc.client();
+    let leader = wait_leaders(&mut watcher, 1, Duration::from_secs(10))[0];
+    let target = match victim {
+        Victim::Leader => leader,
+        Victim::Follower => (0..3).find(|&r| r != leader).unwrap(),
+    };
+    let endpoints = tc.cluster.endpoints();
+    // The paused replica first, as a CLI user listing it first would.
+    let mut paused_first = vec![endpoints[target as usize].clone()];
+    paused_first.extend(
+        endpoints
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i as u32 != target)
+            .map(|(_, e)| e.clone()),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    type Spans = Vec<(Instant, Instant, bool)>;
+    let mut probes: Vec<(&'static str, JoinHandle<Spans>)> = Vec::new();
+    for kind in [
+        "writer",
+        "linearizable reader",
+        "serializable reader",
+        "fresh client",
+    ] {
+        let stop = stop.clone();
+        let eps = endpoints.clone();
+        let first = paused_first.clone();
+        probes.push((
+            kind,
+            std::thread::spawn(move || {
+                let mut spans = Vec::new();
+                let mut client = Client::connect(ClientOptions::new(eps)).expect("connect");
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let key = format!("pause-{i}");
+                    let t0 = Instant::now();
+                    let ok = match kind {
+                        "writer" => client.put(key.as_bytes(), b"v").is_ok(),
+                        "linearizable reader" => client.get(b"pause-1", true).is_ok(),
+                        "serializable reader" => client.get(b"pause-1", false).is_ok(),
+                        _ => Client::connect(ClientOptions::new(first.clone()))
+                            .and_then(|mut c| c.put(key.as_bytes(), b"v"))
+                            .is_ok(),
+                    };
+                    spans.push((t0, Instant::now(), ok));
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                spans
+            }),
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped_at = Instant::now();
+    tc.cluster.signal(target, libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(2500));
+    let resumed_at = Instant::now();
+    tc.cluster.signal(target, libc::SIGCONT);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    probes
+        .into_iter()
+        .map(|(kind, h)| {
+            let spans = h.join().expect("probe");
+            let during: Vec<_> = spans
+                .iter()
+                .filter(|(s, e, _)| *e > stopped_at && *s < resumed_at)
+                .collect();
+            let longest = during
+                .iter()
+                .map(|(s, e, _)| *e - *s)
+                .max()
+                .unwrap_or_default();
+            let failed = during.iter().filter(|x| !x.2).count();
+            eprintln!(
+                "{victim:?} paused: {kind}: {} ops overlapping the pause, {failed} failed, longest {longest:?}",
+                during.len()
+            );
+            (kind, during.len(), failed, longest)
+        })
+        .collect()
+}
+
+#[test]
+fn paused_follower_unavailability_seen_by_clients() {
+    measure_pause(Victim::Follower);
+}
+
+#[test]
+fn paused_leader_unavailability_seen_by_clients() {
+    measure_pause(Victim::Leader);
+}
