@@ -7,6 +7,7 @@
 //! generator runs many of these.
 
 pub mod cli;
+pub mod session;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
