@@ -289,7 +289,7 @@ fn busy_backs_off_exponentially_then_succeeds() {
     let times: Vec<Nanos> = h.f.sent.iter().map(|(t, _)| *t).collect();
     let gaps: Vec<Nanos> = times.windows(2).map(|w| w[1] - w[0] - MS).collect();
     for (i, g) in gaps.iter().enumerate() {
-        let b = (5 * MS << i).min(200 * MS);
+        let b = ((5 * MS) << i).min(200 * MS);
         assert!((b / 2..=b).contains(g), "gap {i} = {g}, backoff {b}");
     }
     h.f.modes[0] = Mode::Leader;
