@@ -147,7 +147,7 @@ pub struct Transmit {
 pub enum SessionError {
     /// Gave up, and the operation was definitely not applied: nothing was delivered, or every
     /// delivery was refused before the server could apply it (or it was a read).
-    #[error("not applied: no answer after {attempts} attempt(s) (last problem: {reason})")]
+    #[error("not applied: gave up after {attempts} attempt(s) (last problem: {reason})")]
     NotApplied { attempts: u32, reason: String },
     /// Gave up on a write that may have been applied: it reached a replica that then did not
     /// answer definitely. Read the key to find out.
@@ -591,7 +591,7 @@ impl Session {
         let jitter = self.rng.gen_range(0.5..=1.0);
         let op = self.ops.get_mut(&id).expect("pending op");
         let wait = (op.backoff_ns as f64 * jitter) as Nanos;
-        op.backoff_ns = (op.backoff_ns * 2).min(self.cfg.backoff_max_ns);
+        op.backoff_ns = op.backoff_ns.saturating_mul(2).min(self.cfg.backoff_max_ns);
         op.current = None;
         op.hedge_at = None;
         op.phase = Phase::Backoff {
