@@ -25,6 +25,10 @@ enum Mode {
     DropLink,
     /// Answers `WrongGroup`.
     WrongGroup(u32),
+    /// A leader that proposed the write, lost leadership and answered `NotLeader`, while the
+    /// next leader chose it anyway (`runtime/group.rs`, `fail_waiting`): applied, then
+    /// redirected.
+    Deposed(Option<u32>),
 }
 
 struct Fake {
@@ -112,6 +116,12 @@ impl H {
                     .push(reply(Outcome::NotLeader { leader: hint })),
                 Mode::Busy => self.f.replies.push(reply(Outcome::Busy)),
                 Mode::WrongGroup(g) => self.f.replies.push(reply(Outcome::WrongGroup { group: g })),
+                Mode::Deposed(hint) => {
+                    let _ = self.f.apply(&t);
+                    self.f
+                        .replies
+                        .push(reply(Outcome::NotLeader { leader: hint }));
+                }
                 Mode::Paused => self.f.held.push(t),
                 Mode::Refuse => self.s.on_send_failed(self.now, t.request.id, "refused"),
                 Mode::DropLink => {
@@ -624,4 +634,109 @@ fn same_seed_same_schedule() {
             .collect::<Vec<_>>()
     };
     assert_eq!(run(), run());
+}
+
+/// Replica `r` leaves `Paused` for `mode`: what it held is answered as `mode` would, or lost
+/// with the connection.
+fn resume_as(h: &mut H, r: u32, mode: Mode) {
+    h.f.modes[r as usize] = mode.clone();
+    let held: Vec<Transmit> = std::mem::take(&mut h.f.held);
+    let mut lost = false;
+    for t in held {
+        if t.replica != r {
+            h.f.held.push(t);
+            continue;
+        }
+        let at = h.now + MS;
+        let reply = |o| (at, t.replica, t.group, t.request.id, o);
+        match &mode {
+            Mode::Leader => {
+                let o = h.f.apply(&t);
+                h.f.replies.push(reply(o));
+            }
+            Mode::Follower(hint) => {
+                h.f.replies
+                    .push(reply(Outcome::NotLeader { leader: *hint }))
+            }
+            Mode::Busy => h.f.replies.push(reply(Outcome::Busy)),
+            Mode::Paused => h.f.held.push(t),
+            _ => lost = true,
+        }
+    }
+    if lost {
+        h.s.on_link_failed(h.now, r, 0, "connection reset");
+    }
+}
+
+#[test]
+fn random_faults_never_misclassify_a_write() {
+    use rand::{Rng, SeedableRng};
+    for seed in 0..300u64 {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut c = cfg(3);
+        c.lanes = 2;
+        c.seed = seed;
+        c.op_timeout_ns = rng.gen_range(100..2000) * MS;
+        let mut h = H::new(
+            c,
+            vec![
+                Mode::Leader,
+                Mode::Follower(Some(0)),
+                Mode::Follower(Some(0)),
+            ],
+        );
+        let pick = |rng: &mut rand_chacha::ChaCha8Rng| match rng.gen_range(0..8) {
+            0 | 1 => Mode::Leader,
+            7 => Mode::Deposed(Some(rng.gen_range(0..3))),
+            2 => Mode::Follower(Some(rng.gen_range(0..3))),
+            3 => Mode::Follower(None),
+            4 => Mode::Paused,
+            5 => Mode::Busy,
+            _ => {
+                if rng.gen_bool(0.5) {
+                    Mode::Refuse
+                } else {
+                    Mode::DropLink
+                }
+            }
+        };
+        let mut ops = Vec::new();
+        for i in 0..12 {
+            let key = format!("k{i}");
+            ops.push((key.clone(), h.start(put(&key, "v"))));
+            for _ in 0..rng.gen_range(0..6) {
+                if rng.gen_bool(0.3) {
+                    let r = rng.gen_range(0..3u32);
+                    let m = pick(&mut rng);
+                    if h.f.modes[r as usize] == Mode::Paused {
+                        resume_as(&mut h, r, m);
+                    } else {
+                        h.f.modes[r as usize] = m;
+                    }
+                }
+                for r in 0..3 {
+                    h.f.latency[r] = rng.gen_range(1..80) * MS;
+                }
+                h.step();
+            }
+        }
+        let results: Vec<(String, Result<Outcome, SessionError>)> =
+            ops.into_iter().map(|(k, id)| (k, h.run(id).1)).collect();
+        // Everything held anywhere is finally applied (the worst case for "not applied").
+        for r in 0..3 {
+            resume_as(&mut h, r, Mode::Leader);
+        }
+        while h.step() {}
+        for (key, res) in results {
+            let v = h.version(&key);
+            match &res {
+                Ok(Outcome::Put { version: 1, .. }) => assert_eq!(v, 1, "seed {seed} {key}"),
+                Err(SessionError::NotApplied { .. }) => {
+                    assert_eq!(v, 0, "seed {seed} {key}: {res:?} yet applied")
+                }
+                Err(SessionError::Unknown { .. }) => assert!(v <= 1, "seed {seed} {key}"),
+                other => panic!("seed {seed} {key}: {other:?}"),
+            }
+        }
+    }
 }
