@@ -10,6 +10,8 @@
 //! - SIGSTOP of a follower: writes keep succeeding; after SIGCONT it catches up without
 //!   disturbing the leader. SIGSTOP of the leader: another takes over; the old one, resumed,
 //!   steps down and catches up.
+//! - A paused follower or leader stalls a client for about an election timeout at most, not the
+//!   attempt timeout (measured and printed); the CLI exits 6 when a write's outcome is unknown.
 //! - The connection limit answers Busy (in the port's own frame type); a half-closed client
 //!   still gets its answers; replicas on different hosts may share port numbers.
 //!
@@ -1138,4 +1140,181 @@ fn sigstop_leader_then_resume() {
         .collect();
     assert_eq!(leaders_now.len(), 1, "one leader: {st:#?}");
     verify_acked(&tc, &res.acked);
+}
+
+// ------------------------------------------------------------------------------------------
+// What a client sees while one replica is paused (SIGSTOP): the longest operation of a
+// writer, a linearizable reader and a serializable reader that were running already, and of
+// fresh clients (connect + one put, like the CLI) whose endpoint list names the paused replica
+// first. All with the default client options (as the CLI and the load generator use them).
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Victim {
+    Follower,
+    Leader,
+}
+
+/// Per probe, (operations, failed, longest operation) over the operations that overlapped the
+/// pause.
+fn measure_pause(victim: Victim) -> Vec<(&'static str, usize, usize, Duration)> {
+    let _serial = fault_lock();
+    let mut tc = TestCluster::start(3, 1, BackendChoice::Auto);
+    let mut watcher = tc.client();
+    let leader = wait_leaders(&mut watcher, 1, Duration::from_secs(10))[0];
+    let target = match victim {
+        Victim::Leader => leader,
+        Victim::Follower => (0..3).find(|&r| r != leader).unwrap(),
+    };
+    let endpoints = tc.cluster.endpoints();
+    // The paused replica first, as a CLI user listing it first would.
+    let mut paused_first = vec![endpoints[target as usize].clone()];
+    paused_first.extend(
+        endpoints
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i as u32 != target)
+            .map(|(_, e)| e.clone()),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    type Spans = Vec<(Instant, Instant, bool)>;
+    let mut probes: Vec<(&'static str, JoinHandle<Spans>)> = Vec::new();
+    for kind in [
+        "writer",
+        "linearizable reader",
+        "serializable reader",
+        "fresh client",
+    ] {
+        let stop = stop.clone();
+        let eps = endpoints.clone();
+        let first = paused_first.clone();
+        probes.push((
+            kind,
+            std::thread::spawn(move || {
+                let mut spans = Vec::new();
+                let mut client = Client::connect(ClientOptions::new(eps)).expect("connect");
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let key = format!("pause-{i}");
+                    let t0 = Instant::now();
+                    let ok = match kind {
+                        "writer" => client.put(key.as_bytes(), b"v").is_ok(),
+                        "linearizable reader" => client.get(b"pause-1", true).is_ok(),
+                        "serializable reader" => client.get(b"pause-1", false).is_ok(),
+                        _ => Client::connect(ClientOptions::new(first.clone()))
+                            .and_then(|mut c| c.put(key.as_bytes(), b"v"))
+                            .is_ok(),
+                    };
+                    spans.push((t0, Instant::now(), ok));
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                spans
+            }),
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped_at = Instant::now();
+    tc.cluster.signal(target, libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(2500));
+    let resumed_at = Instant::now();
+    tc.cluster.signal(target, libc::SIGCONT);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    probes
+        .into_iter()
+        .map(|(kind, h)| {
+            let spans = h.join().expect("probe");
+            let during: Vec<_> = spans
+                .iter()
+                .filter(|(s, e, _)| *e > stopped_at && *s < resumed_at)
+                .collect();
+            let longest = during
+                .iter()
+                .map(|(s, e, _)| *e - *s)
+                .max()
+                .unwrap_or_default();
+            let failed = during.iter().filter(|x| !x.2).count();
+            eprintln!(
+                "{victim:?} paused: {kind}: {} ops overlapping the pause, {failed} failed, longest {longest:?}",
+                during.len()
+            );
+            (kind, during.len(), failed, longest)
+        })
+        .collect()
+}
+
+/// The longest operation of `probe` in `m`.
+fn longest(m: &[(&'static str, usize, usize, Duration)], probe: &str) -> Duration {
+    let p = m.iter().find(|p| p.0 == probe).expect("probe ran");
+    assert_eq!(p.2, 0, "{probe}: no operation failed");
+    assert!(p.1 > 0, "{probe}: some operation overlapped the pause");
+    p.3
+}
+
+// Before the client moved on by observed latency, each of these took the whole 1 s attempt
+// timeout (see docs/internals/client.md); the bounds leave room for a loaded machine.
+#[test]
+fn paused_follower_unavailability_seen_by_clients() {
+    let m = measure_pause(Victim::Follower);
+    for probe in ["writer", "linearizable reader", "serializable reader"] {
+        let t = longest(&m, probe);
+        assert!(t < Duration::from_millis(500), "{probe}: {t:?}");
+    }
+    let t = longest(&m, "fresh client");
+    assert!(t < Duration::from_millis(700), "fresh client: {t:?}");
+}
+
+#[test]
+fn paused_leader_unavailability_seen_by_clients() {
+    let m = measure_pause(Victim::Leader);
+    // A new leader takes an election timeout (150-300 ms) to appear.
+    for probe in ["writer", "linearizable reader", "fresh client"] {
+        let t = longest(&m, probe);
+        assert!(t < Duration::from_millis(900), "{probe}: {t:?}");
+    }
+    // Serializable reads are hedged to another replica.
+    let t = longest(&m, "serializable reader");
+    assert!(t < Duration::from_millis(500), "serializable reader: {t:?}");
+}
+
+// ------------------------------------------------------------------------------------------
+// The CLI's exit codes when it gives up: 6 for a write that reached a replica without a
+// definite answer (outcome unknown), 1 for a read (or anything definitely not applied).
+
+#[test]
+fn cli_reports_outcome_unknown_with_exit_code_6() {
+    let _serial = fault_lock();
+    let mut tc = TestCluster::start(3, 1, BackendChoice::Memory);
+    let mut watcher = tc.client();
+    let leader = wait_leaders(&mut watcher, 1, Duration::from_secs(10))[0];
+    let others: Vec<u32> = (0..3).filter(|&r| r != leader).collect();
+    let endpoints = tc.cluster.endpoints();
+    // The live follower first: discovery goes through it and learns the (paused) leader.
+    let eps = format!(
+        "{},{},{}",
+        endpoints[others[0] as usize], endpoints[leader as usize], endpoints[others[1] as usize]
+    );
+    let cli = |args: &[&str]| {
+        let out = Command::new(binary())
+            .args(args)
+            .args(["--endpoints", &eps, "--timeout-ms", "800"])
+            .output()
+            .expect("run the CLI");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = cli(&["put", "before", "1"]);
+    assert_eq!(code, Some(0), "{err}");
+    // No majority: the leader and one follower paused.
+    tc.cluster.signal(leader, libc::SIGSTOP);
+    tc.cluster.signal(others[1], libc::SIGSTOP);
+    let (code, err) = cli(&["put", "during", "1"]);
+    assert_eq!(code, Some(6), "a write sent to the paused leader: {err}");
+    assert!(err.contains("unknown"), "{err}");
+    let (code, err) = cli(&["get", "before"]);
+    assert_eq!(code, Some(1), "a read that timed out: {err}");
+    tc.cluster.signal(leader, libc::SIGCONT);
+    tc.cluster.signal(others[1], libc::SIGCONT);
 }

@@ -1,11 +1,26 @@
 //! Store commands of the `mpaxos` binary: put, get, del, cas, status.
+//!
+//! Exit codes ([`EXIT_CODES`], also in `--help` and README.md): 0 ok, 1 error (unreachable,
+//! refused, or a timeout with the operation definitely not applied), 2 usage, 3 CAS conflict,
+//! 4 key not found, 5 `status` found a replica unreachable, 6 outcome unknown (a write reached
+//! a replica but no definite answer came back: it may or may not have been applied).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::net::wire::Outcome;
 
-use super::{Client, ClientOptions};
+use super::{Client, ClientError, ClientOptions};
+
+/// Shown after each store command's `--help`.
+pub const EXIT_CODES: &str =
+    "Exit codes: 0 ok; 1 error (unreachable, refused, or timed out with the \
+operation definitely not applied); 2 usage; 3 CAS conflict; 4 key not found; 5 `status` found a \
+replica unreachable; 6 outcome unknown (the write reached a replica but no definite answer came \
+back: it may or may not have been applied; read the key to find out).";
+
+/// Exit code of a write whose outcome is unknown.
+pub const EXIT_UNKNOWN: u8 = 6;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Endpoints {
@@ -27,6 +42,7 @@ pub enum OutputFormat {
 #[derive(clap::Subcommand, Debug)]
 pub enum StoreCommand {
     /// Store VALUE under KEY.
+    #[command(after_help = EXIT_CODES)]
     Put {
         key: String,
         value: String,
@@ -34,6 +50,7 @@ pub enum StoreCommand {
         ep: Endpoints,
     },
     /// Read KEY (linearizable unless --serializable).
+    #[command(after_help = EXIT_CODES)]
     Get {
         key: String,
         /// Read the local replica's state without confirming leadership (may be stale).
@@ -43,12 +60,14 @@ pub enum StoreCommand {
         ep: Endpoints,
     },
     /// Delete KEY.
+    #[command(after_help = EXIT_CODES)]
     Del {
         key: String,
         #[command(flatten)]
         ep: Endpoints,
     },
     /// Store VALUE under KEY only if KEY's version is EXPECTED_VERSION (0 = absent).
+    #[command(after_help = EXIT_CODES)]
     Cas {
         key: String,
         expected_version: u64,
@@ -57,6 +76,7 @@ pub enum StoreCommand {
         ep: Endpoints,
     },
     /// Replicas, groups, leaders and commit/applied indexes.
+    #[command(after_help = EXIT_CODES)]
     Status {
         #[arg(short = 'w', long = "write-out", value_enum, default_value_t)]
         format: OutputFormat,
@@ -65,23 +85,48 @@ pub enum StoreCommand {
     },
 }
 
-fn connect(ep: &Endpoints) -> Result<Client, String> {
+/// A failed command: its message and exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure { code: 1, message }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
+        Failure {
+            code: if e.maybe_applied() { EXIT_UNKNOWN } else { 1 },
+            message: e.to_string(),
+        }
+    }
+}
+
+fn connect(ep: &Endpoints) -> Result<Client, Failure> {
     let mut opts = ClientOptions::new(ep.endpoints.clone());
     opts.op_timeout = Duration::from_millis(ep.timeout_ms);
-    Client::connect(opts).map_err(|e| e.to_string())
+    Ok(Client::connect(opts)?)
 }
 
 pub fn run(cmd: StoreCommand) -> ExitCode {
     match run_inner(cmd) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
+        Err(f) => {
+            if f.code == EXIT_UNKNOWN {
+                eprintln!("unknown: {}", f.message);
+            } else {
+                eprintln!("error: {}", f.message);
+            }
+            ExitCode::from(f.code)
         }
     }
 }
 
-fn run_inner(cmd: StoreCommand) -> Result<ExitCode, String> {
+fn run_inner(cmd: StoreCommand) -> Result<ExitCode, Failure> {
     let outcome = match &cmd {
         StoreCommand::Put { key, value, ep } => connect(ep)?.put(key.as_bytes(), value.as_bytes()),
         StoreCommand::Get {
@@ -97,8 +142,7 @@ fn run_inner(cmd: StoreCommand) -> Result<ExitCode, String> {
             ep,
         } => connect(ep)?.cas(key.as_bytes(), *expected_version, value.as_bytes()),
         StoreCommand::Status { format, ep } => return status(ep, *format),
-    }
-    .map_err(|e| e.to_string())?;
+    }?;
     match outcome {
         Outcome::Put { revision, version } => println!("OK revision={revision} version={version}"),
         Outcome::Delete { revision, existed } => {
@@ -132,13 +176,13 @@ fn run_inner(cmd: StoreCommand) -> Result<ExitCode, String> {
             eprintln!("key not found");
             return Ok(ExitCode::from(4));
         }
-        Outcome::Invalid { reason } => return Err(format!("invalid request: {reason}")),
-        other => return Err(format!("unexpected answer {other:?}")),
+        Outcome::Invalid { reason } => return Err(format!("invalid request: {reason}").into()),
+        other => return Err(format!("unexpected answer {other:?}").into()),
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(ep: &Endpoints, format: OutputFormat) -> Result<ExitCode, String> {
+fn status(ep: &Endpoints, format: OutputFormat) -> Result<ExitCode, Failure> {
     let mut client = connect(ep)?;
     let rows = client.status_all();
     let topology = client.topology().clone();

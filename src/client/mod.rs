@@ -1,24 +1,31 @@
 //! The client library: topology discovery, routing by `group_of(key) % G`, leader redirects,
 //! timeouts and retries that stay exactly-once (DESIGN §2, §4).
 //!
-//! A [`Client`] is one logical client: one client id, one request at a time, sequence numbers
-//! increasing by one per write. A retry resends the same (client id, sequence), so the store
-//! applies the write at most once however many times it is sent. Blocking I/O; the load
-//! generator runs many of these.
+//! Every decision lives in the sans-IO [`session::Session`] (routing, leader cache, redirects,
+//! backoff, per-attempt and per-operation deadlines, outcome classification), which the
+//! simulator can drive too. [`Client`] is a thin blocking shell around one: it discovers the
+//! topology, keeps one TCP connection per (replica, group), sends what the session says,
+//! waits for replies with `poll(2)` until the session's next deadline, and feeds back what
+//! happened. One client id, one request at a time, sequence numbers increasing by one per
+//! write; a retry resends the same (client id, sequence), so the store applies the write at
+//! most once however many times it is sent. The load generator runs many of these.
 
 pub mod cli;
+pub mod session;
+
+pub use session::{OpId, Session, SessionConfig, SessionError, SessionStats, Transmit};
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::net::frame::{access, FrameReader};
 use crate::net::wire::{
-    group_of, ClientFrame, GroupStatus, Hello, Op, Outcome, Request, ServerFrame, Topology,
-    CLIENT_ID_NONE,
+    ClientFrame, GroupStatus, Hello, Op, Outcome, ServerFrame, Topology, CLIENT_ID_NONE,
 };
 use crate::net::FrameEncoder;
 
@@ -28,12 +35,18 @@ pub struct ClientOptions {
     pub endpoints: Vec<String>,
     /// 0 = learn it from the first replica that answers.
     pub cluster_id: u64,
-    /// One attempt (connect, or wait for a reply) takes at most this long.
+    /// One attempt (connect, or wait for a reply) takes at most this long; the client moves
+    /// on sooner when the latency it has observed says the replica should have answered
+    /// (see [`SessionConfig::attempt_timeout_ns`]).
     pub attempt_timeout: Duration,
+    /// The least an attempt waits before the client tries another replica.
+    pub attempt_timeout_min: Duration,
     /// A whole operation, retries included, takes at most this long.
     pub op_timeout: Duration,
     /// Start of the exponential backoff between retries that found no leader.
     pub backoff: Duration,
+    /// Also send a serializable read to a second replica when the first is slow.
+    pub hedge_reads: bool,
 }
 
 impl ClientOptions {
@@ -42,8 +55,10 @@ impl ClientOptions {
             endpoints,
             cluster_id: 0,
             attempt_timeout: Duration::from_millis(1000),
+            attempt_timeout_min: Duration::from_millis(50),
             op_timeout: Duration::from_secs(10),
             backoff: Duration::from_millis(5),
+            hedge_reads: true,
         }
     }
 }
@@ -54,10 +69,23 @@ pub enum ClientError {
     Unreachable(String),
     #[error("the server refused: {0}")]
     Refused(String),
-    #[error("no answer within {0:?} (last problem: {1})")]
+    /// Gave up; the operation was definitely not applied (nothing reached a replica that
+    /// could have applied it, or it was a read).
+    #[error("no answer within {0:?}, not applied (last problem: {1})")]
     Timeout(Duration, String),
+    /// Gave up on a write that reached a replica without a definite answer: it may or may not
+    /// have been applied (read the key to find out).
+    #[error("no definite answer within {0:?}: the write may or may not have been applied (last problem: {1})")]
+    Unknown(Duration, String),
     #[error("the server sent something unexpected: {0}")]
     Protocol(String),
+}
+
+impl ClientError {
+    /// Whether the operation may have been applied (only [`ClientError::Unknown`]).
+    pub fn maybe_applied(&self) -> bool {
+        matches!(self, ClientError::Unknown(..))
+    }
 }
 
 /// One blocking, framed connection to a (replica, group).
@@ -74,6 +102,7 @@ impl Link {
         hello: &Hello,
         enc: &mut FrameEncoder,
     ) -> Result<(Link, Topology), String> {
+        let deadline = Instant::now() + timeout;
         let stream =
             TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
@@ -83,7 +112,10 @@ impl Link {
             out: Vec::new(),
         };
         link.send(enc, &ClientFrame::Hello(hello.clone()))?;
-        match link.recv(Instant::now() + timeout)? {
+        let _ = link
+            .stream
+            .set_write_timeout(Some(timeout.max(Duration::from_secs(1))));
+        match link.recv(deadline)? {
             ServerFrame::Welcome(t) => Ok((link, t)),
             ServerFrame::Error(e) => Err(format!(
                 "{addr} refused the handshake: {:?}: {}",
@@ -99,6 +131,43 @@ impl Link {
         self.stream
             .write_all(&self.out)
             .map_err(|e| format!("send: {e}"))
+    }
+
+    /// Reads what the socket has (call when `poll` says it is readable) and returns every
+    /// complete frame; an error means the connection is unusable.
+    fn read_ready(&mut self) -> Result<Vec<ServerFrame>, String> {
+        let stream = &mut self.stream;
+        match self.reader.read_from(16 * 1024, |buf| stream.read(buf)) {
+            Ok(0) => return Err("connection closed by the server".into()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(format!("receive: {e}")),
+        }
+        self.buffered()
+    }
+
+    /// Every complete frame already read.
+    fn buffered(&mut self) -> Result<Vec<ServerFrame>, String> {
+        let mut frames = Vec::new();
+        loop {
+            match self.reader.next_payload() {
+                Ok(Some(p)) => {
+                    let archived = access::<ServerFrame>(p).map_err(|e| e.to_string())?;
+                    frames.push(
+                        rkyv::deserialize::<ServerFrame, rkyv::rancor::Error>(archived)
+                            .map_err(|e| e.to_string())?,
+                    );
+                }
+                Ok(None) => return Ok(frames),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
     }
 
     fn recv(&mut self, deadline: Instant) -> Result<ServerFrame, String> {
@@ -137,75 +206,132 @@ impl Link {
     }
 }
 
+/// How long discovery waits for a first endpoint's handshake before trying the next one (a
+/// paused replica accepts connections and never answers); a second pass waits the whole
+/// attempt timeout.
+const DISCOVERY_FIRST_PASS: Duration = Duration::from_millis(100);
+
+/// Status requests use ids of their own (the session's start at 1).
+const STATUS_ID_BASE: u64 = 1 << 63;
+
 pub struct Client {
     opts: ClientOptions,
     topology: Topology,
     links: HashMap<(u32, u32), Link>,
-    leaders: Vec<Option<u32>>,
-    /// Rotates through replicas when no leader is known.
-    probe: u32,
-    client_id: u64,
-    seq: u64,
-    next_id: u64,
+    session: Session,
+    /// The session's clock: nanoseconds since this instant.
+    epoch: Instant,
+    next_status_id: u64,
     encoder: FrameEncoder,
     /// Retries made (a redirect, a timeout, a busy server), for the load generator.
     pub retries: u64,
 }
 
+fn resolve(ep: &str) -> Result<SocketAddr, String> {
+    match ep.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(a)) => Ok(a),
+        _ => Err(format!("{ep}: cannot resolve")),
+    }
+}
+
 impl Client {
-    /// Connects to the first endpoint that answers and learns the cluster's topology.
+    /// Connects to the first endpoint that answers and learns the cluster's topology. A first
+    /// pass gives each endpoint [`DISCOVERY_FIRST_PASS`] (so a paused replica listed first
+    /// costs that, not the attempt timeout); a second pass gives each the attempt timeout.
     pub fn connect(opts: ClientOptions) -> Result<Client, ClientError> {
         let mut encoder = FrameEncoder::new();
         let mut problems = Vec::new();
-        for ep in &opts.endpoints {
-            let addr = match ep.to_socket_addrs().map(|mut a| a.next()) {
-                Ok(Some(a)) => a,
-                _ => {
-                    problems.push(format!("{ep}: cannot resolve"));
+        let first = DISCOVERY_FIRST_PASS.min(opts.attempt_timeout);
+        let passes: &[Duration] = if first < opts.attempt_timeout {
+            &[first, opts.attempt_timeout]
+        } else {
+            &[first]
+        };
+        let mut hopeless = vec![false; opts.endpoints.len()];
+        for &budget in passes {
+            for (i, ep) in opts.endpoints.iter().enumerate() {
+                if hopeless[i] {
                     continue;
                 }
-            };
-            let hello = Hello::new(opts.cluster_id, CLIENT_ID_NONE, 0);
-            match Link::open(addr, opts.attempt_timeout, &hello, &mut encoder) {
-                Ok((link, topology)) => {
-                    // Which replica answered: the one whose address this is (replicas on
-                    // different hosts often share port numbers, so the port alone is not
-                    // enough). None: keep no link, one opens on first use.
-                    let replica = topology
-                        .replicas
-                        .iter()
-                        .find(|r| {
-                            r.client_port_base == addr.port()
-                                && (r.host.as_str(), r.client_port_base)
-                                    .to_socket_addrs()
-                                    .is_ok_and(|mut a| a.any(|a| a == addr))
-                        })
-                        .map(|r| r.id);
-                    let mut client = Client {
-                        leaders: topology.leaders.clone(),
-                        topology,
-                        opts: opts.clone(),
-                        links: HashMap::new(),
-                        probe: 0,
-                        client_id: rand::random::<u64>() | 1,
-                        seq: 0,
-                        next_id: 1,
-                        encoder,
-                        retries: 0,
-                    };
-                    client.opts.cluster_id = client.topology.cluster_id;
-                    if let Some(r) = replica {
-                        client.links.insert((r, 0), link);
+                let addr = match resolve(ep) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        hopeless[i] = true;
+                        problems.push(e);
+                        continue;
                     }
-                    return Ok(client);
+                };
+                let hello = Hello::new(opts.cluster_id, CLIENT_ID_NONE, 0);
+                let t0 = Instant::now();
+                match Link::open(addr, budget, &hello, &mut encoder) {
+                    Ok((link, topology)) => {
+                        let rtt = t0.elapsed();
+                        return Ok(Client::from_link(opts, encoder, addr, link, topology, rtt));
+                    }
+                    Err(e) if e.contains("refused the handshake") => {
+                        return Err(ClientError::Refused(e))
+                    }
+                    Err(e) => {
+                        // Only a timeout is worth a second, longer try.
+                        hopeless[i] = !e.contains("timed out");
+                        problems.push(e);
+                    }
                 }
-                Err(e) if e.contains("refused the handshake") => {
-                    return Err(ClientError::Refused(e))
-                }
-                Err(e) => problems.push(e),
             }
         }
         Err(ClientError::Unreachable(problems.join("; ")))
+    }
+
+    fn from_link(
+        opts: ClientOptions,
+        encoder: FrameEncoder,
+        addr: SocketAddr,
+        link: Link,
+        topology: Topology,
+        rtt: Duration,
+    ) -> Client {
+        // Which replica answered: the one whose address this is (replicas on different hosts
+        // often share port numbers, so the port alone is not enough). None: keep no link, one
+        // opens on first use.
+        let replica = topology
+            .replicas
+            .iter()
+            .find(|r| {
+                r.client_port_base == addr.port()
+                    && (r.host.as_str(), r.client_port_base)
+                        .to_socket_addrs()
+                        .is_ok_and(|mut a| a.any(|a| a == addr))
+            })
+            .map(|r| r.id);
+        let client_id = rand::random::<u64>() | 1;
+        let mut cfg =
+            SessionConfig::new(client_id, topology.groups, topology.replicas.len() as u32);
+        cfg.leaders = topology.leaders.clone();
+        cfg.attempt_timeout_ns = opts.attempt_timeout.as_nanos() as u64;
+        cfg.attempt_timeout_min_ns =
+            (opts.attempt_timeout_min.min(opts.attempt_timeout)).as_nanos() as u64;
+        cfg.initial_rto_ns = cfg.initial_rto_ns.min(cfg.attempt_timeout_ns);
+        cfg.op_timeout_ns = opts.op_timeout.as_nanos() as u64;
+        cfg.backoff_ns = opts.backoff.as_nanos() as u64;
+        cfg.hedge_reads = opts.hedge_reads;
+        let mut session = Session::new(cfg);
+        let mut client = Client {
+            opts,
+            topology,
+            links: HashMap::new(),
+            session: Session::new(SessionConfig::new(client_id, 1, 1)),
+            epoch: Instant::now(),
+            next_status_id: STATUS_ID_BASE,
+            encoder,
+            retries: 0,
+        };
+        client.opts.cluster_id = client.topology.cluster_id;
+        if let Some(r) = replica {
+            session.observe_rtt(r, rtt.as_nanos() as u64);
+            client.links.insert((r, 0), link);
+        }
+        client.session = session;
+        client
     }
 
     pub fn topology(&self) -> &Topology {
@@ -213,12 +339,17 @@ impl Client {
     }
 
     pub fn client_id(&self) -> u64 {
-        self.client_id
+        self.session.client_id()
     }
 
     /// The leader this client currently routes group `g` to.
     pub fn leader_of(&self, g: u32) -> Option<u32> {
-        self.leaders.get(g as usize).copied().flatten()
+        self.session.leader_of(g)
+    }
+
+    /// The session's counters (retries, redirects, attempt timeouts, hedges, ...).
+    pub fn stats(&self) -> SessionStats {
+        self.session.stats()
     }
 
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<Outcome, ClientError> {
@@ -254,6 +385,10 @@ impl Client {
         })
     }
 
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
     fn addr_of(&self, replica: u32, group: u32) -> Result<SocketAddr, String> {
         let r = self
             .topology
@@ -268,17 +403,16 @@ impl Client {
             .ok_or_else(|| format!("{}:{port} resolves to nothing", r.host))
     }
 
-    fn link(&mut self, replica: u32, group: u32) -> Result<&mut Link, String> {
+    /// The link to (replica, group), opened (connect + handshake within `timeout`) if needed.
+    fn link(&mut self, replica: u32, group: u32, timeout: Duration) -> Result<&mut Link, String> {
         if !self.links.contains_key(&(replica, group)) {
             let addr = self.addr_of(replica, group)?;
             let hello = Hello::new(self.opts.cluster_id, CLIENT_ID_NONE, group);
-            let (link, topology) =
-                Link::open(addr, self.opts.attempt_timeout, &hello, &mut self.encoder)?;
-            for (g, l) in topology.leaders.iter().enumerate() {
-                if self.leaders.get(g).is_some_and(|x| x.is_none()) {
-                    self.leaders[g] = *l;
-                }
-            }
+            let t0 = Instant::now();
+            let (link, topology) = Link::open(addr, timeout, &hello, &mut self.encoder)?;
+            self.session
+                .observe_rtt(replica, t0.elapsed().as_nanos() as u64);
+            self.session.learn_leaders(&topology.leaders);
             self.links.insert((replica, group), link);
         }
         Ok(self
@@ -287,102 +421,137 @@ impl Client {
             .expect("just inserted"))
     }
 
-    /// Sends one operation to its group's leader, following redirects and retrying (with the
-    /// same sequence number) until it gets an answer or `op_timeout` passes.
-    pub fn execute(&mut self, op: Op) -> Result<Outcome, ClientError> {
-        let key = match &op {
-            Op::Get { key, .. }
-            | Op::Put { key, .. }
-            | Op::Delete { key }
-            | Op::Cas { key, .. } => key,
-        };
-        let group = group_of(key, self.topology.groups);
-        if !matches!(op, Op::Get { .. }) {
-            self.seq += 1;
-        }
-        let request = Request {
-            id: 0,
-            client_id: self.client_id,
-            seq: self.seq,
-            op,
-        };
-        let start = Instant::now();
-        let deadline = start + self.opts.op_timeout;
-        let mut backoff = self.opts.backoff;
-        let mut last_problem = String::from("none");
-        let replicas = self.topology.replicas.len() as u32;
-        loop {
-            if Instant::now() >= deadline {
-                return Err(ClientError::Timeout(self.opts.op_timeout, last_problem));
-            }
-            let target = match self.leaders[group as usize] {
-                Some(l) if l < replicas => l,
-                _ => {
-                    self.probe = (self.probe + 1) % replicas;
-                    self.probe
-                }
+    /// A handshake with `replica` may take this long: twice the session's deadline for an
+    /// attempt there, at least 200 ms, at most the attempt timeout. (A request is written only
+    /// after the handshake, so a handshake that times out left the request undelivered.)
+    fn handshake_budget(&self, replica: u32) -> Duration {
+        Duration::from_nanos(self.session.rto_ns(replica).saturating_mul(2))
+            .max(Duration::from_millis(200))
+            .min(self.opts.attempt_timeout)
+    }
+
+    /// Sends everything the session wants sent.
+    fn flush_transmits(&mut self) {
+        while let Some(t) = self.session.poll_transmit() {
+            let budget = self.handshake_budget(t.replica);
+            let request_id = t.request.id;
+            let frame = ClientFrame::Request(t.request);
+            let mut enc = std::mem::take(&mut self.encoder);
+            let sent = match self.link(t.replica, t.group, budget) {
+                Err(e) => Err((false, e)),
+                Ok(link) => link.send(&mut enc, &frame).map_err(|e| (true, e)),
             };
-            let mut req = request.clone();
-            req.id = self.next_id;
-            self.next_id += 1;
-            match self.attempt(target, group, &req, deadline) {
-                Ok(Outcome::NotLeader { leader }) => {
-                    last_problem = format!("replica {target} is not the leader of group {group}");
-                    let known_new = leader.is_some_and(|l| l != target);
-                    self.leaders[group as usize] = leader.filter(|&l| l != target);
-                    if !known_new {
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(Duration::from_millis(200));
-                    }
-                }
-                Ok(Outcome::Busy) => {
-                    last_problem = format!("replica {target} is busy");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_millis(200));
-                }
-                Ok(Outcome::WrongGroup { group: g }) => {
-                    return Err(ClientError::Protocol(format!(
-                        "the server places this key in group {g}, the client in {group}: client and server disagree on the group count"
-                    )));
-                }
-                Ok(outcome) => return Ok(outcome),
-                Err(e) => {
-                    last_problem = format!("replica {target}: {e}");
-                    self.links.remove(&(target, group));
-                    self.leaders[group as usize] = None;
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_millis(200));
+            self.encoder = enc;
+            let now = self.now();
+            match sent {
+                Ok(()) => {}
+                Err((false, e)) => self.session.on_send_failed(now, request_id, &e),
+                Err((true, e)) => {
+                    // Part of it may have been written.
+                    self.links.remove(&(t.replica, t.group));
+                    self.session.on_link_failed(now, t.replica, t.group, &e);
                 }
             }
-            self.retries += 1;
         }
     }
 
-    fn attempt(
-        &mut self,
-        target: u32,
-        group: u32,
-        req: &Request,
-        deadline: Instant,
-    ) -> Result<Outcome, String> {
-        let attempt_deadline = deadline.min(Instant::now() + self.opts.attempt_timeout);
-        let frame = ClientFrame::Request(req.clone());
-        // The encoder lives beside the links; take it out while a link is borrowed.
-        let mut enc = std::mem::take(&mut self.encoder);
-        let result = (|| {
-            let link = self.link(target, group)?;
-            link.send(&mut enc, &frame)?;
-            loop {
-                match link.recv(attempt_deadline)? {
-                    ServerFrame::Reply { id, outcome } if id == req.id => return Ok(outcome),
-                    ServerFrame::Reply { .. } => continue, // an answer to an abandoned attempt
-                    ServerFrame::Error(e) => return Err(format!("{:?}: {}", e.code, e.message)),
-                    other => return Err(format!("unexpected frame {other:?}")),
+    /// Waits for replies until `deadline` (session nanoseconds) or until some arrived, and
+    /// feeds them (and broken connections) to the session.
+    fn wait(&mut self, deadline: u64) {
+        let keys: Vec<(u32, u32)> = self.links.keys().copied().collect();
+        let mut frames: Vec<((u32, u32), ServerFrame)> = Vec::new();
+        let mut failed: Vec<((u32, u32), String)> = Vec::new();
+        // Frames a handshake or status read left in a buffer.
+        for k in &keys {
+            match self.links.get_mut(k).expect("listed").buffered() {
+                Ok(f) => frames.extend(f.into_iter().map(|f| (*k, f))),
+                Err(e) => failed.push((*k, e)),
+            }
+        }
+        if frames.is_empty() && failed.is_empty() {
+            let left = deadline.saturating_sub(self.now());
+            let mut fds: Vec<libc::pollfd> = keys
+                .iter()
+                .map(|k| libc::pollfd {
+                    fd: self.links[k].stream.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            let ms = left.div_ceil(1_000_000).min(i32::MAX as u64) as libc::c_int;
+            if fds.is_empty() {
+                std::thread::sleep(Duration::from_nanos(left));
+            } else {
+                // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the call.
+                let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+                if n > 0 {
+                    for (k, p) in keys.iter().zip(&fds) {
+                        if p.revents == 0 {
+                            continue;
+                        }
+                        match self.links.get_mut(k).expect("listed").read_ready() {
+                            Ok(f) => frames.extend(f.into_iter().map(|f| (*k, f))),
+                            Err(e) => failed.push((*k, e)),
+                        }
+                    }
                 }
             }
-        })();
-        self.encoder = enc;
-        result
+        }
+        let now = self.now();
+        for ((r, g), frame) in frames {
+            match frame {
+                ServerFrame::Reply { id, outcome } => self.session.on_reply(now, r, g, id, outcome),
+                ServerFrame::Error(e) => {
+                    failed.push(((r, g), format!("{:?}: {}", e.code, e.message)))
+                }
+                // Late status answers and the like.
+                _ => {}
+            }
+        }
+        for ((r, g), e) in failed {
+            if self.links.remove(&(r, g)).is_some() {
+                self.session.on_link_failed(now, r, g, &e);
+            }
+        }
+    }
+
+    /// Sends one operation to its group's leader, following redirects and retrying (with the
+    /// same sequence number) until it gets an answer or `op_timeout` passes. A write that gave
+    /// up after reaching a replica is [`ClientError::Unknown`]; anything else that gave up was
+    /// not applied ([`ClientError::Timeout`]).
+    pub fn execute(&mut self, op: Op) -> Result<Outcome, ClientError> {
+        let now = self.now();
+        let id = self.session.start(now, op);
+        loop {
+            self.flush_transmits();
+            let mut result = None;
+            while let Some((done, r)) = self.session.poll_complete() {
+                if done == id {
+                    result = Some(r);
+                }
+            }
+            if let Some(r) = result {
+                self.retries = self.session.stats().retries;
+                let t = self.opts.op_timeout;
+                return r.map_err(|e| match e {
+                    SessionError::NotApplied { reason, .. } => ClientError::Timeout(t, reason),
+                    SessionError::Unknown { reason, .. } => ClientError::Unknown(t, reason),
+                    e @ SessionError::WrongGroup { .. } => ClientError::Protocol(e.to_string()),
+                });
+            }
+            let Some(deadline) = self.session.poll_timeout() else {
+                return Err(ClientError::Protocol(
+                    "the session has nothing to wait for (bug)".into(),
+                ));
+            };
+            if self.now() < deadline {
+                self.wait(deadline);
+            }
+            let now = self.now();
+            if now >= deadline {
+                self.session.on_timeout(now);
+            }
+        }
     }
 
     /// Every (replica, group)'s status; unreachable ones come back as an error string.
@@ -390,12 +559,13 @@ impl Client {
         let mut out = Vec::new();
         for r in 0..self.topology.replicas.len() as u32 {
             for g in 0..self.topology.groups {
-                let id = self.next_id;
-                self.next_id += 1;
-                let deadline = Instant::now() + self.opts.attempt_timeout;
+                let id = self.next_status_id;
+                self.next_status_id += 1;
+                let timeout = self.opts.attempt_timeout;
+                let deadline = Instant::now() + timeout;
                 let mut enc = std::mem::take(&mut self.encoder);
                 let res = (|| {
-                    let link = self.link(r, g)?;
+                    let link = self.link(r, g, timeout)?;
                     link.send(&mut enc, &ClientFrame::Status { id })?;
                     loop {
                         match link.recv(deadline)? {
