@@ -492,6 +492,13 @@ impl Session {
     }
 
     /// The next finished operation, if any.
+    /// The (client id, seq) a pending write carries once it has a lane (the same on every
+    /// attempt); `None` for reads, queued writes and finished operations.
+    pub fn write_identity(&self, id: OpId) -> Option<(u64, u64)> {
+        let op = self.ops.get(&id)?;
+        (op.write && op.lane.is_some()).then_some((op.client_id, op.seq))
+    }
+
     pub fn poll_complete(&mut self) -> Option<(OpId, Result<Outcome, SessionError>)> {
         self.completed.pop_front()
     }
