@@ -306,6 +306,8 @@ pub struct Replica {
     write_id_durable: WriteId,
     held: VecDeque<(WriteId, Envelope)>,
     out: Ready,
+    /// A safety violation seen here (two values chosen for one slot): the replica stops.
+    fatal: Option<String>,
 }
 
 impl Replica {
@@ -339,6 +341,7 @@ impl Replica {
             write_id_durable: 0,
             held: VecDeque::new(),
             out: Ready::default(),
+            fatal: None,
             cfg,
         };
         replica.reset_election_deadline(now);
@@ -383,9 +386,37 @@ impl Replica {
         &self.log
     }
 
+    /// Why this replica stopped, if it did: it learned a second value for a chosen slot, so
+    /// safety is already broken somewhere. A stopped replica takes no further part (every
+    /// input is ignored, `ready` is empty); its caller should fail the group loudly.
+    pub fn fatal(&self) -> Option<&str> {
+        self.fatal.as_deref()
+    }
+
+    /// Records `value` as chosen at `slot`; returns whether it was new. A different value
+    /// already chosen there stops the replica (see [`Replica::fatal`]).
+    fn set_chosen(&mut self, slot: Slot, value: Value) -> bool {
+        match self.log.set_chosen(slot, value.clone()) {
+            Ok(new) => new,
+            Err(existing) => {
+                if self.fatal.is_none() {
+                    self.fatal = Some(format!(
+                        "agreement violated: slot {slot} is chosen as {existing:?} here, but {value:?} was learned chosen too"
+                    ));
+                    self.out = Ready::default();
+                    self.held.clear();
+                }
+                false
+            }
+        }
+    }
+
     /// Queues a command for the next batch. Only the leader takes proposals; others (a
     /// candidate included) answer with where to go.
     pub fn propose(&mut self, now: Nanos, command: Command) -> Result<(), NotLeader> {
+        if self.fatal.is_some() {
+            return Err(NotLeader::Redirect { leader: None });
+        }
         if !matches!(self.proposer, Proposer::Leader(_)) {
             return Err(NotLeader::Redirect {
                 leader: self.leader_hint(),
@@ -402,6 +433,9 @@ impl Replica {
     /// Starts a linearizable read with caller-chosen `id`. Its outcome appears in a later
     /// `Ready::reads`; the read must then be served after applying that Ready's `committed`.
     pub fn read_index(&mut self, now: Nanos, id: u64) -> Result<(), NotLeader> {
+        if self.fatal.is_some() {
+            return Err(NotLeader::Redirect { leader: None });
+        }
         let hint = self.leader_hint();
         let commit = self.log.commit();
         let lease = match &self.proposer {
@@ -440,6 +474,9 @@ impl Replica {
     /// The next instant at which `tick` must be called (absent other inputs).
     pub fn poll_timeout(&self) -> Nanos {
         let mut due = Nanos::MAX;
+        if self.fatal.is_some() {
+            return due;
+        }
         match &self.proposer {
             Proposer::Leader(leader) => {
                 due = due.min(leader.heartbeat_due);
@@ -459,6 +496,9 @@ impl Replica {
 
     /// Advances timers: elections, heartbeats, retransmission, lost-quorum step-down.
     pub fn tick(&mut self, now: Nanos) {
+        if self.fatal.is_some() {
+            return;
+        }
         if matches!(self.proposer, Proposer::Leader(_)) {
             self.tick_leader(now);
         } else if now >= self.election_deadline {
@@ -474,6 +514,9 @@ impl Replica {
             "persisted a write never asked for"
         );
         self.write_id_durable = self.write_id_durable.max(write_id);
+        if self.fatal.is_some() {
+            return;
+        }
         while let Some((id, _)) = self.held.front() {
             if *id > self.write_id_durable {
                 break;
@@ -487,8 +530,9 @@ impl Replica {
     pub fn step(&mut self, now: Nanos, envelope: Envelope) {
         let Envelope { from, to, msg } = envelope;
         assert_eq!(to, self.cfg.id, "message delivered to the wrong replica");
-        if from >= self.cfg.replicas {
-            return; // Not one of ours; the transport should have refused it already.
+        if from >= self.cfg.replicas || self.fatal.is_some() {
+            // Not one of ours (the transport should have refused it already), or stopped.
+            return;
         }
         match msg {
             Message::Prepare { ballot, first_slot } => {
@@ -525,6 +569,9 @@ impl Replica {
 
     /// Drains everything the caller must do now. Cuts batches from queued proposals first.
     pub fn ready(&mut self, now: Nanos) -> Ready {
+        if self.fatal.is_some() {
+            return Ready::default();
+        }
         self.pump_leader(now);
         let commit = self.log.commit();
         while self.applied < commit {
@@ -715,9 +762,7 @@ impl Replica {
             })
             .collect();
         for (slot, value) in learned {
-            // A conflict here means safety is already broken elsewhere; keep the first value
-            // and let the simulator's cross-replica checks report it.
-            let _ = self.log.set_chosen(slot, value);
+            self.set_chosen(slot, value);
         }
         self.maybe_catch_up(now);
     }
@@ -768,9 +813,12 @@ impl Replica {
             if slot == 0 {
                 continue;
             }
-            if let Ok(true) = self.log.set_chosen(slot, value.clone()) {
+            if self.set_chosen(slot, value.clone()) {
                 new.push((slot, value));
             }
+        }
+        if self.fatal.is_some() {
+            return;
         }
         if new.is_empty() {
             // A duplicate or stale reply: ask again only when the retry timer says so, or
@@ -864,13 +912,20 @@ impl Replica {
             reads: VecDeque::new(),
         };
         leader.last_ack[self.cfg.id as usize] = Some(now);
+        // Values reported chosen are facts: learn them first (a conflict with one known here
+        // stops the replica).
+        for (slot, entry) in &candidate.merged {
+            if entry.chosen && *slot >= first_slot {
+                self.set_chosen(*slot, entry.value.clone());
+            }
+        }
         let mut proposals = Vec::new();
         for slot in first_slot..=recovery_end {
             let value = match (self.log.chosen(slot), candidate.merged.get(&slot)) {
                 (Some(value), _) => value.clone(),
                 (None, Some(entry)) => {
                     if entry.chosen {
-                        let _ = self.log.set_chosen(slot, entry.value.clone());
+                        self.set_chosen(slot, entry.value.clone());
                     }
                     entry.value.clone()
                 }
@@ -928,7 +983,7 @@ impl Replica {
             return;
         }
         let chosen = leader.in_flight.remove(&slot).expect("present").value;
-        let _ = self.log.set_chosen(slot, chosen);
+        self.set_chosen(slot, chosen);
     }
 
     fn on_reject(&mut self, now: Nanos, ballot: Ballot, promised: Ballot) {

@@ -437,7 +437,7 @@ impl Group {
     fn fail(&mut self, why: String) {
         tracing::error!(
             group = self.group,
-            "WAL failed, this group stops taking part: {why}"
+            "group failed, it stops taking part: {why}"
         );
         self.failed = Some(why);
         self.shared.healthy[self.group as usize].store(false, Ordering::Release);
@@ -453,6 +453,10 @@ impl Group {
         }
         loop {
             let ready = self.replica.ready(now);
+            if let Some(why) = self.replica.fatal() {
+                self.fail(format!("protocol: {why}"));
+                return;
+            }
             if ready.is_empty() && self.self_msgs.is_empty() {
                 break;
             }

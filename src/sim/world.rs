@@ -603,6 +603,15 @@ impl World {
             return;
         };
         let ready = replica.ready(now);
+        if let Some(why) = replica.fatal() {
+            let detail = format!("replica {id} stopped: {why}");
+            if !self.violations.iter().any(|v| v.detail == detail) {
+                self.violations.push(Violation {
+                    check: "agreement",
+                    detail,
+                });
+            }
+        }
         let mut disk_done = Vec::new();
         for (write_id, write) in ready.writes {
             if let Write::Accept {

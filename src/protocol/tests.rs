@@ -1,0 +1,263 @@
+//! Deterministic scenario tests: replicas driven by hand through a tiny in-memory network.
+//!
+//! The harness persists every write at once, delivers messages in send order (dropping those on
+//! cut links or matched by `drop_if`, parking those matched by `hold_if`), and moves time only
+//! when a test says so, so each scenario is an exact interleaving.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::*;
+
+const MS: Nanos = 1_000_000;
+
+type Filter = Box<dyn Fn(&Envelope) -> bool>;
+
+struct Net {
+    replicas: Vec<Option<Replica>>,
+    cfgs: Vec<Config>,
+    durable: Vec<DurableState>,
+    now: Nanos,
+    queue: VecDeque<Envelope>,
+    /// Messages parked by `hold_if`, released by hand.
+    held: Vec<Envelope>,
+    /// Directed links that drop everything.
+    cut: BTreeSet<(ReplicaId, ReplicaId)>,
+    drop_if: Option<Filter>,
+    hold_if: Option<Filter>,
+    committed: Vec<Vec<(Slot, Value)>>,
+    reads: Vec<Vec<(ReadResult, Slot)>>,
+    /// Every message sent, for size checks.
+    sent_log: bool,
+    sent: Vec<Envelope>,
+}
+
+fn config(id: ReplicaId, n: u32) -> Config {
+    let mut cfg = Config::new(id, n);
+    cfg.seed = 7;
+    // Deterministic timers: every election timeout is exactly 150 ms.
+    cfg.election_timeout_min_ms = 150;
+    cfg.election_timeout_max_ms = 150;
+    cfg
+}
+
+impl Net {
+    fn new(n: u32) -> Net {
+        Net::with_configs((0..n).map(|id| config(id, n)).collect())
+    }
+
+    fn with_configs(cfgs: Vec<Config>) -> Net {
+        let n = cfgs.len();
+        let mut net = Net {
+            replicas: Vec::new(),
+            cfgs: cfgs.clone(),
+            durable: vec![DurableState::default(); n],
+            now: 0,
+            queue: VecDeque::new(),
+            held: Vec::new(),
+            cut: BTreeSet::new(),
+            drop_if: None,
+            hold_if: None,
+            committed: vec![Vec::new(); n],
+            reads: vec![Vec::new(); n],
+            sent_log: false,
+            sent: Vec::new(),
+        };
+        for cfg in cfgs {
+            net.replicas
+                .push(Some(Replica::new(cfg, &DurableState::default(), 0)));
+        }
+        net
+    }
+
+    fn r(&self, id: ReplicaId) -> &Replica {
+        self.replicas[id as usize].as_ref().expect("replica is up")
+    }
+
+    fn r_mut(&mut self, id: ReplicaId) -> &mut Replica {
+        self.replicas[id as usize].as_mut().expect("replica is up")
+    }
+
+    /// Restarts `id` from its durable state at the current time.
+    fn restart(&mut self, id: ReplicaId) {
+        let cfg = self.cfgs[id as usize].clone();
+        self.replicas[id as usize] = Some(Replica::new(cfg, &self.durable[id as usize], self.now));
+        self.committed[id as usize].clear();
+        self.drain(id);
+    }
+
+    /// Takes a replica's Ready: persists writes at once, queues messages, records the rest.
+    fn drain(&mut self, id: ReplicaId) {
+        let now = self.now;
+        loop {
+            let Some(replica) = self.replicas[id as usize].as_mut() else {
+                return;
+            };
+            let ready = replica.ready(now);
+            if ready.is_empty() {
+                return;
+            }
+            let last = ready.writes.last().map(|(w, _)| *w);
+            for (_, write) in &ready.writes {
+                self.durable[id as usize].apply(write);
+            }
+            if let Some(last) = last {
+                replica.persisted(now, last);
+            }
+            let applied = replica.status().applied;
+            if self.sent_log {
+                self.sent.extend(ready.messages.iter().cloned());
+            }
+            self.queue.extend(ready.messages);
+            self.committed[id as usize].extend(ready.committed);
+            for read in ready.reads {
+                self.reads[id as usize].push((read, applied));
+            }
+        }
+    }
+
+    /// Delivers queued messages (and what they cause) until none is left.
+    fn deliver_all(&mut self) {
+        let mut steps = 0;
+        while let Some(env) = self.queue.pop_front() {
+            steps += 1;
+            assert!(steps < 10_000_000, "message storm");
+            self.deliver(env);
+        }
+    }
+
+    fn deliver(&mut self, env: Envelope) {
+        if self.cut.contains(&(env.from, env.to)) || self.drop_if.as_ref().is_some_and(|f| f(&env))
+        {
+            return;
+        }
+        if self.hold_if.as_ref().is_some_and(|f| f(&env)) {
+            self.held.push(env);
+            return;
+        }
+        let to = env.to;
+        let now = self.now;
+        let Some(replica) = self.replicas[to as usize].as_mut() else {
+            return;
+        };
+        replica.step(now, env);
+        self.drain(to);
+    }
+
+    fn release_held(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        for env in held {
+            self.deliver(env);
+        }
+        self.deliver_all();
+    }
+
+    fn isolate(&mut self, a: ReplicaId, others: &[ReplicaId]) {
+        for &b in others {
+            self.cut.insert((a, b));
+            self.cut.insert((b, a));
+        }
+    }
+
+    fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Moves time to `t` a millisecond at a time; at each step ticks every due replica in id
+    /// order, delivering everything after each tick.
+    fn run_until(&mut self, t: Nanos) {
+        while self.now < t {
+            self.now = (self.now + MS).min(t);
+            self.tick_due();
+        }
+    }
+
+    fn tick_due(&mut self) {
+        for id in 0..self.replicas.len() as ReplicaId {
+            let due = match &self.replicas[id as usize] {
+                Some(r) => r.poll_timeout() <= self.now,
+                None => false,
+            };
+            if due {
+                let now = self.now;
+                self.r_mut(id).tick(now);
+                self.drain(id);
+                self.deliver_all();
+            }
+        }
+    }
+
+    fn leader(&self) -> Option<ReplicaId> {
+        self.replicas
+            .iter()
+            .flatten()
+            .find(|r| r.role() == Role::Leader)
+            .map(|r| r.id())
+    }
+
+    fn propose(&mut self, id: ReplicaId, client_id: u64, seq: u64, payload: Bytes) {
+        let now = self.now;
+        self.r_mut(id)
+            .propose(
+                now,
+                Command {
+                    client_id,
+                    seq,
+                    payload,
+                },
+            )
+            .expect("a leader takes the proposal");
+        self.drain(id);
+        self.deliver_all();
+    }
+}
+
+fn batch(client_id: u64, seq: u64, payload: Bytes) -> Value {
+    Value::Batch(Arc::from(vec![Command {
+        client_id,
+        seq,
+        payload,
+    }]))
+}
+
+// ------------------------------------------------------------------ hole 4: conflicts are fatal
+
+#[test]
+fn conflicting_chosen_value_is_fatal() {
+    let mut net = Net::new(3);
+    net.run_until(200 * MS);
+    let leader = net.leader().expect("a leader after 200 ms");
+    net.propose(leader, 1, 1, Bytes::from_static(b"a"));
+    net.run_until(300 * MS);
+    let follower = (leader + 1) % 3;
+    assert_eq!(net.r(follower).status().commit, 1);
+    assert!(net.r(follower).fatal().is_none());
+    // A peer (broken elsewhere) reports another value chosen at slot 1.
+    let now = net.now;
+    net.r_mut(follower).step(
+        now,
+        Envelope {
+            from: leader,
+            to: follower,
+            msg: Message::CatchupReply {
+                entries: vec![(1, batch(9, 9, Bytes::from_static(b"z")))],
+            },
+        },
+    );
+    let fatal = net
+        .r(follower)
+        .fatal()
+        .expect("the conflict stops the replica");
+    assert!(fatal.contains("slot 1"), "{fatal}");
+    // It takes no further part: no messages, no writes, no commits, whatever it is fed.
+    net.drain(follower);
+    net.queue.clear();
+    net.run_until(2_000 * MS);
+    let r = net.r_mut(follower);
+    r.tick(now + 10_000 * MS);
+    let ready = r.ready(now + 10_000 * MS);
+    assert!(ready.is_empty(), "a failed replica still acts: {ready:?}");
+    assert_eq!(r.poll_timeout(), Nanos::MAX);
+}
