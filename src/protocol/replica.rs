@@ -36,13 +36,18 @@ pub enum InjectedBug {
     /// The leader trusts its leadership: reads are answered locally without a quorum round,
     /// and it never steps down on a lost quorum.
     StaleLeaderRead,
+    /// Followers stick to whichever leader spoke last: a Heartbeat or Accept at any ballot
+    /// at or above `promised` is acknowledged and makes its sender the sticky leader, even
+    /// after a higher-ballot leader was heard (the lease argument then fails with N >= 5).
+    LeaseFollowsLastSpeaker,
 }
 
 impl InjectedBug {
-    pub const ALL: [InjectedBug; 3] = [
+    pub const ALL: [InjectedBug; 4] = [
         InjectedBug::AckBeforePersist,
         InjectedBug::SkipValueAdoption,
         InjectedBug::StaleLeaderRead,
+        InjectedBug::LeaseFollowsLastSpeaker,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -50,6 +55,7 @@ impl InjectedBug {
             InjectedBug::AckBeforePersist => "ack-before-persist",
             InjectedBug::SkipValueAdoption => "skip-value-adoption",
             InjectedBug::StaleLeaderRead => "stale-leader-read",
+            InjectedBug::LeaseFollowsLastSpeaker => "lease-follows-last-speaker",
         }
     }
 
@@ -288,6 +294,10 @@ pub struct Replica {
     catchup_sent_at: Option<Nanos>,
 
     // Follower view of the leader.
+    /// The highest ballot heard from a leader (Accept or Heartbeat) in this incarnation. An
+    /// Accept, Heartbeat or Prepare below it is refused like one below `promised`, and
+    /// stickiness (`leader`, `last_heard_leader`) belongs to its leader only (§5 of the doc).
+    leader_ballot: Ballot,
     leader: Option<ReplicaId>,
     last_heard_leader: Option<Nanos>,
     election_deadline: Nanos,
@@ -325,6 +335,7 @@ impl Replica {
             leader_commit: 0,
             catchup_peer: None,
             catchup_sent_at: None,
+            leader_ballot: Ballot::ZERO,
             leader: None,
             last_heard_leader: None,
             election_deadline: 0,
@@ -644,17 +655,27 @@ impl Replica {
     /// Answers a message from an outranked ballot with a Reject naming the promise; returns
     /// whether it did.
     fn reject_below_promise(&mut self, from: ReplicaId, ballot: Ballot) -> bool {
-        if ballot >= self.promised {
+        let floor = self.ballot_floor();
+        if ballot >= floor {
             return false;
         }
         self.send(
             from,
             Message::Reject {
                 ballot,
-                promised: self.promised,
+                promised: floor,
             },
         );
         true
+    }
+
+    /// The lowest ballot this acceptor still answers: its promise, or the highest leader
+    /// ballot it heard if that is higher (an in-memory promise, see `leader_ballot`).
+    fn ballot_floor(&self) -> Ballot {
+        if self.cfg.inject_bug == Some(InjectedBug::LeaseFollowsLastSpeaker) {
+            return self.promised;
+        }
+        self.promised.max(self.leader_ballot)
     }
 
     /// Leader stickiness: refuse a new ballot while a live leader other than `from` leads.
@@ -727,8 +748,14 @@ impl Replica {
         self.learn_commit(now, from, ballot, commit);
     }
 
+    /// `from` leads at `ballot`, which is at least `ballot_floor` (lower ones were refused).
     fn heard_from_leader(&mut self, now: Nanos, from: ReplicaId, ballot: Ballot) {
         self.round_seen_max = self.round_seen_max.max(ballot.round);
+        self.leader_ballot = if self.cfg.inject_bug == Some(InjectedBug::LeaseFollowsLastSpeaker) {
+            ballot
+        } else {
+            self.leader_ballot.max(ballot)
+        };
         self.leader = Some(from);
         self.last_heard_leader = Some(now);
         self.reset_election_deadline(now);

@@ -261,3 +261,91 @@ fn conflicting_chosen_value_is_fatal() {
     assert!(ready.is_empty(), "a failed replica still acts: {ready:?}");
     assert_eq!(r.poll_timeout(), Nanos::MAX);
 }
+
+// ------------------------------------------------------------------ hole 1: lease stickiness
+
+fn is_leader_traffic(msg: &Message) -> bool {
+    matches!(msg, Message::Heartbeat { .. } | Message::Accept { .. })
+}
+
+/// Five replicas. Leader 0 (ballot b1) is cut off from 1, 3, 4; its last heartbeat to 2 is
+/// delayed. 1 is elected at b2 by {1, 3, 4} (2 still sticks to 0), takes a lease from the
+/// acks of 2 and 3, and never reaches 4 again. Then 0's delayed heartbeat reaches 2. Before the
+/// fix 2 acked it and made 0 its sticky leader again, so when 0 (rejected by 4) re-ran phase 1
+/// at b3, 2 promised it: 0 won with {0, 2, 4} and committed a write while 1 still served reads
+/// from its lease (which counts 2's ack) without it.
+fn lease_scenario(bug: Option<InjectedBug>) -> (Net, Option<(ReadResult, Slot)>) {
+    let mut net = Net::with_configs(
+        (0..5)
+            .map(|id| {
+                let mut cfg = config(id, 5);
+                cfg.inject_bug = bug;
+                cfg
+            })
+            .collect(),
+    );
+    net.run_until(150 * MS);
+    assert_eq!(net.leader(), Some(0));
+    let b1 = net.r(0).status().promised;
+    net.run_until(251 * MS);
+    net.isolate(0, &[1, 3, 4]);
+    net.run_until(389 * MS);
+    // 0's heartbeat of 390 ms to 2 is delayed in the network.
+    net.hold_if = Some(Box::new(|e: &Envelope| e.from == 0 && e.to == 2));
+    // 1 will reach 4 with its Prepare only: its heartbeats and accepts to 4 are lost.
+    net.drop_if = Some(Box::new(|e: &Envelope| {
+        e.from == 1 && e.to == 4 && is_leader_traffic(&e.msg)
+    }));
+    net.run_until(400 * MS);
+    assert_eq!(net.r(1).role(), Role::Leader, "1 elected at 400 ms");
+    assert_eq!(net.r(0).role(), Role::Leader, "0 has not noticed yet");
+    let b2 = net.r(1).status().promised;
+    assert!(b2 > b1);
+    // 401 ms: the delayed heartbeat of 0 (b1) reaches 2.
+    net.now = 401 * MS;
+    net.hold_if = None;
+    net.release_held();
+    // 402 ms: 0 reaches 4 again, and a client write arrives at 0.
+    net.now = 402 * MS;
+    net.cut.remove(&(0, 4));
+    net.cut.remove(&(4, 0));
+    if net.r(0).role() == Role::Leader {
+        net.propose(0, 1, 1, Bytes::from_static(b"new"));
+    }
+    // 403 ms: a read at 1, which still holds its lease.
+    net.now = 403 * MS;
+    let mut read = None;
+    if net.r(1).role() == Role::Leader {
+        net.r_mut(1).read_index(403 * MS, 77).expect("1 leads");
+        net.drain(1);
+        net.deliver_all();
+        read = net.reads[1].iter().find(|(r, _)| r.id == 77).copied();
+    }
+    (net, read)
+}
+
+#[test]
+fn lease_holder_sees_every_committed_write_5_replicas() {
+    let (net, read) = lease_scenario(None);
+    let (read, applied) = read.expect("1 holds its lease and serves the read at once");
+    assert_eq!(read.outcome, ReadOutcome::Ready);
+    let committed_elsewhere = (0..5).any(|id| net.r(id).status().commit >= 1);
+    assert!(
+        !(committed_elsewhere && applied < 1),
+        "stale lease read: slot 1 was committed by {:?} but lease holder 1 served a read at applied {applied}",
+        (0..5)
+            .filter(|id| net.r(*id).status().commit >= 1)
+            .collect::<Vec<_>>()
+    );
+    // 2 refused the older leader once it had heard the newer one.
+    assert_eq!(net.r(2).status().leader, Some(1));
+}
+
+#[test]
+fn lease_follows_last_speaker_bug_reads_stale() {
+    let (net, read) = lease_scenario(Some(InjectedBug::LeaseFollowsLastSpeaker));
+    let (read, applied) = read.expect("1 serves the read from its lease");
+    assert_eq!(read.outcome, ReadOutcome::Ready);
+    assert_eq!(applied, 0);
+    assert!(net.r(0).status().commit >= 1, "0 won b3 and committed");
+}
