@@ -15,7 +15,7 @@ use crate::protocol::{Ballot, Command, Envelope, Message, PromiseEntry, ReplicaI
 pub const MAGIC: u32 = u32::from_le_bytes(*b"MPAX");
 /// Bumped on any incompatible change of these types; a peer or client with another version is
 /// refused with [`ErrorCode::Version`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The group a key belongs to: FNV-1a 64 of the key, modulo the group count. Clients and
 /// servers must agree on this function; changing it is a protocol version bump.
 pub fn group_of(key: &[u8], groups: u32) -> u32 {
@@ -145,6 +145,14 @@ pub enum WMessage {
     },
     CatchupReply {
         entries: Vec<(u64, WValue)>,
+    },
+    PreVote {
+        ballot: WBallot,
+        commit: u64,
+    },
+    PreVoteReply {
+        ballot: WBallot,
+        granted: bool,
     },
 }
 
@@ -404,6 +412,14 @@ pub fn message_to_wire(m: &Message) -> WMessage {
                 .map(|(s, v)| (*s, value_to_wire(v)))
                 .collect(),
         },
+        Message::PreVote { ballot, commit } => WMessage::PreVote {
+            ballot: (*ballot).into(),
+            commit: *commit,
+        },
+        Message::PreVoteReply { ballot, granted } => WMessage::PreVoteReply {
+            ballot: (*ballot).into(),
+            granted: *granted,
+        },
     }
 }
 
@@ -474,6 +490,14 @@ pub fn message_from_archived(m: &ArchivedWMessage) -> Message {
                 .iter()
                 .map(|e| (e.0.to_native(), value_from_archived(&e.1)))
                 .collect(),
+        },
+        ArchivedWMessage::PreVote { ballot, commit } => Message::PreVote {
+            ballot: ballot.into(),
+            commit: commit.to_native(),
+        },
+        ArchivedWMessage::PreVoteReply { ballot, granted } => Message::PreVoteReply {
+            ballot: ballot.into(),
+            granted: *granted,
         },
     }
 }

@@ -56,6 +56,11 @@ pub enum Message {
     CatchupRequest { first_slot: Slot, last_slot: Slot },
     /// Chosen values the responder knows in the requested range.
     CatchupReply { entries: Vec<(Slot, Value)> },
+    /// Pre-vote: "would you grant me a new ballot?" `ballot` names the attempt; `commit` is
+    /// the asker's commit index. Not durable; changes nothing at the receiver.
+    PreVote { ballot: Ballot, commit: Slot },
+    /// The answer to a PreVote.
+    PreVoteReply { ballot: Ballot, granted: bool },
 }
 
 impl Message {
@@ -71,6 +76,8 @@ impl Message {
             Message::HeartbeatAck { .. } => "heartbeat_ack",
             Message::CatchupRequest { .. } => "catchup_request",
             Message::CatchupReply { .. } => "catchup_reply",
+            Message::PreVote { .. } => "pre_vote",
+            Message::PreVoteReply { .. } => "pre_vote_reply",
         }
     }
 }

@@ -39,6 +39,8 @@ pub enum InjectedBug {
     /// Followers stick to whichever leader spoke last: a Heartbeat or Accept at any ballot
     /// at or above `promised` is acknowledged and makes its sender the sticky leader, even
     /// after a higher-ballot leader was heard (the lease argument then fails with N >= 5).
+    /// Like `StaleLeaderRead`, a leader that lost its quorum does not step down, so that two
+    /// leaders overlap for longer than a message delay.
     LeaseFollowsLastSpeaker,
 }
 
@@ -270,8 +272,16 @@ struct Leader {
     reads: VecDeque<PendingRead>,
 }
 
+/// Asking peers whether they would grant a new ballot, before raising one (pre-vote).
+struct PreCandidate {
+    /// The ballot it would use; identifies this attempt (the real one is computed afresh).
+    ballot: Ballot,
+    votes: VoteSet,
+}
+
 enum Proposer {
     Idle,
+    PreCandidate(PreCandidate),
     Candidate(Candidate),
     Leader(Leader),
 }
@@ -369,7 +379,8 @@ impl Replica {
 
     pub fn role(&self) -> Role {
         match self.proposer {
-            Proposer::Idle => Role::Follower,
+            // A pre-candidate has raised no ballot and promised nothing: still a follower.
+            Proposer::Idle | Proposer::PreCandidate(_) => Role::Follower,
             Proposer::Candidate(_) => Role::Candidate,
             Proposer::Leader(_) => Role::Leader,
         }
@@ -497,7 +508,9 @@ impl Replica {
                     }
                 }
             }
-            Proposer::Candidate(_) | Proposer::Idle => due = due.min(self.election_deadline),
+            Proposer::Candidate(_) | Proposer::PreCandidate(_) | Proposer::Idle => {
+                due = due.min(self.election_deadline)
+            }
         }
         if let Some(sent) = self.catchup_sent_at {
             due = due.min(sent + self.catchup_retry_ns());
@@ -513,7 +526,7 @@ impl Replica {
         if matches!(self.proposer, Proposer::Leader(_)) {
             self.tick_leader(now);
         } else if now >= self.election_deadline {
-            self.start_election(now);
+            self.start_pre_vote(now);
         }
         self.maybe_catch_up(now);
     }
@@ -575,6 +588,10 @@ impl Replica {
                 last_slot,
             } => self.on_catchup_request(from, first_slot, last_slot),
             Message::CatchupReply { entries } => self.on_catchup_reply(now, entries),
+            Message::PreVote { ballot, commit } => self.on_pre_vote(now, from, ballot, commit),
+            Message::PreVoteReply { ballot, granted } => {
+                self.on_pre_vote_reply(now, from, ballot, granted)
+            }
         }
     }
 
@@ -858,6 +875,54 @@ impl Replica {
         self.maybe_catch_up(now);
     }
 
+    // ---------------------------------------------------------------- pre-vote
+
+    /// The election timer fired: ask the others whether they would grant a new ballot. Nothing
+    /// is promised or raised until a classic quorum (itself included) says yes, so a replica
+    /// cut off by a partition cannot come back with a ballot that deposes a healthy leader.
+    fn start_pre_vote(&mut self, now: Nanos) {
+        self.fail_leader_work();
+        let ballot = Ballot::new(
+            self.round_seen_max.max(self.promised.round) + 1,
+            self.cfg.id,
+        );
+        let mut votes = VoteSet::EMPTY;
+        votes.insert(self.cfg.id);
+        self.proposer = Proposer::PreCandidate(PreCandidate { ballot, votes });
+        self.reset_election_deadline(now);
+        if self.quorum.is_phase1_quorum(votes) {
+            self.start_election(now);
+            return;
+        }
+        let commit = self.log.commit();
+        for to in 0..self.cfg.replicas {
+            if to != self.cfg.id {
+                self.send(to, Message::PreVote { ballot, commit });
+            }
+        }
+    }
+
+    /// Would this acceptor grant `from` a new ballot? Not while it heard from a live leader
+    /// (stickiness, which includes the restart blackout), and not if the asker knows fewer
+    /// chosen slots than it does. Answering changes no state.
+    fn on_pre_vote(&mut self, now: Nanos, from: ReplicaId, ballot: Ballot, commit: Slot) {
+        let granted = !self.sticks_to_leader(now, from) && commit >= self.log.commit();
+        self.send(from, Message::PreVoteReply { ballot, granted });
+    }
+
+    fn on_pre_vote_reply(&mut self, now: Nanos, from: ReplicaId, ballot: Ballot, granted: bool) {
+        let Proposer::PreCandidate(pre) = &mut self.proposer else {
+            return;
+        };
+        if pre.ballot != ballot || !granted {
+            return;
+        }
+        pre.votes.insert(from);
+        if self.quorum.is_phase1_quorum(pre.votes) {
+            self.start_election(now);
+        }
+    }
+
     // ---------------------------------------------------------------- proposer
 
     fn start_election(&mut self, now: Nanos) {
@@ -1074,7 +1139,13 @@ impl Replica {
         };
         let lost_quorum =
             now >= leader.elected_at + min_ns && !self.leader_has_quorum(leader, now, min_ns);
-        if lost_quorum && self.cfg.inject_bug != Some(InjectedBug::StaleLeaderRead) {
+        // The injected lease bugs keep a leader that lost its quorum in office: check-quorum
+        // would otherwise close the window in which two leaders overlap within a message delay.
+        let lingers = matches!(
+            self.cfg.inject_bug,
+            Some(InjectedBug::StaleLeaderRead | InjectedBug::LeaseFollowsLastSpeaker)
+        );
+        if lost_quorum && !lingers {
             self.step_down(now);
             return;
         }
@@ -1250,6 +1321,11 @@ impl Replica {
     fn step_down_below(&mut self, now: Nanos, ballot: Ballot) {
         let ours = match &self.proposer {
             Proposer::Idle => return,
+            Proposer::PreCandidate(_) => {
+                // Someone else's ballot got through: the pre-vote is moot.
+                self.proposer = Proposer::Idle;
+                return;
+            }
             Proposer::Candidate(c) => c.ballot,
             Proposer::Leader(l) => l.ballot,
         };

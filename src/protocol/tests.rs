@@ -349,3 +349,84 @@ fn lease_follows_last_speaker_bug_reads_stale() {
     assert_eq!(applied, 0);
     assert!(net.r(0).status().commit >= 1, "0 won b3 and committed");
 }
+
+// ------------------------------------------------------------------ hole 3: pre-vote
+
+#[test]
+fn rejoining_follower_does_not_depose_a_healthy_leader() {
+    let mut net = Net::new(5);
+    net.run_until(300 * MS);
+    let leader = net.leader().expect("a leader");
+    let ballot = net.r(leader).status().promised;
+    let loner = (leader + 4) % 5;
+    let others: Vec<ReplicaId> = (0..5).filter(|id| *id != loner).collect();
+    net.isolate(loner, &others);
+    // Many election timeouts alone.
+    net.run_until(2_000 * MS);
+    assert!(
+        net.r(loner).status().promised <= ballot,
+        "the cut-off follower raised its ballot to {} (leader's is {ballot})",
+        net.r(loner).status().promised
+    );
+    net.heal();
+    for t in (2_001..=3_000).step_by(1) {
+        net.run_until(t * MS);
+        assert_eq!(net.leader(), Some(leader), "leader lost at {t} ms");
+        assert_eq!(
+            net.r(leader).status().promised,
+            ballot,
+            "leader re-ran phase 1 at {t} ms"
+        );
+    }
+    assert!(net.r(loner).status().promised <= ballot);
+    assert_eq!(net.r(loner).status().leader, Some(leader));
+}
+
+// ------------------------------------------------------------------ hole 5: restart timers
+
+#[test]
+fn replica_started_late_waits_a_full_election_timeout() {
+    for now in [0, 1, 150 * MS, 3_600_000 * MS, u64::MAX / 4] {
+        let cfg = config(1, 3);
+        let min = cfg.election_timeout_min_ms * MS;
+        let mut r = Replica::new(cfg, &DurableState::default(), now);
+        assert!(r.poll_timeout() >= now + min, "deadline too early at {now}");
+        r.tick(now + min - 1);
+        let ready = r.ready(now + min - 1);
+        assert!(ready.messages.is_empty(), "campaigned early at {now}");
+        assert_eq!(r.role(), Role::Follower);
+    }
+}
+
+#[test]
+fn follower_restarted_after_long_recovery_does_not_depose_leader() {
+    let mut net = Net::new(3);
+    net.run_until(300 * MS);
+    let leader = net.leader().expect("a leader");
+    let ballot = net.r(leader).status().promised;
+    net.propose(leader, 1, 1, Bytes::from_static(b"x"));
+    let other = (leader + 1) % 3;
+    let restarted = (leader + 2) % 3;
+    // A long recovery: the replica is down for 10 s, then comes back unable to hear the
+    // leader (but able to reach the other follower) for a while.
+    net.replicas[restarted as usize] = None;
+    net.run_until(10_000 * MS);
+    net.isolate(restarted, &[leader]);
+    net.restart(restarted);
+    net.run_until(10_000 * MS + 149 * MS);
+    assert!(
+        net.r(restarted).status().promised <= ballot,
+        "campaigned within one election timeout of starting"
+    );
+    net.run_until(12_000 * MS);
+    net.heal();
+    net.run_until(13_000 * MS);
+    assert_eq!(net.leader(), Some(leader));
+    assert_eq!(
+        net.r(leader).status().promised,
+        ballot,
+        "leader was deposed"
+    );
+    assert_eq!(net.r(other).status().leader, Some(leader));
+    assert_eq!(net.r(restarted).status().commit, 1, "caught up");
+}
