@@ -114,6 +114,7 @@ pub enum WMessage {
     Promise {
         ballot: WBallot,
         first_slot: u64,
+        last_slot: u64,
         entries: Vec<WPromiseEntry>,
     },
     Accept {
@@ -353,10 +354,12 @@ pub fn message_to_wire(m: &Message) -> WMessage {
         Message::Promise {
             ballot,
             first_slot,
+            last_slot,
             entries,
         } => WMessage::Promise {
             ballot: (*ballot).into(),
             first_slot: *first_slot,
+            last_slot: *last_slot,
             entries: entries
                 .iter()
                 .map(|e| WPromiseEntry {
@@ -432,10 +435,12 @@ pub fn message_from_archived(m: &ArchivedWMessage) -> Message {
         ArchivedWMessage::Promise {
             ballot,
             first_slot,
+            last_slot,
             entries,
         } => Message::Promise {
             ballot: ballot.into(),
             first_slot: first_slot.to_native(),
+            last_slot: last_slot.to_native(),
             entries: entries
                 .iter()
                 .map(|e| PromiseEntry {

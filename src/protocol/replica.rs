@@ -18,7 +18,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::log::Log;
-use super::message::{Envelope, Message, PromiseEntry};
+use super::message::{
+    Envelope, Message, PromiseEntry, ENTRY_OVERHEAD_BYTES, MESSAGE_OVERHEAD_BYTES,
+};
 use super::quorum::{QuorumSpec, VoteSet};
 use super::types::{Ballot, Command, DurableState, Nanos, ReplicaId, Slot, Value, Write, WriteId};
 
@@ -87,6 +89,10 @@ pub struct Config {
     pub proposal_queue_max: usize,
     /// Chosen values per catch-up reply, at most.
     pub catchup_batch_max: usize,
+    /// Estimated bytes (`Message::size_bytes`) of one Promise or CatchupReply, at most: larger
+    /// ones are split (a message always carries at least one entry). Keep it well under the
+    /// transport's frame limit (64 MiB between peers).
+    pub message_bytes_max: usize,
     /// Leader lease (DESIGN §5): how long after sending a heartbeat that a majority
     /// acknowledged the leader may serve linearizable reads locally, without a read round.
     /// 0 turns leases off. Safe only if every acceptor's stickiness window
@@ -114,6 +120,7 @@ impl Config {
             batch_delay_us: 0,
             proposal_queue_max: 16 * 1024,
             catchup_batch_max: 256,
+            message_bytes_max: 8 << 20,
             lease_ms: Config::lease_ms_for(150, 10),
             clock_drift_percent: 10,
             inject_bug: None,
@@ -145,6 +152,7 @@ impl Config {
         assert!(self.election_timeout_min_ms <= self.election_timeout_max_ms);
         assert!(self.pipeline_depth > 0 && self.batch_max_ops > 0 && self.batch_max_bytes > 0);
         assert!(self.proposal_queue_max > 0 && self.catchup_batch_max > 0);
+        assert!(self.message_bytes_max > 0);
         assert!(
             self.lease_ms < self.election_timeout_min_ms,
             "a lease must end before an acceptor's stickiness window"
@@ -233,6 +241,9 @@ pub struct Status {
 struct Candidate {
     ballot: Ballot,
     first_slot: Slot,
+    /// Per acceptor, the first slot of the next part of its report it must send (reports
+    /// longer than `message_bytes_max` come in parts, asked for one at a time).
+    next_part: Vec<Slot>,
     promises: VoteSet,
     merged: BTreeMap<Slot, PromiseEntry>,
 }
@@ -258,6 +269,10 @@ struct Leader {
     /// Highest slot re-proposed by phase 1: anything chosen before this leadership is at or
     /// below it, so a read must wait for it to commit.
     recovery_end: Slot,
+    /// The next slot recovery re-proposes (recovery is done once it passes `recovery_end`),
+    /// and the merged phase-1 reports not yet re-proposed.
+    recovery_next: Slot,
+    recovery: BTreeMap<Slot, PromiseEntry>,
     in_flight: BTreeMap<Slot, InFlight>,
     heartbeat_due: Nanos,
     last_ack: Vec<Option<Nanos>>,
@@ -564,9 +579,10 @@ impl Replica {
             }
             Message::Promise {
                 ballot,
-                first_slot: _,
+                first_slot,
+                last_slot,
                 entries,
-            } => self.on_promise(now, from, ballot, entries),
+            } => self.on_promise(now, from, ballot, first_slot, last_slot, entries),
             Message::Accept {
                 ballot,
                 slot,
@@ -629,26 +645,12 @@ impl Replica {
             self.step_down_below(now, ballot);
             self.leader = None;
             self.reset_election_deadline(now);
+        } else if from == ballot.replica && from != self.cfg.id {
+            // The candidate we promised asks for the next part of our report: it is alive and
+            // making progress, so give it the time to finish.
+            self.reset_election_deadline(now);
         }
-        let entries = self
-            .log
-            .range_from(first_slot)
-            .filter_map(|(slot, entry)| match (&entry.chosen, &entry.accepted) {
-                (Some(value), _) => Some(PromiseEntry {
-                    slot: *slot,
-                    ballot: Ballot::ZERO,
-                    value: value.clone(),
-                    chosen: true,
-                }),
-                (None, Some((accepted, value))) => Some(PromiseEntry {
-                    slot: *slot,
-                    ballot: *accepted,
-                    value: value.clone(),
-                    chosen: false,
-                }),
-                (None, None) => None,
-            })
-            .collect();
+        let (entries, last_slot) = self.promise_chunk(first_slot);
         // A repeated prepare at the promised ballot is answered once the first promise is
         // durable, without writing again.
         let write_id = if ballot == self.promise_write.0 {
@@ -664,9 +666,46 @@ impl Replica {
             Message::Promise {
                 ballot,
                 first_slot,
+                last_slot,
                 entries,
             },
         );
+    }
+
+    /// The slots this acceptor holds from `first_slot` on (chosen, else accepted), cut so the
+    /// Promise stays within `message_bytes_max` (at least one entry); the last slot covered,
+    /// `Slot::MAX` if the report is complete.
+    fn promise_chunk(&self, first_slot: Slot) -> (Vec<PromiseEntry>, Slot) {
+        let budget = self
+            .cfg
+            .message_bytes_max
+            .saturating_sub(MESSAGE_OVERHEAD_BYTES);
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        for (slot, entry) in self.log.range_from(first_slot) {
+            let report = match (&entry.chosen, &entry.accepted) {
+                (Some(value), _) => PromiseEntry {
+                    slot: *slot,
+                    ballot: Ballot::ZERO,
+                    value: value.clone(),
+                    chosen: true,
+                },
+                (None, Some((accepted, value))) => PromiseEntry {
+                    slot: *slot,
+                    ballot: *accepted,
+                    value: value.clone(),
+                    chosen: false,
+                },
+                (None, None) => continue,
+            };
+            let size = report.value.size_bytes() + ENTRY_OVERHEAD_BYTES;
+            if !entries.is_empty() && bytes + size > budget {
+                return (entries, *slot - 1);
+            }
+            bytes += size;
+            entries.push(report);
+        }
+        (entries, Slot::MAX)
     }
 
     /// Answers a message from an outranked ballot with a Reject naming the promise; returns
@@ -738,6 +777,7 @@ impl Replica {
                     ballot,
                     slot,
                     value,
+                    commit,
                 });
                 self.log.entry_mut(slot).accepted_write_id = write_id;
                 write_id
@@ -843,9 +883,15 @@ impl Replica {
     }
 
     fn on_catchup_request(&mut self, from: ReplicaId, first_slot: Slot, last_slot: Slot) {
-        let entries = self
-            .log
-            .chosen_in(first_slot, last_slot, self.cfg.catchup_batch_max);
+        let entries = self.log.chosen_in(
+            first_slot,
+            last_slot,
+            self.cfg.catchup_batch_max,
+            self.cfg
+                .message_bytes_max
+                .saturating_sub(MESSAGE_OVERHEAD_BYTES),
+            ENTRY_OVERHEAD_BYTES,
+        );
         if !entries.is_empty() {
             self.send(from, Message::CatchupReply { entries });
         }
@@ -934,6 +980,7 @@ impl Replica {
         self.proposer = Proposer::Candidate(Candidate {
             ballot,
             first_slot,
+            next_part: vec![first_slot; self.cfg.replicas as usize],
             promises: VoteSet::EMPTY,
             merged: BTreeMap::new(),
         });
@@ -948,6 +995,8 @@ impl Replica {
         now: Nanos,
         from: ReplicaId,
         ballot: Ballot,
+        first_slot: Slot,
+        last_slot: Slot,
         entries: Vec<PromiseEntry>,
     ) {
         let Proposer::Candidate(candidate) = &mut self.proposer else {
@@ -956,7 +1005,12 @@ impl Replica {
         if candidate.ballot != ballot || candidate.promises.contains(from) {
             return;
         }
-        candidate.promises.insert(from);
+        if first_slot != candidate.next_part[from as usize] {
+            return; // A duplicate or stale part.
+        }
+        // Merging the parts of an acceptor that never completes is harmless: they are values
+        // it really accepted below our ballot, and the highest-ballot rule stays safe with
+        // reports from beyond a quorum.
         for entry in entries {
             if entry.slot < candidate.first_slot {
                 continue;
@@ -969,6 +1023,21 @@ impl Replica {
                 candidate.merged.insert(entry.slot, entry);
             }
         }
+        if last_slot != Slot::MAX {
+            let next = last_slot + 1;
+            candidate.next_part[from as usize] = next;
+            self.send(
+                from,
+                Message::Prepare {
+                    ballot,
+                    first_slot: next,
+                },
+            );
+            // Progress: a long report must not run into our own election timer.
+            self.reset_election_deadline(now);
+            return;
+        }
+        candidate.promises.insert(from);
         if self.quorum.is_phase1_quorum(candidate.promises) {
             self.become_leader(now);
         }
@@ -993,6 +1062,8 @@ impl Replica {
             elected_at: now,
             next_slot: recovery_end + 1,
             recovery_end,
+            recovery_next: first_slot,
+            recovery: BTreeMap::new(),
             in_flight: BTreeMap::new(),
             heartbeat_due: now,
             last_ack: vec![None; n],
@@ -1006,31 +1077,33 @@ impl Replica {
         leader.last_ack[self.cfg.id as usize] = Some(now);
         // Values reported chosen are facts: learn them first (a conflict with one known here
         // stops the replica).
-        for (slot, entry) in &candidate.merged {
-            if entry.chosen && *slot >= first_slot {
-                self.set_chosen(*slot, entry.value.clone());
-            }
-        }
-        let mut proposals = Vec::new();
-        for slot in first_slot..=recovery_end {
-            let value = match (self.log.chosen(slot), candidate.merged.get(&slot)) {
-                (Some(value), _) => value.clone(),
-                (None, Some(entry)) => {
-                    if entry.chosen {
-                        self.set_chosen(slot, entry.value.clone());
-                    }
-                    entry.value.clone()
+        if !skip_adoption {
+            for (slot, entry) in &candidate.merged {
+                if entry.chosen && *slot >= first_slot {
+                    self.set_chosen(*slot, entry.value.clone());
                 }
-                (None, None) => Value::Noop,
-            };
-            proposals.push((slot, value));
+            }
+            // The slots first_slot..=recovery_end are re-proposed by `pump_leader` as the
+            // pipeline drains, not all at once.
+            leader.recovery = candidate.merged;
         }
         self.proposer = Proposer::Leader(leader);
         self.leader = Some(self.cfg.id);
-        for (slot, value) in proposals {
-            self.propose_slot(now, slot, value);
-        }
         self.send_heartbeats(now);
+    }
+
+    /// What recovery re-proposes at `slot`: the value known chosen here; else the merged
+    /// phase-1 report's; else a no-op for a gap.
+    fn recovery_value(&mut self, slot: Slot) -> Value {
+        let reported = match &mut self.proposer {
+            Proposer::Leader(leader) => leader.recovery.remove(&slot),
+            _ => None,
+        };
+        match (self.log.chosen(slot), reported) {
+            (Some(value), _) => value.clone(),
+            (None, Some(entry)) => entry.value,
+            (None, None) => Value::Noop,
+        }
     }
 
     fn propose_slot(&mut self, now: Nanos, slot: Slot, value: Value) {
@@ -1253,10 +1326,21 @@ impl Replica {
             }
         }
         loop {
-            let Proposer::Leader(leader) = &self.proposer else {
+            let Proposer::Leader(leader) = &mut self.proposer else {
                 return;
             };
-            if self.queue.is_empty() || leader.in_flight.len() >= self.cfg.pipeline_depth {
+            if leader.in_flight.len() >= self.cfg.pipeline_depth {
+                return;
+            }
+            // Recovery first, paced by the pipeline like any proposal.
+            if leader.recovery_next <= leader.recovery_end {
+                let slot = leader.recovery_next;
+                leader.recovery_next += 1;
+                let value = self.recovery_value(slot);
+                self.propose_slot(now, slot, value);
+                continue;
+            }
+            if self.queue.is_empty() {
                 return;
             }
             if self.cfg.batch_delay_us > 0 {

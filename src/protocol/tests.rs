@@ -32,6 +32,10 @@ struct Net {
     /// Every message sent, for size checks.
     sent_log: bool,
     sent: Vec<Envelope>,
+    /// The largest message sent, by `Message::size_bytes`, and its kind.
+    max_message: (usize, &'static str),
+    /// The most Accepts one Ready carried.
+    max_accepts_per_ready: usize,
 }
 
 fn config(id: ReplicaId, n: u32) -> Config {
@@ -64,10 +68,21 @@ impl Net {
             reads: vec![Vec::new(); n],
             sent_log: false,
             sent: Vec::new(),
+            max_message: (0, ""),
+            max_accepts_per_ready: 0,
         };
         for cfg in cfgs {
             net.replicas
                 .push(Some(Replica::new(cfg, &DurableState::default(), 0)));
+        }
+        net
+    }
+
+    fn with_durable(cfgs: Vec<Config>, durable: Vec<DurableState>) -> Net {
+        let mut net = Net::with_configs(cfgs);
+        for (id, state) in durable.into_iter().enumerate() {
+            net.durable[id] = state;
+            net.restart(id as ReplicaId);
         }
         net
     }
@@ -110,6 +125,17 @@ impl Net {
             if self.sent_log {
                 self.sent.extend(ready.messages.iter().cloned());
             }
+            let mut accepts = 0;
+            for env in &ready.messages {
+                let size = env.msg.size_bytes();
+                if size > self.max_message.0 {
+                    self.max_message = (size, env.msg.kind());
+                }
+                if matches!(env.msg, Message::Accept { .. }) && env.to == id {
+                    accepts += 1;
+                }
+            }
+            self.max_accepts_per_ready = self.max_accepts_per_ready.max(accepts);
             self.queue.extend(ready.messages);
             self.committed[id as usize].extend(ready.committed);
             for read in ready.reads {
@@ -429,4 +455,95 @@ fn follower_restarted_after_long_recovery_does_not_depose_leader() {
     );
     assert_eq!(net.r(other).status().leader, Some(leader));
     assert_eq!(net.r(restarted).status().commit, 1, "caught up");
+}
+
+// ------------------------------------------------------------------ hole 2: large logs
+
+#[test]
+fn commit_point_survives_a_whole_cluster_restart() {
+    let mut net = Net::new(3);
+    net.run_until(300 * MS);
+    let leader = net.leader().expect("a leader");
+    for seq in 1..=10 {
+        net.propose(leader, 1, seq, Bytes::from(format!("v{seq}")));
+    }
+    net.run_until(net.now + 50 * MS);
+    for id in 0..3 {
+        assert_eq!(net.r(id).status().commit, 10);
+    }
+    // Everyone restarts at once: the commit point comes back from the durable state.
+    net.now += 1_000 * MS;
+    for id in 0..3 {
+        net.restart(id);
+    }
+    for id in 0..3 {
+        assert!(
+            net.r(id).status().commit >= 9,
+            "replica {id} restarted at commit {}",
+            net.r(id).status().commit
+        );
+    }
+    net.sent_log = true;
+    net.run_until(net.now + 1_000 * MS);
+    let first_slots: Vec<Slot> = net
+        .sent
+        .iter()
+        .filter_map(|e| match e.msg {
+            Message::Prepare { first_slot, .. } => Some(first_slot),
+            _ => None,
+        })
+        .collect();
+    assert!(!first_slots.is_empty());
+    assert!(
+        first_slots.iter().all(|s| *s >= 10),
+        "prepared from {first_slots:?}"
+    );
+    assert!(net.leader().is_some());
+}
+
+/// 100,000 accepted-but-not-known-chosen slots of 1 MiB each on every replica (the state a
+/// whole-cluster restart left before the commit point was persisted): the election still
+/// completes, no message exceeds `message_bytes_max`, and recovery is paced by the pipeline.
+#[test]
+fn huge_log_election_and_catch_up_stay_under_the_message_limit() {
+    const SLOTS: Slot = 100_000;
+    let payload = Bytes::from(vec![7u8; 1 << 20]);
+    let value = batch(1, 1, payload);
+    let mut durable = DurableState::default();
+    let old = Ballot::new(1, 2);
+    durable.promised = old;
+    for slot in 1..=SLOTS {
+        durable.accepted.insert(slot, (old, value.clone()));
+    }
+    let cfgs: Vec<Config> = (0..3).map(|id| config(id, 3)).collect();
+    let limit = cfgs[0].message_bytes_max;
+    let depth = cfgs[0].pipeline_depth;
+    let mut net = Net::with_durable(cfgs, vec![durable.clone(), durable.clone(), durable]);
+    net.run_until(400 * MS);
+    let leader = net.leader().expect("an election completes");
+    assert!(
+        net.max_message.0 <= limit,
+        "a {} of {} bytes (limit {limit})",
+        net.max_message.1,
+        net.max_message.0
+    );
+    assert!(
+        net.max_accepts_per_ready <= depth,
+        "{} accepts in one Ready (pipeline depth {depth})",
+        net.max_accepts_per_ready
+    );
+    // Recovery re-proposed (and so chose) every slot.
+    assert_eq!(net.r(leader).status().commit, SLOTS);
+    // A follower that lost its disk catches up in replies under the limit.
+    let wiped = (leader + 1) % 3;
+    net.durable[wiped as usize] = DurableState::default();
+    net.restart(wiped);
+    net.run_until(net.now + 2_000 * MS);
+    assert_eq!(net.r(wiped).status().commit, SLOTS);
+    assert!(
+        net.max_message.0 <= limit,
+        "a {} of {} bytes (limit {limit})",
+        net.max_message.1,
+        net.max_message.0
+    );
 }

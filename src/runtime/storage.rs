@@ -5,7 +5,8 @@
 //! ids in step (both complete in order), and holding writes back while the WAL pushes back.
 //!
 //! Mapping: `Promise` → the superblock's promised ballot; `Accept` → one entry for its slot at
-//! its ballot; `Chosen` → one entry per slot, flagged chosen. Replaying entries in log order
+//! its ballot, carrying the leader's commit index; `Chosen` → one entry per slot, flagged
+//! chosen. Replaying entries in log order
 //! through [`DurableState::apply`] rebuilds the state the replica had.
 
 use std::collections::VecDeque;
@@ -22,6 +23,8 @@ use crate::wal::{self, Recovered, SuperState, Wal, WalConfig, WalError};
 struct WalRecord {
     chosen: bool,
     value: WValue,
+    /// For an accepted value: the commit index its leader sent with it (0 for chosen ones).
+    commit: u64,
 }
 
 fn to_wal_ballot(b: Ballot) -> wal::Ballot {
@@ -80,6 +83,7 @@ impl Storage {
                     ballot: Ballot::new(e.ballot.round, e.ballot.replica),
                     slot,
                     value,
+                    commit: record.commit.to_native(),
                 });
             }
         }
@@ -153,10 +157,15 @@ impl Storage {
         let mut meta: Vec<(Slot, Ballot)> = Vec::new();
         let mut used = 0;
         for (_, write) in self.backlog.iter().take(run) {
-            let mut push = |slot: Slot, ballot: Ballot, chosen: bool, value: &protocol::Value| {
+            let mut push = |slot: Slot,
+                            ballot: Ballot,
+                            chosen: bool,
+                            value: &protocol::Value,
+                            commit: Slot| {
                 let record = WalRecord {
                     chosen,
                     value: value_to_wire(value),
+                    commit,
                 };
                 if self.bodies.len() <= used {
                     self.bodies.push(rkyv::util::AlignedVec::new());
@@ -174,10 +183,11 @@ impl Storage {
                     ballot,
                     slot,
                     value,
-                } => push(*slot, *ballot, false, value),
+                    commit,
+                } => push(*slot, *ballot, false, value, *commit),
                 Write::Chosen { entries } => {
                     for (slot, value) in entries {
-                        push(*slot, Ballot::ZERO, true, value);
+                        push(*slot, Ballot::ZERO, true, value, 0);
                     }
                 }
                 Write::Promise { .. } => unreachable!("a run holds log writes only"),
@@ -268,6 +278,7 @@ mod tests {
                         ballot: b1,
                         slot: 1,
                         value: batch(3),
+                        commit: 1,
                     },
                 ),
                 (

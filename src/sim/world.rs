@@ -618,6 +618,7 @@ impl World {
                 ballot,
                 slot,
                 value,
+                ..
             } = &write
             {
                 node.issued_accepts.insert((*slot, *ballot), value.clone());
