@@ -419,7 +419,9 @@ impl World {
             .iter()
             .filter_map(|node| {
                 let replica = node.replica.as_ref()?;
-                Some((node.global(replica.poll_timeout()).max(self.now), node.id))
+                let due = replica.poll_timeout();
+                // Nanos::MAX: no timer (a replica stopped by a fatal error).
+                (due != Nanos::MAX).then(|| (node.global(due).max(self.now), node.id))
             })
             .min()
     }
