@@ -74,9 +74,8 @@ struct SimArgs {
     /// The first seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Deliberately break the protocol to show the checks catch it:
-    /// ack-before-persist, skip-value-adoption or stale-leader-read.
-    #[arg(long, value_parser = parse_bug)]
+    /// Deliberately break the protocol to show the checks catch it.
+    #[arg(long, value_parser = bug_parser())]
     inject_bug: Option<InjectedBug>,
     /// Worker threads (default: all cores).
     #[arg(long)]
@@ -86,11 +85,10 @@ struct SimArgs {
     verbose: bool,
 }
 
-fn parse_bug(name: &str) -> Result<InjectedBug, String> {
-    InjectedBug::from_name(name).ok_or_else(|| {
-        let names: Vec<&str> = InjectedBug::ALL.iter().map(|b| b.name()).collect();
-        format!("unknown bug {name:?}; choose one of: {}", names.join(", "))
-    })
+fn bug_parser() -> impl clap::builder::TypedValueParser<Value = InjectedBug> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(InjectedBug::ALL.map(|b| b.name()))
+        .map(|name| InjectedBug::from_name(&name).expect("a listed name"))
 }
 
 fn main() -> ExitCode {

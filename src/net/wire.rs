@@ -119,6 +119,7 @@ pub enum WMessage {
     Promise {
         ballot: WBallot,
         first_slot: u64,
+        last_slot: u64,
         entries: Vec<WPromiseEntry>,
     },
     Accept {
@@ -150,6 +151,14 @@ pub enum WMessage {
     },
     CatchupReply {
         entries: Vec<(u64, WValue)>,
+    },
+    PreVote {
+        ballot: WBallot,
+        commit: u64,
+    },
+    PreVoteReply {
+        ballot: WBallot,
+        granted: bool,
     },
 }
 
@@ -350,10 +359,12 @@ pub fn message_to_wire(m: &Message) -> WMessage {
         Message::Promise {
             ballot,
             first_slot,
+            last_slot,
             entries,
         } => WMessage::Promise {
             ballot: (*ballot).into(),
             first_slot: *first_slot,
+            last_slot: *last_slot,
             entries: entries
                 .iter()
                 .map(|e| WPromiseEntry {
@@ -409,6 +420,14 @@ pub fn message_to_wire(m: &Message) -> WMessage {
                 .map(|(s, v)| (*s, value_to_wire(v)))
                 .collect(),
         },
+        Message::PreVote { ballot, commit } => WMessage::PreVote {
+            ballot: (*ballot).into(),
+            commit: *commit,
+        },
+        Message::PreVoteReply { ballot, granted } => WMessage::PreVoteReply {
+            ballot: (*ballot).into(),
+            granted: *granted,
+        },
     }
 }
 
@@ -421,10 +440,12 @@ pub fn message_from_archived(m: &ArchivedWMessage) -> Message {
         ArchivedWMessage::Promise {
             ballot,
             first_slot,
+            last_slot,
             entries,
         } => Message::Promise {
             ballot: ballot.into(),
             first_slot: first_slot.to_native(),
+            last_slot: last_slot.to_native(),
             entries: entries
                 .iter()
                 .map(|e| PromiseEntry {
@@ -479,6 +500,14 @@ pub fn message_from_archived(m: &ArchivedWMessage) -> Message {
                 .iter()
                 .map(|e| (e.0.to_native(), value_from_archived(&e.1)))
                 .collect(),
+        },
+        ArchivedWMessage::PreVote { ballot, commit } => Message::PreVote {
+            ballot: ballot.into(),
+            commit: commit.to_native(),
+        },
+        ArchivedWMessage::PreVoteReply { ballot, granted } => Message::PreVoteReply {
+            ballot: ballot.into(),
+            granted: *granted,
         },
     }
 }

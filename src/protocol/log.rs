@@ -27,7 +27,17 @@ impl Log {
     pub fn from_durable(state: &DurableState) -> Self {
         let mut log = Log::default();
         for (slot, (ballot, value)) in &state.accepted {
-            log.entry_mut(*slot).accepted = Some((*ballot, value.clone()));
+            let entry = log.entry_mut(*slot);
+            entry.accepted = Some((*ballot, value.clone()));
+            // The leader of `ballot` said every slot up to its commit is chosen, and a value
+            // accepted at exactly `ballot` is its proposal (see `Replica::learn_commit`).
+            if state
+                .commits
+                .get(ballot)
+                .is_some_and(|commit| slot <= commit)
+            {
+                entry.chosen = Some(value.clone());
+            }
         }
         for (slot, value) in &state.chosen {
             log.entry_mut(*slot).chosen = Some(value.clone());
@@ -85,15 +95,32 @@ impl Log {
         self.entries.range(first..)
     }
 
-    /// Chosen values in `first..=last`, at most `limit` of them, for a catch-up reply.
-    pub fn chosen_in(&self, first: Slot, last: Slot, limit: usize) -> Vec<(Slot, Value)> {
+    /// Chosen values in `first..=last`, at most `limit` of them and, past the first, at most
+    /// `bytes_max` by `Value::size_bytes` plus `entry_bytes` each, for a catch-up reply.
+    pub fn chosen_in(
+        &self,
+        first: Slot,
+        last: Slot,
+        limit: usize,
+        bytes_max: usize,
+        entry_bytes: usize,
+    ) -> Vec<(Slot, Value)> {
+        let mut out = Vec::new();
         if first > last {
-            return Vec::new();
+            return out;
         }
-        self.entries
-            .range(first..=last)
-            .filter_map(|(s, e)| e.chosen.as_ref().map(|v| (*s, v.clone())))
-            .take(limit)
-            .collect()
+        let mut bytes = 0;
+        for (slot, entry) in self.entries.range(first..=last) {
+            let Some(value) = &entry.chosen else {
+                continue;
+            };
+            let size = value.size_bytes() + entry_bytes;
+            if out.len() >= limit || (!out.is_empty() && bytes + size > bytes_max) {
+                break;
+            }
+            bytes += size;
+            out.push((*slot, value.clone()));
+        }
+        out
     }
 }

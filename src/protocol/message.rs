@@ -27,10 +27,14 @@ pub struct PromiseEntry {
 pub enum Message {
     /// Phase 1a: "promise me `ballot` for every slot from `first_slot` on".
     Prepare { ballot: Ballot, first_slot: Slot },
-    /// Phase 1b, sent only once the promise is durable.
+    /// Phase 1b, sent only once the promise is durable: every slot the acceptor holds in
+    /// `first_slot..=last_slot`. `last_slot == Slot::MAX` ends the report; otherwise the
+    /// report was cut at `message_bytes_max` and the candidate asks for the rest with another
+    /// Prepare at the same ballot from `last_slot + 1`.
     Promise {
         ballot: Ballot,
         first_slot: Slot,
+        last_slot: Slot,
         entries: Vec<PromiseEntry>,
     },
     /// Phase 2a for one slot, with the leader's commit index piggybacked.
@@ -56,9 +60,37 @@ pub enum Message {
     CatchupRequest { first_slot: Slot, last_slot: Slot },
     /// Chosen values the responder knows in the requested range.
     CatchupReply { entries: Vec<(Slot, Value)> },
+    /// Pre-vote: "would you grant me a new ballot?" `ballot` names the attempt; `commit` is
+    /// the asker's commit index. Not durable; changes nothing at the receiver.
+    PreVote { ballot: Ballot, commit: Slot },
+    /// The answer to a PreVote.
+    PreVoteReply { ballot: Ballot, granted: bool },
 }
 
+/// Bytes a message is assumed to take beyond its values (ballots, slots, framing).
+pub(crate) const MESSAGE_OVERHEAD_BYTES: usize = 64;
+/// Bytes each slot entry is assumed to take beyond its value.
+pub(crate) const ENTRY_OVERHEAD_BYTES: usize = 32;
+
 impl Message {
+    /// An upper estimate of the encoded size, used to keep every message under
+    /// `Config::message_bytes_max` (and so well under the transport's frame limit).
+    pub fn size_bytes(&self) -> usize {
+        let values = match self {
+            Message::Promise { entries, .. } => entries
+                .iter()
+                .map(|e| e.value.size_bytes() + ENTRY_OVERHEAD_BYTES)
+                .sum(),
+            Message::Accept { value, .. } => value.size_bytes(),
+            Message::CatchupReply { entries } => entries
+                .iter()
+                .map(|(_, v)| v.size_bytes() + ENTRY_OVERHEAD_BYTES)
+                .sum(),
+            _ => 0,
+        };
+        MESSAGE_OVERHEAD_BYTES + values
+    }
+
     /// A short name for traces and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -71,6 +103,8 @@ impl Message {
             Message::HeartbeatAck { .. } => "heartbeat_ack",
             Message::CatchupRequest { .. } => "catchup_request",
             Message::CatchupReply { .. } => "catchup_reply",
+            Message::PreVote { .. } => "pre_vote",
+            Message::PreVoteReply { .. } => "pre_vote_reply",
         }
     }
 }

@@ -20,6 +20,8 @@ mod log;
 mod message;
 pub mod quorum;
 mod replica;
+#[cfg(test)]
+mod tests;
 mod types;
 
 pub use log::{Entry, Log};

@@ -18,7 +18,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::log::Log;
-use super::message::{Envelope, Message, PromiseEntry};
+use super::message::{
+    Envelope, Message, PromiseEntry, ENTRY_OVERHEAD_BYTES, MESSAGE_OVERHEAD_BYTES,
+};
 use super::quorum::{QuorumSpec, VoteSet};
 use super::types::{Ballot, Command, DurableState, Nanos, ReplicaId, Slot, Value, Write, WriteId};
 
@@ -42,15 +44,22 @@ pub enum InjectedBug {
     /// Not a protocol bug: the replica's clock stops while its process or VM is suspended
     /// (CLOCK_MONOTONIC does), so a lease outlives the promises that back it.
     ClockStopsInSuspend,
+    /// Followers stick to whichever leader spoke last: a Heartbeat or Accept at any ballot
+    /// at or above `promised` is acknowledged and makes its sender the sticky leader, even
+    /// after a higher-ballot leader was heard (the lease argument then fails with N >= 5).
+    /// Like `StaleLeaderRead`, a leader that lost its quorum does not step down, so that two
+    /// leaders overlap for longer than a message delay.
+    LeaseFollowsLastSpeaker,
 }
 
 impl InjectedBug {
-    pub const ALL: [InjectedBug; 5] = [
+    pub const ALL: [InjectedBug; 6] = [
         InjectedBug::AckBeforePersist,
         InjectedBug::SkipValueAdoption,
         InjectedBug::StaleLeaderRead,
         InjectedBug::StorageAckBeforeDurable,
         InjectedBug::ClockStopsInSuspend,
+        InjectedBug::LeaseFollowsLastSpeaker,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -60,6 +69,7 @@ impl InjectedBug {
             InjectedBug::StaleLeaderRead => "stale-leader-read",
             InjectedBug::StorageAckBeforeDurable => "storage-ack-before-durable",
             InjectedBug::ClockStopsInSuspend => "clock-stops-in-suspend",
+            InjectedBug::LeaseFollowsLastSpeaker => "lease-follows-last-speaker",
         }
     }
 
@@ -89,6 +99,10 @@ pub struct Config {
     pub proposal_queue_max: usize,
     /// Chosen values per catch-up reply, at most.
     pub catchup_batch_max: usize,
+    /// Estimated bytes (`Message::size_bytes`) of one Promise or CatchupReply, at most: larger
+    /// ones are split (a message always carries at least one entry). Keep it well under the
+    /// transport's frame limit (64 MiB between peers).
+    pub message_bytes_max: usize,
     /// Leader lease (DESIGN §5): how long after sending a heartbeat that a majority
     /// acknowledged the leader may serve linearizable reads locally, without a read round.
     /// 0 turns leases off. Safe only if every acceptor's stickiness window
@@ -116,6 +130,7 @@ impl Config {
             batch_delay_us: 0,
             proposal_queue_max: 16 * 1024,
             catchup_batch_max: 256,
+            message_bytes_max: 8 << 20,
             lease_ms: Config::lease_ms_for(150, 10),
             clock_drift_percent: 10,
             inject_bug: None,
@@ -147,6 +162,7 @@ impl Config {
         assert!(self.election_timeout_min_ms <= self.election_timeout_max_ms);
         assert!(self.pipeline_depth > 0 && self.batch_max_ops > 0 && self.batch_max_bytes > 0);
         assert!(self.proposal_queue_max > 0 && self.catchup_batch_max > 0);
+        assert!(self.message_bytes_max > 0);
         assert!(
             self.lease_ms < self.election_timeout_min_ms,
             "a lease must end before an acceptor's stickiness window"
@@ -235,6 +251,9 @@ pub struct Status {
 struct Candidate {
     ballot: Ballot,
     first_slot: Slot,
+    /// Per acceptor, the first slot of the next part of its report it must send (reports
+    /// longer than `message_bytes_max` come in parts, asked for one at a time).
+    next_part: Vec<Slot>,
     promises: VoteSet,
     merged: BTreeMap<Slot, PromiseEntry>,
 }
@@ -260,6 +279,10 @@ struct Leader {
     /// Highest slot re-proposed by phase 1: anything chosen before this leadership is at or
     /// below it, so a read must wait for it to commit.
     recovery_end: Slot,
+    /// The next slot recovery re-proposes (recovery is done once it passes `recovery_end`),
+    /// and the merged phase-1 reports not yet re-proposed.
+    recovery_next: Slot,
+    recovery: BTreeMap<Slot, PromiseEntry>,
     in_flight: BTreeMap<Slot, InFlight>,
     heartbeat_due: Nanos,
     last_ack: Vec<Option<Nanos>>,
@@ -274,8 +297,16 @@ struct Leader {
     reads: VecDeque<PendingRead>,
 }
 
+/// Asking peers whether they would grant a new ballot, before raising one (pre-vote).
+struct PreCandidate {
+    /// The ballot it would use; identifies this attempt (the real one is computed afresh).
+    ballot: Ballot,
+    votes: VoteSet,
+}
+
 enum Proposer {
     Idle,
+    PreCandidate(PreCandidate),
     Candidate(Candidate),
     Leader(Leader),
 }
@@ -298,6 +329,10 @@ pub struct Replica {
     catchup_sent_at: Option<Nanos>,
 
     // Follower view of the leader.
+    /// The highest ballot heard from a leader (Accept or Heartbeat) in this incarnation. An
+    /// Accept, Heartbeat or Prepare below it is refused like one below `promised`, and
+    /// stickiness (`leader`, `last_heard_leader`) belongs to its leader only (§5 of the doc).
+    leader_ballot: Ballot,
     leader: Option<ReplicaId>,
     last_heard_leader: Option<Nanos>,
     election_deadline: Nanos,
@@ -316,6 +351,8 @@ pub struct Replica {
     write_id_durable: WriteId,
     held: VecDeque<(WriteId, Envelope)>,
     out: Ready,
+    /// A safety violation seen here (two values chosen for one slot): the replica stops.
+    fatal: Option<String>,
 }
 
 impl Replica {
@@ -333,6 +370,7 @@ impl Replica {
             leader_commit: 0,
             catchup_peer: None,
             catchup_sent_at: None,
+            leader_ballot: Ballot::ZERO,
             leader: None,
             last_heard_leader: None,
             election_deadline: 0,
@@ -349,6 +387,7 @@ impl Replica {
             write_id_durable: 0,
             held: VecDeque::new(),
             out: Ready::default(),
+            fatal: None,
             cfg,
         };
         replica.reset_election_deadline(now);
@@ -365,7 +404,8 @@ impl Replica {
 
     pub fn role(&self) -> Role {
         match self.proposer {
-            Proposer::Idle => Role::Follower,
+            // A pre-candidate has raised no ballot and promised nothing: still a follower.
+            Proposer::Idle | Proposer::PreCandidate(_) => Role::Follower,
             Proposer::Candidate(_) => Role::Candidate,
             Proposer::Leader(_) => Role::Leader,
         }
@@ -393,9 +433,37 @@ impl Replica {
         &self.log
     }
 
+    /// Why this replica stopped, if it did: it learned a second value for a chosen slot, so
+    /// safety is already broken somewhere. A stopped replica takes no further part (every
+    /// input is ignored, `ready` is empty); its caller should fail the group loudly.
+    pub fn fatal(&self) -> Option<&str> {
+        self.fatal.as_deref()
+    }
+
+    /// Records `value` as chosen at `slot`; returns whether it was new. A different value
+    /// already chosen there stops the replica (see [`Replica::fatal`]).
+    fn set_chosen(&mut self, slot: Slot, value: Value) -> bool {
+        match self.log.set_chosen(slot, value.clone()) {
+            Ok(new) => new,
+            Err(existing) => {
+                if self.fatal.is_none() {
+                    self.fatal = Some(format!(
+                        "agreement violated: slot {slot} is chosen as {existing:?} here, but {value:?} was learned chosen too"
+                    ));
+                    self.out = Ready::default();
+                    self.held.clear();
+                }
+                false
+            }
+        }
+    }
+
     /// Queues a command for the next batch. Only the leader takes proposals; others (a
     /// candidate included) answer with where to go.
     pub fn propose(&mut self, now: Nanos, command: Command) -> Result<(), NotLeader> {
+        if self.fatal.is_some() {
+            return Err(NotLeader::Redirect { leader: None });
+        }
         if !matches!(self.proposer, Proposer::Leader(_)) {
             return Err(NotLeader::Redirect {
                 leader: self.leader_hint(),
@@ -412,6 +480,9 @@ impl Replica {
     /// Starts a linearizable read with caller-chosen `id`. Its outcome appears in a later
     /// `Ready::reads`; the read must then be served after applying that Ready's `committed`.
     pub fn read_index(&mut self, now: Nanos, id: u64) -> Result<(), NotLeader> {
+        if self.fatal.is_some() {
+            return Err(NotLeader::Redirect { leader: None });
+        }
         let hint = self.leader_hint();
         let commit = self.log.commit();
         let lease = match &self.proposer {
@@ -450,6 +521,9 @@ impl Replica {
     /// The next instant at which `tick` must be called (absent other inputs).
     pub fn poll_timeout(&self) -> Nanos {
         let mut due = Nanos::MAX;
+        if self.fatal.is_some() {
+            return due;
+        }
         match &self.proposer {
             Proposer::Leader(leader) => {
                 due = due.min(leader.heartbeat_due);
@@ -459,7 +533,9 @@ impl Replica {
                     }
                 }
             }
-            Proposer::Candidate(_) | Proposer::Idle => due = due.min(self.election_deadline),
+            Proposer::Candidate(_) | Proposer::PreCandidate(_) | Proposer::Idle => {
+                due = due.min(self.election_deadline)
+            }
         }
         if let Some(sent) = self.catchup_sent_at {
             due = due.min(sent + self.catchup_retry_ns());
@@ -469,10 +545,13 @@ impl Replica {
 
     /// Advances timers: elections, heartbeats, retransmission, lost-quorum step-down.
     pub fn tick(&mut self, now: Nanos) {
+        if self.fatal.is_some() {
+            return;
+        }
         if matches!(self.proposer, Proposer::Leader(_)) {
             self.tick_leader(now);
         } else if now >= self.election_deadline {
-            self.start_election(now);
+            self.start_pre_vote(now);
         }
         self.maybe_catch_up(now);
     }
@@ -484,6 +563,9 @@ impl Replica {
             "persisted a write never asked for"
         );
         self.write_id_durable = self.write_id_durable.max(write_id);
+        if self.fatal.is_some() {
+            return;
+        }
         while let Some((id, _)) = self.held.front() {
             if *id > self.write_id_durable {
                 break;
@@ -497,8 +579,9 @@ impl Replica {
     pub fn step(&mut self, now: Nanos, envelope: Envelope) {
         let Envelope { from, to, msg } = envelope;
         assert_eq!(to, self.cfg.id, "message delivered to the wrong replica");
-        if from >= self.cfg.replicas {
-            return; // Not one of ours; the transport should have refused it already.
+        if from >= self.cfg.replicas || self.fatal.is_some() {
+            // Not one of ours (the transport should have refused it already), or stopped.
+            return;
         }
         match msg {
             Message::Prepare { ballot, first_slot } => {
@@ -506,9 +589,10 @@ impl Replica {
             }
             Message::Promise {
                 ballot,
-                first_slot: _,
+                first_slot,
+                last_slot,
                 entries,
-            } => self.on_promise(now, from, ballot, entries),
+            } => self.on_promise(now, from, ballot, first_slot, last_slot, entries),
             Message::Accept {
                 ballot,
                 slot,
@@ -530,11 +614,18 @@ impl Replica {
                 last_slot,
             } => self.on_catchup_request(from, first_slot, last_slot),
             Message::CatchupReply { entries } => self.on_catchup_reply(now, entries),
+            Message::PreVote { ballot, commit } => self.on_pre_vote(now, from, ballot, commit),
+            Message::PreVoteReply { ballot, granted } => {
+                self.on_pre_vote_reply(now, from, ballot, granted)
+            }
         }
     }
 
     /// Drains everything the caller must do now. Cuts batches from queued proposals first.
     pub fn ready(&mut self, now: Nanos) -> Ready {
+        if self.fatal.is_some() {
+            return Ready::default();
+        }
         self.pump_leader(now);
         let commit = self.log.commit();
         while self.applied < commit {
@@ -564,26 +655,12 @@ impl Replica {
             self.step_down_below(now, ballot);
             self.leader = None;
             self.reset_election_deadline(now);
+        } else if from == ballot.replica && from != self.cfg.id {
+            // The candidate we promised asks for the next part of our report: it is alive and
+            // making progress, so give it the time to finish.
+            self.reset_election_deadline(now);
         }
-        let entries = self
-            .log
-            .range_from(first_slot)
-            .filter_map(|(slot, entry)| match (&entry.chosen, &entry.accepted) {
-                (Some(value), _) => Some(PromiseEntry {
-                    slot: *slot,
-                    ballot: Ballot::ZERO,
-                    value: value.clone(),
-                    chosen: true,
-                }),
-                (None, Some((accepted, value))) => Some(PromiseEntry {
-                    slot: *slot,
-                    ballot: *accepted,
-                    value: value.clone(),
-                    chosen: false,
-                }),
-                (None, None) => None,
-            })
-            .collect();
+        let (entries, last_slot) = self.promise_chunk(first_slot);
         // A repeated prepare at the promised ballot is answered once the first promise is
         // durable, without writing again.
         let write_id = if ballot == self.promise_write.0 {
@@ -599,25 +676,72 @@ impl Replica {
             Message::Promise {
                 ballot,
                 first_slot,
+                last_slot,
                 entries,
             },
         );
     }
 
+    /// The slots this acceptor holds from `first_slot` on (chosen, else accepted), cut so the
+    /// Promise stays within `message_bytes_max` (at least one entry); the last slot covered,
+    /// `Slot::MAX` if the report is complete.
+    fn promise_chunk(&self, first_slot: Slot) -> (Vec<PromiseEntry>, Slot) {
+        let budget = self
+            .cfg
+            .message_bytes_max
+            .saturating_sub(MESSAGE_OVERHEAD_BYTES);
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        for (slot, entry) in self.log.range_from(first_slot) {
+            let report = match (&entry.chosen, &entry.accepted) {
+                (Some(value), _) => PromiseEntry {
+                    slot: *slot,
+                    ballot: Ballot::ZERO,
+                    value: value.clone(),
+                    chosen: true,
+                },
+                (None, Some((accepted, value))) => PromiseEntry {
+                    slot: *slot,
+                    ballot: *accepted,
+                    value: value.clone(),
+                    chosen: false,
+                },
+                (None, None) => continue,
+            };
+            let size = report.value.size_bytes() + ENTRY_OVERHEAD_BYTES;
+            if !entries.is_empty() && bytes + size > budget {
+                return (entries, *slot - 1);
+            }
+            bytes += size;
+            entries.push(report);
+        }
+        (entries, Slot::MAX)
+    }
+
     /// Answers a message from an outranked ballot with a Reject naming the promise; returns
     /// whether it did.
     fn reject_below_promise(&mut self, from: ReplicaId, ballot: Ballot) -> bool {
-        if ballot >= self.promised {
+        let floor = self.ballot_floor();
+        if ballot >= floor {
             return false;
         }
         self.send(
             from,
             Message::Reject {
                 ballot,
-                promised: self.promised,
+                promised: floor,
             },
         );
         true
+    }
+
+    /// The lowest ballot this acceptor still answers: its promise, or the highest leader
+    /// ballot it heard if that is higher (an in-memory promise, see `leader_ballot`).
+    fn ballot_floor(&self) -> Ballot {
+        if self.cfg.inject_bug == Some(InjectedBug::LeaseFollowsLastSpeaker) {
+            return self.promised;
+        }
+        self.promised.max(self.leader_ballot)
     }
 
     /// Leader stickiness: refuse a new ballot while a live leader other than `from` leads.
@@ -663,6 +787,7 @@ impl Replica {
                     ballot,
                     slot,
                     value,
+                    commit,
                 });
                 self.log.entry_mut(slot).accepted_write_id = write_id;
                 write_id
@@ -690,8 +815,14 @@ impl Replica {
         self.learn_commit(now, from, ballot, commit);
     }
 
+    /// `from` leads at `ballot`, which is at least `ballot_floor` (lower ones were refused).
     fn heard_from_leader(&mut self, now: Nanos, from: ReplicaId, ballot: Ballot) {
         self.round_seen_max = self.round_seen_max.max(ballot.round);
+        self.leader_ballot = if self.cfg.inject_bug == Some(InjectedBug::LeaseFollowsLastSpeaker) {
+            ballot
+        } else {
+            self.leader_ballot.max(ballot)
+        };
         self.leader = Some(from);
         self.last_heard_leader = Some(now);
         self.reset_election_deadline(now);
@@ -725,9 +856,7 @@ impl Replica {
             })
             .collect();
         for (slot, value) in learned {
-            // A conflict here means safety is already broken elsewhere; keep the first value
-            // and let the simulator's cross-replica checks report it.
-            let _ = self.log.set_chosen(slot, value);
+            self.set_chosen(slot, value);
         }
         self.maybe_catch_up(now);
     }
@@ -764,9 +893,15 @@ impl Replica {
     }
 
     fn on_catchup_request(&mut self, from: ReplicaId, first_slot: Slot, last_slot: Slot) {
-        let entries = self
-            .log
-            .chosen_in(first_slot, last_slot, self.cfg.catchup_batch_max);
+        let entries = self.log.chosen_in(
+            first_slot,
+            last_slot,
+            self.cfg.catchup_batch_max,
+            self.cfg
+                .message_bytes_max
+                .saturating_sub(MESSAGE_OVERHEAD_BYTES),
+            ENTRY_OVERHEAD_BYTES,
+        );
         if !entries.is_empty() {
             self.send(from, Message::CatchupReply { entries });
         }
@@ -778,9 +913,12 @@ impl Replica {
             if slot == 0 {
                 continue;
             }
-            if let Ok(true) = self.log.set_chosen(slot, value.clone()) {
+            if self.set_chosen(slot, value.clone()) {
                 new.push((slot, value));
             }
+        }
+        if self.fatal.is_some() {
+            return;
         }
         if new.is_empty() {
             // A duplicate or stale reply: ask again only when the retry timer says so, or
@@ -791,6 +929,54 @@ impl Replica {
         let _ = self.persist(Write::Chosen { entries: new });
         self.catchup_sent_at = None;
         self.maybe_catch_up(now);
+    }
+
+    // ---------------------------------------------------------------- pre-vote
+
+    /// The election timer fired: ask the others whether they would grant a new ballot. Nothing
+    /// is promised or raised until a classic quorum (itself included) says yes, so a replica
+    /// cut off by a partition cannot come back with a ballot that deposes a healthy leader.
+    fn start_pre_vote(&mut self, now: Nanos) {
+        self.fail_leader_work();
+        let ballot = Ballot::new(
+            self.round_seen_max.max(self.promised.round) + 1,
+            self.cfg.id,
+        );
+        let mut votes = VoteSet::EMPTY;
+        votes.insert(self.cfg.id);
+        self.proposer = Proposer::PreCandidate(PreCandidate { ballot, votes });
+        self.reset_election_deadline(now);
+        if self.quorum.is_phase1_quorum(votes) {
+            self.start_election(now);
+            return;
+        }
+        let commit = self.log.commit();
+        for to in 0..self.cfg.replicas {
+            if to != self.cfg.id {
+                self.send(to, Message::PreVote { ballot, commit });
+            }
+        }
+    }
+
+    /// Would this acceptor grant `from` a new ballot? Not while it heard from a live leader
+    /// (stickiness, which includes the restart blackout), and not if the asker knows fewer
+    /// chosen slots than it does. Answering changes no state.
+    fn on_pre_vote(&mut self, now: Nanos, from: ReplicaId, ballot: Ballot, commit: Slot) {
+        let granted = !self.sticks_to_leader(now, from) && commit >= self.log.commit();
+        self.send(from, Message::PreVoteReply { ballot, granted });
+    }
+
+    fn on_pre_vote_reply(&mut self, now: Nanos, from: ReplicaId, ballot: Ballot, granted: bool) {
+        let Proposer::PreCandidate(pre) = &mut self.proposer else {
+            return;
+        };
+        if pre.ballot != ballot || !granted {
+            return;
+        }
+        pre.votes.insert(from);
+        if self.quorum.is_phase1_quorum(pre.votes) {
+            self.start_election(now);
+        }
     }
 
     // ---------------------------------------------------------------- proposer
@@ -804,6 +990,7 @@ impl Replica {
         self.proposer = Proposer::Candidate(Candidate {
             ballot,
             first_slot,
+            next_part: vec![first_slot; self.cfg.replicas as usize],
             promises: VoteSet::EMPTY,
             merged: BTreeMap::new(),
         });
@@ -818,6 +1005,8 @@ impl Replica {
         now: Nanos,
         from: ReplicaId,
         ballot: Ballot,
+        first_slot: Slot,
+        last_slot: Slot,
         entries: Vec<PromiseEntry>,
     ) {
         let Proposer::Candidate(candidate) = &mut self.proposer else {
@@ -826,7 +1015,12 @@ impl Replica {
         if candidate.ballot != ballot || candidate.promises.contains(from) {
             return;
         }
-        candidate.promises.insert(from);
+        if first_slot != candidate.next_part[from as usize] {
+            return; // A duplicate or stale part.
+        }
+        // Merging the parts of an acceptor that never completes is harmless: they are values
+        // it really accepted below our ballot, and the highest-ballot rule stays safe with
+        // reports from beyond a quorum.
         for entry in entries {
             if entry.slot < candidate.first_slot {
                 continue;
@@ -839,6 +1033,21 @@ impl Replica {
                 candidate.merged.insert(entry.slot, entry);
             }
         }
+        if last_slot != Slot::MAX {
+            let next = last_slot + 1;
+            candidate.next_part[from as usize] = next;
+            self.send(
+                from,
+                Message::Prepare {
+                    ballot,
+                    first_slot: next,
+                },
+            );
+            // Progress: a long report must not run into our own election timer.
+            self.reset_election_deadline(now);
+            return;
+        }
+        candidate.promises.insert(from);
         if self.quorum.is_phase1_quorum(candidate.promises) {
             self.become_leader(now);
         }
@@ -863,6 +1072,8 @@ impl Replica {
             elected_at: now,
             next_slot: recovery_end + 1,
             recovery_end,
+            recovery_next: first_slot,
+            recovery: BTreeMap::new(),
             in_flight: BTreeMap::new(),
             heartbeat_due: now,
             last_ack: vec![None; n],
@@ -874,26 +1085,35 @@ impl Replica {
             reads: VecDeque::new(),
         };
         leader.last_ack[self.cfg.id as usize] = Some(now);
-        let mut proposals = Vec::new();
-        for slot in first_slot..=recovery_end {
-            let value = match (self.log.chosen(slot), candidate.merged.get(&slot)) {
-                (Some(value), _) => value.clone(),
-                (None, Some(entry)) => {
-                    if entry.chosen {
-                        let _ = self.log.set_chosen(slot, entry.value.clone());
-                    }
-                    entry.value.clone()
+        // Values reported chosen are facts: learn them first (a conflict with one known here
+        // stops the replica).
+        if !skip_adoption {
+            for (slot, entry) in &candidate.merged {
+                if entry.chosen && *slot >= first_slot {
+                    self.set_chosen(*slot, entry.value.clone());
                 }
-                (None, None) => Value::Noop,
-            };
-            proposals.push((slot, value));
+            }
+            // The slots first_slot..=recovery_end are re-proposed by `pump_leader` as the
+            // pipeline drains, not all at once.
+            leader.recovery = candidate.merged;
         }
         self.proposer = Proposer::Leader(leader);
         self.leader = Some(self.cfg.id);
-        for (slot, value) in proposals {
-            self.propose_slot(now, slot, value);
-        }
         self.send_heartbeats(now);
+    }
+
+    /// What recovery re-proposes at `slot`: the value known chosen here; else the merged
+    /// phase-1 report's; else a no-op for a gap.
+    fn recovery_value(&mut self, slot: Slot) -> Value {
+        let reported = match &mut self.proposer {
+            Proposer::Leader(leader) => leader.recovery.remove(&slot),
+            _ => None,
+        };
+        match (self.log.chosen(slot), reported) {
+            (Some(value), _) => value.clone(),
+            (None, Some(entry)) => entry.value,
+            (None, None) => Value::Noop,
+        }
     }
 
     fn propose_slot(&mut self, now: Nanos, slot: Slot, value: Value) {
@@ -938,7 +1158,7 @@ impl Replica {
             return;
         }
         let chosen = leader.in_flight.remove(&slot).expect("present").value;
-        let _ = self.log.set_chosen(slot, chosen);
+        self.set_chosen(slot, chosen);
     }
 
     fn on_reject(&mut self, now: Nanos, ballot: Ballot, promised: Ballot) {
@@ -1002,7 +1222,13 @@ impl Replica {
         };
         let lost_quorum =
             now >= leader.elected_at + min_ns && !self.leader_has_quorum(leader, now, min_ns);
-        if lost_quorum && self.cfg.inject_bug != Some(InjectedBug::StaleLeaderRead) {
+        // The injected lease bugs keep a leader that lost its quorum in office: check-quorum
+        // would otherwise close the window in which two leaders overlap within a message delay.
+        let lingers = matches!(
+            self.cfg.inject_bug,
+            Some(InjectedBug::StaleLeaderRead | InjectedBug::LeaseFollowsLastSpeaker)
+        );
+        if lost_quorum && !lingers {
             self.step_down(now);
             return;
         }
@@ -1110,10 +1336,21 @@ impl Replica {
             }
         }
         loop {
-            let Proposer::Leader(leader) = &self.proposer else {
+            let Proposer::Leader(leader) = &mut self.proposer else {
                 return;
             };
-            if self.queue.is_empty() || leader.in_flight.len() >= self.cfg.pipeline_depth {
+            if leader.in_flight.len() >= self.cfg.pipeline_depth {
+                return;
+            }
+            // Recovery first, paced by the pipeline like any proposal.
+            if leader.recovery_next <= leader.recovery_end {
+                let slot = leader.recovery_next;
+                leader.recovery_next += 1;
+                let value = self.recovery_value(slot);
+                self.propose_slot(now, slot, value);
+                continue;
+            }
+            if self.queue.is_empty() {
                 return;
             }
             if self.cfg.batch_delay_us > 0 {
@@ -1178,6 +1415,11 @@ impl Replica {
     fn step_down_below(&mut self, now: Nanos, ballot: Ballot) {
         let ours = match &self.proposer {
             Proposer::Idle => return,
+            Proposer::PreCandidate(_) => {
+                // Someone else's ballot got through: the pre-vote is moot.
+                self.proposer = Proposer::Idle;
+                return;
+            }
             Proposer::Candidate(c) => c.ballot,
             Proposer::Leader(l) => l.ballot,
         };

@@ -62,6 +62,16 @@ pub enum Value {
 }
 
 impl Value {
+    /// An upper estimate of the value's encoded size: payloads plus a fixed cost per
+    /// command and per value (the wire form adds less; see `Message::size_bytes`).
+    pub fn size_bytes(&self) -> usize {
+        16 + self
+            .commands()
+            .iter()
+            .map(|c| c.payload.len() + 32)
+            .sum::<usize>()
+    }
+
     pub fn commands(&self) -> &[Command] {
         match self {
             Value::Noop => &[],
@@ -76,10 +86,14 @@ pub enum Write {
     /// The acceptor promised not to accept ballots below `ballot`.
     Promise { ballot: Ballot },
     /// The acceptor accepted `value` for `slot` at `ballot` (this implies a promise of `ballot`).
+    /// `commit` is the commit index the leader of `ballot` sent with it: every slot up to it
+    /// whose durable accepted value is at exactly `ballot` is chosen (the rule of
+    /// `learn_commit`), which lets a restart rebuild the commit point.
     Accept {
         ballot: Ballot,
         slot: Slot,
         value: Value,
+        commit: Slot,
     },
     /// Values learned as chosen (through catch-up); a chosen value never changes.
     Chosen { entries: Vec<(Slot, Value)> },
@@ -91,6 +105,8 @@ pub struct DurableState {
     pub promised: Ballot,
     pub accepted: BTreeMap<Slot, (Ballot, Value)>,
     pub chosen: BTreeMap<Slot, Value>,
+    /// Per ballot, the highest commit index its leader sent with an Accept written here.
+    pub commits: BTreeMap<Ballot, Slot>,
 }
 
 impl DurableState {
@@ -103,8 +119,13 @@ impl DurableState {
                 ballot,
                 slot,
                 value,
+                commit,
             } => {
                 self.promised = self.promised.max(*ballot);
+                if *commit > 0 {
+                    let known = self.commits.entry(*ballot).or_default();
+                    *known = (*known).max(*commit);
+                }
                 let newer = match self.accepted.get(slot) {
                     Some((old, _)) => ballot >= old,
                     None => true,

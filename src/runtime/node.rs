@@ -358,6 +358,12 @@ impl<D: Disk> Node<D> {
         }
         loop {
             let ready = self.replica.ready(now);
+            if let Some(why) = self.replica.fatal() {
+                // A safety violation the replica detected (two values chosen for one slot):
+                // stop loudly rather than serve from a state that may be wrong.
+                self.fail(format!("protocol: {why}"));
+                return;
+            }
             if ready.is_empty() && self.self_msgs.is_empty() {
                 break;
             }

@@ -7,7 +7,8 @@
 //! the WAL pushes back.
 //!
 //! Mapping: `Promise` → the superblock's promised ballot; `Accept` → one entry for its slot at
-//! its ballot; `Chosen` → one entry per slot, flagged chosen. Replaying entries in log order
+//! its ballot, carrying the leader's commit index; `Chosen` → one entry per slot, flagged
+//! chosen. Replaying entries in log order
 //! through [`DurableState::apply`] rebuilds the state the replica had.
 //!
 //! Limits: a run of log writes is cut into appends that each fit the WAL's batch limit (one
@@ -31,6 +32,8 @@ use crate::wal::{self, RecoveredEntry, SuperState, Wal, WalConfig, WalError};
 struct WalRecord {
     chosen: bool,
     value: WValue,
+    /// For an accepted value: the commit index its leader sent with it (0 for chosen ones).
+    commit: u64,
 }
 
 fn to_wal_ballot(b: Ballot) -> wal::Ballot {
@@ -119,6 +122,7 @@ pub fn replay(promised: wal::Ballot, entries: &[RecoveredEntry]) -> Result<Durab
                 ballot: Ballot::new(e.ballot.round, e.ballot.replica),
                 slot,
                 value,
+                commit: record.commit.to_native(),
             });
         }
     }
@@ -126,10 +130,11 @@ pub fn replay(promised: wal::Ballot, entries: &[RecoveredEntry]) -> Result<Durab
 }
 
 /// Encodes one entry body (an accepted or a chosen value).
-pub fn encode_record(chosen: bool, value: &protocol::Value) -> Vec<u8> {
+pub fn encode_record(chosen: bool, value: &protocol::Value, commit: Slot) -> Vec<u8> {
     let record = WalRecord {
         chosen,
         value: value_to_wire(value),
+        commit,
     };
     rkyv::api::high::to_bytes::<rkyv::rancor::Error>(&record)
         .expect("serializing into memory cannot fail")
@@ -218,10 +223,11 @@ impl<D: Disk> Storage<D> {
                 ballot,
                 slot,
                 value,
-            } => self.push_entry(slot, ballot, false, &value)?,
+                commit,
+            } => self.push_entry(slot, ballot, false, &value, commit)?,
             Write::Chosen { entries } => {
                 for (slot, value) in &entries {
-                    self.push_entry(*slot, Ballot::ZERO, true, value)?;
+                    self.push_entry(*slot, Ballot::ZERO, true, value, 0)?;
                 }
             }
         }
@@ -250,8 +256,9 @@ impl<D: Disk> Storage<D> {
         ballot: Ballot,
         chosen: bool,
         value: &protocol::Value,
+        commit: Slot,
     ) -> Result<(), WalError> {
-        let body = encode_record(chosen, value);
+        let body = encode_record(chosen, value, commit);
         if body.len() > self.limits.entry_bytes_max
             || ENTRY_HEADER_BYTES + body.len() > self.limits.append_bytes_max
         {
@@ -433,6 +440,7 @@ mod tests {
                         ballot: b1,
                         slot: 1,
                         value: batch(3),
+                        commit: 1,
                     },
                 ),
                 (
@@ -501,6 +509,7 @@ mod tests {
                     ballot: b1,
                     slot,
                     value: big(slot),
+                    commit: 12,
                 },
             ));
         }

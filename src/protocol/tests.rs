@@ -1,0 +1,549 @@
+//! Deterministic scenario tests: replicas driven by hand through a tiny in-memory network.
+//!
+//! The harness persists every write at once, delivers messages in send order (dropping those on
+//! cut links or matched by `drop_if`, parking those matched by `hold_if`), and moves time only
+//! when a test says so, so each scenario is an exact interleaving.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::*;
+
+const MS: Nanos = 1_000_000;
+
+type Filter = Box<dyn Fn(&Envelope) -> bool>;
+
+struct Net {
+    replicas: Vec<Option<Replica>>,
+    cfgs: Vec<Config>,
+    durable: Vec<DurableState>,
+    now: Nanos,
+    queue: VecDeque<Envelope>,
+    /// Messages parked by `hold_if`, released by hand.
+    held: Vec<Envelope>,
+    /// Directed links that drop everything.
+    cut: BTreeSet<(ReplicaId, ReplicaId)>,
+    drop_if: Option<Filter>,
+    hold_if: Option<Filter>,
+    committed: Vec<Vec<(Slot, Value)>>,
+    reads: Vec<Vec<(ReadResult, Slot)>>,
+    /// Every message sent, for size checks.
+    sent_log: bool,
+    sent: Vec<Envelope>,
+    /// The largest message sent, by `Message::size_bytes`, and its kind.
+    max_message: (usize, &'static str),
+    /// The most Accepts one Ready carried.
+    max_accepts_per_ready: usize,
+}
+
+fn config(id: ReplicaId, n: u32) -> Config {
+    let mut cfg = Config::new(id, n);
+    cfg.seed = 7;
+    // Deterministic timers: every election timeout is exactly 150 ms.
+    cfg.election_timeout_min_ms = 150;
+    cfg.election_timeout_max_ms = 150;
+    cfg
+}
+
+impl Net {
+    fn new(n: u32) -> Net {
+        Net::with_configs((0..n).map(|id| config(id, n)).collect())
+    }
+
+    fn with_configs(cfgs: Vec<Config>) -> Net {
+        let n = cfgs.len();
+        let mut net = Net {
+            replicas: Vec::new(),
+            cfgs: cfgs.clone(),
+            durable: vec![DurableState::default(); n],
+            now: 0,
+            queue: VecDeque::new(),
+            held: Vec::new(),
+            cut: BTreeSet::new(),
+            drop_if: None,
+            hold_if: None,
+            committed: vec![Vec::new(); n],
+            reads: vec![Vec::new(); n],
+            sent_log: false,
+            sent: Vec::new(),
+            max_message: (0, ""),
+            max_accepts_per_ready: 0,
+        };
+        for cfg in cfgs {
+            net.replicas
+                .push(Some(Replica::new(cfg, &DurableState::default(), 0)));
+        }
+        net
+    }
+
+    fn with_durable(cfgs: Vec<Config>, durable: Vec<DurableState>) -> Net {
+        let mut net = Net::with_configs(cfgs);
+        for (id, state) in durable.into_iter().enumerate() {
+            net.durable[id] = state;
+            net.restart(id as ReplicaId);
+        }
+        net
+    }
+
+    fn r(&self, id: ReplicaId) -> &Replica {
+        self.replicas[id as usize].as_ref().expect("replica is up")
+    }
+
+    fn r_mut(&mut self, id: ReplicaId) -> &mut Replica {
+        self.replicas[id as usize].as_mut().expect("replica is up")
+    }
+
+    /// Restarts `id` from its durable state at the current time.
+    fn restart(&mut self, id: ReplicaId) {
+        let cfg = self.cfgs[id as usize].clone();
+        self.replicas[id as usize] = Some(Replica::new(cfg, &self.durable[id as usize], self.now));
+        self.committed[id as usize].clear();
+        self.drain(id);
+    }
+
+    /// Takes a replica's Ready: persists writes at once, queues messages, records the rest.
+    fn drain(&mut self, id: ReplicaId) {
+        let now = self.now;
+        loop {
+            let Some(replica) = self.replicas[id as usize].as_mut() else {
+                return;
+            };
+            let ready = replica.ready(now);
+            if ready.is_empty() {
+                return;
+            }
+            let last = ready.writes.last().map(|(w, _)| *w);
+            for (_, write) in &ready.writes {
+                self.durable[id as usize].apply(write);
+            }
+            if let Some(last) = last {
+                replica.persisted(now, last);
+            }
+            let applied = replica.status().applied;
+            if self.sent_log {
+                self.sent.extend(ready.messages.iter().cloned());
+            }
+            let mut accepts = 0;
+            for env in &ready.messages {
+                let size = env.msg.size_bytes();
+                if size > self.max_message.0 {
+                    self.max_message = (size, env.msg.kind());
+                }
+                if matches!(env.msg, Message::Accept { .. }) && env.to == id {
+                    accepts += 1;
+                }
+            }
+            self.max_accepts_per_ready = self.max_accepts_per_ready.max(accepts);
+            self.queue.extend(ready.messages);
+            self.committed[id as usize].extend(ready.committed);
+            for read in ready.reads {
+                self.reads[id as usize].push((read, applied));
+            }
+        }
+    }
+
+    /// Delivers queued messages (and what they cause) until none is left.
+    fn deliver_all(&mut self) {
+        let mut steps = 0;
+        while let Some(env) = self.queue.pop_front() {
+            steps += 1;
+            assert!(steps < 10_000_000, "message storm");
+            self.deliver(env);
+        }
+    }
+
+    fn deliver(&mut self, env: Envelope) {
+        if self.cut.contains(&(env.from, env.to)) || self.drop_if.as_ref().is_some_and(|f| f(&env))
+        {
+            return;
+        }
+        if self.hold_if.as_ref().is_some_and(|f| f(&env)) {
+            self.held.push(env);
+            return;
+        }
+        let to = env.to;
+        let now = self.now;
+        let Some(replica) = self.replicas[to as usize].as_mut() else {
+            return;
+        };
+        replica.step(now, env);
+        self.drain(to);
+    }
+
+    fn release_held(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        for env in held {
+            self.deliver(env);
+        }
+        self.deliver_all();
+    }
+
+    fn isolate(&mut self, a: ReplicaId, others: &[ReplicaId]) {
+        for &b in others {
+            self.cut.insert((a, b));
+            self.cut.insert((b, a));
+        }
+    }
+
+    fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Moves time to `t` a millisecond at a time; at each step ticks every due replica in id
+    /// order, delivering everything after each tick.
+    fn run_until(&mut self, t: Nanos) {
+        while self.now < t {
+            self.now = (self.now + MS).min(t);
+            self.tick_due();
+        }
+    }
+
+    fn tick_due(&mut self) {
+        for id in 0..self.replicas.len() as ReplicaId {
+            let due = match &self.replicas[id as usize] {
+                Some(r) => r.poll_timeout() <= self.now,
+                None => false,
+            };
+            if due {
+                let now = self.now;
+                self.r_mut(id).tick(now);
+                self.drain(id);
+                self.deliver_all();
+            }
+        }
+    }
+
+    fn leader(&self) -> Option<ReplicaId> {
+        self.replicas
+            .iter()
+            .flatten()
+            .find(|r| r.role() == Role::Leader)
+            .map(|r| r.id())
+    }
+
+    fn propose(&mut self, id: ReplicaId, client_id: u64, seq: u64, payload: Bytes) {
+        let now = self.now;
+        self.r_mut(id)
+            .propose(
+                now,
+                Command {
+                    client_id,
+                    seq,
+                    payload,
+                },
+            )
+            .expect("a leader takes the proposal");
+        self.drain(id);
+        self.deliver_all();
+    }
+}
+
+fn batch(client_id: u64, seq: u64, payload: Bytes) -> Value {
+    Value::Batch(Arc::from(vec![Command {
+        client_id,
+        seq,
+        payload,
+    }]))
+}
+
+// ------------------------------------------------------------------ hole 4: conflicts are fatal
+
+#[test]
+fn conflicting_chosen_value_is_fatal() {
+    let mut net = Net::new(3);
+    net.run_until(200 * MS);
+    let leader = net.leader().expect("a leader after 200 ms");
+    net.propose(leader, 1, 1, Bytes::from_static(b"a"));
+    net.run_until(300 * MS);
+    let follower = (leader + 1) % 3;
+    assert_eq!(net.r(follower).status().commit, 1);
+    assert!(net.r(follower).fatal().is_none());
+    // A peer (broken elsewhere) reports another value chosen at slot 1.
+    let now = net.now;
+    net.r_mut(follower).step(
+        now,
+        Envelope {
+            from: leader,
+            to: follower,
+            msg: Message::CatchupReply {
+                entries: vec![(1, batch(9, 9, Bytes::from_static(b"z")))],
+            },
+        },
+    );
+    let fatal = net
+        .r(follower)
+        .fatal()
+        .expect("the conflict stops the replica");
+    assert!(fatal.contains("slot 1"), "{fatal}");
+    // It takes no further part: no messages, no writes, no commits, whatever it is fed.
+    net.drain(follower);
+    net.queue.clear();
+    net.run_until(2_000 * MS);
+    let r = net.r_mut(follower);
+    r.tick(now + 10_000 * MS);
+    let ready = r.ready(now + 10_000 * MS);
+    assert!(ready.is_empty(), "a failed replica still acts: {ready:?}");
+    assert_eq!(r.poll_timeout(), Nanos::MAX);
+}
+
+// ------------------------------------------------------------------ hole 1: lease stickiness
+
+fn is_leader_traffic(msg: &Message) -> bool {
+    matches!(msg, Message::Heartbeat { .. } | Message::Accept { .. })
+}
+
+/// Five replicas. Leader 0 (ballot b1) is cut off from 1, 3, 4; its last heartbeat to 2 is
+/// delayed. 1 is elected at b2 by {1, 3, 4} (2 still sticks to 0), takes a lease from the
+/// acks of 2 and 3, and never reaches 4 again. Then 0's delayed heartbeat reaches 2. Before the
+/// fix 2 acked it and made 0 its sticky leader again, so when 0 (rejected by 4) re-ran phase 1
+/// at b3, 2 promised it: 0 won with {0, 2, 4} and committed a write while 1 still served reads
+/// from its lease (which counts 2's ack) without it.
+fn lease_scenario(bug: Option<InjectedBug>) -> (Net, Option<(ReadResult, Slot)>) {
+    let mut net = Net::with_configs(
+        (0..5)
+            .map(|id| {
+                let mut cfg = config(id, 5);
+                cfg.inject_bug = bug;
+                cfg
+            })
+            .collect(),
+    );
+    net.run_until(150 * MS);
+    assert_eq!(net.leader(), Some(0));
+    let b1 = net.r(0).status().promised;
+    net.run_until(251 * MS);
+    net.isolate(0, &[1, 3, 4]);
+    net.run_until(389 * MS);
+    // 0's heartbeat of 390 ms to 2 is delayed in the network.
+    net.hold_if = Some(Box::new(|e: &Envelope| e.from == 0 && e.to == 2));
+    // 1 will reach 4 with its Prepare only: its heartbeats and accepts to 4 are lost.
+    net.drop_if = Some(Box::new(|e: &Envelope| {
+        e.from == 1 && e.to == 4 && is_leader_traffic(&e.msg)
+    }));
+    net.run_until(400 * MS);
+    assert_eq!(net.r(1).role(), Role::Leader, "1 elected at 400 ms");
+    assert_eq!(net.r(0).role(), Role::Leader, "0 has not noticed yet");
+    let b2 = net.r(1).status().promised;
+    assert!(b2 > b1);
+    // 401 ms: the delayed heartbeat of 0 (b1) reaches 2.
+    net.now = 401 * MS;
+    net.hold_if = None;
+    net.release_held();
+    // 402 ms: 0 reaches 4 again, and a client write arrives at 0.
+    net.now = 402 * MS;
+    net.cut.remove(&(0, 4));
+    net.cut.remove(&(4, 0));
+    if net.r(0).role() == Role::Leader {
+        net.propose(0, 1, 1, Bytes::from_static(b"new"));
+    }
+    // 403 ms: a read at 1, which still holds its lease.
+    net.now = 403 * MS;
+    let mut read = None;
+    if net.r(1).role() == Role::Leader {
+        net.r_mut(1).read_index(403 * MS, 77).expect("1 leads");
+        net.drain(1);
+        net.deliver_all();
+        read = net.reads[1].iter().find(|(r, _)| r.id == 77).copied();
+    }
+    (net, read)
+}
+
+#[test]
+fn lease_holder_sees_every_committed_write_5_replicas() {
+    let (net, read) = lease_scenario(None);
+    let (read, applied) = read.expect("1 holds its lease and serves the read at once");
+    assert_eq!(read.outcome, ReadOutcome::Ready);
+    let committed_elsewhere = (0..5).any(|id| net.r(id).status().commit >= 1);
+    assert!(
+        !(committed_elsewhere && applied < 1),
+        "stale lease read: slot 1 was committed by {:?} but lease holder 1 served a read at applied {applied}",
+        (0..5)
+            .filter(|id| net.r(*id).status().commit >= 1)
+            .collect::<Vec<_>>()
+    );
+    // 2 refused the older leader once it had heard the newer one.
+    assert_eq!(net.r(2).status().leader, Some(1));
+}
+
+#[test]
+fn lease_follows_last_speaker_bug_reads_stale() {
+    let (net, read) = lease_scenario(Some(InjectedBug::LeaseFollowsLastSpeaker));
+    let (read, applied) = read.expect("1 serves the read from its lease");
+    assert_eq!(read.outcome, ReadOutcome::Ready);
+    assert_eq!(applied, 0);
+    assert!(net.r(0).status().commit >= 1, "0 won b3 and committed");
+}
+
+// ------------------------------------------------------------------ hole 3: pre-vote
+
+#[test]
+fn rejoining_follower_does_not_depose_a_healthy_leader() {
+    let mut net = Net::new(5);
+    net.run_until(300 * MS);
+    let leader = net.leader().expect("a leader");
+    let ballot = net.r(leader).status().promised;
+    let loner = (leader + 4) % 5;
+    let others: Vec<ReplicaId> = (0..5).filter(|id| *id != loner).collect();
+    net.isolate(loner, &others);
+    // Many election timeouts alone.
+    net.run_until(2_000 * MS);
+    assert!(
+        net.r(loner).status().promised <= ballot,
+        "the cut-off follower raised its ballot to {} (leader's is {ballot})",
+        net.r(loner).status().promised
+    );
+    net.heal();
+    for t in (2_001..=3_000).step_by(1) {
+        net.run_until(t * MS);
+        assert_eq!(net.leader(), Some(leader), "leader lost at {t} ms");
+        assert_eq!(
+            net.r(leader).status().promised,
+            ballot,
+            "leader re-ran phase 1 at {t} ms"
+        );
+    }
+    assert!(net.r(loner).status().promised <= ballot);
+    assert_eq!(net.r(loner).status().leader, Some(leader));
+}
+
+// ------------------------------------------------------------------ hole 5: restart timers
+
+#[test]
+fn replica_started_late_waits_a_full_election_timeout() {
+    for now in [0, 1, 150 * MS, 3_600_000 * MS, u64::MAX / 4] {
+        let cfg = config(1, 3);
+        let min = cfg.election_timeout_min_ms * MS;
+        let mut r = Replica::new(cfg, &DurableState::default(), now);
+        assert!(r.poll_timeout() >= now + min, "deadline too early at {now}");
+        r.tick(now + min - 1);
+        let ready = r.ready(now + min - 1);
+        assert!(ready.messages.is_empty(), "campaigned early at {now}");
+        assert_eq!(r.role(), Role::Follower);
+    }
+}
+
+#[test]
+fn follower_restarted_after_long_recovery_does_not_depose_leader() {
+    let mut net = Net::new(3);
+    net.run_until(300 * MS);
+    let leader = net.leader().expect("a leader");
+    let ballot = net.r(leader).status().promised;
+    net.propose(leader, 1, 1, Bytes::from_static(b"x"));
+    let other = (leader + 1) % 3;
+    let restarted = (leader + 2) % 3;
+    // A long recovery: the replica is down for 10 s, then comes back unable to hear the
+    // leader (but able to reach the other follower) for a while.
+    net.replicas[restarted as usize] = None;
+    net.run_until(10_000 * MS);
+    net.isolate(restarted, &[leader]);
+    net.restart(restarted);
+    net.run_until(10_000 * MS + 149 * MS);
+    assert!(
+        net.r(restarted).status().promised <= ballot,
+        "campaigned within one election timeout of starting"
+    );
+    net.run_until(12_000 * MS);
+    net.heal();
+    net.run_until(13_000 * MS);
+    assert_eq!(net.leader(), Some(leader));
+    assert_eq!(
+        net.r(leader).status().promised,
+        ballot,
+        "leader was deposed"
+    );
+    assert_eq!(net.r(other).status().leader, Some(leader));
+    assert_eq!(net.r(restarted).status().commit, 1, "caught up");
+}
+
+// ------------------------------------------------------------------ hole 2: large logs
+
+#[test]
+fn commit_point_survives_a_whole_cluster_restart() {
+    let mut net = Net::new(3);
+    net.run_until(300 * MS);
+    let leader = net.leader().expect("a leader");
+    for seq in 1..=10 {
+        net.propose(leader, 1, seq, Bytes::from(format!("v{seq}")));
+    }
+    net.run_until(net.now + 50 * MS);
+    for id in 0..3 {
+        assert_eq!(net.r(id).status().commit, 10);
+    }
+    // Everyone restarts at once: the commit point comes back from the durable state.
+    net.now += 1_000 * MS;
+    for id in 0..3 {
+        net.restart(id);
+    }
+    for id in 0..3 {
+        assert!(
+            net.r(id).status().commit >= 9,
+            "replica {id} restarted at commit {}",
+            net.r(id).status().commit
+        );
+    }
+    net.sent_log = true;
+    net.run_until(net.now + 1_000 * MS);
+    let first_slots: Vec<Slot> = net
+        .sent
+        .iter()
+        .filter_map(|e| match e.msg {
+            Message::Prepare { first_slot, .. } => Some(first_slot),
+            _ => None,
+        })
+        .collect();
+    assert!(!first_slots.is_empty());
+    assert!(
+        first_slots.iter().all(|s| *s >= 10),
+        "prepared from {first_slots:?}"
+    );
+    assert!(net.leader().is_some());
+}
+
+/// 100,000 accepted-but-not-known-chosen slots of 1 MiB each on every replica (the state a
+/// whole-cluster restart left before the commit point was persisted): the election still
+/// completes, no message exceeds `message_bytes_max`, and recovery is paced by the pipeline.
+#[test]
+fn huge_log_election_and_catch_up_stay_under_the_message_limit() {
+    const SLOTS: Slot = 100_000;
+    let payload = Bytes::from(vec![7u8; 1 << 20]);
+    let value = batch(1, 1, payload);
+    let mut durable = DurableState::default();
+    let old = Ballot::new(1, 2);
+    durable.promised = old;
+    for slot in 1..=SLOTS {
+        durable.accepted.insert(slot, (old, value.clone()));
+    }
+    let cfgs: Vec<Config> = (0..3).map(|id| config(id, 3)).collect();
+    let limit = cfgs[0].message_bytes_max;
+    let depth = cfgs[0].pipeline_depth;
+    let mut net = Net::with_durable(cfgs, vec![durable.clone(), durable.clone(), durable]);
+    net.run_until(400 * MS);
+    let leader = net.leader().expect("an election completes");
+    assert!(
+        net.max_message.0 <= limit,
+        "a {} of {} bytes (limit {limit})",
+        net.max_message.1,
+        net.max_message.0
+    );
+    assert!(
+        net.max_accepts_per_ready <= depth,
+        "{} accepts in one Ready (pipeline depth {depth})",
+        net.max_accepts_per_ready
+    );
+    // Recovery re-proposed (and so chose) every slot.
+    assert_eq!(net.r(leader).status().commit, SLOTS);
+    // A follower that lost its disk catches up in replies under the limit.
+    let wiped = (leader + 1) % 3;
+    net.durable[wiped as usize] = DurableState::default();
+    net.restart(wiped);
+    net.run_until(net.now + 2_000 * MS);
+    assert_eq!(net.r(wiped).status().commit, SLOTS);
+    assert!(
+        net.max_message.0 <= limit,
+        "a {} of {} bytes (limit {limit})",
+        net.max_message.1,
+        net.max_message.0
+    );
+}
