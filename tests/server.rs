@@ -61,7 +61,11 @@ struct TestCluster {
 impl TestCluster {
     /// Starts `replicas` replicas of `groups` groups and waits until every group has a leader.
     fn start(replicas: u32, groups: u32, durability: BackendChoice) -> TestCluster {
-        TestCluster::start_with(replicas, groups, |c| c.durability = durability)
+        TestCluster::start_with(replicas, groups, |c| {
+            c.durability = durability;
+            // The tests that ask for memory never restart a replica.
+            c.unsafe_memory_durability = durability == BackendChoice::Memory;
+        })
     }
 
     /// Like [`TestCluster::start`], with a hook to change the config first.

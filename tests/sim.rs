@@ -111,7 +111,9 @@ fn first_violation(replicas: u32, bug: InjectedBug, seeds_max: u64) -> Option<u6
                     "agreement"
                         | "applied-order"
                         | "linearizability"
+                        | "stale-read"
                         | "lost-write"
+                        | "not-applied-was-applied"
                         | "convergence"
                 )
             })

@@ -268,6 +268,9 @@ impl Host {
     }
 }
 
+/// A write acknowledged to its client: when, and its (client id, seq).
+type AckedWrite = (Nanos, (u64, u64));
+
 /// An operation a simulated client has in flight.
 struct ClientOp {
     key: Bytes,
@@ -320,6 +323,12 @@ struct World {
     acked_writes: Vec<(u64, u64)>,
     /// Writes a session gave up on as definitely not applied: no replica may ever apply them.
     not_applied_writes: Vec<(u64, u64)>,
+    /// Linearizable reads sent, by (client, incarnation, request id): when and for which key.
+    reads_sent: BTreeMap<(usize, u64, u64), (Nanos, Bytes)>,
+    /// Per key, the writes acknowledged to their clients: (when, (client id, seq)).
+    acks_by_key: BTreeMap<Bytes, Vec<AckedWrite>>,
+    /// The slot each command was first applied in.
+    command_slot: BTreeMap<(u64, u64), Slot>,
     /// History entries of operations that definitely had no effect (failed reads, writes
     /// definitely not applied): left out of the linearizability check.
     history_void: BTreeSet<usize>,
@@ -443,6 +452,9 @@ impl World {
             vote_chosen: BTreeMap::new(),
             acked_writes: Vec::new(),
             not_applied_writes: Vec::new(),
+            reads_sent: BTreeMap::new(),
+            acks_by_key: BTreeMap::new(),
+            command_slot: BTreeMap::new(),
             history_void: BTreeSet::new(),
             violations: Vec::new(),
             trace: Default::default(),
@@ -760,7 +772,23 @@ impl World {
         if up.is_empty() {
             return;
         }
-        let id = up[self.rng.gen_range(0..up.len())];
+        // A paused leader is where a pause can hurt (its lease, its clock): favour it.
+        let leaders: Vec<ReplicaId> = up
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.hosts[*id as usize]
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| n.replica().role() == crate::protocol::Role::Leader)
+            })
+            .collect();
+        let pool = if !leaders.is_empty() && self.rng.gen_bool(0.5) {
+            leaders
+        } else {
+            up
+        };
+        let id = pool[self.rng.gen_range(0..pool.len())];
         let lasts = self.rng.gen_range(20..=2_000) * NS_PER_MS;
         self.trace_event(11, u64::from(id), lasts);
         self.stats.pauses += 1;
@@ -911,6 +939,9 @@ impl World {
         }
         for reply in output.replies.drain(..) {
             let client = (reply.conn & 0xffff_ffff) as usize;
+            if let Outcome::Get { .. } = &reply.outcome {
+                self.check_read_freshness(id, client, reply.conn >> 32, reply.req_id);
+            }
             if reply.conn >> 32 != self.clients[client].incarnations {
                 continue; // That client process is gone, and its connection with it.
             }
@@ -925,6 +956,42 @@ impl World {
             );
         }
         self.output = output;
+    }
+
+    /// Check (i): a linearizable read is answered from a state that holds every write to its
+    /// key acknowledged before the read was sent — whether or not its client still waits for
+    /// the answer (a late answer to a retried read is dropped by the client, so the history
+    /// alone would not show it).
+    fn check_read_freshness(
+        &mut self,
+        id: ReplicaId,
+        client: usize,
+        incarnation: u64,
+        req_id: u64,
+    ) {
+        let Some((sent_at, key)) = self.reads_sent.remove(&(client, incarnation, req_id)) else {
+            return;
+        };
+        let applied = self.hosts[id as usize].applied_slot;
+        let Some(acks) = self.acks_by_key.get(&key) else {
+            return;
+        };
+        let missed = acks
+            .iter()
+            .take_while(|(at, _)| *at < sent_at)
+            .filter_map(|(_, w)| self.command_slot.get(w).map(|slot| (*slot, *w)))
+            .find(|(slot, _)| *slot > applied);
+        if let Some((slot, w)) = missed {
+            self.violations.push(Violation {
+                check: "stale-read",
+                detail: format!(
+                    "replica {id} answered a read of {} from applied slot {applied}, but client {} seq {} (slot {slot}) was acknowledged before the read was sent",
+                    String::from_utf8_lossy(&key),
+                    w.0,
+                    w.1
+                ),
+            });
+        }
     }
 
     fn observe_vote(&mut self, id: ReplicaId, envelope: &Envelope) {
@@ -1012,6 +1079,9 @@ impl World {
         for command in value.commands() {
             host.applied_commands
                 .insert((command.client_id, command.seq));
+            self.command_slot
+                .entry((command.client_id, command.seq))
+                .or_insert(slot);
         }
         self.stats.slots_committed = self.stats.slots_committed.max(slot);
     }
@@ -1311,6 +1381,15 @@ impl World {
                     );
                     continue;
                 }
+                if let Op::Get {
+                    key,
+                    linearizable: true,
+                } = &t.request.op
+                {
+                    let incarnation = self.clients[client].incarnations;
+                    self.reads_sent
+                        .insert((client, incarnation, t.request.id), (self.now, key.clone()));
+                }
                 self.transmit(
                     Addr::Replica(t.replica),
                     Packet::Request {
@@ -1398,7 +1477,13 @@ impl World {
         c.known_version.insert(op.key.clone(), version_seen);
         if op.write {
             match op.identity {
-                Some(identity) => self.acked_writes.push(identity),
+                Some(identity) => {
+                    self.acked_writes.push(identity);
+                    self.acks_by_key
+                        .entry(op.key.clone())
+                        .or_default()
+                        .push((self.now, identity));
+                }
                 None => self.violations.push(Violation {
                     check: "lost-write",
                     detail: format!("client {} acknowledged a write it never sent", c.id),
