@@ -113,9 +113,40 @@ pub struct BenchSpec {
     #[arg(long, default_value_t = 30)]
     #[serde(default)]
     pub spin_us: u64,
+    /// Wake this long before every deadline of the load generator (a scheduled open-loop
+    /// send, a retry, a frame held by the WAN emulation) and spin through the rest, so deadlines
+    /// are met within microseconds. Sleeps use a timerfd (ns), not epoll's ms timeouts.
+    #[arg(long, default_value_t = 100)]
+    #[serde(default = "default_deadline_spin_us")]
+    pub deadline_spin_us: u64,
+    /// How long one attempt waits for its reply before it is retried (same client id and
+    /// sequence number, so a write stays exactly-once).
+    #[arg(long, default_value_t = 2000)]
+    #[serde(default = "default_attempt_timeout_ms")]
+    pub attempt_timeout_ms: u64,
+    /// Open loop: sessions (client ids with one request in flight each) per client; default
+    /// `--outstanding`. A request that finds no free session waits in the backlog. Closed loop
+    /// uses `--outstanding`.
+    #[arg(long)]
+    #[serde(default)]
+    pub sessions_per_client: Option<usize>,
+    /// After the window, how long to wait for measured requests still in flight.
+    #[arg(long, default_value_t = 10_000)]
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
     /// Free-form label stored with the run (suites set it).
     #[arg(long, default_value = "")]
     pub label: String,
+}
+
+fn default_deadline_spin_us() -> u64 {
+    100
+}
+fn default_attempt_timeout_ms() -> u64 {
+    2000
+}
+fn default_drain_timeout_ms() -> u64 {
+    10_000
 }
 
 #[derive(clap::Args, Debug)]
@@ -141,12 +172,33 @@ impl BenchSpec {
         self.durability.parse()
     }
 
+    /// Sessions per client: `--sessions-per-client` in the open loop, else `--outstanding`.
+    pub fn sessions(&self) -> usize {
+        match self.rate {
+            Some(_) => self.sessions_per_client.unwrap_or(self.outstanding),
+            None => self.outstanding,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         self.key_dist()?;
         self.arrival()?;
         self.durability()?;
         if self.duration <= 0.0 || self.warmup < 0.0 {
             return Err("--duration must be positive and --warmup not negative".into());
+        }
+        if self.attempt_timeout_ms == 0 {
+            return Err("--attempt-timeout-ms must be positive".into());
+        }
+        if self.sessions_per_client == Some(0) {
+            return Err("--sessions-per-client must be at least 1".into());
+        }
+        if self.rate.is_none()
+            && self
+                .sessions_per_client
+                .is_some_and(|n| n != self.outstanding)
+        {
+            return Err("closed loop: sessions per client are --outstanding; --sessions-per-client is for the open loop (--rate)".into());
         }
         if self.replicas == 0 || self.replicas > 9 {
             return Err("--replicas must be 1..=9".into());
@@ -357,7 +409,7 @@ fn measure(
     let cfg = EngineConfig {
         topology,
         clients: spec.clients,
-        outstanding: spec.outstanding,
+        outstanding: spec.sessions(),
         rate: spec.rate,
         arrival: spec.arrival()?,
         warmup: Duration::from_secs_f64(spec.warmup),
@@ -370,10 +422,12 @@ fn measure(
         key_bytes: spec.key_size,
         seed: spec.seed,
         placement,
-        attempt_timeout: Duration::from_secs(2),
-        drain_timeout: Duration::from_secs(10),
+        attempt_timeout: Duration::from_millis(spec.attempt_timeout_ms),
+        drain_timeout: Duration::from_millis(spec.drain_timeout_ms),
         probes_per_link: 10,
         spin: Duration::from_micros(spec.spin_us),
+        deadline_spin: Duration::from_micros(spec.deadline_spin_us),
+        client_id_nonce: None,
     };
     let engine = Engine::new(cfg)?;
     let result = engine.run(&|f| bar.set_position((f * 1000.0) as u64))?;
