@@ -135,6 +135,9 @@ fn delta(a: f64, b: f64) -> String {
     format!("{:+.1}%", (b - a) / a * 100.0)
 }
 
+/// A percentile of a [`Percentiles`].
+type Metric = fn(&Percentiles) -> f64;
+
 fn range(n: usize, (lo, hi): (f64, f64), decimals: usize) -> String {
     if n < 2 {
         return String::new();
@@ -185,7 +188,7 @@ pub fn render(a: &BTreeMap<String, Cell>, b: &BTreeMap<String, Cell>) -> String 
             let Some(pb) = sb.latency_us.get(op) else {
                 continue;
             };
-            let metrics: [(&str, &str, fn(&Percentiles) -> f64); 5] = [
+            let metrics: [(&str, &str, Metric); 5] = [
                 ("p50", "p50", |p| p.p50),
                 ("p90", "p90", |p| p.p90),
                 ("p99", "p99", |p| p.p99),
