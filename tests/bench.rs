@@ -311,6 +311,10 @@ fn emulated_links_have_the_configured_rtt() {
     // The loopback base: what the same link costs without emulation.
     let base_ms = near.measured_rtt_ms_p50;
     assert!(base_ms < 5.0, "loopback base {base_ms} ms");
+    eprintln!(
+        "far link: measured {} ms, configured {rtt_ms} ms, base {base_ms} ms",
+        far.measured_rtt_ms_p50
+    );
     // Within 0.5 ms plus the loopback base (ms-rounded timers used to add 1.1-1.5 ms).
     let err = (far.measured_rtt_ms_p50 - rtt_ms).abs();
     assert!(
@@ -322,7 +326,7 @@ fn emulated_links_have_the_configured_rtt() {
     let far_puts = result
         .recorder
         .merged(|k| k.region == "far" && k.op == "put");
-    assert!(far_puts.min() as f64 >= 0.95 * rtt_ms * 1e6);
+    assert!(far_puts.min() as f64 >= (rtt_ms - 0.5) * 1e6);
 }
 
 fn run(cfg: EngineConfig) -> mpaxos::bench::engine::EngineResult {
@@ -364,7 +368,9 @@ fn overload_throughput_is_completions_not_offers() {
     cfg.outstanding = 16;
     cfg.warmup = Duration::from_millis(100);
     cfg.duration = Duration::from_secs(1);
-    cfg.drain_timeout = Duration::from_millis(300);
+    // A drain long enough for most of the backlog: counting what was started in the window
+    // (and completed by the end of the drain) over the nominal duration gives ~600/s here.
+    cfg.drain_timeout = Duration::from_secs(2);
     let r = run(cfg);
     let throughput = r.completed_in_window as f64 / r.elapsed_s;
     assert!(
@@ -373,7 +379,7 @@ fn overload_throughput_is_completions_not_offers() {
         r.elapsed_s
     );
     assert!(
-        throughput < 400.0,
+        (150.0..300.0).contains(&throughput),
         "throughput {throughput} ops/s from a 250/s server (offered 1000/s)"
     );
     assert!(r.offered >= 900, "offered {}", r.offered);
@@ -385,8 +391,8 @@ fn overload_throughput_is_completions_not_offers() {
     let censored = r.censored.merged(|_| true);
     assert_eq!(censored.len(), r.unfinished);
     assert!(r.errors_by_kind.get("not_sent").copied().unwrap_or(0) > 0);
-    // The interval log covers the drain (1 s window + 0.3 s drain + the partial second).
-    assert!(r.intervals.len() >= 2, "intervals {}", r.intervals.len());
+    // The interval log covers the drain (1 s window + 2 s drain + the partial second).
+    assert!(r.intervals.len() >= 3, "intervals {}", r.intervals.len());
 }
 
 #[test]

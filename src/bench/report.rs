@@ -500,3 +500,49 @@ pub fn markdown(s: &Summary) -> String {
     let _ = writeln!(out, "![latency CDF](latency-cdf.svg)");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary() -> Summary {
+        let mut config = crate::bench::suite::default_spec();
+        config.rate = Some(1000.0);
+        serde_json::from_value(serde_json::json!({
+            "run_dir": "/runs/x", "label": "x", "throughput_ops_s": 1000.0,
+            "latency_us": {}, "latency_us_by_region": {}, "floor_rtt_us": 20.0,
+            "floor_sync_write_us": 70.0, "completed": 10000, "unfinished": 0, "errors": 0,
+            "retries": 0, "redirects": 0, "timeouts": 0, "flagged": false, "flag_reasons": [],
+            "leaders": [], "wal_backend": "memory", "links": [],
+            "config": serde_json::to_value(config).unwrap(), "started_unix_s": 0,
+            "elapsed_s": 10.0, "offered_ops_s": 1000.0,
+            "queue_samples": [0, 1, 0, 2, 1, 0, 0, 1, 0, 0, 3],
+            "send_lag_us": {"count": 10000, "mean": 5.0, "p50": 2.0, "p90": 5.0, "p99": 40.0,
+                            "p999": 90.0, "max": 300.0}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn flag_rules() {
+        let ok = summary();
+        assert!(flag_reasons(&ok).is_empty(), "{:?}", flag_reasons(&ok));
+        let mut late = summary();
+        late.send_lag_us.p99 = 150.0;
+        assert!(flag_reasons(&late)[0].contains("send lag p99"));
+        let mut behind = summary();
+        behind.queue_samples = vec![0, 100, 200, 300];
+        assert!(flag_reasons(&behind)[0].contains("backlog grew"));
+        let mut slow = summary();
+        slow.throughput_ops_s = 900.0;
+        assert!(flag_reasons(&slow)[0].contains("under 95%"));
+        let mut errors = summary();
+        errors.errors = 3;
+        errors.errors_by_kind.insert("stale".into(), 3);
+        errors.errors_by_kind.insert("unknown_outcome".into(), 1);
+        errors.unfinished = 1;
+        let r = flag_reasons(&errors).join("; ");
+        assert!(r.contains("3 requests ended in an error (stale 3)"), "{r}");
+        assert!(r.contains("1 measured requests never completed"), "{r}");
+    }
+}
