@@ -453,18 +453,18 @@ fn render(rows: &[Row], notes: &[String], repeats: u32, duration: f64) -> String
     let _ = writeln!(md, "# mpaxos vs etcd\n");
     let _ = writeln!(
         md,
-        "3-member etcd and 3-replica mpaxos on loopback, same machine, same load generator loop (one thread), a fresh cluster for every run of either system, interleaved etcd, mpaxos, etcd, mpaxos… with {repeats} repeat(s) of {duration} s each. Every figure is the true median of the unflagged repeats (the mean of the middle two for an even count), with the min-max of those repeats in parentheses; flagged repeats are kept out and listed below the table. Errors of either system (by kind) are neither latencies nor throughput. Keys 8 B over a space of {KEY_SPACE}, values 256 B; reads hit prefilled keys. Ratios are mpaxos / etcd for throughput and etcd / mpaxos for latency (above 1 = mpaxos better).\n"
+        "3-member etcd and 3-replica mpaxos on loopback, same machine, same load generator loop (one thread), a fresh cluster for every run of either system, interleaved etcd, mpaxos, etcd, mpaxos… with {repeats} repeat(s) of {duration} s each. Every figure is the true median of the unflagged repeats (the mean of the middle two for an even count), with the min-max of those repeats in parentheses; flagged repeats are kept out and listed below the table. Errors of either system (by kind) are neither latencies nor throughput. Each side's client cost is shown by its echo floor, measured in the same runs (p50, median of the runs): etcd's client stack (etcd-client over tonic, HTTP/2, protobuf) against a gRPC KV server that answers at once, and mpaxos's transport and codec against an echo thread. Keys 8 B over a space of {KEY_SPACE}, values 256 B; reads hit prefilled keys. Ratios are mpaxos / etcd for throughput and etcd / mpaxos for latency (above 1 = mpaxos better).\n"
     );
     for n in notes {
         let _ = writeln!(md, "- {n}");
     }
     let _ = writeln!(
         md,
-        "\n| mode | workload | etcd ops/s | mpaxos ops/s | throughput ratio | etcd p50 us | mpaxos p50 us | p50 ratio | etcd p99 us | mpaxos p99 us | p99 ratio | repeats etcd / mpaxos | errors etcd | errors mpaxos |"
+        "\n| mode | workload | etcd ops/s | mpaxos ops/s | throughput ratio | etcd p50 us | mpaxos p50 us | p50 ratio | etcd p99 us | mpaxos p99 us | p99 ratio | repeats etcd / mpaxos | errors etcd | errors mpaxos | etcd gRPC echo floor us | mpaxos echo floor us |"
     );
     let _ = writeln!(
         md,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let mut flagged_lines = Vec::new();
     for row in rows {
@@ -505,7 +505,7 @@ fn render(rows: &[Row], notes: &[String], repeats: u32, duration: f64) -> String
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0}{} | {:.0}{} | {:.2} | {:.0}{} | {:.0}{} | {:.2} | {:.0}{} | {:.0}{} | {:.2} | {} / {} | {} | {} |",
+            "| {} | {} | {:.0}{} | {:.0}{} | {:.2} | {:.0}{} | {:.0}{} | {:.2} | {:.0}{} | {:.0}{} | {:.2} | {} / {} | {} | {} | {:.1} | {:.1} |",
             row.mode,
             row.workload,
             et,
@@ -527,6 +527,8 @@ fn render(rows: &[Row], notes: &[String], repeats: u32, duration: f64) -> String
             count(m.len(), m_all),
             error_kinds(&row.etcd),
             error_kinds(&row.mpaxos),
+            median_by(&e, |s| s.floor_grpc_rtt_us.unwrap_or(f64::NAN)).unwrap_or(f64::NAN),
+            median_by(&m, |s| s.floor_rtt_us).unwrap_or(f64::NAN),
         );
     }
     if !flagged_lines.is_empty() {

@@ -477,3 +477,132 @@ pub fn run(
         leaders: Vec::new(),
     })
 }
+
+/// A gRPC KV server that answers every request at once without doing anything: the etcd
+/// side's floor, as the echo thread of `floor::loopback_rtt` is mpaxos's.
+struct EchoKv;
+
+type EchoResult<T> = Result<tonic::Response<T>, tonic::Status>;
+
+#[tonic::async_trait]
+impl etcd_client::proto::PbKvService for EchoKv {
+    async fn range(
+        &self,
+        _: tonic::Request<etcd_client::proto::PbRangeRequest>,
+    ) -> EchoResult<etcd_client::proto::PbRangeResponse> {
+        Ok(tonic::Response::new(Default::default()))
+    }
+
+    type RangeStreamStream = tonic::codegen::tokio_stream::Empty<
+        Result<etcd_client::proto::PbRangeStreamResponse, tonic::Status>,
+    >;
+
+    async fn range_stream(
+        &self,
+        _: tonic::Request<etcd_client::proto::PbRangeRequest>,
+    ) -> EchoResult<Self::RangeStreamStream> {
+        Ok(tonic::Response::new(tonic::codegen::tokio_stream::empty()))
+    }
+
+    async fn put(
+        &self,
+        _: tonic::Request<etcd_client::proto::PbPutRequest>,
+    ) -> EchoResult<etcd_client::proto::PbPutResponse> {
+        Ok(tonic::Response::new(Default::default()))
+    }
+
+    async fn delete_range(
+        &self,
+        _: tonic::Request<etcd_client::proto::PbDeleteRequest>,
+    ) -> EchoResult<etcd_client::proto::PbDeleteResponse> {
+        Ok(tonic::Response::new(Default::default()))
+    }
+
+    async fn txn(
+        &self,
+        _: tonic::Request<etcd_client::proto::PbTxnRequest>,
+    ) -> EchoResult<etcd_client::proto::PbTxnResponse> {
+        Ok(tonic::Response::new(Default::default()))
+    }
+
+    async fn compact(
+        &self,
+        _: tonic::Request<etcd_client::proto::PbCompactionRequest>,
+    ) -> EchoResult<etcd_client::proto::PbCompactionResponse> {
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+/// The gRPC floor: `iterations` puts of a `value_bytes` value, one at a time, through the same
+/// etcd client and single-threaded runtime the etcd driver uses, against [`EchoKv`] served from
+/// its own thread on loopback. What etcd's client stack (tonic, HTTP/2, protobuf) costs per
+/// request before etcd does anything.
+pub fn grpc_echo_rtt(
+    value_bytes: usize,
+    iterations: u32,
+) -> Result<super::stats::Percentiles, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| format!("grpc floor: cannot bind: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || -> Result<(), String> {
+        let rt = runtime()?;
+        rt.block_on(async move {
+            let listener =
+                tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+            let incoming = tonic::codegen::tokio_stream::wrappers::TcpListenerStream::new(listener);
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(etcd_client::proto::PbKvServer::new(EchoKv))
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .map_err(|e| format!("grpc floor server: {e}"))
+        })
+    });
+    let result = runtime()?.block_on(async {
+        let endpoints = vec![format!("http://{addr}")];
+        let mut kv = connect(&endpoints, 1, None).await?.remove(0);
+        let value = vec![b'v'; value_bytes];
+        let mut h = new_histogram();
+        for i in 0..iterations + 100 {
+            let start = std::time::Instant::now();
+            kv.put(b"k0000001".to_vec(), value.clone(), None)
+                .await
+                .map_err(|e| format!("grpc floor: {e}"))?;
+            if i >= 100 {
+                h.saturating_record(start.elapsed().as_nanos() as u64);
+            }
+        }
+        Ok::<_, String>(super::stats::Percentiles::of(&h))
+    });
+    let _ = stop_tx.send(());
+    let _ = server.join();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn grpc_echo_floor_answers() {
+        let p = super::grpc_echo_rtt(64, 50).unwrap();
+        assert_eq!(p.count, 50);
+        assert!(p.p50 > 0.0 && p.p50 < 1_000_000.0, "p50 {} us", p.p50);
+    }
+
+    #[test]
+    fn etcd_errors_have_the_engine_kinds() {
+        use etcd_client::Error;
+        let busy = Error::GRpcStatus(tonic::Status::resource_exhausted(
+            "etcdserver: too many requests",
+        ));
+        assert_eq!(super::error_kind("put", &busy), "busy");
+        let deadline = Error::GRpcStatus(tonic::Status::deadline_exceeded("context deadline"));
+        assert_eq!(super::error_kind("put", &deadline), "unknown_outcome");
+        assert_eq!(super::error_kind("get", &deadline), "timeout");
+        let leader = Error::GRpcStatus(tonic::Status::unavailable("etcdserver: no leader"));
+        assert_eq!(super::error_kind("get", &leader), "not_leader");
+    }
+}

@@ -329,6 +329,13 @@ pub struct Summary {
     pub floor_sync_write_dir: PathBuf,
     #[serde(default)]
     pub floor_sync_write_on_wal_disk: bool,
+    /// `--target etcd`: the gRPC echo floor (etcd's client stack against a KV server that
+    /// answers at once), p50 of each measurement and their median; beside `floor_rtt_us`, the
+    /// same for mpaxos's transport, it shows each side's client cost.
+    #[serde(default)]
+    pub floor_grpc_rtt_us: Option<f64>,
+    #[serde(default)]
+    pub floor_grpc_rtt_us_samples: Vec<f64>,
 }
 
 /// Runs one benchmark and writes its run directory under `out`. `quiet` suppresses the
@@ -628,10 +635,20 @@ fn measure_etcd(
         etcd::prefill(spec, endpoints)?;
     }
     let mut floors = Floors::new(data_parent.to_path_buf(), false);
+    let grpc_floor = |floors: &mut Floors, rounds: usize| -> Result<(), String> {
+        for _ in 0..rounds {
+            floors
+                .grpc
+                .push(etcd::grpc_echo_rtt(spec.value_size, 1000)?);
+        }
+        Ok(())
+    };
     floors.measure(spec, FLOOR_ROUNDS_BEFORE)?;
+    grpc_floor(&mut floors, FLOOR_ROUNDS_BEFORE)?;
     let result = etcd::run(spec, endpoints, &|f| bar.set_position((f * 1000.0) as u64))?;
     bar.finish_and_clear();
     floors.measure(spec, FLOOR_ROUNDS_AFTER)?;
+    grpc_floor(&mut floors, FLOOR_ROUNDS_AFTER)?;
     report::write_run(spec, run_dir, result, floors, "etcd".into(), Vec::new())
 }
 
@@ -656,6 +673,8 @@ pub const FLOOR_ROUNDS_AFTER: usize = 2;
 pub struct Floors {
     pub rtt: Vec<stats::Percentiles>,
     pub sync: Vec<stats::Percentiles>,
+    /// `--target etcd` only: the gRPC echo floor.
+    pub grpc: Vec<stats::Percentiles>,
     /// Where the disk floor is measured.
     pub sync_dir: PathBuf,
     /// Whether `sync_dir` is the WAL's own directory (a local cluster's replica 0).
@@ -667,6 +686,7 @@ impl Floors {
         Floors {
             rtt: Vec::new(),
             sync: Vec::new(),
+            grpc: Vec::new(),
             sync_dir,
             sync_on_wal_disk,
         }
@@ -690,6 +710,9 @@ impl Floors {
     }
     pub fn sync_samples(&self) -> Vec<f64> {
         self.sync.iter().map(|p| p.p50).collect()
+    }
+    pub fn grpc_samples(&self) -> Vec<f64> {
+        self.grpc.iter().map(|p| p.p50).collect()
     }
 }
 

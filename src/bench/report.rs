@@ -188,6 +188,8 @@ pub fn write_run(
         floor_sync_write_us_samples,
         floor_sync_write_dir: floors.sync_dir.clone(),
         floor_sync_write_on_wal_disk: floors.sync_on_wal_disk,
+        floor_grpc_rtt_us: median(&floors.grpc_samples()),
+        floor_grpc_rtt_us_samples: floors.grpc_samples(),
     };
     summary.flag_reasons = flag_reasons(&summary);
     summary.flagged = !summary.flag_reasons.is_empty();
@@ -406,6 +408,13 @@ pub fn table(s: &Summary) -> String {
         "\nphysical floor (same run): loopback round trip p50 {:.1} us, 4 KiB O_DIRECT write+datasync p50 {:.1} us",
         s.floor_rtt_us, s.floor_sync_write_us
     );
+    if let Some(g) = s.floor_grpc_rtt_us {
+        let _ = writeln!(
+            out,
+            "  gRPC echo floor (etcd's client stack, a KV server that answers at once): p50 {g:.1} us (samples {:?})",
+            s.floor_grpc_rtt_us_samples
+        );
+    }
     if !s.floor_rtt_us_samples.is_empty() {
         let show = |v: &[f64]| {
             v.iter()
