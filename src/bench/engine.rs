@@ -70,8 +70,8 @@ pub struct EngineConfig {
     pub client_id_nonce: Option<u64>,
 }
 
-/// A run whose send-lag p99 exceeds this many microseconds is flagged: the load generator did
-/// not keep its own schedule, and the lateness is inside every open-loop latency.
+/// An open-loop run whose send-lag p99 exceeds this many microseconds is flagged: the load
+/// generator did not keep its own schedule, and the lateness is inside every open-loop latency.
 pub const SEND_LAG_P99_FLAG_US: f64 = 100.0;
 
 /// A link's measured round trip against its configured one.
