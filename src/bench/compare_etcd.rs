@@ -411,7 +411,7 @@ fn run_inner(args: &CompareEtcdArgs) -> Result<String, String> {
     let report = render(&rows, &notes, repeats, duration);
     std::fs::write(args.out.join("report.md"), &report).map_err(|e| e.to_string())?;
     let mut csv = String::from(
-        "mode,workload,system,repeat,throughput_ops_s,op,p50_us,p99_us,flagged,run_dir,errors,errors_by_kind,send_lag_p99_us,floor_rtt_us,floor_sync_write_us,floor_sync_write_on_wal_disk\n",
+        "mode,workload,system,repeat,throughput_ops_s,op,p50_us,p99_us,flagged,run_dir,errors,errors_by_kind,send_lag_p99_us,floor_rtt_us,floor_sync_write_us,floor_sync_write_on_wal_disk,floor_grpc_rtt_us\n",
     );
     for row in &rows {
         for (system, runs) in [("etcd", &row.etcd), ("mpaxos", &row.mpaxos)] {
@@ -424,7 +424,7 @@ fn run_inner(args: &CompareEtcdArgs) -> Result<String, String> {
                         .collect();
                     let _ = writeln!(
                         csv,
-                        "{},{},{system},{},{:.1},{op},{:.1},{:.1},{},{},{},{},{:.1},{:.1},{:.1},{}",
+                        "{},{},{system},{},{:.1},{op},{:.1},{:.1},{},{},{},{},{:.1},{:.1},{:.1},{},{}",
                         row.mode,
                         row.workload,
                         i + 1,
@@ -438,7 +438,8 @@ fn run_inner(args: &CompareEtcdArgs) -> Result<String, String> {
                         s.send_lag_us.p99,
                         s.floor_rtt_us,
                         s.floor_sync_write_us,
-                        s.floor_sync_write_on_wal_disk
+                        s.floor_sync_write_on_wal_disk,
+                        s.floor_grpc_rtt_us.map_or(String::new(), |g| format!("{g:.1}"))
                     );
                 }
             }
