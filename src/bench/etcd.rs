@@ -33,6 +33,8 @@ struct Acc {
     /// Measured requests in flight: id → (op, measured from).
     in_flight: HashMap<u64, (&'static str, tokio::time::Instant)>,
     next_id: u64,
+    /// Open loop: requests finished (any outcome), for the queue samples.
+    finished: u64,
 }
 
 impl Default for Acc {
@@ -49,6 +51,7 @@ impl Default for Acc {
             first_error: None,
             in_flight: HashMap::new(),
             next_id: 0,
+            finished: 0,
         }
     }
 }
@@ -283,7 +286,7 @@ pub fn run(
     let deadline_spin = Duration::from_micros(spec.deadline_spin_us);
     let started = std::time::SystemTime::now();
     let acc = Arc::new(Mutex::new(Acc::default()));
-    let (unfinished, offered) = rt.block_on(async {
+    let (unfinished, offered, queue_samples) = rt.block_on(async {
         // etcd's client does not retry: the attempt timeout is its request timeout.
         let conns = connect(
             endpoints,
@@ -298,6 +301,10 @@ pub fn run(
         let in_window = move |t: tokio::time::Instant| t >= measure_start && t < measure_end;
         let mut tasks = Vec::new();
         let mut offered = 0u64;
+        // Open loop: scheduled minus finished, at the window's start and after each second
+        // (sampled when the scheduler runs, which is at every arrival).
+        let mut queue_samples = Vec::new();
+        let mut next_sample = measure_start;
         match spec.rate {
             None => {
                 for j in 0..sessions {
@@ -346,6 +353,11 @@ pub fn run(
                 let mut n = 0usize;
                 while at < measure_end {
                     sleep_until_precise(at, deadline_spin).await;
+                    if at >= next_sample && next_sample <= measure_end {
+                        let finished = acc.lock().expect("lock").finished;
+                        queue_samples.push((n as u64).saturating_sub(finished));
+                        next_sample += Duration::from_secs(1);
+                    }
                     let permit = permits
                         .clone()
                         .acquire_owned()
@@ -374,6 +386,7 @@ pub fn run(
                         drop(permit);
                         let done = tokio::time::Instant::now();
                         let mut a = acc.lock().expect("lock");
+                        a.finished += 1;
                         if res.is_ok() && in_window(done) {
                             a.completed_in_window += 1;
                         }
@@ -395,6 +408,9 @@ pub fn run(
                         );
                     }
                 }
+                // The window's end.
+                let finished = acc.lock().expect("lock").finished;
+                queue_samples.push((n as u64).saturating_sub(finished));
             }
         }
         // Progress while the closed loop runs; then the drain.
@@ -432,7 +448,7 @@ pub fn run(
             };
             *a.errors_by_kind.entry(k.to_string()).or_default() += 1;
         }
-        Ok::<_, String>((left.len() as u64, offered))
+        Ok::<_, String>((left.len() as u64, offered, queue_samples))
     })?;
     drop(rt);
     let acc = std::mem::take(&mut *acc.lock().expect("lock"));
@@ -459,7 +475,7 @@ pub fn run(
         completed_in_window: acc.completed_in_window,
         elapsed_s: duration.as_secs_f64(),
         offered,
-        queue_samples: Vec::new(),
+        queue_samples,
         errors_by_kind: acc.errors_by_kind,
         retries_by_kind: Default::default(),
         client_id_nonce: 0,
