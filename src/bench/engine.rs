@@ -1179,13 +1179,7 @@ impl Engine {
                     queue_samples.push(self.queue_len());
                 }
             }
-            if now >= self.measure_end && !self.stopping {
-                self.stopping = true;
-                window_end = now;
-                next_arrival = None;
-                drain_deadline = now + self.cfg.drain_timeout.as_nanos() as u64;
-            }
-            // Open loop: schedule every arrival that is due.
+            // Open loop: schedule every arrival that is due (none from the window's end on).
             if let (Some(a), Some(arr)) = (next_arrival.as_mut(), arrivals.as_ref()) {
                 while *a <= now && *a < self.measure_end {
                     if *a >= self.measure_start {
@@ -1193,6 +1187,16 @@ impl Engine {
                     }
                     self.backlog.push_back(*a);
                     *a += arr.next_gap_ns(&mut self.rng).max(1.0) as u64;
+                }
+            }
+            if now >= self.measure_end && !self.stopping {
+                self.stopping = true;
+                window_end = now;
+                next_arrival = None;
+                drain_deadline = now + self.cfg.drain_timeout.as_nanos() as u64;
+                if open {
+                    // The queue at the window's end (the last sample).
+                    queue_samples.push(self.queue_len());
                 }
             }
             while let Some(&session) = self.free.front() {
@@ -1217,7 +1221,7 @@ impl Engine {
                 for (op, h) in self.interval.drain() {
                     self.intervals.push(op, start, Duration::from_secs(1), h);
                 }
-                if open && next_interval <= self.measure_end {
+                if open && next_interval < self.measure_end {
                     queue_samples.push(self.queue_len());
                 }
                 interval_start = next_interval;
@@ -1250,9 +1254,6 @@ impl Engine {
             self.turn(&mut events, Some(deadline))?;
         }
         let end = self.now();
-        if open && queue_samples.len() < (self.cfg.duration.as_secs() as usize + 1) {
-            queue_samples.push(self.queue_len());
-        }
         // The last, partial interval.
         if !self.interval.is_empty() && end > interval_start {
             let start = Duration::from_nanos(interval_start - t0);

@@ -300,8 +300,8 @@ pub struct Summary {
     /// Open loop: requests scheduled in the window per second of it.
     #[serde(default)]
     pub offered_ops_s: Option<f64>,
-    /// Open loop: requests scheduled but not completed, at the window's start and after each
-    /// second of it.
+    /// Open loop: requests scheduled but not completed, at the window's start, after each
+    /// second of it and at its end.
     #[serde(default)]
     pub queue_samples: Vec<u64>,
     /// Measured requests that did not succeed, by kind (stale, invalid, wrong_group, busy,
