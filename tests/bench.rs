@@ -347,7 +347,7 @@ fn open_loop_sends_leave_on_time() {
     let lag = Percentiles::of(&r.send_lag);
     assert!(lag.count >= 900, "send-lag samples {}", lag.count);
     assert!(lag.p50 < 50.0, "send lag p50 {} us", lag.p50);
-    assert!(lag.p90 < 200.0, "send lag p90 {} us", lag.p90);
+    assert!(lag.p90 < 400.0, "send lag p90 {} us", lag.p90);
     let put = Percentiles::of(&r.recorder.merged(|k| k.op == "put"));
     assert!(
         put.p50 < 250.0,
