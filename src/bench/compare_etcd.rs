@@ -286,10 +286,46 @@ struct Row {
     mpaxos: Vec<Summary>,
 }
 
-fn median_by<T: Copy + PartialOrd>(v: &[&Summary], f: impl Fn(&Summary) -> T) -> Option<T> {
-    let mut xs: Vec<T> = v.iter().map(|s| f(s)).collect();
-    xs.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    xs.get(xs.len() / 2).copied()
+/// The true median of `f` over the repeats (flagged ones are kept out by the caller).
+fn median_by(v: &[&Summary], f: impl Fn(&Summary) -> f64) -> Option<f64> {
+    let xs: Vec<f64> = v.iter().map(|s| f(s)).collect();
+    super::stats::median(&xs)
+}
+
+/// `min-max` of `f` over the repeats (empty for fewer than two).
+fn spread_by(v: &[&Summary], f: impl Fn(&Summary) -> f64, decimals: usize) -> String {
+    let xs: Vec<f64> = v.iter().map(|s| f(s)).collect();
+    match super::stats::spread(&xs) {
+        Some((lo, hi)) if xs.len() > 1 => format!(" ({lo:.decimals$}-{hi:.decimals$})"),
+        _ => String::new(),
+    }
+}
+
+/// The repeats that count: the unflagged ones, or all when every one is flagged.
+fn usable(runs: &[Summary]) -> (Vec<&Summary>, bool) {
+    let ok: Vec<&Summary> = runs.iter().filter(|s| !s.flagged).collect();
+    if ok.is_empty() {
+        (runs.iter().collect(), true)
+    } else {
+        (ok, false)
+    }
+}
+
+/// Errors by kind summed over runs, `kind n, ...` (or `-`).
+fn error_kinds(runs: &[Summary]) -> String {
+    let mut m: std::collections::BTreeMap<&str, u64> = Default::default();
+    for s in runs {
+        for (k, n) in &s.errors_by_kind {
+            *m.entry(k.as_str()).or_default() += n;
+        }
+    }
+    if m.is_empty() {
+        return "-".into();
+    }
+    m.iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn run(args: CompareEtcdArgs) -> std::process::ExitCode {
@@ -322,12 +358,7 @@ fn run_inner(args: &CompareEtcdArgs) -> Result<String, String> {
         &[("fsync", false, "auto"), ("no-fsync", true, "memory")]
     };
     for (mode, no_fsync, mpaxos_durability) in modes {
-        let etcd_dir = args.out.join(format!("etcd-{mode}"));
-        let etcd = EtcdCluster::start(&args.etcd, &etcd_dir, *no_fsync)?;
-        notes.push(format!(
-            "{mode}: etcd {}; mpaxos --durability {mpaxos_durability}",
-            etcd.how
-        ));
+        let mut noted = false;
         for w in workloads(args.quick) {
             let mut row = Row {
                 mode,
@@ -339,6 +370,19 @@ fn run_inner(args: &CompareEtcdArgs) -> Result<String, String> {
                 // A B A B: each repeat runs etcd, then mpaxos, on the same machine state.
                 let seed = 1 + r as u64;
                 eprintln!("[{mode}] {} repeat {}: etcd", w.name, r + 1);
+                // A fresh etcd cluster per run, as each mpaxos run gets a fresh cluster.
+                let etcd_dir =
+                    args.out
+                        .join(format!("etcd-{mode}"))
+                        .join(format!("{}-{}", w.name, r + 1));
+                let etcd = EtcdCluster::start(&args.etcd, &etcd_dir, *no_fsync)?;
+                if !noted {
+                    noted = true;
+                    notes.push(format!(
+                        "{mode}: etcd {} (a fresh 3-member cluster per run); mpaxos --durability {mpaxos_durability} (a fresh cluster per run)",
+                        etcd.how
+                    ));
+                }
                 let s = run_one(
                     &spec_for(
                         &w,
@@ -351,6 +395,7 @@ fn run_inner(args: &CompareEtcdArgs) -> Result<String, String> {
                     &runs_dir,
                     true,
                 )?;
+                drop(etcd);
                 row.etcd.push(s);
                 eprintln!("[{mode}] {} repeat {}: mpaxos", w.name, r + 1);
                 let s = run_one(
@@ -362,20 +407,24 @@ fn run_inner(args: &CompareEtcdArgs) -> Result<String, String> {
             }
             rows.push(row);
         }
-        drop(etcd);
     }
     let report = render(&rows, &notes, repeats, duration);
     std::fs::write(args.out.join("report.md"), &report).map_err(|e| e.to_string())?;
     let mut csv = String::from(
-        "mode,workload,system,repeat,throughput_ops_s,op,p50_us,p99_us,flagged,run_dir\n",
+        "mode,workload,system,repeat,throughput_ops_s,op,p50_us,p99_us,flagged,run_dir,errors,errors_by_kind,send_lag_p99_us,floor_rtt_us,floor_sync_write_us,floor_sync_write_on_wal_disk,floor_grpc_rtt_us\n",
     );
     for row in &rows {
         for (system, runs) in [("etcd", &row.etcd), ("mpaxos", &row.mpaxos)] {
             for (i, s) in runs.iter().enumerate() {
                 for (op, p) in s.latency_us.iter().filter(|(op, _)| op.as_str() != "all") {
+                    let kinds: Vec<String> = s
+                        .errors_by_kind
+                        .iter()
+                        .map(|(k, n)| format!("{k}:{n}"))
+                        .collect();
                     let _ = writeln!(
                         csv,
-                        "{},{},{system},{},{:.1},{op},{:.1},{:.1},{},{}",
+                        "{},{},{system},{},{:.1},{op},{:.1},{:.1},{},{},{},{},{:.1},{:.1},{:.1},{},{}",
                         row.mode,
                         row.workload,
                         i + 1,
@@ -383,7 +432,14 @@ fn run_inner(args: &CompareEtcdArgs) -> Result<String, String> {
                         p.p50,
                         p.p99,
                         s.flagged,
-                        s.run_dir.display()
+                        s.run_dir.display(),
+                        s.errors,
+                        kinds.join(";"),
+                        s.send_lag_us.p99,
+                        s.floor_rtt_us,
+                        s.floor_sync_write_us,
+                        s.floor_sync_write_on_wal_disk,
+                        s.floor_grpc_rtt_us.map_or(String::new(), |g| format!("{g:.1}"))
                     );
                 }
             }
@@ -398,52 +454,96 @@ fn render(rows: &[Row], notes: &[String], repeats: u32, duration: f64) -> String
     let _ = writeln!(md, "# mpaxos vs etcd\n");
     let _ = writeln!(
         md,
-        "3-member etcd and 3-replica mpaxos on loopback, same machine, same load generator loop (one thread), interleaved etcd, mpaxos, etcd, mpaxos… with {repeats} repeat(s) of {duration} s each; medians of the repeats. Keys 8 B over a space of {KEY_SPACE}, values 256 B; reads hit prefilled keys. Ratios are mpaxos / etcd for throughput and etcd / mpaxos for latency (above 1 = mpaxos better).\n"
+        "3-member etcd and 3-replica mpaxos on loopback, same machine, same load generator loop (one thread), a fresh cluster for every run of either system, interleaved etcd, mpaxos, etcd, mpaxos… with {repeats} repeat(s) of {duration} s each. Every figure is the true median of the unflagged repeats (the mean of the middle two for an even count), with the min-max of those repeats in parentheses; flagged repeats are kept out and listed below the table. Errors of either system (by kind) are neither latencies nor throughput. Each side's client cost is shown by its echo floor, measured in the same runs (p50, median of the runs): etcd's client stack (etcd-client over tonic, HTTP/2, protobuf) against a gRPC KV server that answers at once, and mpaxos's transport and codec against an echo thread. Keys 8 B over a space of {KEY_SPACE}, values 256 B; reads hit prefilled keys. Ratios are mpaxos / etcd for throughput and etcd / mpaxos for latency (above 1 = mpaxos better).\n"
     );
     for n in notes {
         let _ = writeln!(md, "- {n}");
     }
     let _ = writeln!(
         md,
-        "\n| mode | workload | etcd ops/s | mpaxos ops/s | throughput ratio | etcd p50 us | mpaxos p50 us | p50 ratio | etcd p99 us | mpaxos p99 us | p99 ratio | flagged |"
+        "\n| mode | workload | etcd ops/s | mpaxos ops/s | throughput ratio | etcd p50 us | mpaxos p50 us | p50 ratio | etcd p99 us | mpaxos p99 us | p99 ratio | repeats etcd / mpaxos | errors etcd | errors mpaxos | etcd gRPC echo floor us | mpaxos echo floor us |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let mut flagged_lines = Vec::new();
     for row in rows {
-        let e: Vec<&Summary> = row.etcd.iter().collect();
-        let m: Vec<&Summary> = row.mpaxos.iter().collect();
-        let tp = |v: &[&Summary]| median_by(v, |s| s.throughput_ops_s).unwrap_or(0.0);
+        let (e, e_all) = usable(&row.etcd);
+        let (m, m_all) = usable(&row.mpaxos);
+        let tp = |v: &[&Summary]| median_by(v, |s| s.throughput_ops_s).unwrap_or(f64::NAN);
         let pct = |v: &[&Summary], f: fn(&super::stats::Percentiles) -> f64| {
             median_by(v, |s| s.latency_us.get("all").map_or(f64::NAN, f)).unwrap_or(f64::NAN)
+        };
+        let sp = |v: &[&Summary], f: fn(&super::stats::Percentiles) -> f64| {
+            spread_by(v, |s| s.latency_us.get("all").map_or(f64::NAN, f), 0)
         };
         let (et, mt) = (tp(&e), tp(&m));
         let (e50, m50) = (pct(&e, |p| p.p50), pct(&m, |p| p.p50));
         let (e99, m99) = (pct(&e, |p| p.p99), pct(&m, |p| p.p99));
-        let flagged: Vec<String> = e
+        for s in row
+            .etcd
             .iter()
-            .chain(m.iter())
+            .chain(row.mpaxos.iter())
             .filter(|s| s.flagged)
-            .map(|s| format!("{}: {}", s.config.target, s.flag_reasons.join("; ")))
-            .collect();
+        {
+            flagged_lines.push(format!(
+                "- {} {} {}: {:.0} ops/s, `{}`: {}",
+                row.mode,
+                row.workload,
+                s.config.target,
+                s.throughput_ops_s,
+                s.run_dir.display(),
+                s.flag_reasons.join("; ")
+            ));
+        }
+        let count = |n: usize, all_flagged: bool| {
+            if all_flagged {
+                format!("{n} (all flagged)")
+            } else {
+                n.to_string()
+            }
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2} | {} |",
+            "| {} | {} | {:.0}{} | {:.0}{} | {:.2} | {:.0}{} | {:.0}{} | {:.2} | {:.0}{} | {:.0}{} | {:.2} | {} / {} | {} | {} | {:.1} | {:.1} |",
             row.mode,
             row.workload,
             et,
+            spread_by(&e, |s| s.throughput_ops_s, 0),
             mt,
+            spread_by(&m, |s| s.throughput_ops_s, 0),
             mt / et,
             e50,
+            sp(&e, |p| p.p50),
             m50,
+            sp(&m, |p| p.p50),
             e50 / m50,
             e99,
+            sp(&e, |p| p.p99),
             m99,
+            sp(&m, |p| p.p99),
             e99 / m99,
-            flagged.join("<br>")
+            count(e.len(), e_all),
+            count(m.len(), m_all),
+            error_kinds(&row.etcd),
+            error_kinds(&row.mpaxos),
+            median_by(&e, |s| s.floor_grpc_rtt_us.unwrap_or(f64::NAN)).unwrap_or(f64::NAN),
+            median_by(&m, |s| s.floor_rtt_us).unwrap_or(f64::NAN),
         );
+    }
+    if !flagged_lines.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nFlagged runs (not in the medians unless every repeat of that side is flagged):\n"
+        );
+        for l in flagged_lines {
+            let _ = writeln!(md, "{l}");
+        }
     }
     let _ = writeln!(
         md,
-        "\nEvery run's directory (spec, commands, logs, histograms, summary.json) is under `runs/`; etcd's command lines and logs are in `etcd-<mode>/`. Reproduce: `scripts/compare-etcd.sh` (add `--quick` for the smoke run)."
+        "\nEvery run's directory (spec, commands, logs, histograms, summary.json) is under `runs/`; etcd's command lines and logs are in `etcd-<mode>/<workload>-<repeat>/`. Reproduce: `scripts/compare-etcd.sh` (add `--quick` for the smoke run)."
     );
     md
 }

@@ -60,7 +60,19 @@ pub struct EngineConfig {
     /// on a VM can take tens of microseconds to run, which would be charged to the system
     /// under test.
     pub spin: Duration,
+    /// Wake this long before every deadline (a scheduled send, a retry, a delayed frame) and
+    /// spin through the rest, so deadlines are met to within microseconds instead of the
+    /// kernel's wake-up latency. The sleep itself uses a timerfd (nanosecond resolution), not
+    /// epoll's millisecond timeout.
+    pub deadline_spin: Duration,
+    /// Mixed into every session's client id. `None`: a fresh random value per run (time, pid
+    /// and OS randomness), so two runs with one seed against one cluster never share ids.
+    pub client_id_nonce: Option<u64>,
 }
+
+/// An open-loop run whose send-lag p99 exceeds this many microseconds is flagged: the load
+/// generator did not keep its own schedule, and the lateness is inside every open-loop latency.
+pub const SEND_LAG_P99_FLAG_US: f64 = 100.0;
 
 /// A link's measured round trip against its configured one.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -75,7 +87,33 @@ pub struct LinkRtt {
 }
 
 pub struct EngineResult {
+    /// Latencies of requests that succeeded (errors are never recorded here).
     pub recorder: Recorder,
+    /// Censored latencies: for each measured request that had not completed when the run
+    /// ended, the time it had waited by then (a lower bound of its latency).
+    pub censored: Recorder,
+    /// Actual send minus the moment the request could have been sent (its scheduled time, or
+    /// when a session became free for it, whichever is later), per measured request.
+    pub send_lag: hdrhistogram::Histogram<u64>,
+    /// Successful completions whose reply arrived inside the measured window.
+    pub completed_in_window: u64,
+    /// The measured window as it really elapsed (seconds): from its start to the first moment
+    /// the engine saw it end.
+    pub elapsed_s: f64,
+    /// Open loop: requests scheduled inside the window.
+    pub offered: u64,
+    /// Open loop: requests scheduled but not completed (backlog plus in flight), sampled at the
+    /// start of the window and after every second of it (the last sample at its end).
+    pub queue_samples: Vec<u64>,
+    /// Final outcomes other than success, by kind (see [`ErrorKind`]); a measured request
+    /// counts once.
+    pub errors_by_kind: std::collections::BTreeMap<String, u64>,
+    /// The value mixed into this run's client ids, and the ids (one per session).
+    pub client_id_nonce: u64,
+    pub client_ids: Vec<u64>,
+    /// Why attempts were retried (mpaxos: busy, not_leader, timeout, link_lost, connect,
+    /// refused); retried requests that then succeeded are successes.
+    pub retries_by_kind: std::collections::BTreeMap<String, u64>,
     pub intervals: IntervalLog,
     pub started: std::time::SystemTime,
     /// Requests scheduled (open) or sent (closed) inside the measured window that completed.
@@ -85,7 +123,8 @@ pub struct EngineResult {
     pub retries: u64,
     pub redirects: u64,
     pub timeouts: u64,
-    /// Requests completed with an error outcome (invalid request, ...).
+    /// Measured requests that ended in a definite error (every kind but `unknown_outcome` and
+    /// `timeout`, which are also the unfinished ones).
     pub errors: u64,
     pub measured_s: f64,
     pub links: Vec<LinkRtt>,
@@ -94,6 +133,104 @@ pub struct EngineResult {
 }
 
 const BACKOFF_NS: u64 = 5_000_000;
+
+/// The wake-up timer's token (links use their index).
+const TIMER_TOKEN: Token = Token(usize::MAX);
+
+/// How a request ended when it did not succeed (`errors_by_kind`), or why an attempt was
+/// retried (`retries_by_kind`).
+pub mod kind {
+    /// The server saw an older sequence number from this client id (ids reused across runs).
+    pub const STALE: &str = "stale";
+    /// The request was invalid (too large, malformed, ...).
+    pub const INVALID: &str = "invalid";
+    pub const WRONG_GROUP: &str = "wrong_group";
+    /// The server refused the connection (wrong cluster, ...).
+    pub const REFUSED: &str = "refused";
+    /// The leader's queue was full (mpaxos retries; etcd's "too many requests").
+    pub const BUSY: &str = "busy";
+    pub const NOT_LEADER: &str = "not_leader";
+    /// A read (or a write never sent) without an answer when the run ended, or an attempt that
+    /// timed out.
+    pub const TIMEOUT: &str = "timeout";
+    /// A write sent at least once without an answer: it may or may not have been applied.
+    pub const UNKNOWN_OUTCOME: &str = "unknown_outcome";
+    /// Open loop: scheduled in the window, never sent (no free session) when the run ended.
+    pub const NOT_SENT: &str = "not_sent";
+    pub const LINK_LOST: &str = "link_lost";
+    pub const CONNECT: &str = "connect";
+    pub const OTHER: &str = "other";
+    /// Kinds that do not say the request failed: its outcome is unknown (also `unfinished`).
+    pub fn is_unfinished(kind: &str) -> bool {
+        matches!(kind, TIMEOUT | UNKNOWN_OUTCOME | NOT_SENT)
+    }
+    /// The kind of an `Invalid` reply from its reason.
+    pub fn of_invalid(reason: &str) -> &'static str {
+        if reason.contains("older than") || reason.to_ascii_lowercase().contains("stale") {
+            STALE
+        } else {
+            INVALID
+        }
+    }
+}
+
+/// A one-shot timerfd registered with the poll: epoll's timeout has millisecond resolution (mio
+/// rounds it up), a timerfd has nanoseconds.
+struct WakeTimer {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl WakeTimer {
+    fn new(poll: &Poll) -> io::Result<WakeTimer> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: timerfd_create returns a new descriptor we own, or -1.
+        let raw = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: raw is a fresh, valid descriptor.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&fd.as_raw_fd()),
+            TIMER_TOKEN,
+            Interest::READABLE,
+        )?;
+        Ok(WakeTimer { fd })
+    }
+
+    /// Fires once, `after_ns` from now (0 disarms).
+    fn arm(&self, after_ns: u64) {
+        use std::os::fd::AsRawFd;
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: (after_ns / 1_000_000_000) as libc::time_t,
+                tv_nsec: (after_ns % 1_000_000_000) as libc::c_long,
+            },
+        };
+        // SAFETY: a valid timerfd and a valid itimerspec.
+        unsafe {
+            libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut());
+        }
+    }
+
+    fn drain(&self) {
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into buf; the descriptor is non-blocking.
+        unsafe {
+            libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), 8);
+        }
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum LinkState {
@@ -135,6 +272,8 @@ struct Session {
     seq: u64,
     region_idx: usize,
     busy: Option<InFlight>,
+    /// When the session last became free (for the send lag).
+    free_since: u64,
 }
 
 struct Client {
@@ -155,6 +294,14 @@ enum Timer {
         link: usize,
         frame: Box<ServerFrame>,
     },
+}
+
+/// A value no other run shares: OS randomness mixed with the clock and the pid.
+fn fresh_nonce() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    rand::random::<u64>() ^ t.rotate_left(17) ^ ((std::process::id() as u64) << 40)
 }
 
 pub struct Engine {
@@ -192,6 +339,13 @@ pub struct Engine {
     // probes: id → (link, sent)
     probes: HashMap<u64, (usize, u64)>,
     probe_samples: HashMap<(usize, u32), Vec<u64>>,
+    wake_timer: Option<WakeTimer>,
+    censored: Recorder,
+    send_lag: hdrhistogram::Histogram<u64>,
+    completed_in_window: u64,
+    errors_by_kind: std::collections::BTreeMap<String, u64>,
+    retries_by_kind: std::collections::BTreeMap<String, u64>,
+    client_id_nonce: u64,
 }
 
 impl Engine {
@@ -231,22 +385,36 @@ impl Engine {
                 region: regions[c % regions.len()].clone(),
             })
             .collect::<Vec<_>>();
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        // Client ids: the workload stays reproducible from the seed, but ids must not repeat
+        // across runs (a server remembers each id's last sequence number and would answer a
+        // reused id's first writes "stale").
+        let client_id_nonce = cfg.client_id_nonce.unwrap_or_else(fresh_nonce);
+        let mut id_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ client_id_nonce);
         let mut sessions = Vec::new();
         for c in 0..cfg.clients {
             for _ in 0..cfg.outstanding {
                 sessions.push(Session {
                     client: c,
-                    client_id: rng.gen::<u64>() | 1,
+                    client_id: id_rng.gen::<u64>() | 1,
                     seq: 0,
                     region_idx: c % regions.len(),
                     busy: None,
+                    free_since: 0,
                 });
             }
         }
         assert!(groups > 0);
+        let poll = Poll::new().map_err(|e| e.to_string())?;
+        let wake_timer = match WakeTimer::new(&poll) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!("no timerfd ({e}): deadlines fall back to epoll's milliseconds");
+                None
+            }
+        };
         Ok(Engine {
-            poll: Poll::new().map_err(|e| e.to_string())?,
+            poll,
             encoder: FrameEncoder::new(),
             links: Vec::new(),
             clients,
@@ -277,6 +445,13 @@ impl Engine {
             stopping: false,
             probes: HashMap::new(),
             probe_samples: HashMap::new(),
+            wake_timer,
+            censored: Recorder::default(),
+            send_lag: new_histogram(),
+            completed_in_window: 0,
+            errors_by_kind: Default::default(),
+            retries_by_kind: Default::default(),
+            client_id_nonce,
             cfg,
         })
     }
@@ -398,7 +573,7 @@ impl Engine {
     }
 
     /// Starts a new request on a free session.
-    fn start_request(&mut self, session: usize, scheduled_ns: u64, now: u64) {
+    fn start_request(&mut self, session: usize, scheduled_ns: u64) {
         let (op, kind) = self.next_op();
         let key = match &op {
             Op::Get { key, .. }
@@ -412,10 +587,18 @@ impl Engine {
             s.seq += 1;
         }
         let open = self.cfg.rate.is_some();
+        // The send time is read here, just before the frame is queued (and written in the same
+        // turn), not at the top of the turn.
+        let now = self.epoch.elapsed().as_nanos() as u64;
         let measured_from = if open { scheduled_ns } else { now };
         let measured = measured_from >= self.measure_start && measured_from < self.measure_end;
         if measured {
             self.measured_in_flight += 1;
+            // Lateness is the load generator's own: from when this request could have left (its
+            // schedule, or a session freeing up for it) to when it did.
+            let could_leave = scheduled_ns.max(s.free_since);
+            self.send_lag
+                .saturating_record(now.saturating_sub(could_leave).max(1));
         }
         s.busy = Some(InFlight {
             op,
@@ -450,6 +633,11 @@ impl Engine {
         let Some(link) = self.link(client, target, group) else {
             // Cannot even connect: treat as a failed attempt.
             self.clients[client].leaders[group as usize] = None;
+            self.retries += 1;
+            *self
+                .retries_by_kind
+                .entry(kind::CONNECT.to_string())
+                .or_default() += 1;
             let req_id = self.sessions[session].busy.as_ref().map_or(0, |b| b.req_id);
             self.add_timer(now + BACKOFF_NS, Timer::Retry { session, req_id });
             return;
@@ -476,8 +664,9 @@ impl Engine {
         self.add_timer(now + timeout, Timer::AttemptTimeout { session, req_id });
     }
 
-    fn retry_later(&mut self, session: usize, now: u64, forget_leader: bool) {
+    fn retry_later(&mut self, session: usize, now: u64, forget_leader: bool, why: &'static str) {
         self.retries += 1;
+        *self.retries_by_kind.entry(why.to_string()).or_default() += 1;
         let Some(busy) = self.sessions[session].busy.as_ref() else {
             return;
         };
@@ -511,25 +700,46 @@ impl Engine {
                     Some(l) if l != target => {
                         self.clients[client].leaders[group as usize] = Some(l);
                         self.retries += 1;
+                        *self
+                            .retries_by_kind
+                            .entry(kind::NOT_LEADER.to_string())
+                            .or_default() += 1;
                         self.send_attempt(session, now);
                     }
-                    _ => self.retry_later(session, now, true),
+                    _ => self.retry_later(session, now, true, kind::NOT_LEADER),
                 }
             }
-            Outcome::Busy => self.retry_later(session, now, false),
+            Outcome::Busy => self.retry_later(session, now, false, kind::BUSY),
             other => {
                 self.clients[client].leaders[group as usize] = Some(target);
-                if matches!(other, Outcome::Invalid { .. } | Outcome::WrongGroup { .. }) {
-                    self.errors += 1;
-                }
-                self.complete(session, now);
+                let error = match &other {
+                    Outcome::Invalid { reason } => Some(kind::of_invalid(reason)),
+                    Outcome::WrongGroup { .. } => Some(kind::WRONG_GROUP),
+                    _ => None,
+                };
+                self.complete(session, now, error);
             }
         }
     }
 
-    fn complete(&mut self, session: usize, now: u64) {
+    /// Ends the session's request: a success (`error` None) is a latency and a completion;
+    /// an error is neither, only a count by kind.
+    fn complete(&mut self, session: usize, now: u64, error: Option<&'static str>) {
         let busy = self.sessions[session].busy.take().expect("busy");
-        if busy.measured {
+        self.sessions[session].free_since = now;
+        // Throughput counts every success whose reply arrives while the window is open,
+        // whenever the request was scheduled.
+        if error.is_none() && now >= self.measure_start && !self.stopping {
+            self.completed_in_window += 1;
+        }
+        if busy.measured && error.is_some() {
+            self.measured_in_flight -= 1;
+            self.errors += 1;
+            *self
+                .errors_by_kind
+                .entry(error.unwrap_or(kind::OTHER).to_string())
+                .or_default() += 1;
+        } else if busy.measured {
             self.measured_in_flight -= 1;
             let from = if self.cfg.rate.is_some() {
                 busy.scheduled_ns
@@ -568,7 +778,7 @@ impl Engine {
             }
         }
         for (_, session) in link.waiting.drain() {
-            self.retry_later(session, now, true);
+            self.retry_later(session, now, true, kind::LINK_LOST);
         }
         self.probes.retain(|_, (l, _)| *l != idx);
     }
@@ -651,7 +861,10 @@ impl Engine {
                     e.code,
                     e.message
                 );
-                self.errors += 1;
+                *self
+                    .retries_by_kind
+                    .entry(kind::REFUSED.to_string())
+                    .or_default() += 1;
                 return;
             }
         }
@@ -722,7 +935,7 @@ impl Engine {
                         if let Some(l) = link.and_then(|l| self.links[l].as_mut()) {
                             l.waiting.remove(&req_id);
                         }
-                        self.retry_later(session, now, true);
+                        self.retry_later(session, now, true, kind::TIMEOUT);
                     }
                 }
                 Timer::Deliver { link, frame } => self.deliver(link, *frame, now),
@@ -785,19 +998,29 @@ impl Engine {
         due
     }
 
-    fn turn(&mut self, events: &mut Events, next_arrival: Option<u64>) -> Result<u64, String> {
-        let now = self.now();
-        let wait = self.next_wakeup(now, next_arrival).saturating_sub(now);
-        let spin_until = now + (self.cfg.spin.as_nanos() as u64).min(wait);
+    /// One wait for events or the next deadline, then handles what happened.
+    ///
+    /// Waiting for replies, it first polls without sleeping for `spin`. Deadlines (scheduled
+    /// sends, timers, delayed frames, `next_deadline`) are met exactly: it sleeps on the timerfd
+    /// until `deadline_spin` before the deadline and spins through the rest. (mio rounds epoll
+    /// timeouts up to whole milliseconds, which used to make sends up to 1 ms late.)
+    fn turn(&mut self, events: &mut Events, next_deadline: Option<u64>) -> Result<u64, String> {
+        let start = self.now();
+        let due = self.next_wakeup(start, next_deadline);
+        let spin_until = start + self.cfg.spin.as_nanos() as u64;
+        let lead = self.cfg.deadline_spin.as_nanos() as u64;
         loop {
-            // Spin first (zero-timeout polls), then block for the rest of the wait.
-            let timeout = if self.now() < spin_until {
+            let now = self.now();
+            let remaining = due.saturating_sub(now);
+            let block = now >= spin_until && remaining > lead;
+            let timeout = if !block {
                 Duration::ZERO
+            } else if let Some(t) = &self.wake_timer {
+                t.arm(remaining - lead);
+                // The timerfd wakes us; the epoll timeout is only a safety net.
+                Duration::from_nanos(remaining - lead) + Duration::from_millis(2)
             } else {
-                Duration::from_nanos(
-                    self.next_wakeup(self.now(), next_arrival)
-                        .saturating_sub(self.now()),
-                )
+                Duration::from_nanos(remaining - lead)
             };
             self.poll.poll(events, Some(timeout)).or_else(|e| {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -806,13 +1029,30 @@ impl Engine {
                     Err(e.to_string())
                 }
             })?;
-            if !events.is_empty() || timeout > Duration::ZERO || self.now() >= spin_until {
+            let mut io_ready = false;
+            for e in events.iter() {
+                if e.token() == TIMER_TOKEN {
+                    if let Some(t) = &self.wake_timer {
+                        t.drain();
+                    }
+                } else {
+                    io_ready = true;
+                }
+            }
+            if io_ready || self.now() >= due {
                 break;
             }
-            std::hint::spin_loop();
+            if !block {
+                std::hint::spin_loop();
+            }
         }
         let now = self.now();
-        let ready: Vec<usize> = events.iter().map(|e| e.token().0).collect();
+        let ready: Vec<usize> = events
+            .iter()
+            .map(|e| e.token())
+            .filter(|t| *t != TIMER_TOKEN)
+            .map(|t| t.0)
+            .collect();
         for idx in ready {
             self.on_link_event(idx, now);
         }
@@ -897,6 +1137,11 @@ impl Engine {
         Ok(out)
     }
 
+    /// Open loop: requests scheduled but not completed (measured or not).
+    fn queue_len(&self) -> u64 {
+        (self.backlog.len() + self.sessions.iter().filter(|s| s.busy.is_some()).count()) as u64
+    }
+
     /// Runs the whole benchmark: probes, warm-up, the measured window, then the drain.
     pub fn run(mut self, progress: &dyn Fn(f64)) -> Result<EngineResult, String> {
         let mut events = Events::with_capacity(1024);
@@ -907,33 +1152,55 @@ impl Engine {
         };
         let started = std::time::SystemTime::now();
         let t0 = self.now();
+        for s in self.sessions.iter_mut() {
+            s.free_since = t0;
+        }
         self.measure_start = t0 + self.cfg.warmup.as_nanos() as u64;
         self.measure_end = self.measure_start + self.cfg.duration.as_nanos() as u64;
         let arrivals = match self.cfg.rate {
             Some(r) => Some(Arrivals::new(self.cfg.arrival, r)?),
             None => None,
         };
+        let open = arrivals.is_some();
         let mut next_arrival = arrivals.as_ref().map(|_| t0);
         let mut next_interval = self.measure_start + 1_000_000_000;
         let mut interval_start = self.measure_start;
         let mut drain_deadline = u64::MAX;
+        let mut window_end = self.measure_end;
         let mut last_progress = 0;
+        let mut offered = 0u64;
+        let mut queue_samples = Vec::new();
+        let mut sampled_start = false;
         loop {
             let now = self.now();
-            if now >= self.measure_end && !self.stopping {
-                self.stopping = true;
-                next_arrival = None;
-                drain_deadline = now + self.cfg.drain_timeout.as_nanos() as u64;
+            if now >= self.measure_start && !sampled_start {
+                sampled_start = true;
+                if open {
+                    queue_samples.push(self.queue_len());
+                }
             }
-            // Open loop: schedule every arrival that is due.
+            // Open loop: schedule every arrival that is due (none from the window's end on).
             if let (Some(a), Some(arr)) = (next_arrival.as_mut(), arrivals.as_ref()) {
-                while *a <= now {
+                while *a <= now && *a < self.measure_end {
+                    if *a >= self.measure_start {
+                        offered += 1;
+                    }
                     self.backlog.push_back(*a);
                     *a += arr.next_gap_ns(&mut self.rng).max(1.0) as u64;
                 }
             }
+            if now >= self.measure_end && !self.stopping {
+                self.stopping = true;
+                window_end = now;
+                next_arrival = None;
+                drain_deadline = now + self.cfg.drain_timeout.as_nanos() as u64;
+                if open {
+                    // The queue at the window's end (the last sample).
+                    queue_samples.push(self.queue_len());
+                }
+            }
             while let Some(&session) = self.free.front() {
-                let scheduled = if arrivals.is_some() {
+                let scheduled = if open {
                     match self.backlog.pop_front() {
                         Some(s) => s,
                         None => break,
@@ -941,15 +1208,21 @@ impl Engine {
                 } else if self.stopping {
                     break;
                 } else {
-                    now
+                    // Closed loop: the request is due now (send lag counts from when its
+                    // session became free).
+                    self.sessions[session].free_since
                 };
                 self.free.pop_front();
-                self.start_request(session, scheduled, now);
+                self.start_request(session, scheduled);
             }
-            if now >= next_interval && now <= self.measure_end + 1_000_000_000 {
+            // The interval log covers the drain too, and the last partial second.
+            if now >= next_interval {
                 let start = Duration::from_nanos(interval_start - t0);
                 for (op, h) in self.interval.drain() {
                     self.intervals.push(op, start, Duration::from_secs(1), h);
+                }
+                if open && next_interval < self.measure_end {
+                    queue_samples.push(self.queue_len());
                 }
                 interval_start = next_interval;
                 next_interval += 1_000_000_000;
@@ -969,14 +1242,74 @@ impl Engine {
                     break;
                 }
             }
-            self.turn(&mut events, next_arrival)?;
+            // Deadlines of the loop itself: the next arrival, the window's end (so it closes
+            // on time), the next interval boundary, the drain deadline.
+            let mut deadline = next_interval.min(drain_deadline);
+            if !self.stopping {
+                deadline = deadline.min(self.measure_end);
+            }
+            if let Some(a) = next_arrival {
+                deadline = deadline.min(a);
+            }
+            self.turn(&mut events, Some(deadline))?;
         }
-        let unfinished = self.measured_in_flight
-            + self
-                .backlog
-                .iter()
-                .filter(|&&s| s >= self.measure_start && s < self.measure_end)
-                .count() as u64;
+        let end = self.now();
+        // The last, partial interval.
+        if !self.interval.is_empty() && end > interval_start {
+            let start = Duration::from_nanos(interval_start - t0);
+            let len = Duration::from_nanos(end - interval_start);
+            for (op, h) in self.interval.drain() {
+                self.intervals.push(op, start, len, h);
+            }
+        }
+        // Whatever measured request is still unfinished is censored at `end`: its latency is at
+        // least what it had waited by then.
+        let mut unfinished = 0u64;
+        for i in 0..self.sessions.len() {
+            let Some(busy) = self.sessions[i].busy.as_ref() else {
+                continue;
+            };
+            if !busy.measured {
+                continue;
+            }
+            unfinished += 1;
+            let from = if open {
+                busy.scheduled_ns
+            } else {
+                busy.sent_ns
+            };
+            let k = if busy.req_id == 0 {
+                kind::NOT_SENT
+            } else if matches!(busy.op, Op::Get { .. }) {
+                kind::TIMEOUT
+            } else {
+                kind::UNKNOWN_OUTCOME
+            };
+            *self.errors_by_kind.entry(k.to_string()).or_default() += 1;
+            let key = SeriesKey {
+                op: busy.kind.to_string(),
+                region: self.regions[self.sessions[i].region_idx].clone(),
+                path: "leader".into(),
+            };
+            self.censored.record(&key, end.saturating_sub(from));
+        }
+        // Backlogged requests were never sent: we do not know which operation they would have
+        // been, so they are censored under `all` only (op "unsent").
+        for &s in &self.backlog {
+            if s >= self.measure_start && s < self.measure_end {
+                unfinished += 1;
+                *self
+                    .errors_by_kind
+                    .entry(kind::NOT_SENT.to_string())
+                    .or_default() += 1;
+                let key = SeriesKey {
+                    op: "unsent".into(),
+                    region: "-".into(),
+                    path: "leader".into(),
+                };
+                self.censored.record(&key, end.saturating_sub(s));
+            }
+        }
         let leaders = (0..self.cfg.topology.groups as usize)
             .map(|g| {
                 let mut counts: HashMap<u32, usize> = HashMap::new();
@@ -988,8 +1321,19 @@ impl Engine {
                 counts.into_iter().max_by_key(|(_, n)| *n).map(|(l, _)| l)
             })
             .collect();
+        let client_ids = self.sessions.iter().map(|s| s.client_id).collect();
         Ok(EngineResult {
             recorder: self.recorder,
+            censored: self.censored,
+            send_lag: self.send_lag,
+            completed_in_window: self.completed_in_window,
+            elapsed_s: window_end.saturating_sub(self.measure_start) as f64 / 1e9,
+            offered,
+            queue_samples,
+            errors_by_kind: self.errors_by_kind,
+            retries_by_kind: self.retries_by_kind,
+            client_id_nonce: self.client_id_nonce,
+            client_ids,
             intervals: self.intervals,
             started,
             completed: self.completed,

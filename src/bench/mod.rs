@@ -113,9 +113,40 @@ pub struct BenchSpec {
     #[arg(long, default_value_t = 30)]
     #[serde(default)]
     pub spin_us: u64,
+    /// Wake this long before every deadline of the load generator (a scheduled open-loop
+    /// send, a retry, a frame held by the WAN emulation) and spin through the rest, so deadlines
+    /// are met within microseconds. Sleeps use a timerfd (ns), not epoll's ms timeouts.
+    #[arg(long, default_value_t = 100)]
+    #[serde(default = "default_deadline_spin_us")]
+    pub deadline_spin_us: u64,
+    /// How long one attempt waits for its reply before it is retried (same client id and
+    /// sequence number, so a write stays exactly-once).
+    #[arg(long, default_value_t = 2000)]
+    #[serde(default = "default_attempt_timeout_ms")]
+    pub attempt_timeout_ms: u64,
+    /// Open loop: sessions (client ids with one request in flight each) per client; default
+    /// `--outstanding`. A request that finds no free session waits in the backlog. Closed loop
+    /// uses `--outstanding`.
+    #[arg(long)]
+    #[serde(default)]
+    pub sessions_per_client: Option<usize>,
+    /// After the window, how long to wait for measured requests still in flight.
+    #[arg(long, default_value_t = 10_000)]
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
     /// Free-form label stored with the run (suites set it).
     #[arg(long, default_value = "")]
     pub label: String,
+}
+
+fn default_deadline_spin_us() -> u64 {
+    100
+}
+fn default_attempt_timeout_ms() -> u64 {
+    2000
+}
+fn default_drain_timeout_ms() -> u64 {
+    10_000
 }
 
 #[derive(clap::Args, Debug)]
@@ -141,12 +172,33 @@ impl BenchSpec {
         self.durability.parse()
     }
 
+    /// Sessions per client: `--sessions-per-client` in the open loop, else `--outstanding`.
+    pub fn sessions(&self) -> usize {
+        match self.rate {
+            Some(_) => self.sessions_per_client.unwrap_or(self.outstanding),
+            None => self.outstanding,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         self.key_dist()?;
         self.arrival()?;
         self.durability()?;
         if self.duration <= 0.0 || self.warmup < 0.0 {
             return Err("--duration must be positive and --warmup not negative".into());
+        }
+        if self.attempt_timeout_ms == 0 {
+            return Err("--attempt-timeout-ms must be positive".into());
+        }
+        if self.sessions_per_client == Some(0) {
+            return Err("--sessions-per-client must be at least 1".into());
+        }
+        if self.rate.is_none()
+            && self
+                .sessions_per_client
+                .is_some_and(|n| n != self.outstanding)
+        {
+            return Err("closed loop: sessions per client are --outstanding; --sessions-per-client is for the open loop (--rate)".into());
         }
         if self.replicas == 0 || self.replicas > 9 {
             return Err("--replicas must be 1..=9".into());
@@ -233,6 +285,57 @@ pub struct Summary {
     pub peer_links: Vec<PeerLinkRtt>,
     pub config: BenchSpec,
     pub started_unix_s: u64,
+    // ---- added by "numbers you can publish"; absent (default) in older summaries ----
+    /// The load generator's lateness: actual send minus when the request could have left (its
+    /// schedule, or a session freeing up for it), measured requests; µs.
+    #[serde(default)]
+    pub send_lag_us: stats::Percentiles,
+    /// Successful replies that arrived while the window was open (whenever scheduled);
+    /// `throughput_ops_s` is this over `elapsed_s`.
+    #[serde(default)]
+    pub completed_in_window: u64,
+    /// The window as it really elapsed, seconds.
+    #[serde(default)]
+    pub elapsed_s: f64,
+    /// Open loop: requests scheduled in the window per second of it.
+    #[serde(default)]
+    pub offered_ops_s: Option<f64>,
+    /// Open loop: requests scheduled but not completed, at the window's start, after each
+    /// second of it and at its end.
+    #[serde(default)]
+    pub queue_samples: Vec<u64>,
+    /// Measured requests that did not succeed, by kind (stale, invalid, wrong_group, busy,
+    /// not_leader, timeout, unknown_outcome, not_sent, other); never in latencies or
+    /// throughput.
+    #[serde(default)]
+    pub errors_by_kind: std::collections::BTreeMap<String, u64>,
+    /// Why attempts were retried (the requests may have succeeded afterwards).
+    #[serde(default)]
+    pub retries_by_kind: std::collections::BTreeMap<String, u64>,
+    /// Mixed into the client ids so that no two runs share one; and the ids.
+    #[serde(default)]
+    pub client_id_nonce: u64,
+    #[serde(default)]
+    pub client_ids: Vec<u64>,
+    /// The p50 of each floor measurement (before the load, then after it); `floor_rtt_us` and
+    /// `floor_sync_write_us` are their medians.
+    #[serde(default)]
+    pub floor_rtt_us_samples: Vec<f64>,
+    #[serde(default)]
+    pub floor_sync_write_us_samples: Vec<f64>,
+    /// Where the disk floor was measured, and whether that is the WAL's directory (false with
+    /// `--endpoints` or `--target etcd`: the replicas' disks are elsewhere).
+    #[serde(default)]
+    pub floor_sync_write_dir: PathBuf,
+    #[serde(default)]
+    pub floor_sync_write_on_wal_disk: bool,
+    /// `--target etcd`: the gRPC echo floor (etcd's client stack against a KV server that
+    /// answers at once), p50 of each measurement and their median; beside `floor_rtt_us`, the
+    /// same for mpaxos's transport, it shows each side's client cost.
+    #[serde(default)]
+    pub floor_grpc_rtt_us: Option<f64>,
+    #[serde(default)]
+    pub floor_grpc_rtt_us_samples: Vec<f64>,
 }
 
 /// Runs one benchmark and writes its run directory under `out`. `quiet` suppresses the
@@ -350,14 +453,19 @@ fn measure(
         prefill(spec, &endpoints)?;
     }
 
-    // The physical floor, measured now, in this run, on this machine.
-    let (floor_rtt, floor_sync) = measure_floors(spec, data_parent)?;
+    // The physical floor, measured in this run on this machine: before the load and after.
+    let floor_dir = local
+        .map(|c| c.replica_data_dir(0))
+        .filter(|d| d.is_dir())
+        .unwrap_or_else(|| data_parent.to_path_buf());
+    let mut floors = Floors::new(floor_dir, local.is_some());
+    floors.measure(spec, FLOOR_ROUNDS_BEFORE)?;
 
     let peer_placement = placement.clone();
     let cfg = EngineConfig {
         topology,
         clients: spec.clients,
-        outstanding: spec.outstanding,
+        outstanding: spec.sessions(),
         rate: spec.rate,
         arrival: spec.arrival()?,
         warmup: Duration::from_secs_f64(spec.warmup),
@@ -370,24 +478,19 @@ fn measure(
         key_bytes: spec.key_size,
         seed: spec.seed,
         placement,
-        attempt_timeout: Duration::from_secs(2),
-        drain_timeout: Duration::from_secs(10),
+        attempt_timeout: Duration::from_millis(spec.attempt_timeout_ms),
+        drain_timeout: Duration::from_millis(spec.drain_timeout_ms),
         probes_per_link: 10,
         spin: Duration::from_micros(spec.spin_us),
+        deadline_spin: Duration::from_micros(spec.deadline_spin_us),
+        client_id_nonce: None,
     };
     let engine = Engine::new(cfg)?;
     let result = engine.run(&|f| bar.set_position((f * 1000.0) as u64))?;
     bar.finish_and_clear();
+    floors.measure(spec, FLOOR_ROUNDS_AFTER)?;
     let peer_links = local.map_or_else(Vec::new, |c| peer_link_rtts(c, peer_placement.as_ref()));
-    report::write_run(
-        spec,
-        run_dir,
-        result,
-        floor_rtt,
-        floor_sync,
-        wal_backend,
-        peer_links,
-    )
+    report::write_run(spec, run_dir, result, floors, wal_backend, peer_links)
 }
 
 /// A replica-to-replica link: the heartbeat round trip the replica measured (its
@@ -531,18 +634,22 @@ fn measure_etcd(
     if spec.prefill {
         etcd::prefill(spec, endpoints)?;
     }
-    let (floor_rtt, floor_sync) = measure_floors(spec, data_parent)?;
+    let mut floors = Floors::new(data_parent.to_path_buf(), false);
+    let grpc_floor = |floors: &mut Floors, rounds: usize| -> Result<(), String> {
+        for _ in 0..rounds {
+            floors
+                .grpc
+                .push(etcd::grpc_echo_rtt(spec.value_size, 1000)?);
+        }
+        Ok(())
+    };
+    floors.measure(spec, FLOOR_ROUNDS_BEFORE)?;
+    grpc_floor(&mut floors, FLOOR_ROUNDS_BEFORE)?;
     let result = etcd::run(spec, endpoints, &|f| bar.set_position((f * 1000.0) as u64))?;
     bar.finish_and_clear();
-    report::write_run(
-        spec,
-        run_dir,
-        result,
-        floor_rtt,
-        floor_sync,
-        "etcd".into(),
-        Vec::new(),
-    )
+    floors.measure(spec, FLOOR_ROUNDS_AFTER)?;
+    grpc_floor(&mut floors, FLOOR_ROUNDS_AFTER)?;
+    report::write_run(spec, run_dir, result, floors, "etcd".into(), Vec::new())
 }
 
 #[cfg(not(feature = "etcd"))]
@@ -556,15 +663,57 @@ fn measure_etcd(
     Err("this build has no etcd target; build with --features etcd".into())
 }
 
+/// Floor measurements before the load and after it (each: 1,000 round trips and 100 durable
+/// writes), so a reader sees the floor's spread over the run, not one sample.
+pub const FLOOR_ROUNDS_BEFORE: usize = 2;
+pub const FLOOR_ROUNDS_AFTER: usize = 2;
+
 /// The physical floor of this run: the transport's round trip (waiting for replies the way the
-/// engine does) and one durable 4 KiB write on the data disk.
-fn measure_floors(
-    spec: &BenchSpec,
-    data_parent: &Path,
-) -> Result<(stats::Percentiles, stats::Percentiles), String> {
-    let rtt = floor::loopback_rtt(spec.value_size, 2000, Duration::from_micros(spec.spin_us))?;
-    let sync = floor::sync_write(data_parent, 200)?;
-    Ok((rtt, sync))
+/// engine does) and one durable 4 KiB write in the WAL's directory, measured several times.
+pub struct Floors {
+    pub rtt: Vec<stats::Percentiles>,
+    pub sync: Vec<stats::Percentiles>,
+    /// `--target etcd` only: the gRPC echo floor.
+    pub grpc: Vec<stats::Percentiles>,
+    /// Where the disk floor is measured.
+    pub sync_dir: PathBuf,
+    /// Whether `sync_dir` is the WAL's own directory (a local cluster's replica 0).
+    pub sync_on_wal_disk: bool,
+}
+
+impl Floors {
+    pub fn new(sync_dir: PathBuf, sync_on_wal_disk: bool) -> Floors {
+        Floors {
+            rtt: Vec::new(),
+            sync: Vec::new(),
+            grpc: Vec::new(),
+            sync_dir,
+            sync_on_wal_disk,
+        }
+    }
+
+    pub fn measure(&mut self, spec: &BenchSpec, rounds: usize) -> Result<(), String> {
+        for _ in 0..rounds {
+            self.rtt.push(floor::loopback_rtt(
+                spec.value_size,
+                1000,
+                Duration::from_micros(spec.spin_us),
+            )?);
+            self.sync.push(floor::sync_write(&self.sync_dir, 100)?);
+        }
+        Ok(())
+    }
+
+    /// The p50 of each measurement.
+    pub fn rtt_samples(&self) -> Vec<f64> {
+        self.rtt.iter().map(|p| p.p50).collect()
+    }
+    pub fn sync_samples(&self) -> Vec<f64> {
+        self.sync.iter().map(|p| p.p50).collect()
+    }
+    pub fn grpc_samples(&self) -> Vec<f64> {
+        self.grpc.iter().map(|p| p.p50).collect()
+    }
 }
 
 /// The local cluster a run starts: the spec's knobs on loopback.

@@ -5,19 +5,81 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::engine::EngineResult;
-use super::stats::{write_hgrm, Percentiles};
-use super::{BenchSpec, Summary};
+use super::engine::{EngineResult, SEND_LAG_P99_FLAG_US};
+use super::stats::{median, spread, write_hgrm, Percentiles};
+use super::{BenchSpec, Floors, Summary};
 
 /// Achieved rate below this fraction of the target flags an open-loop run (DESIGN §10).
 pub const RATE_FLAG_FRACTION: f64 = 0.95;
+
+/// An open-loop run is flagged when its queue (scheduled, not completed) grew over the window
+/// by more than this many requests or this fraction of the requests offered in it, whichever
+/// is larger: the system did not keep up, and a longer run would show higher latencies.
+pub const QUEUE_GROWTH_FLAG_MIN: u64 = 10;
+pub const QUEUE_GROWTH_FLAG_FRACTION: f64 = 0.02;
+
+/// Why a run is flagged (empty: not flagged). Every rule of `docs/internals/bench.md`.
+pub fn flag_reasons(s: &Summary) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(rate) = s.config.rate {
+        if s.throughput_ops_s < RATE_FLAG_FRACTION * rate {
+            out.push(format!(
+                "achieved {:.0} ops/s is under 95% of the target {rate:.0} ops/s",
+                s.throughput_ops_s
+            ));
+        }
+        if let (Some(first), Some(last)) = (s.queue_samples.first(), s.queue_samples.last()) {
+            let offered = s.offered_ops_s.unwrap_or(rate) * s.elapsed_s;
+            let bound = (QUEUE_GROWTH_FLAG_FRACTION * offered).max(QUEUE_GROWTH_FLAG_MIN as f64);
+            if *last as f64 - *first as f64 > bound {
+                out.push(format!(
+                    "the backlog grew from {first} to {last} requests over the window"
+                ));
+            }
+        }
+    }
+    // Open loop only: there latency counts from the schedule, so lateness is charged to the
+    // system. In the closed loop latency counts from the actual send; a late send there only
+    // means the load generator was the bottleneck (reported, not flagged).
+    if s.config.rate.is_some()
+        && s.send_lag_us.count > 0
+        && s.send_lag_us.p99 > SEND_LAG_P99_FLAG_US
+    {
+        out.push(format!(
+            "send lag p99 {:.0} us is over {SEND_LAG_P99_FLAG_US:.0} us: the load generator did not keep its schedule",
+            s.send_lag_us.p99
+        ));
+    }
+    if s.unfinished > 0 {
+        out.push(format!(
+            "{} measured requests never completed (censored in the percentiles)",
+            s.unfinished
+        ));
+    }
+    if s.errors > 0 {
+        let kinds: Vec<String> = s
+            .errors_by_kind
+            .iter()
+            .filter(|(k, _)| !super::engine::kind::is_unfinished(k))
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        out.push(format!(
+            "{} requests ended in an error ({})",
+            s.errors,
+            kinds.join(", ")
+        ));
+    }
+    if s.completed == 0 {
+        out.push("no request completed in the measured window".into());
+    }
+    out
+}
 
 pub fn write_run(
     spec: &BenchSpec,
     run_dir: &Path,
     result: EngineResult,
-    floor_rtt: Percentiles,
-    floor_sync: Percentiles,
+    floors: Floors,
     wal_backend: String,
     peer_links: Vec<super::PeerLinkRtt>,
 ) -> Result<Summary, String> {
@@ -25,24 +87,44 @@ pub fn write_run(
     let hist_dir = run_dir.join("histograms");
     std::fs::create_dir_all(&hist_dir).map_err(io)?;
     let rec = &result.recorder;
+    let cens = &result.censored;
     for (k, h) in &rec.series {
         write_hgrm(h, &hist_dir.join(format!("{}.hgrm", k.file_stem()))).map_err(io)?;
     }
+    if !cens.series.is_empty() {
+        write_hgrm(&cens.merged(|_| true), &hist_dir.join("censored-all.hgrm")).map_err(io)?;
+    }
+    write_hgrm(&result.send_lag, &hist_dir.join("send-lag.hgrm")).map_err(io)?;
+    let mut ops = rec.ops();
+    ops.extend(cens.ops().into_iter().filter(|o| o != "unsent"));
+    ops.sort();
+    ops.dedup();
+    // Percentiles include censored values (unfinished requests at the time they had waited);
+    // the `.hgrm` files hold completed requests only, plus `censored-all.hgrm`.
     let mut latency_us = BTreeMap::new();
-    for op in rec.ops() {
-        let h = rec.merged(|k| k.op == op);
+    for op in &ops {
+        let h = rec.merged(|k| k.op == *op);
         write_hgrm(&h, &hist_dir.join(format!("{op}-all.hgrm"))).map_err(io)?;
-        latency_us.insert(op.clone(), Percentiles::of(&h));
+        latency_us.insert(
+            op.clone(),
+            Percentiles::censored(&h, &cens.merged(|k| k.op == *op)),
+        );
     }
     let all = rec.merged(|_| true);
-    latency_us.insert("all".to_string(), Percentiles::of(&all));
+    latency_us.insert(
+        "all".to_string(),
+        Percentiles::censored(&all, &cens.merged(|_| true)),
+    );
     let mut by_region = BTreeMap::new();
     for region in rec.regions() {
         let mut m = BTreeMap::new();
-        for op in rec.ops() {
+        for op in &ops {
             m.insert(
                 op.clone(),
-                Percentiles::of(&rec.merged(|k| k.op == op && k.region == region)),
+                Percentiles::censored(
+                    &rec.merged(|k| k.op == *op && k.region == region),
+                    &cens.merged(|k| k.op == *op && k.region == region),
+                ),
             );
         }
         by_region.insert(region, m);
@@ -52,28 +134,17 @@ pub fn write_run(
         .write(&run_dir.join("intervals.hlog"), result.started)
         .map_err(io)?;
 
-    let throughput = result.completed as f64 / result.measured_s;
-    let mut flag_reasons = Vec::new();
-    if let Some(rate) = spec.rate {
-        if throughput < RATE_FLAG_FRACTION * rate {
-            flag_reasons.push(format!(
-                "achieved {throughput:.0} ops/s is under 95% of the target {rate:.0} ops/s"
-            ));
-        }
-    }
-    if result.unfinished > 0 {
-        flag_reasons.push(format!(
-            "{} measured requests never completed",
-            result.unfinished
-        ));
-    }
-    if result.errors > 0 {
-        flag_reasons.push(format!("{} requests ended in an error", result.errors));
-    }
-    if result.completed == 0 {
-        flag_reasons.push("no request completed in the measured window".into());
-    }
-    let write_floor_us = 2.0 * floor_rtt.p50 + floor_sync.p50;
+    let elapsed_s = if result.elapsed_s > 0.0 {
+        result.elapsed_s
+    } else {
+        result.measured_s
+    };
+    let throughput = result.completed_in_window as f64 / elapsed_s;
+    let floor_rtt_us_samples = floors.rtt_samples();
+    let floor_sync_write_us_samples = floors.sync_samples();
+    let floor_rtt_us = median(&floor_rtt_us_samples).unwrap_or(f64::NAN);
+    let floor_sync_write_us = median(&floor_sync_write_us_samples).unwrap_or(f64::NAN);
+    let write_floor_us = 2.0 * floor_rtt_us + floor_sync_write_us;
     let write_p50_over_floor = latency_us
         .get("put")
         .filter(|p| p.count > 0)
@@ -81,15 +152,15 @@ pub fn write_run(
     let read_p50_over_floor = latency_us
         .get("get")
         .filter(|p| p.count > 0)
-        .map(|p| p.p50 / floor_rtt.p50);
-    let summary = Summary {
+        .map(|p| p.p50 / floor_rtt_us);
+    let mut summary = Summary {
         run_dir: run_dir.to_path_buf(),
         label: spec.label.clone(),
         throughput_ops_s: throughput,
         latency_us,
         latency_us_by_region: by_region,
-        floor_rtt_us: floor_rtt.p50,
-        floor_sync_write_us: floor_sync.p50,
+        floor_rtt_us,
+        floor_sync_write_us,
         write_p50_over_floor,
         read_p50_over_floor,
         completed: result.completed,
@@ -99,8 +170,8 @@ pub fn write_run(
         redirects: result.redirects,
         timeouts: result.timeouts,
         target_rate_ops_s: spec.rate,
-        flagged: !flag_reasons.is_empty(),
-        flag_reasons,
+        flagged: false,
+        flag_reasons: Vec::new(),
         leaders: result.leaders,
         wal_backend,
         links: result.links,
@@ -110,7 +181,25 @@ pub fn write_run(
             .started
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        send_lag_us: Percentiles::of(&result.send_lag),
+        completed_in_window: result.completed_in_window,
+        elapsed_s,
+        offered_ops_s: spec.rate.map(|_| result.offered as f64 / elapsed_s),
+        queue_samples: result.queue_samples,
+        errors_by_kind: result.errors_by_kind,
+        retries_by_kind: result.retries_by_kind,
+        client_id_nonce: result.client_id_nonce,
+        client_ids: result.client_ids,
+        floor_rtt_us_samples,
+        floor_sync_write_us_samples,
+        floor_sync_write_dir: floors.sync_dir.clone(),
+        floor_sync_write_on_wal_disk: floors.sync_on_wal_disk,
+        floor_grpc_rtt_us: median(&floors.grpc_samples()),
+        floor_grpc_rtt_us_samples: floors.grpc_samples(),
     };
+    summary.flag_reasons = flag_reasons(&summary);
+    summary.flagged = !summary.flag_reasons.is_empty();
+    let summary = summary;
     std::fs::write(
         run_dir.join("summary.json"),
         serde_json::to_string_pretty(&summary).expect("json"),
@@ -139,7 +228,15 @@ pub fn write_run(
 }
 
 pub fn csv_header() -> &'static str {
-    "label,replicas,groups,placement,durability,clients,outstanding,rate,read_ratio,value_size,batch_max_ops,batch_delay_us,pipeline_depth,throughput_ops_s,op,count,p50_us,p90_us,p99_us,p999_us,max_us,floor_rtt_us,floor_sync_write_us,flagged,run_dir"
+    "label,replicas,groups,placement,durability,clients,outstanding,rate,read_ratio,value_size,batch_max_ops,batch_delay_us,pipeline_depth,throughput_ops_s,op,count,p50_us,p90_us,p99_us,p999_us,max_us,floor_rtt_us,floor_sync_write_us,flagged,run_dir,completed_in_window,elapsed_s,offered_ops_s,send_lag_p50_us,send_lag_p99_us,send_lag_max_us,censored,lower_bounds,errors,errors_by_kind,floor_rtt_us_min,floor_rtt_us_max,floor_sync_write_us_min,floor_sync_write_us_max,floor_sync_write_on_wal_disk,floor_sync_write_dir"
+}
+
+/// `kind:count` pairs joined with `;` (a CSV cell without commas).
+fn kinds_cell(m: &BTreeMap<String, u64>) -> String {
+    m.iter()
+        .map(|(k, n)| format!("{k}:{n}"))
+        .collect::<Vec<_>>()
+        .join(";")
 }
 
 /// One line per operation (`all` included).
@@ -150,11 +247,14 @@ pub fn csv_row(s: &Summary) -> String {
         .as_ref()
         .and_then(|p| p.file_stem())
         .map_or("lan".to_string(), |x| x.to_string_lossy().to_string());
+    let rtt = spread(&s.floor_rtt_us_samples).unwrap_or((s.floor_rtt_us, s.floor_rtt_us));
+    let sync = spread(&s.floor_sync_write_us_samples)
+        .unwrap_or((s.floor_sync_write_us, s.floor_sync_write_us));
     s.latency_us
         .iter()
         .map(|(op, p)| {
             format!(
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{:.1},{},{},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{:.1},{},{},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{},{},{},{:.3},{},{:.1},{:.1},{:.1},{},{},{},{},{:.1},{:.1},{:.1},{:.1},{},{}",
                 c.label,
                 c.replicas,
                 c.groups,
@@ -179,7 +279,23 @@ pub fn csv_row(s: &Summary) -> String {
                 s.floor_rtt_us,
                 s.floor_sync_write_us,
                 s.flagged,
-                s.run_dir.display()
+                s.run_dir.display(),
+                s.completed_in_window,
+                s.elapsed_s,
+                s.offered_ops_s.map_or(String::new(), |r| format!("{r:.1}")),
+                s.send_lag_us.p50,
+                s.send_lag_us.p99,
+                s.send_lag_us.max,
+                p.censored,
+                p.lower_bounds.join(";"),
+                s.errors,
+                kinds_cell(&s.errors_by_kind),
+                rtt.0,
+                rtt.1,
+                sync.0,
+                sync.1,
+                s.floor_sync_write_on_wal_disk,
+                s.floor_sync_write_dir.display()
             )
         })
         .collect::<Vec<_>>()
@@ -212,19 +328,75 @@ pub fn table(s: &Summary) -> String {
     );
     let _ = writeln!(
         out,
-        "measured {:.1} s after {:.1} s warm-up: {} requests, {:.0} ops/s, {} retries, {} redirects",
-        c.duration, c.warmup, s.completed, s.throughput_ops_s, s.retries, s.redirects
+        "measured {:.1} s ({:.3} s elapsed) after {:.1} s warm-up: {} requests completed, {} in the window = {:.0} ops/s, {} retries, {} redirects",
+        c.duration,
+        s.elapsed_s,
+        c.warmup,
+        s.completed,
+        s.completed_in_window,
+        s.throughput_ops_s,
+        s.retries,
+        s.redirects
     );
+    if let Some(offered) = s.offered_ops_s {
+        let _ = writeln!(
+            out,
+            "offered {offered:.0} ops/s; backlog + in flight at each second: {:?}",
+            s.queue_samples
+        );
+    }
+    let _ = writeln!(
+        out,
+        "send lag (actual send - when it could leave): p50 {:.1} us, p99 {:.1} us, max {:.1} us (open loop: flagged above p99 {SEND_LAG_P99_FLAG_US:.0} us)",
+        s.send_lag_us.p50, s.send_lag_us.p99, s.send_lag_us.max
+    );
+    if !s.errors_by_kind.is_empty() {
+        let _ = writeln!(
+            out,
+            "not successful (not in latencies or throughput): {}",
+            s.errors_by_kind
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if !s.retries_by_kind.is_empty() {
+        let _ = writeln!(
+            out,
+            "retried attempts: {}",
+            s.retries_by_kind
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let _ = writeln!(
         out,
         "\n{:<8} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "op", "count", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us", "mean us"
     );
+    let mut censored = false;
     for (op, p) in &s.latency_us {
+        censored |= p.censored > 0;
         let _ = writeln!(
             out,
-            "{:<8} {:>9} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
-            op, p.count, p.p50, p.p90, p.p99, p.p999, p.max, p.mean
+            "{:<8} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            op,
+            p.count,
+            p.show("p50", p.p50),
+            p.show("p90", p.p90),
+            p.show("p99", p.p99),
+            p.show("p999", p.p999),
+            p.show("max", p.max),
+            p.show("mean", p.mean)
+        );
+    }
+    if censored {
+        let _ = writeln!(
+            out,
+            "(counts include unfinished requests, censored at the time they had waited when the run ended; >= marks lower bounds)"
         );
     }
     if s.latency_us_by_region.len() > 1 {
@@ -242,10 +414,40 @@ pub fn table(s: &Summary) -> String {
         "\nphysical floor (same run): loopback round trip p50 {:.1} us, 4 KiB O_DIRECT write+datasync p50 {:.1} us",
         s.floor_rtt_us, s.floor_sync_write_us
     );
-    if c.endpoints.is_some() {
+    if let Some(g) = s.floor_grpc_rtt_us {
         let _ = writeln!(
             out,
-            "  (measured on the load generator's host: against remote replicas the ratios below are only indicative)"
+            "  gRPC echo floor (etcd's client stack, a KV server that answers at once): p50 {g:.1} us (samples {:?})",
+            s.floor_grpc_rtt_us_samples
+        );
+    }
+    if !s.floor_rtt_us_samples.is_empty() {
+        let show = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "  medians of {} measurements (before and after the load): RTT p50s [{}], sync write p50s [{}]",
+            s.floor_rtt_us_samples.len(),
+            show(&s.floor_rtt_us_samples),
+            show(&s.floor_sync_write_us_samples)
+        );
+    }
+    // (Summaries from before the floor samples existed say nothing about it; they measured
+    // in the run directory, elsewhere only with --endpoints.)
+    let elsewhere = if s.floor_sync_write_us_samples.is_empty() {
+        c.endpoints.is_some()
+    } else {
+        !s.floor_sync_write_on_wal_disk
+    };
+    if elsewhere {
+        let _ = writeln!(
+            out,
+            "  (disk floor measured in {} on the load generator's host, not on the replicas' WAL disk: the write ratio is only indicative)",
+            s.floor_sync_write_dir.display()
         );
     }
     if let Some(r) = s.write_p50_over_floor {
@@ -312,4 +514,56 @@ pub fn markdown(s: &Summary) -> String {
     );
     let _ = writeln!(out, "![latency CDF](latency-cdf.svg)");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary() -> Summary {
+        let mut config = crate::bench::suite::default_spec();
+        config.rate = Some(1000.0);
+        serde_json::from_value(serde_json::json!({
+            "run_dir": "/runs/x", "label": "x", "throughput_ops_s": 1000.0,
+            "latency_us": {}, "latency_us_by_region": {}, "floor_rtt_us": 20.0,
+            "floor_sync_write_us": 70.0, "completed": 10000, "unfinished": 0, "errors": 0,
+            "retries": 0, "redirects": 0, "timeouts": 0, "flagged": false, "flag_reasons": [],
+            "leaders": [], "wal_backend": "memory", "links": [],
+            "config": serde_json::to_value(config).unwrap(), "started_unix_s": 0,
+            "elapsed_s": 10.0, "offered_ops_s": 1000.0,
+            "queue_samples": [0, 1, 0, 2, 1, 0, 0, 1, 0, 0, 3],
+            "send_lag_us": {"count": 10000, "mean": 5.0, "p50": 2.0, "p90": 5.0, "p99": 40.0,
+                            "p999": 90.0, "max": 300.0}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn flag_rules() {
+        let ok = summary();
+        assert!(flag_reasons(&ok).is_empty(), "{:?}", flag_reasons(&ok));
+        let mut late = summary();
+        late.send_lag_us.p99 = 150.0;
+        assert!(flag_reasons(&late)[0].contains("send lag p99"));
+        late.config.rate = None;
+        late.throughput_ops_s = 1.0;
+        assert!(
+            flag_reasons(&late).is_empty(),
+            "closed loop: reported, not flagged"
+        );
+        let mut behind = summary();
+        behind.queue_samples = vec![0, 100, 200, 300];
+        assert!(flag_reasons(&behind)[0].contains("backlog grew"));
+        let mut slow = summary();
+        slow.throughput_ops_s = 900.0;
+        assert!(flag_reasons(&slow)[0].contains("under 95%"));
+        let mut errors = summary();
+        errors.errors = 3;
+        errors.errors_by_kind.insert("stale".into(), 3);
+        errors.errors_by_kind.insert("unknown_outcome".into(), 1);
+        errors.unfinished = 1;
+        let r = flag_reasons(&errors).join("; ");
+        assert!(r.contains("3 requests ended in an error (stale 3)"), "{r}");
+        assert!(r.contains("1 measured requests never completed"), "{r}");
+    }
 }

@@ -96,6 +96,14 @@ pub struct Percentiles {
     pub p99: f64,
     pub p999: f64,
     pub max: f64,
+    /// How many of `count` are censored: requests unfinished when the run ended, recorded at
+    /// the time they had waited by then.
+    #[serde(default)]
+    pub censored: u64,
+    /// The statistics that are only lower bounds because of censored values: every percentile
+    /// at or above the smallest censored value, `max`, and `mean` (names as in this struct).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lower_bounds: Vec<String>,
 }
 
 impl Percentiles {
@@ -112,8 +120,71 @@ impl Percentiles {
             p99: us(h.value_at_quantile(0.99)),
             p999: us(h.value_at_quantile(0.999)),
             max: us(h.max()),
+            censored: 0,
+            lower_bounds: Vec::new(),
         }
     }
+
+    /// Percentiles of completed latencies and censored ones together; the statistics a
+    /// censored value can have moved are named in `lower_bounds`.
+    pub fn censored(done: &Histogram<u64>, censored: &Histogram<u64>) -> Percentiles {
+        if censored.is_empty() {
+            return Percentiles::of(done);
+        }
+        let mut all = done.clone();
+        all.add(censored).expect("same bounds");
+        let mut p = Percentiles::of(&all);
+        p.censored = censored.len();
+        let min = censored.min() as f64 / 1000.0;
+        let mut lb = vec!["mean".to_string()];
+        for (name, v) in [
+            ("p50", p.p50),
+            ("p90", p.p90),
+            ("p99", p.p99),
+            ("p999", p.p999),
+            ("max", p.max),
+        ] {
+            // Histogram buckets are 0.1% wide: compare with that slack.
+            if v >= min * 0.999 {
+                lb.push(name.to_string());
+            }
+        }
+        p.lower_bounds = lb;
+        p
+    }
+
+    /// `v` formatted with one decimal, prefixed `>=` when it is a lower bound.
+    pub fn show(&self, name: &str, v: f64) -> String {
+        if self.lower_bounds.iter().any(|n| n == name) {
+            format!(">={v:.1}")
+        } else {
+            format!("{v:.1}")
+        }
+    }
+}
+
+/// The true median (the mean of the two middle values for an even count); `None` when empty.
+/// NaNs are ignored.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// Smallest and largest value (NaNs ignored).
+pub fn spread(values: &[f64]) -> Option<(f64, f64)> {
+    let v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    let min = v.iter().copied().reduce(f64::min)?;
+    let max = v.iter().copied().reduce(f64::max)?;
+    Some((min, max))
 }
 
 /// Writes `h` as an HdrHistogram percentile distribution (`.hgrm`, values in microseconds),
@@ -250,6 +321,42 @@ mod tests {
         assert!(close(p.p999, 9990.0), "p999 {}", p.p999);
         assert!(close(p.max, 10_000.0), "max {}", p.max);
         assert!(close(p.mean, 5000.5), "mean {}", p.mean);
+    }
+
+    #[test]
+    fn median_of_two_is_their_mean() {
+        // `v[len / 2]` of two repeats is the larger one.
+        assert_eq!(median(&[100.0, 300.0]), Some(200.0));
+        assert_eq!(median(&[300.0, 100.0, 200.0]), Some(200.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+        assert_eq!(spread(&[3.0, 1.0, 2.0]), Some((1.0, 3.0)));
+    }
+
+    #[test]
+    fn censored_values_make_lower_bounds() {
+        // 98 completed at 1 ms, 2 unfinished that had waited 5 s: p99 and max come from the
+        // censored values and are lower bounds; p50 is not.
+        let mut done = new_histogram();
+        let mut cens = new_histogram();
+        for _ in 0..98 {
+            done.record(1_000_000).unwrap();
+        }
+        cens.record(5_000_000_000).unwrap();
+        cens.record(5_000_000_000).unwrap();
+        let p = Percentiles::censored(&done, &cens);
+        assert_eq!(p.count, 100);
+        assert_eq!(p.censored, 2);
+        assert!(p.p99 >= 4_990_000.0, "p99 {}", p.p99);
+        assert!(p.lower_bounds.contains(&"p99".to_string()));
+        assert!(p.lower_bounds.contains(&"max".to_string()));
+        assert!(!p.lower_bounds.contains(&"p50".to_string()));
+        assert!(p.show("p99", p.p99).starts_with(">="));
+        assert!(!p.show("p50", p.p50).starts_with(">="));
+        // Without censored values nothing is a lower bound.
+        assert!(Percentiles::censored(&done, &new_histogram())
+            .lower_bounds
+            .is_empty());
     }
 
     #[test]

@@ -361,7 +361,7 @@ fn write_suite_outputs(
     );
     let _ = writeln!(
         md,
-        "Percentiles are from each run's merged HdrHistogram (never averaged); with repeats, each repeat is its own row, and the median-throughput repeat is plotted.\n"
+        "Percentiles are from each run's merged HdrHistogram (never averaged); with repeats, each repeat is its own row, and one representative repeat per cell (the lower-middle by throughput among unflagged repeats) is plotted.\n"
     );
     let _ = writeln!(
         md,
@@ -401,7 +401,8 @@ fn write_suite_outputs(
         }
     }
 
-    // Plots: the median-throughput repeat of each cell.
+    // Plots: one representative repeat of each cell (a plot needs one run's histograms): the
+    // lower-middle by throughput among the unflagged repeats (all, if every one is flagged).
     let mut best: BTreeMap<usize, &Summary> = BTreeMap::new();
     for i in 0..cells.len() {
         let mut reps: Vec<&Summary> = results
@@ -409,8 +410,11 @@ fn write_suite_outputs(
             .filter(|(c, _, _)| *c == i)
             .map(|(_, _, s)| s)
             .collect();
+        if reps.iter().any(|s| !s.flagged) {
+            reps.retain(|s| !s.flagged);
+        }
         reps.sort_by(|a, b| a.throughput_ops_s.total_cmp(&b.throughput_ops_s));
-        if let Some(s) = reps.get(reps.len() / 2) {
+        if let Some(s) = reps.get(reps.len().saturating_sub(1) / 2) {
             best.insert(i, s);
         }
     }
@@ -480,14 +484,14 @@ fn replication_cost(md: &mut String, results: &[(usize, u32, Summary)]) {
         c.seed = 0;
         serde_json::to_string(&c).unwrap_or_default()
     };
+    // True medians over the unflagged repeats (flagged ones are listed in the table above).
     let median = |replicas: u32, k: &str| {
-        let mut v: Vec<f64> = results
+        let v: Vec<f64> = results
             .iter()
-            .filter(|(_, _, s)| s.config.replicas == replicas && key(s) == k)
+            .filter(|(_, _, s)| s.config.replicas == replicas && key(s) == k && !s.flagged)
             .map(|(_, _, s)| s.throughput_ops_s)
             .collect();
-        v.sort_by(f64::total_cmp);
-        (v.get(v.len() / 2).copied(), v.len())
+        (super::stats::median(&v), v.len())
     };
     let mut seen = std::collections::BTreeSet::new();
     let mut lines = Vec::new();
@@ -511,7 +515,7 @@ fn replication_cost(md: &mut String, results: &[(usize, u32, Summary)]) {
             md,
             "\n## Cost of replication (3 replicas / 1 replica, same knobs)\n"
         );
-        let _ = writeln!(md, "Medians over repeats (repeat count in parentheses); 1 replica is the same binary and durability without replication.\n");
+        let _ = writeln!(md, "Medians over unflagged repeats (their count in parentheses); 1 replica is the same binary and durability without replication.\n");
         let _ = writeln!(
             md,
             "| 3-replica cell | 3-replica ops/s | 1-replica ops/s | ratio |"
