@@ -103,6 +103,10 @@ pub struct Config {
     /// ones are split (a message always carries at least one entry). Keep it well under the
     /// transport's frame limit (64 MiB between peers).
     pub message_bytes_max: usize,
+    /// Bytes of values in flight (proposed, not yet chosen), at most: with big values the
+    /// pipeline is bounded by bytes, not slots, so the Accepts queued on a peer link stay short
+    /// and heartbeats behind them arrive in time. A slot always fits when nothing is in flight.
+    pub pipeline_bytes_max: usize,
     /// Leader lease (DESIGN §5): how long after sending a heartbeat that a majority
     /// acknowledged the leader may serve linearizable reads locally, without a read round.
     /// 0 turns leases off. Safe only if every acceptor's stickiness window
@@ -131,6 +135,7 @@ impl Config {
             proposal_queue_max: 16 * 1024,
             catchup_batch_max: 256,
             message_bytes_max: 8 << 20,
+            pipeline_bytes_max: 8 << 20,
             lease_ms: Config::lease_ms_for(150, 10),
             clock_drift_percent: 10,
             inject_bug: None,
@@ -162,7 +167,7 @@ impl Config {
         assert!(self.election_timeout_min_ms <= self.election_timeout_max_ms);
         assert!(self.pipeline_depth > 0 && self.batch_max_ops > 0 && self.batch_max_bytes > 0);
         assert!(self.proposal_queue_max > 0 && self.catchup_batch_max > 0);
-        assert!(self.message_bytes_max > 0);
+        assert!(self.message_bytes_max > 0 && self.pipeline_bytes_max > 0);
         assert!(
             self.lease_ms < self.election_timeout_min_ms,
             "a lease must end before an acceptor's stickiness window"
@@ -276,6 +281,8 @@ struct Leader {
     ballot: Ballot,
     elected_at: Nanos,
     next_slot: Slot,
+    /// Sum of `Value::size_bytes` over `in_flight`.
+    in_flight_bytes: usize,
     /// Highest slot re-proposed by phase 1: anything chosen before this leadership is at or
     /// below it, so a read must wait for it to commit.
     recovery_end: Slot,
@@ -527,7 +534,7 @@ impl Replica {
         match &self.proposer {
             Proposer::Leader(leader) => {
                 due = due.min(leader.heartbeat_due);
-                if self.cfg.batch_delay_us > 0 && leader.in_flight.len() < self.cfg.pipeline_depth {
+                if self.cfg.batch_delay_us > 0 && !Self::pipeline_full(&self.cfg, leader) {
                     if let Some((since, _)) = self.queue.front() {
                         due = due.min(since + self.cfg.batch_delay_us * NS_PER_US);
                     }
@@ -1075,6 +1082,7 @@ impl Replica {
             recovery_next: first_slot,
             recovery: BTreeMap::new(),
             in_flight: BTreeMap::new(),
+            in_flight_bytes: 0,
             heartbeat_due: now,
             last_ack: vec![None; n],
             read_round: 0,
@@ -1122,6 +1130,7 @@ impl Replica {
             unreachable!("only a leader proposes")
         };
         let ballot = leader.ballot;
+        leader.in_flight_bytes += value.size_bytes();
         let previous = leader.in_flight.insert(
             slot,
             InFlight {
@@ -1158,6 +1167,7 @@ impl Replica {
             return;
         }
         let chosen = leader.in_flight.remove(&slot).expect("present").value;
+        leader.in_flight_bytes -= chosen.size_bytes();
         self.set_chosen(slot, chosen);
     }
 
@@ -1339,7 +1349,7 @@ impl Replica {
             let Proposer::Leader(leader) = &mut self.proposer else {
                 return;
             };
-            if leader.in_flight.len() >= self.cfg.pipeline_depth {
+            if Self::pipeline_full(&self.cfg, leader) {
                 return;
             }
             // Recovery first, paced by the pipeline like any proposal.
@@ -1369,6 +1379,14 @@ impl Replica {
             leader.next_slot += 1;
             self.propose_slot(now, slot, Value::Batch(batch.into()));
         }
+    }
+
+    /// No room for another slot: `pipeline_depth` slots, or `pipeline_bytes_max` bytes, in
+    /// flight. (The batching timer must not be due while the pipeline is full, or the caller
+    /// would tick in a loop with nothing to do.)
+    fn pipeline_full(cfg: &Config, leader: &Leader) -> bool {
+        leader.in_flight.len() >= cfg.pipeline_depth
+            || (!leader.in_flight.is_empty() && leader.in_flight_bytes >= cfg.pipeline_bytes_max)
     }
 
     fn cut_batch(&mut self) -> Vec<Command> {

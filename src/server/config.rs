@@ -59,6 +59,9 @@ pub struct Batching {
     /// 0 = adaptive (whatever queued while the previous batch was in flight).
     pub batch_delay_us: u64,
     pub pipeline_depth: usize,
+    /// Bytes of proposed, not yet chosen values at most (big values: the pipeline is bounded
+    /// by bytes so heartbeats are not stuck behind megabytes of Accepts).
+    pub pipeline_bytes_max: usize,
     pub proposal_queue_max: usize,
 }
 
@@ -69,6 +72,7 @@ impl Default for Batching {
             batch_max_bytes: 1 << 20,
             batch_delay_us: 0,
             pipeline_depth: 64,
+            pipeline_bytes_max: 8 << 20,
             proposal_queue_max: 16 * 1024,
         }
     }
@@ -287,10 +291,11 @@ impl ClusterConfig {
         if b.batch_max_ops == 0
             || b.batch_max_bytes == 0
             || b.pipeline_depth == 0
+            || b.pipeline_bytes_max == 0
             || b.proposal_queue_max == 0
         {
             return Err(
-                "batching: batch_max_ops, batch_max_bytes, pipeline_depth and proposal_queue_max must be at least 1"
+                "batching: batch_max_ops, batch_max_bytes, pipeline_depth, pipeline_bytes_max and proposal_queue_max must be at least 1"
                     .into(),
             );
         }

@@ -44,6 +44,7 @@ pub fn protocol_config(cfg: &ClusterConfig, id: u32, group: u32) -> protocol::Co
     p.election_timeout_min_ms = cfg.timeouts.election_timeout_min_ms;
     p.election_timeout_max_ms = cfg.timeouts.election_timeout_max_ms;
     p.pipeline_depth = cfg.batching.pipeline_depth;
+    p.pipeline_bytes_max = cfg.batching.pipeline_bytes_max;
     p.batch_max_ops = cfg.batching.batch_max_ops;
     p.batch_max_bytes = cfg.batching.batch_max_bytes;
     p.batch_delay_us = cfg.batching.batch_delay_us;

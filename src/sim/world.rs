@@ -1836,6 +1836,10 @@ fn random_replica_configs(rng: &mut ChaCha8Rng, cfg: &SimConfig) -> Vec<Config> 
             if cfg.seed % 4 == 3 {
                 replica.message_bytes_max = 512;
             }
+            if cfg.seed % 8 == 5 {
+                // A pipeline bounded by bytes rather than slots (big values in some seeds).
+                replica.pipeline_bytes_max = 4096;
+            }
             replica
         })
         .collect()
