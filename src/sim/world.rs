@@ -109,8 +109,10 @@ enum Addr {
 #[derive(Clone, Debug)]
 enum Packet {
     Peer(Envelope),
+    /// `incarnation`: the client process that sent it (its connection).
     Request {
         client: usize,
+        incarnation: u64,
         request: Request,
     },
     Response {
@@ -1165,13 +1167,20 @@ impl World {
                 host.node.as_mut().expect("up").on_peer(now, envelope);
                 self.drive(id);
             }
-            (Addr::Replica(id), Packet::Request { client, request }) => {
+            (
+                Addr::Replica(id),
+                Packet::Request {
+                    client,
+                    incarnation,
+                    request,
+                },
+            ) => {
                 self.trace_event(7, u64::from(id), request.id);
                 let host = &mut self.hosts[id as usize];
                 let now = host.local(self.now);
                 // The connection: this client process's incarnation, so replies to an earlier
                 // incarnation's connection are dropped as the closed socket would drop them.
-                let conn = client as u64 | (self.clients[client].incarnations << 32);
+                let conn = client as u64 | (incarnation << 32);
                 let host = &mut self.hosts[id as usize];
                 host.node
                     .as_mut()
@@ -1394,6 +1403,7 @@ impl World {
                     Addr::Replica(t.replica),
                     Packet::Request {
                         client,
+                        incarnation: self.clients[client].incarnations,
                         request: t.request,
                     },
                 );
