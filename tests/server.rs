@@ -1079,6 +1079,41 @@ fn stop_follower_under_load(groups: u32, durability: BackendChoice) {
     put_get_works(&tc, "after-resume");
 }
 
+/// Hole 6 of the node issue: a follower restarted with kill -9 used to start an election before
+/// any peer link existed (its timers started before WAL recovery, at `now = 0`), forcing the
+/// leader to re-run phase 1. Now timers start after recovery and a pre-vote keeps a replica that
+/// cannot win from deposing a healthy leader: the (leader, ballot) of every group survives.
+#[test]
+fn restarted_follower_does_not_disturb_the_leader() {
+    let _serial = fault_lock();
+    let groups = 2;
+    let mut tc = TestCluster::start(3, groups, BackendChoice::Auto);
+    let mut watcher = tc.client();
+    let leaders_now = wait_leaders(&mut watcher, groups, Duration::from_secs(10));
+    let follower = (0..3u32)
+        .find(|r| !leaders_now.contains(r))
+        .expect("a replica that leads no group");
+    let terms_before = leader_ballots(&mut watcher, groups);
+    let load = Load::start(&tc, 3, "restart-follower");
+    std::thread::sleep(Duration::from_millis(300));
+    tc.cluster.signal(follower, libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(500));
+    let restarted_at = Instant::now();
+    tc.cluster.start(follower).unwrap();
+    wait_caught_up(&mut watcher, follower, groups, Duration::from_secs(60));
+    // Several election timeouts after its restart.
+    let election_max = Duration::from_millis(tc.config().timeouts.election_timeout_max_ms);
+    std::thread::sleep((election_max * 3).saturating_sub(restarted_at.elapsed()));
+    let res = load.finish();
+    assert_no_errors(&tc, &res);
+    assert_eq!(
+        leader_ballots(&mut watcher, groups),
+        terms_before,
+        "(leader, ballot) per group changed after replica {follower} was killed and restarted"
+    );
+    verify_acked(&tc, &res.acked);
+}
+
 #[test]
 fn sigstop_follower_one_group() {
     stop_follower_under_load(1, BackendChoice::Sync);

@@ -162,9 +162,14 @@ fn catches_clock_stops_in_suspend() {
 }
 
 // `InjectedBug::LeaseFollowsLastSpeaker` is not here: the random simulator does not reach it
-// (0 violations in 2000 seeds of 3 and of 5 replicas; the stale read needs a follower that acks
-// a newer leader's heartbeats but none of its Accepts for a whole stickiness window). The
-// deterministic five-replica scenario `protocol::tests::lease_follows_last_speaker_bug_reads_stale`
-// shows the bug producing a stale lease read, and
+// with check-quorum step-down on (0 violations in 22,000 seeds of 5 replicas, with bridge
+// partitions around the leader, flapping partitions, a nemesis that splits two overlapping
+// leaders, and clusters configured for 25-40 % clock drift). The stale read needs two leaders
+// in office at once (check-quorum leaves only a window of message delays plus clock drift), a
+// replica that refused the newer leader's Prepare yet acks its heartbeats and then hears the
+// older leader, and a third replica that promised the newer leader but has not heard it since,
+// all within one heartbeat interval. The deterministic five-replica scenario
+// `protocol::tests::lease_follows_last_speaker_bug_reads_stale` (check-quorum on) shows the bug
+// producing a stale lease read, and
 // `protocol::tests::lease_holder_sees_every_committed_write_5_replicas` that the fix prevents it
 // (docs/internals/protocol.md §8–9).

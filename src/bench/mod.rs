@@ -16,7 +16,8 @@ pub mod suite;
 pub mod workload;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -336,6 +337,10 @@ pub struct Summary {
     pub floor_grpc_rtt_us: Option<f64>,
     #[serde(default)]
     pub floor_grpc_rtt_us_samples: Vec<f64>,
+    /// The RTT floor's p50, sampled once a second during the load (not the physical floor:
+    /// the load competes for the cores); absent in summaries from before it existed.
+    #[serde(default)]
+    pub floor_rtt_us_under_load_samples: Vec<f64>,
 }
 
 /// Runs one benchmark and writes its run directory under `out`. `quiet` suppresses the
@@ -486,7 +491,9 @@ fn measure(
         client_id_nonce: None,
     };
     let engine = Engine::new(cfg)?;
+    let probe = UnderLoadProbe::start(spec);
     let result = engine.run(&|f| bar.set_position((f * 1000.0) as u64))?;
+    floors.rtt_under_load = probe.stop();
     bar.finish_and_clear();
     floors.measure(spec, FLOOR_ROUNDS_AFTER)?;
     let peer_links = local.map_or_else(Vec::new, |c| peer_link_rtts(c, peer_placement.as_ref()));
@@ -679,6 +686,52 @@ pub struct Floors {
     pub sync_dir: PathBuf,
     /// Whether `sync_dir` is the WAL's own directory (a local cluster's replica 0).
     pub sync_on_wal_disk: bool,
+    /// The RTT floor measured once a second *during* the load: not the physical floor (the
+    /// load competes for the same cores), but how much a quiet round trip costs on the
+    /// loaded machine, beside the quiet samples taken before and after.
+    pub rtt_under_load: Vec<stats::Percentiles>,
+}
+
+/// Round trips per under-load floor sample; at ~30 µs each, about 3 ms of one core per
+/// second of load (0.15 % of this 2-core machine).
+const UNDER_LOAD_ROUND_TRIPS: u32 = 100;
+
+/// Measures the loopback RTT floor once a second while the load runs (after a first second,
+/// so the cluster is warm). The disk floor is not sampled under load: its writes would queue
+/// behind the WAL's on the same device and slow the system being measured.
+struct UnderLoadProbe {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<stats::Percentiles>>,
+}
+
+impl UnderLoadProbe {
+    fn start(spec: &BenchSpec) -> UnderLoadProbe {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let (value_size, spin) = (spec.value_size, Duration::from_micros(spec.spin_us));
+        let thread = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            let mut next = Instant::now() + Duration::from_secs(1);
+            loop {
+                while Instant::now() < next {
+                    if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                        return samples;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if let Ok(p) = floor::loopback_rtt(value_size, UNDER_LOAD_ROUND_TRIPS, spin) {
+                    samples.push(p);
+                }
+                next += Duration::from_secs(1);
+            }
+        });
+        UnderLoadProbe { stop, thread }
+    }
+
+    fn stop(self) -> Vec<stats::Percentiles> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
 }
 
 impl Floors {
@@ -689,6 +742,7 @@ impl Floors {
             grpc: Vec::new(),
             sync_dir,
             sync_on_wal_disk,
+            rtt_under_load: Vec::new(),
         }
     }
 
@@ -710,6 +764,9 @@ impl Floors {
     }
     pub fn sync_samples(&self) -> Vec<f64> {
         self.sync.iter().map(|p| p.p50).collect()
+    }
+    pub fn rtt_under_load_samples(&self) -> Vec<f64> {
+        self.rtt_under_load.iter().map(|p| p.p50).collect()
     }
     pub fn grpc_samples(&self) -> Vec<f64> {
         self.grpc.iter().map(|p| p.p50).collect()

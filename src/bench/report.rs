@@ -196,6 +196,7 @@ pub fn write_run(
         floor_sync_write_on_wal_disk: floors.sync_on_wal_disk,
         floor_grpc_rtt_us: median(&floors.grpc_samples()),
         floor_grpc_rtt_us_samples: floors.grpc_samples(),
+        floor_rtt_us_under_load_samples: floors.rtt_under_load_samples(),
     };
     summary.flag_reasons = flag_reasons(&summary);
     summary.flagged = !summary.flag_reasons.is_empty();
@@ -434,6 +435,14 @@ pub fn table(s: &Summary) -> String {
             s.floor_rtt_us_samples.len(),
             show(&s.floor_rtt_us_samples),
             show(&s.floor_sync_write_us_samples)
+        );
+    }
+    if let Some((lo, hi)) = spread(&s.floor_rtt_us_under_load_samples) {
+        let _ = writeln!(
+            out,
+            "  RTT floor under load (a quiet round trip on the loaded machine, once a second, {} samples): median {:.1} us, range {lo:.1}-{hi:.1} us",
+            s.floor_rtt_us_under_load_samples.len(),
+            median(&s.floor_rtt_us_under_load_samples).unwrap_or(f64::NAN),
         );
     }
     // (Summaries from before the floor samples existed say nothing about it; they measured

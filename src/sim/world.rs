@@ -149,6 +149,10 @@ enum Event {
     DiskError,
     PartitionStart,
     PartitionEnd,
+    /// Two replicas believe they lead: cut them apart and let each reach a random part of
+    /// the rest, some links one way only (the nemesis strikes at a leader change).
+    LeaderSplit,
+    LeaderSplitEnd,
     Heal,
     ClientNext {
         client: usize,
@@ -191,6 +195,9 @@ struct Plan {
     /// SIGSTOP-like pauses, some longer than the election timeout and the lease.
     pause_every_ms: Option<u64>,
     partition_every_ms: Option<u64>,
+    /// Partitions of 20–300 ms that mostly follow one another at once (a flapping link or
+    /// switch), each drawn anew around whoever leads at that moment.
+    partitions_flap: bool,
     disk_latency_ns: (Nanos, Nanos),
     disk_stall_every_ms: Option<u64>,
     /// ENOSPC / EIO now and then: the node must fail loudly, never ack a lost write.
@@ -311,6 +318,8 @@ struct World {
     plan: Plan,
     faults: NetworkFaults,
     partition: Partition,
+    /// Whether two replicas believed they led after the last step.
+    leaders_overlap: bool,
     hosts: Vec<Host>,
     clients: Vec<Client>,
     replica_cfgs: Vec<Config>,
@@ -353,6 +362,7 @@ impl World {
             crash_all_every_ms: sometimes(&mut rng, 0.15, 500, 3_000),
             pause_every_ms: sometimes(&mut rng, 0.4, 200, 2_000),
             partition_every_ms: sometimes(&mut rng, 0.7, 100, 2_000),
+            partitions_flap: rng.gen_bool(0.3),
             disk_latency_ns: {
                 // From a fast NVMe to a slow network disk: a slow disk widens the window in
                 // which a crash loses state that was (wrongly) already reported.
@@ -442,6 +452,7 @@ impl World {
             faults: storm,
             plan,
             partition: Partition::none(),
+            leaders_overlap: false,
             replica_cfgs,
             hosts,
             clients,
@@ -521,6 +532,7 @@ impl World {
                 }
                 (None, None) => break,
             }
+            self.watch_leader_overlap();
             if let Some(healed_at) = self.healed_at {
                 if self.now > healed_at + HEAL_DEADLINE_NS {
                     self.report_stuck();
@@ -631,17 +643,45 @@ impl World {
             }
             Event::PartitionStart => {
                 if !self.healed() {
-                    self.partition = Partition::random(&mut self.rng, self.cfg.replicas);
+                    let leaders = self.leaders();
+                    self.partition = if !leaders.is_empty() && self.rng.gen_bool(0.4) {
+                        let leader = leaders[self.rng.gen_range(0..leaders.len())];
+                        Partition::bridge(&mut self.rng, self.cfg.replicas, leader)
+                    } else {
+                        Partition::random(&mut self.rng, self.cfg.replicas)
+                    };
                     self.stats.partitions += 1;
                     self.trace.write_u64(5);
                     self.partition.hash(&mut self.trace);
-                    let lasts = self.rng.gen_range(50..=2_000) * NS_PER_MS;
-                    self.schedule(self.now + lasts, Event::PartitionEnd);
+                    let lasts = if self.plan.partitions_flap {
+                        self.rng.gen_range(20..=300)
+                    } else {
+                        self.rng.gen_range(50..=2_000)
+                    };
+                    self.schedule(self.now + lasts * NS_PER_MS, Event::PartitionEnd);
                 }
             }
+            Event::LeaderSplit => {
+                let leaders = self.leaders();
+                if leaders.len() >= 2 && !self.healed() {
+                    self.partition =
+                        Partition::between_leaders(&mut self.rng, self.cfg.replicas, &leaders);
+                    self.stats.partitions += 1;
+                    self.trace.write_u64(12);
+                    self.partition.hash(&mut self.trace);
+                    let lasts = self.rng.gen_range(20..=400) * NS_PER_MS;
+                    self.schedule(self.now + lasts, Event::LeaderSplitEnd);
+                }
+            }
+            Event::LeaderSplitEnd => self.partition = Partition::none(),
             Event::PartitionEnd => {
                 self.partition = Partition::none();
-                self.schedule_every(self.plan.partition_every_ms, Event::PartitionStart);
+                if self.plan.partitions_flap && self.rng.gen_bool(0.75) {
+                    // Flapping: the next cut follows at once, often around whoever leads now.
+                    self.schedule(self.now, Event::PartitionStart);
+                } else {
+                    self.schedule_every(self.plan.partition_every_ms, Event::PartitionStart);
+                }
             }
             Event::Heal => self.heal(),
             Event::ClientNext { client } => self.client_next(client),
@@ -762,6 +802,34 @@ impl World {
         );
     }
 
+    /// When a second replica starts to believe it leads while the first still does, the
+    /// partition nemesis (in seeds that have one) strikes half of the time: the window in
+    /// which two leaders overlap is where stickiness and leases must hold.
+    fn watch_leader_overlap(&mut self) {
+        if self.plan.partition_every_ms.is_none() || self.healed() {
+            return;
+        }
+        let overlapping = self.leaders().len() >= 2;
+        if overlapping && !self.leaders_overlap && self.rng.gen_bool(0.5) {
+            let at = self.now + self.rng.gen_range(0..=5_000_000);
+            self.schedule(at, Event::LeaderSplit);
+        }
+        self.leaders_overlap = overlapping;
+    }
+
+    /// The replicas that are up and believe they lead (two may overlap).
+    fn leaders(&self) -> Vec<ReplicaId> {
+        self.hosts
+            .iter()
+            .filter(|h| {
+                h.node
+                    .as_ref()
+                    .is_some_and(|n| n.replica().role() == crate::protocol::Role::Leader)
+            })
+            .map(|h| h.id)
+            .collect()
+    }
+
     /// SIGSTOP: the process keeps its state but runs nothing; input queues up. Some pauses
     /// outlast the election timeout and the lease.
     fn pause_one(&mut self) {
@@ -775,15 +843,10 @@ impl World {
             return;
         }
         // A paused leader is where a pause can hurt (its lease, its clock): favour it.
-        let leaders: Vec<ReplicaId> = up
-            .iter()
-            .copied()
-            .filter(|id| {
-                self.hosts[*id as usize]
-                    .node
-                    .as_ref()
-                    .is_some_and(|n| n.replica().role() == crate::protocol::Role::Leader)
-            })
+        let leaders: Vec<ReplicaId> = self
+            .leaders()
+            .into_iter()
+            .filter(|id| up.contains(id))
             .collect();
         let pool = if !leaders.is_empty() && self.rng.gen_bool(0.5) {
             leaders
@@ -1820,6 +1883,10 @@ fn random_replica_configs(rng: &mut ChaCha8Rng, cfg: &SimConfig) -> Vec<Config> 
     let batch_max_ops = [1, 4, 64][rng.gen_range(0..3)];
     let batch_delay_us = [0, 0, 500][rng.gen_range(0..3)];
     let catchup_batch_max = [2, 64][rng.gen_range(0..2)];
+    // Some clusters are configured for worse clocks (a shorter lease, and more drift for
+    // the simulator to inject up to that bound): the window in which two leaders overlap
+    // grows with the drift.
+    let drift_percent = [10, 10, 25, 40][rng.gen_range(0..4)];
     (0..cfg.replicas)
         .map(|id| {
             let mut replica = if shipped {
@@ -1832,7 +1899,10 @@ fn random_replica_configs(rng: &mut ChaCha8Rng, cfg: &SimConfig) -> Vec<Config> 
                 cluster.preferred_leader = Some(preferred);
                 crate::server::protocol_config(&cluster, id, 0)
             } else {
-                Config::new(id, cfg.replicas)
+                let mut c = Config::new(id, cfg.replicas);
+                c.clock_drift_percent = drift_percent;
+                c.lease_ms = Config::lease_ms_for(c.election_timeout_min_ms, drift_percent);
+                c
             };
             replica.seed = cfg.seed;
             replica.inject_bug = cfg.inject_bug;
