@@ -28,6 +28,7 @@ use super::stats::{new_histogram, IntervalLog, Recorder, SeriesKey};
 use super::workload::{key_bytes, Arrival, Arrivals, KeyDist, KeyPicker};
 use crate::net::frame::{access, FrameEncoder, FrameReader};
 use crate::net::placement::Placement;
+use crate::net::timerfd::{TimerClock, TimerFd};
 use crate::net::wire::{
     group_of, ClientFrame, Hello, Op, Outcome, Request, ServerFrame, Topology, CLIENT_ID_NONE,
 };
@@ -174,64 +175,6 @@ pub mod kind {
     }
 }
 
-/// A one-shot timerfd registered with the poll: epoll's timeout has millisecond resolution (mio
-/// rounds it up), a timerfd has nanoseconds.
-struct WakeTimer {
-    fd: std::os::fd::OwnedFd,
-}
-
-impl WakeTimer {
-    fn new(poll: &Poll) -> io::Result<WakeTimer> {
-        use std::os::fd::{AsRawFd, FromRawFd};
-        // SAFETY: timerfd_create returns a new descriptor we own, or -1.
-        let raw = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: raw is a fresh, valid descriptor.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
-        poll.registry().register(
-            &mut mio::unix::SourceFd(&fd.as_raw_fd()),
-            TIMER_TOKEN,
-            Interest::READABLE,
-        )?;
-        Ok(WakeTimer { fd })
-    }
-
-    /// Fires once, `after_ns` from now (0 disarms).
-    fn arm(&self, after_ns: u64) {
-        use std::os::fd::AsRawFd;
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: (after_ns / 1_000_000_000) as libc::time_t,
-                tv_nsec: (after_ns % 1_000_000_000) as libc::c_long,
-            },
-        };
-        // SAFETY: a valid timerfd and a valid itimerspec.
-        unsafe {
-            libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut());
-        }
-    }
-
-    fn drain(&self) {
-        use std::os::fd::AsRawFd;
-        let mut buf = [0u8; 8];
-        // SAFETY: reads at most 8 bytes into buf; the descriptor is non-blocking.
-        unsafe {
-            libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), 8);
-        }
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum LinkState {
     Connecting,
@@ -339,7 +282,7 @@ pub struct Engine {
     // probes: id → (link, sent)
     probes: HashMap<u64, (usize, u64)>,
     probe_samples: HashMap<(usize, u32), Vec<u64>>,
-    wake_timer: Option<WakeTimer>,
+    wake_timer: Option<TimerFd>,
     censored: Recorder,
     send_lag: hdrhistogram::Histogram<u64>,
     completed_in_window: u64,
@@ -406,7 +349,15 @@ impl Engine {
         }
         assert!(groups > 0);
         let poll = Poll::new().map_err(|e| e.to_string())?;
-        let wake_timer = match WakeTimer::new(&poll) {
+        let wake_timer = match TimerFd::new(TimerClock::Monotonic).and_then(|t| {
+            poll.registry()
+                .register(
+                    &mut mio::unix::SourceFd(&t.fd()),
+                    TIMER_TOKEN,
+                    Interest::READABLE,
+                )
+                .map(|_| t)
+        }) {
             Ok(t) => Some(t),
             Err(e) => {
                 tracing::warn!("no timerfd ({e}): deadlines fall back to epoll's milliseconds");
@@ -1015,8 +966,8 @@ impl Engine {
             let block = now >= spin_until && remaining > lead;
             let timeout = if !block {
                 Duration::ZERO
-            } else if let Some(t) = &self.wake_timer {
-                t.arm(remaining - lead);
+            } else if let Some(t) = &mut self.wake_timer {
+                t.arm_after(remaining - lead);
                 // The timerfd wakes us; the epoll timeout is only a safety net.
                 Duration::from_nanos(remaining - lead) + Duration::from_millis(2)
             } else {
@@ -1032,8 +983,8 @@ impl Engine {
             let mut io_ready = false;
             for e in events.iter() {
                 if e.token() == TIMER_TOKEN {
-                    if let Some(t) = &self.wake_timer {
-                        t.drain();
+                    if let Some(t) = &mut self.wake_timer {
+                        t.clear();
                     }
                 } else {
                     io_ready = true;

@@ -29,6 +29,7 @@ use super::node::{ConnId, Node, NodeConfig, Output};
 use super::storage::Storage;
 use super::{Shared, NO_LEADER};
 use crate::net::frame::{access, FrameError, FRAME_PAYLOAD_MAX_BYTES};
+use crate::net::timerfd::{TimerClock, TimerFd};
 use crate::net::wire::{
     self, ArchivedClientFrame, ArchivedPeerFrame, ClientFrame, ErrorCode, GroupStatus, Hello,
     PeerFrame, ReplicaInfo, ServerFrame, Topology, WireError, CLIENT_ID_NONE,
@@ -271,7 +272,8 @@ impl Group {
                 )
             })
             .map_err(|e| format!("cannot register with the event loop: {e}"))?;
-        let timer = TimerFd::new().map_err(|e| format!("cannot create a timerfd: {e}"))?;
+        let timer = TimerFd::new(TimerClock::Boottime)
+            .map_err(|e| format!("cannot create a timerfd: {e}"))?;
         reg.register(&mut SourceFd(&timer.fd()), TIMER, Interest::READABLE)
             .map_err(|e| format!("cannot register with the event loop: {e}"))?;
         let peers = spec
@@ -359,7 +361,7 @@ impl Group {
             };
             // epoll rounds its timeout up to whole milliseconds; the timerfd wakes us at the
             // deadline itself (sub-millisecond batching delays and WAN emulation queues).
-            self.timer.arm(before + timeout);
+            self.timer.arm_at(before + timeout);
             let interrupted = match self
                 .poll
                 .poll(&mut events, Some(Duration::from_nanos(timeout)))
@@ -1100,66 +1102,5 @@ impl Group {
         for h in &mut self.rtt_hist {
             h.flush();
         }
-    }
-}
-
-/// A CLOCK_BOOTTIME timerfd: wakes the loop at a deadline with nanosecond precision (epoll's
-/// own timeout is whole milliseconds).
-struct TimerFd {
-    fd: std::os::fd::OwnedFd,
-    armed_at: Nanos,
-}
-
-impl TimerFd {
-    fn new() -> io::Result<TimerFd> {
-        // SAFETY: plain syscall; the fd is owned below.
-        let fd = unsafe {
-            libc::timerfd_create(libc::CLOCK_BOOTTIME, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC)
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor we own.
-        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        Ok(TimerFd { fd, armed_at: 0 })
-    }
-
-    fn fd(&self) -> std::os::fd::RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(&self.fd)
-    }
-
-    /// Fires once at `at` (CLOCK_BOOTTIME nanoseconds); re-arming for the same instant is free.
-    fn arm(&mut self, at: Nanos) {
-        if at == self.armed_at {
-            return;
-        }
-        self.armed_at = at;
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: (at / 1_000_000_000) as libc::time_t,
-                tv_nsec: (at % 1_000_000_000) as libc::c_long,
-            },
-        };
-        // SAFETY: a valid timerfd and itimerspec; an absolute time in the past fires at once.
-        unsafe {
-            libc::timerfd_settime(
-                self.fd(),
-                libc::TFD_TIMER_ABSTIME,
-                &spec,
-                std::ptr::null_mut(),
-            )
-        };
-    }
-
-    /// Consumes an expiry so the fd stops being readable.
-    fn clear(&mut self) {
-        let mut n: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64; non-blocking.
-        unsafe { libc::read(self.fd(), (&mut n as *mut u64).cast(), 8) };
-        self.armed_at = 0;
     }
 }

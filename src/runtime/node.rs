@@ -80,7 +80,10 @@ pub struct Output {
 
 impl Output {
     pub fn is_empty(&self) -> bool {
-        self.messages.is_empty() && self.replies.is_empty() && self.applied.is_empty()
+        self.messages.is_empty()
+            && self.replies.is_empty()
+            && self.applied.is_empty()
+            && self.self_messages.is_empty()
     }
 
     pub fn clear(&mut self) {
