@@ -8,7 +8,8 @@
 #   OUT=/tmp/rerun scripts/reference-runs.sh
 #   MPAXOS=target/release/mpaxos scripts/reference-runs.sh   # skip the build
 #
-# Output: one directory per run under $OUT/<name>/, and $OUT/compare.txt (also printed).
+# Output: one directory per run under $OUT/<name>/, the suites under $OUT/suites/, and
+# $OUT/compare.txt (also printed). SUITES=0 runs only the four single runs.
 # What changed in the tool between the two sides (docs/internals/bench.md): open-loop sends on
 # time, throughput = completions in the window, errors kept out of latencies, unique client ids,
 # censored unfinished requests, the floor measured four times in the WAL's directory. These four
@@ -50,5 +51,26 @@ for entry in "${runs[@]}"; do
     echo
   } >> "$out/compare.txt"
 done
+# The suites recorded under results/reference/suites/, re-run with the same suite files
+# (SUITES=0 skips them: about 10 minutes on 2 cores).
+if [ "${SUITES:-1}" = 1 ]; then
+  for suite in replicas knobs placements; do
+    old=$(ls -d results/reference/suites/*-"$suite" 2>/dev/null | tail -n 1 || true)
+    echo "== suite $suite: $MPAXOS suite scripts/suites/$suite.toml" >&2
+    "$MPAXOS" suite "scripts/suites/$suite.toml" --out "$out/suites" > "$out/suite-$suite.txt"
+    new=$(ls -d "$out/suites"/*-"$suite" | tail -n 1)
+    if [ -n "$old" ]; then
+      {
+        echo "== suite $suite (A = recorded $old, B = $new)"
+        echo "   command: mpaxos suite scripts/suites/$suite.toml"
+        "$MPAXOS" bench compare "$old" "$new"
+        echo
+      } >> "$out/compare.txt"
+    else
+      echo "== suite $suite: no recorded run to compare with; new run in $new" >> "$out/compare.txt"
+    fi
+  done
+fi
+
 cat "$out/compare.txt"
 echo "runs and compare.txt: $out" >&2

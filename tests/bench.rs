@@ -500,3 +500,34 @@ fn unfinished_requests_are_censored() {
     assert!(unknown >= 1);
     assert_eq!(r.errors, 0, "an unknown outcome is not a failure");
 }
+
+/// Usage errors are reported before any work: exit 2, one clear line, no cluster started and
+/// no run directory left behind (before, `--value-size 2000000` started a cluster, failed
+/// after two seconds with exit 1 and left a run directory).
+#[test]
+fn bench_usage_errors_exit_2_and_leave_nothing() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["--value-size", "2000000"], "value limit"),
+        (&["--clients", "0"], "--clients"),
+        (&["--read-ratio", "1.5"], "--read-ratio"),
+        (&["--outstanding", "0"], "--outstanding"),
+        (&["--rate", "0"], "--rate"),
+    ];
+    for (args, needle) in cases {
+        let out = tempfile::tempdir().unwrap();
+        let res = std::process::Command::new(env!("CARGO_BIN_EXE_mpaxos"))
+            .arg("bench")
+            .args(args)
+            .arg("--out")
+            .arg(out.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&res.stderr);
+        assert_eq!(res.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(
+            std::fs::read_dir(out.path()).unwrap().next().is_none(),
+            "{args:?} left files in the output directory"
+        );
+    }
+}

@@ -201,6 +201,38 @@ impl BenchSpec {
         {
             return Err("closed loop: sessions per client are --outstanding; --sessions-per-client is for the open loop (--rate)".into());
         }
+        if self.clients == 0 {
+            return Err("--clients must be at least 1".into());
+        }
+        if self.outstanding == 0 {
+            return Err("--outstanding must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.read_ratio) {
+            return Err(format!(
+                "--read-ratio {} is not a fraction; use a value from 0 (all writes) to 1 (all reads)",
+                self.read_ratio
+            ));
+        }
+        if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+            return Err("--rate must be a positive number of requests per second".into());
+        }
+        if self.keys == 0 {
+            return Err("--keys must be at least 1".into());
+        }
+        if self.value_size > crate::kv::VALUE_BYTES_MAX {
+            return Err(format!(
+                "--value-size {} is over the store's {}-byte value limit",
+                self.value_size,
+                crate::kv::VALUE_BYTES_MAX
+            ));
+        }
+        if self.key_size > crate::kv::KEY_BYTES_MAX {
+            return Err(format!(
+                "--key-size {} is over the store's {}-byte key limit",
+                self.key_size,
+                crate::kv::KEY_BYTES_MAX
+            ));
+        }
         if self.replicas == 0 || self.replicas > 9 {
             return Err("--replicas must be 1..=9".into());
         }
@@ -856,6 +888,11 @@ fn shell_words(args: &[String]) -> String {
 /// `mpaxos bench`.
 pub fn run_bench(args: BenchArgs) -> std::process::ExitCode {
     crate::server::init_logging();
+    // A usage error is reported before any work: no cluster, no run directory, exit 2.
+    if let Err(e) = args.spec.validate() {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::from(2);
+    }
     match run_one(&args.spec, &args.out, args.json) {
         Ok(summary) => {
             if args.json {
