@@ -858,6 +858,35 @@ fn the_error_line(stderr: &str, needle: &str, only: bool) -> String {
     errors[0].to_string()
 }
 
+/// `mpaxos cluster --replicas 5 --dir D` on a D that holds a 3-replica cluster used to start
+/// the old cluster silently; a flag that disagrees with D's cluster.toml is refused (exit 2).
+#[test]
+fn cluster_refuses_flags_that_disagree_with_an_existing_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ClusterConfig::local(3, 1, dir.path(), 20000);
+    std::fs::write(dir.path().join("cluster.toml"), cfg.to_toml()).unwrap();
+    for (args, needle) in [
+        (&["--replicas", "5"][..], "it has 3 replicas, --replicas 5"),
+        (&["--groups", "2"][..], "it has 1 groups, --groups 2"),
+        (
+            &["--durability", "memory"][..],
+            "--durability asks for memory",
+        ),
+    ] {
+        let res = std::process::Command::new(binary())
+            .arg("cluster")
+            .arg("--dir")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&res.stderr);
+        assert_eq!(res.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(stderr.contains("already holds a cluster"), "{stderr}");
+    }
+}
+
 #[test]
 fn bad_config_files_fail_with_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();

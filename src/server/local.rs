@@ -208,19 +208,47 @@ impl Drop for LocalCluster {
 /// `mpaxos cluster`: runs a local cluster in the foreground until Ctrl-C.
 #[derive(clap::Args, Debug)]
 pub struct ClusterArgs {
-    #[arg(long, default_value_t = 3)]
-    pub replicas: u32,
-    #[arg(long, default_value_t = 1)]
-    pub groups: u32,
+    /// Replicas of a new cluster [default: 3]; an existing directory's cluster.toml must agree.
+    #[arg(long)]
+    pub replicas: Option<u32>,
+    /// Paxos groups of a new cluster [default: 1]; an existing directory's must agree.
+    #[arg(long)]
+    pub groups: Option<u32>,
     /// Directory for the config, logs and data (created if missing).
     #[arg(long, default_value = "mpaxos-cluster")]
     pub dir: PathBuf,
-    /// WAL backend: auto, uring, sync or memory.
-    #[arg(long, default_value = "auto")]
-    pub durability: crate::wal::BackendChoice,
+    /// WAL backend of a new cluster: auto, uring, sync or memory [default: auto]; an existing
+    /// directory's must agree.
+    #[arg(long)]
+    pub durability: Option<crate::wal::BackendChoice>,
     /// First port; 0 picks a free range.
     #[arg(long, default_value_t = 0)]
     pub base_port: u16,
+}
+
+/// A flag given for a directory that already holds a cluster must say what its cluster.toml
+/// says: restarting a 3-replica cluster when `--replicas 5` was asked for would be a surprise.
+fn flags_agree(args: &ClusterArgs, config: &ClusterConfig) -> Result<(), String> {
+    let have = config.replicas.len() as u32;
+    if let Some(n) = args.replicas.filter(|n| *n != have) {
+        return Err(format!(
+            "it has {have} replicas, --replicas {n} asks for {n}"
+        ));
+    }
+    if let Some(g) = args.groups.filter(|g| *g != config.groups) {
+        return Err(format!(
+            "it has {} groups, --groups {g} asks for {g}",
+            config.groups
+        ));
+    }
+    if let Some(d) = args.durability.filter(|d| *d != config.durability) {
+        return Err(format!(
+            "its durability is {:?}, --durability asks for {d:?}",
+            config.durability
+        )
+        .to_lowercase());
+    }
+    Ok(())
 }
 
 pub fn run_cluster(args: ClusterArgs) -> std::process::ExitCode {
@@ -238,7 +266,7 @@ pub fn run_cluster(args: ClusterArgs) -> std::process::ExitCode {
         }
     } else {
         let base = if args.base_port == 0 {
-            match free_base_port(args.replicas, args.groups) {
+            match free_base_port(args.replicas.unwrap_or(3), args.groups.unwrap_or(1)) {
                 Ok(b) => b,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -249,12 +277,21 @@ pub fn run_cluster(args: ClusterArgs) -> std::process::ExitCode {
             args.base_port
         };
         let dir = std::path::absolute(&args.dir).unwrap_or(args.dir.clone());
-        let mut c = ClusterConfig::local(args.replicas, args.groups, &dir, base);
-        c.durability = args.durability;
+        let mut c = ClusterConfig::local(
+            args.replicas.unwrap_or(3),
+            args.groups.unwrap_or(1),
+            &dir,
+            base,
+        );
+        c.durability = args.durability.unwrap_or_default();
         // A benchmark cluster is never restarted: memory durability is its to choose.
         c.unsafe_memory_durability = c.durability == crate::wal::BackendChoice::Memory;
         c
     };
+    if let Err(e) = flags_agree(&args, &config) {
+        eprintln!("error: {} already holds a cluster: {e} (use a new --dir, or drop the flag to restart that cluster as it is)", existing.display());
+        return ExitCode::from(2);
+    }
     let binary = match std::env::current_exe() {
         Ok(b) => b,
         Err(e) => {
