@@ -47,7 +47,7 @@
 //!
 //! Details and the state machine: `docs/internals/client.md`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -268,6 +268,8 @@ struct OpState {
     /// When to hedge the current attempt (serializable reads).
     hedge_at: Option<Nanos>,
     last_problem: String,
+    /// Replicas that answered any attempt of this operation (for the give-up message).
+    answered_by: BTreeSet<u32>,
 }
 
 impl OpState {
@@ -457,6 +459,7 @@ impl Session {
             backoff_ns: self.cfg.backoff_ns,
             hedge_at: None,
             last_problem: "none".into(),
+            answered_by: BTreeSet::new(),
         };
         self.ops.insert(id, state);
         if write {
@@ -632,7 +635,24 @@ impl Session {
     fn give_up(&mut self, now: Nanos, id: OpId) {
         let Some(op) = self.ops.get(&id) else { return };
         let attempts = op.attempts.len() as u32;
-        let reason = op.last_problem.clone();
+        let n = self.replicas.len();
+        let majority = n / 2 + 1;
+        let reason = if attempts > 1 && op.answered_by.len() < majority {
+            // Say what the operator needs to know first: the cluster cannot decide anything.
+            let who: Vec<String> = op.answered_by.iter().map(|r| r.to_string()).collect();
+            format!(
+                "no quorum reachable: {} of {n} replicas answered{} and a majority is {majority}; {}",
+                op.answered_by.len(),
+                if who.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", who.join(", "))
+                },
+                op.last_problem
+            )
+        } else {
+            op.last_problem.clone()
+        };
         let maybe = op.write
             && op.attempts.iter().any(|a| {
                 matches!(
@@ -680,6 +700,11 @@ impl Session {
             );
         // It answered: it is alive.
         self.replicas[replica as usize].suspect_until = 0;
+        self.ops
+            .get_mut(&id)
+            .expect("pending op")
+            .answered_by
+            .insert(replica);
         let set = |s: &mut Session, st: AttemptState, problem: Option<String>| {
             let op = s.ops.get_mut(&id).expect("pending op");
             op.attempts[idx].state = st;

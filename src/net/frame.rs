@@ -20,10 +20,34 @@ pub const FRAME_PAYLOAD_MAX_BYTES: usize = 8 << 20;
 pub enum FrameError {
     #[error("frame length {len} is over the {max}-byte limit")]
     Oversized { len: usize, max: usize },
+    /// The first bytes are another protocol's (an HTTP request or response, an SSH banner,
+    /// TLS): the other side is not an mpaxos endpoint.
+    #[error("not an mpaxos port: the other side speaks {0} (is this the admin/metrics port? clients dial the client port)")]
+    Foreign(&'static str),
     #[error("frame checksum mismatch")]
     Checksum,
     #[error("frame payload does not validate: {0}")]
     Invalid(String),
+}
+
+/// Names the protocol whose first bytes these are, if they are a well-known one. Checked only
+/// for a header whose length is over the limit (these prefixes all read as lengths of 400 MB
+/// and more), so it never refuses a real frame.
+fn foreign_protocol(header: &[u8]) -> Option<&'static str> {
+    const KNOWN: &[(&[u8], &str)] = &[
+        (b"HTTP/", "HTTP (a response)"),
+        (b"GET ", "HTTP"),
+        (b"POST ", "HTTP"),
+        (b"PUT ", "HTTP"),
+        (b"HEAD ", "HTTP"),
+        (b"PRI * HTTP/2", "HTTP/2"),
+        (b"SSH-", "SSH"),
+        (b"\x16\x03", "TLS"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(prefix, _)| header.starts_with(&prefix[..prefix.len().min(header.len())]))
+        .map(|(_, what)| *what)
 }
 
 /// Serializes values into frames, reusing its buffers.
@@ -162,6 +186,9 @@ impl FrameReader {
         let len = u32::from_le_bytes(avail[0..4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(avail[4..8].try_into().expect("4 bytes"));
         if len > self.max_payload {
+            if let Some(what) = foreign_protocol(&avail[..FRAME_HEADER_BYTES]) {
+                return Err(FrameError::Foreign(what));
+            }
             return Err(FrameError::Oversized {
                 len,
                 max: self.max_payload,
@@ -205,6 +232,25 @@ where
 mod tests {
     use super::*;
     use crate::net::wire::{ArchivedClientFrame, ClientFrame, Hello};
+
+    #[test]
+    fn another_protocol_is_named_not_reported_as_a_huge_frame() {
+        for (bytes, what) in [
+            (&b"HTTP/1.1 200 OK\r\n"[..], "HTTP (a response)"),
+            (&b"GET /metrics HTTP/1.1\r\n"[..], "HTTP"),
+            (&b"SSH-2.0-OpenSSH_9.6\r\n"[..], "SSH"),
+        ] {
+            let mut r = FrameReader::default();
+            r.read_from(1024, |b| {
+                b[..bytes.len()].copy_from_slice(bytes);
+                Ok(bytes.len())
+            })
+            .unwrap();
+            let err = r.next_payload().unwrap_err();
+            assert_eq!(err, FrameError::Foreign(what));
+            assert!(err.to_string().contains("not an mpaxos port"), "{err}");
+        }
+    }
 
     #[test]
     fn round_trip_and_split_reads() {

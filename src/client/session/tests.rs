@@ -740,3 +740,35 @@ fn random_faults_never_misclassify_a_write() {
         }
     }
 }
+
+#[test]
+fn two_of_three_replicas_down_says_no_quorum_is_reachable() {
+    // Replicas 0 and 1 are down (connections refused); 2 answers NotLeader pointing at 0.
+    // Before, the give-up message was "replica 2 is not the leader of group 0".
+    let mut c = cfg(3);
+    c.op_timeout_ns = 1000 * MS;
+    let mut h = H::new(c, vec![Mode::Refuse, Mode::Refuse, Mode::Follower(Some(0))]);
+    let (_, r) = h.put("k", "v");
+    let msg = r.unwrap_err().to_string();
+    assert!(
+        msg.contains("no quorum reachable: 1 of 3 replicas answered (2) and a majority is 2"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_quorum_that_answers_is_not_called_unreachable() {
+    let mut c = cfg(3);
+    c.op_timeout_ns = 500 * MS;
+    let mut h = H::new(
+        c,
+        vec![
+            Mode::Follower(None),
+            Mode::Follower(None),
+            Mode::Follower(None),
+        ],
+    );
+    let (_, r) = h.put("k", "v");
+    let msg = r.unwrap_err().to_string();
+    assert!(!msg.contains("no quorum"), "{msg}");
+}
