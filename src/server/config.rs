@@ -31,7 +31,12 @@ impl Default for Cpus {
 #[serde(deny_unknown_fields)]
 pub struct ReplicaConfig {
     pub id: u32,
+    /// The address clients and peers dial (and this replica binds, unless `listen_host`).
     pub host: String,
+    /// Binds the client, peer and admin ports here instead of `host` (e.g. "0.0.0.0" to
+    /// listen on every interface while others dial `host`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_host: Option<String>,
     /// Group g serves clients on `client_port + g`.
     pub client_port: u16,
     /// Group g listens for peers on `peer_port + g`.
@@ -172,6 +177,14 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
 impl ClusterConfig {
     pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -180,9 +193,12 @@ impl ClusterConfig {
         })?;
         let cfg: ClusterConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.into(),
-            message: e.message().to_string()
+            message: e.message().trim_end().to_string()
                 + &e.span()
-                    .map(|s| format!(" (at byte {})", s.start))
+                    .map(|s| {
+                        let (line, col) = line_col(&text, s.start);
+                        format!(" (line {line}, column {col})")
+                    })
                     .unwrap_or_default(),
         })?;
         cfg.validate().map_err(|message| ConfigError::Invalid {
@@ -220,6 +236,14 @@ impl ClusterConfig {
             }
             if r.host.is_empty() {
                 return Err(format!("replica {} has an empty host", r.id));
+            }
+            if let Ok(ip) = r.host.parse::<std::net::IpAddr>() {
+                if ip.is_unspecified() {
+                    return Err(format!(
+                        "replica {} host = {:?} is a wildcard: clients and peers are told to dial the host, and cannot dial {}; give the address they should use (set listen_host to bind every interface)",
+                        r.id, r.host, r.host
+                    ));
+                }
             }
             for (name, port) in [("client_port", r.client_port), ("peer_port", r.peer_port)] {
                 if port == 0 || port as u32 + self.groups > 65536 {
@@ -345,12 +369,12 @@ impl ClusterConfig {
     }
 
     pub fn replica(&self, id: u32) -> Result<&ReplicaConfig, String> {
-        self.replicas.get(id as usize).ok_or_else(|| {
-            format!(
-                "--id {id} is not in the config (replicas 0..{})",
-                self.replicas.len()
-            )
-        })
+        self.replicas
+            .get(id as usize)
+            .ok_or_else(|| match self.replicas.len() {
+                1 => format!("--id {id} is not in the config: only id 0 exists"),
+                n => format!("--id {id} is not in the config: ids 0 to {} exist", n - 1),
+            })
     }
 
     pub fn replica_data_dir(&self, id: u32) -> PathBuf {
@@ -408,6 +432,7 @@ impl ClusterConfig {
                     ReplicaConfig {
                         id,
                         host: "127.0.0.1".into(),
+                        listen_host: None,
                         client_port: base,
                         peer_port: base + groups as u16,
                         admin_port: base + 2 * groups as u16,
@@ -451,6 +476,61 @@ mod tests {
         cfg.validate().unwrap();
         let err = toml::from_str::<ClusterConfig>("cluster_id = 1\nbogus = 2\n").unwrap_err();
         assert!(err.message().contains("bogus"), "{}", err.message());
+    }
+
+    #[test]
+    fn a_wildcard_host_is_refused_and_listen_host_binds_it() {
+        let mut cfg = ClusterConfig::local(3, 1, Path::new("/tmp/x"), 20000);
+        cfg.replicas[2].host = "0.0.0.0".into();
+        let err = cfg.validate().unwrap_err();
+        assert!(
+            err.contains("replica 2 host = \"0.0.0.0\" is a wildcard"),
+            "{err}"
+        );
+        cfg.replicas[2].host = "127.0.0.1".into();
+        cfg.replicas[2].listen_host = Some("0.0.0.0".into());
+        cfg.validate().unwrap();
+        let back: ClusterConfig = toml::from_str(&cfg.to_toml()).unwrap();
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn toml_errors_say_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.toml");
+        let text = ClusterConfig::local(3, 1, dir.path(), 20000).to_toml();
+        let line = 1 + text
+            .lines()
+            .position(|l| l.starts_with("heartbeat_ms = "))
+            .expect("the config has a heartbeat_ms line");
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("heartbeat_ms = ") {
+                    "heartbeat_ms = \"soon\"\n".to_string()
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&path, &text).unwrap();
+        let err = ClusterConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains(&format!("(line {line}, column 16)")), "{err}");
+        assert!(!err.contains("byte"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_id_names_the_ids_that_exist() {
+        let one = ClusterConfig::local(1, 1, Path::new("/tmp/x"), 20000);
+        assert_eq!(
+            one.replica(7).unwrap_err(),
+            "--id 7 is not in the config: only id 0 exists"
+        );
+        let three = ClusterConfig::local(3, 1, Path::new("/tmp/x"), 20000);
+        assert_eq!(
+            three.replica(3).unwrap_err(),
+            "--id 3 is not in the config: ids 0 to 2 exist"
+        );
     }
 
     #[test]

@@ -140,6 +140,7 @@ impl Running {
 /// Starts replica `id` of `cfg`: recovers and binds every group, then the admin endpoint.
 pub fn start(cfg: &ClusterConfig, id: u32) -> Result<Running, String> {
     let me = cfg.replica(id)?.clone();
+    let listen_host = me.listen_host.as_deref().unwrap_or(&me.host);
     let data_dir = cfg.replica_data_dir(id);
     std::fs::create_dir_all(&data_dir).map_err(|e| {
         format!(
@@ -195,8 +196,8 @@ pub fn start(cfg: &ClusterConfig, id: u32) -> Result<Running, String> {
             replica_id: id,
             group: g,
             groups: cfg.groups,
-            client_listen: resolve(&me.host, me.client_port + g as u16)?,
-            peer_listen: resolve(&me.host, me.peer_port + g as u16)?,
+            client_listen: resolve(listen_host, me.client_port + g as u16)?,
+            peer_listen: resolve(listen_host, me.peer_port + g as u16)?,
             peer_addrs,
             replicas: infos.clone(),
             protocol: protocol_config(cfg, id, g),
@@ -216,7 +217,7 @@ pub fn start(cfg: &ClusterConfig, id: u32) -> Result<Running, String> {
             }
         }
     }
-    let admin_addr = resolve(&me.host, me.admin_port)?;
+    let admin_addr = resolve(listen_host, me.admin_port)?;
     match admin::AdminServer::start(admin_addr, registry, shared.clone()) {
         Ok(a) => running.admin = Some(a),
         Err(e) => {
