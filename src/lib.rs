@@ -1,6 +1,6 @@
 //! mpaxos: a thread-per-core Multi-Paxos replicated log and key-value store.
 //!
-//! Module map (see `docs/` and DESIGN §1):
+//! Module map (see `docs/` and architecture §1):
 //! - [`protocol`]: the sans-IO Multi-Paxos state machine (no clocks, sockets, files or threads).
 //! - [`kv`]: the replicated state machine applied to committed batches.
 //! - [`check`]: a Wing–Gong–Lowe linearizability checker, partitioned per key.

@@ -7,7 +7,7 @@
 //! Closed loop: a session sends its next request when the previous one completes; latency is
 //! measured from the send. Open loop: requests are scheduled by an arrival process,
 //! independent of completions; a request that finds no free session waits in a backlog, and
-//! its latency is measured from its scheduled time (coordinated-omission safe, DESIGN §10).
+//! its latency is measured from its scheduled time (coordinated-omission safe, architecture §10).
 //!
 //! With a placement, every message between a client and a replica is held for the one-way
 //! delay between their regions (in a FIFO per link), in both directions.

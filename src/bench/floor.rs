@@ -1,4 +1,4 @@
-//! The physical floor, measured in the same run as the benchmark (DESIGN §10): a loopback
+//! The physical floor, measured in the same run as the benchmark (architecture §10): a loopback
 //! round trip through the same transport (TCP, the same frames and codec as a client request)
 //! and one 4 KiB O_DIRECT write + datasync on the data disk.
 

@@ -1,4 +1,4 @@
-//! The load generator (DESIGN §9–10): `mpaxos bench`, `mpaxos suite`, `mpaxos bench compare`.
+//! The load generator (architecture §9–10): `mpaxos bench`, `mpaxos suite`, `mpaxos bench compare`.
 //!
 //! Speaks only the wire protocol; starts a local cluster through [`crate::server::local`] when
 //! no `--endpoints` are given.

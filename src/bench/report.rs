@@ -9,7 +9,7 @@ use super::engine::{EngineResult, SEND_LAG_P99_FLAG_US};
 use super::stats::{median, spread, write_hgrm, Percentiles};
 use super::{BenchSpec, Floors, Summary};
 
-/// Achieved rate below this fraction of the target flags an open-loop run (DESIGN §10).
+/// Achieved rate below this fraction of the target flags an open-loop run (architecture §10).
 pub const RATE_FLAG_FRACTION: f64 = 0.95;
 
 /// An open-loop run is flagged when its queue (scheduled, not completed) grew over the window

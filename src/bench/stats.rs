@@ -1,4 +1,4 @@
-//! Honest statistics (DESIGN §10): HdrHistograms per (operation, client region, path), merged
+//! Honest statistics (architecture §10): HdrHistograms per (operation, client region, path), merged
 //! before any percentile is taken, `.hgrm` percentile files and interval logs.
 //!
 //! Latencies are recorded in nanoseconds and reported in microseconds.

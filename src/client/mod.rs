@@ -1,5 +1,5 @@
 //! The client library: topology discovery, routing by `group_of(key) % G`, leader redirects,
-//! timeouts and retries that stay exactly-once (DESIGN §2, §4).
+//! timeouts and retries that stay exactly-once (architecture §2, §4).
 //!
 //! Every decision lives in the sans-IO [`session::Session`] (routing, leader cache, redirects,
 //! backoff, per-attempt and per-operation deadlines, outcome classification), which the

@@ -1,5 +1,5 @@
 //! The replicated state machine: keys with per-key versions, a global revision, compare-and-swap
-//! on version, and the exactly-once client table (DESIGN §4).
+//! on version, and the exactly-once client table (architecture §4).
 //!
 //! Every replica applies the same commands in the same slot order, so everything here is
 //! deterministic: ordered maps only, no clocks, no randomness. Malformed commands are

@@ -1,4 +1,4 @@
-//! Placements (DESIGN §9): which region each replica and client group is in, and the RTT
+//! Placements (architecture §9): which region each replica and client group is in, and the RTT
 //! between regions, for in-process WAN emulation.
 //!
 //! Owns: loading and checking placement files and answering "how long does a message from

@@ -1,4 +1,4 @@
-//! The sans-IO Multi-Paxos core (DESIGN §3–4).
+//! The sans-IO Multi-Paxos core (architecture §3–4).
 //!
 //! A [`Replica`] is one group's proposer + acceptor + learner as a deterministic state machine.
 //! It reads no clock, opens no socket or file and starts no thread: time is an argument, and

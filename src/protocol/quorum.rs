@@ -2,7 +2,7 @@
 //!
 //! Phase 1 needs a classic quorum (a majority). Phase 2 needs a majority *and* every replica in
 //! `required` — the hook for quorum read leases, where each current lease holder must accept a
-//! write before it commits (DESIGN §5). Fast quorums (DESIGN §6) are ⌈3N/4⌉.
+//! write before it commits (architecture §5). Fast quorums (architecture §6) are ⌈3N/4⌉.
 
 use super::types::ReplicaId;
 

@@ -1,6 +1,6 @@
 //! One group's Multi-Paxos replica: proposer, acceptor and learner in one state machine.
 //!
-//! Rules (DESIGN §4), each enforced here and listed with its invariant in
+//! Rules (architecture §4), each enforced here and listed with its invariant in
 //! `docs/internals/protocol.md`:
 //! - an acceptor reports state (Promise, Accepted) only after it is durable;
 //! - phase 1 runs once per leadership, for every slot from the first one not known chosen;
@@ -107,7 +107,7 @@ pub struct Config {
     /// pipeline is bounded by bytes, not slots, so the Accepts queued on a peer link stay short
     /// and heartbeats behind them arrive in time. A slot always fits when nothing is in flight.
     pub pipeline_bytes_max: usize,
-    /// Leader lease (DESIGN §5): how long after sending a heartbeat that a majority
+    /// Leader lease (architecture §5): how long after sending a heartbeat that a majority
     /// acknowledged the leader may serve linearizable reads locally, without a read round.
     /// 0 turns leases off. Safe only if every acceptor's stickiness window
     /// (`election_timeout_min_ms`) outlasts it on every clock: keep it at most

@@ -1,7 +1,7 @@
 //! One TCP connection's buffers: a frame reader and a coalesced output buffer.
 //!
 //! Frames queued during a loop turn go out together when the loop flushes at the end of the
-//! turn (one `write` per connection per turn, DESIGN §8).
+//! turn (one `write` per connection per turn, architecture §8).
 
 use std::io::{self, Read, Write};
 

@@ -1,4 +1,4 @@
-//! Per-group metrics, named like etcd's under `mpaxos_` (DESIGN §2: no shared lock on the
+//! Per-group metrics, named like etcd's under `mpaxos_` (architecture §2: no shared lock on the
 //! hot path).
 //!
 //! Counters and gauges are atomics written only by the group's thread. Histograms in

@@ -1,4 +1,4 @@
-//! One pinned thread per Paxos group (DESIGN §2): a mio loop that drives `protocol`, `kv`,
+//! One pinned thread per Paxos group (architecture §2): a mio loop that drives `protocol`, `kv`,
 //! the WAL and the group's sockets. `docs/internals/runtime.md` describes the loop.
 //!
 //! Owns nothing but the wiring: the protocol decides, the WAL persists, `net` frames bytes.

@@ -1,5 +1,5 @@
 //! The node: everything one group does that is not a socket, a syscall or a clock read
-//! (DESIGN §3a). The protocol replica, the kv state machine, the mapping of protocol writes
+//! (architecture §3a). The protocol replica, the kv state machine, the mapping of protocol writes
 //! onto WAL appends ([`Storage`] over a [`Disk`]), backpressure, the clients waiting for
 //! answers, and status.
 //!

@@ -90,7 +90,7 @@ pub struct Timeouts {
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// Leader leases: the leader serves linearizable reads locally while a majority's
-    /// heartbeat acks are fresh (DESIGN §5). Off: every linearizable read runs a read round.
+    /// heartbeat acks are fresh (architecture §5). Off: every linearizable read runs a read round.
     pub lease_reads: bool,
     /// The most two replicas' clock rates may differ, in percent; leases are shortened by
     /// twice this.

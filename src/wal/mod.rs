@@ -1,4 +1,4 @@
-//! The durable write-ahead log of one Paxos group (DESIGN §7, `docs/internals/wal.md`).
+//! The durable write-ahead log of one Paxos group (architecture §7, `docs/internals/wal.md`).
 //!
 //! Owns: the group's data directory (superblock, preallocated segments, snapshots), group
 //! commit, ordering of durable write ids, and recovery. It stores generic entries
