@@ -67,9 +67,130 @@ pub struct Targets {
     pub uring_speedup_over_sync: Option<f64>,
 }
 
+/// Where the measurement ran: without this a ratio means nothing to the next reader.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DiskContext {
+    /// The mount's source (e.g. `/dev/vda1`), from /proc/self/mountinfo.
+    pub device: String,
+    pub filesystem: String,
+    pub mount_point: String,
+    /// `uname -r`.
+    pub kernel: String,
+    /// Reasons the figures may not mean what they seem (tmpfs, overlay, network filesystems,
+    /// no O_DIRECT).
+    pub warnings: Vec<String>,
+}
+
+/// Filesystems on which an O_DIRECT write + datasync does not measure a disk.
+const NOT_A_DISK: &[(&str, &str)] = &[
+    ("tmpfs", "memory, not a disk"),
+    ("ramfs", "memory, not a disk"),
+    ("overlay", "an overlay (container) filesystem"),
+    ("9p", "a host-shared 9p filesystem"),
+    ("virtiofs", "a host-shared virtiofs filesystem"),
+    ("nfs", "a network filesystem"),
+    ("nfs4", "a network filesystem"),
+    ("cifs", "a network filesystem"),
+    ("fuse", "a FUSE filesystem"),
+];
+
+impl DiskContext {
+    /// The mount holding `dir` (the longest mount point that is a prefix of its canonical
+    /// path) and the kernel release. Best effort: unknown fields stay "?".
+    pub fn of(dir: &Path, direct_io: bool) -> DiskContext {
+        let path = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let mut best: Option<(PathBuf, String, String)> = None;
+        if let Ok(info) = fs::read_to_string("/proc/self/mountinfo") {
+            for line in info.lines() {
+                // id parent major:minor root mount-point options [optional...] - fstype source super
+                let fields: Vec<&str> = line.split(' ').collect();
+                let Some(dash) = fields.iter().position(|f| *f == "-") else {
+                    continue;
+                };
+                let (Some(mount), Some(fstype), Some(source)) =
+                    (fields.get(4), fields.get(dash + 1), fields.get(dash + 2))
+                else {
+                    continue;
+                };
+                let mount = PathBuf::from(mount.replace("\\040", " "));
+                let longer = best
+                    .as_ref()
+                    .is_none_or(|(m, _, _)| mount.as_os_str().len() >= m.as_os_str().len());
+                if path.starts_with(&mount) && longer {
+                    best = Some((mount, fstype.to_string(), source.to_string()));
+                }
+            }
+        }
+        let (mount_point, filesystem, device) = best
+            .map(|(m, f, d)| (m.display().to_string(), f, d))
+            .unwrap_or_else(|| ("?".into(), "?".into(), "?".into()));
+        let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|k| k.trim().to_string())
+            .unwrap_or_else(|_| "?".into());
+        let mut warnings = Vec::new();
+        let base = filesystem.split('.').next().unwrap_or("");
+        if let Some((_, what)) = NOT_A_DISK
+            .iter()
+            .find(|(fs, _)| *fs == base || base.starts_with("fuse"))
+        {
+            warnings.push(format!(
+                "{} is on {filesystem} ({what}): these timings do not measure a disk; check a directory on the disk the WAL will use",
+                dir.display()
+            ));
+        }
+        if !direct_io {
+            warnings.push(
+                "O_DIRECT is not available here: writes go through the page cache, so the floor and the batches measure less than the WAL does on a real disk".into(),
+            );
+        }
+        DiskContext {
+            device,
+            filesystem,
+            mount_point,
+            kernel,
+            warnings,
+        }
+    }
+}
+
+/// The targets of the WAL (docs/internals/wal.md) with a verdict each.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    pub target: String,
+    pub measured: f64,
+    pub pass: bool,
+}
+
+impl Targets {
+    pub fn verdicts(&self) -> Vec<Verdict> {
+        let mut v = vec![
+            Verdict {
+                target: "batch-64 x 64 B p50 / floor p50 <= 1.3 (group commit amortizes)".into(),
+                measured: self.amortization_ratio,
+                pass: self.amortization_ratio <= 1.3,
+            },
+            Verdict {
+                target: "batch-512 / batch-1 entries per second (64 B) >= 100".into(),
+                measured: self.batch512_throughput_gain,
+                pass: self.batch512_throughput_gain >= 100.0,
+            },
+        ];
+        if let Some(u) = self.uring_speedup_over_sync {
+            v.push(Verdict {
+                target: "sync batch-64 p50 / uring batch-64 p50 >= 1.0".into(),
+                measured: u,
+                pass: u >= 1.0,
+            });
+        }
+        v
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct DiskReport {
     pub dir: PathBuf,
+    pub context: DiskContext,
+    pub verdicts: Vec<Verdict>,
     pub backend: String,
     pub backend_reason: String,
     pub direct_io: bool,
@@ -161,8 +282,15 @@ fn measure(dir: &Path, work: &Path, opts: &DiskOptions) -> Result<DiskReport, Wa
             _ => None,
         }
     };
+    let targets = Targets {
+        amortization_ratio,
+        batch512_throughput_gain: eps(512) / eps(1),
+        uring_speedup_over_sync,
+    };
     Ok(DiskReport {
         dir: dir.to_path_buf(),
+        context: DiskContext::of(dir, direct),
+        verdicts: targets.verdicts(),
         backend,
         backend_reason: reason,
         direct_io: direct,
@@ -170,11 +298,7 @@ fn measure(dir: &Path, work: &Path, opts: &DiskOptions) -> Result<DiskReport, Wa
         floor_sync_write_us_p99: floor.value_at_quantile(0.99),
         floor_iterations: floor_iters,
         amortization_ratio,
-        targets: Targets {
-            amortization_ratio,
-            batch512_throughput_gain: eps(512) / eps(1),
-            uring_speedup_over_sync,
-        },
+        targets,
         batches,
         by_backend,
     })
@@ -279,6 +403,15 @@ pub fn render_table(r: &DiskReport) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let _ = writeln!(s, "disk check of {}", r.dir.display());
+    let c = &r.context;
+    let _ = writeln!(
+        s,
+        "on {} ({}, mounted at {}), kernel {}",
+        c.device, c.filesystem, c.mount_point, c.kernel
+    );
+    for w in &c.warnings {
+        let _ = writeln!(s, "WARNING: {w}");
+    }
     let _ = writeln!(
         s,
         "backend: {} ({}), O_DIRECT: {}",
@@ -313,23 +446,31 @@ pub fn render_table(r: &DiskReport) -> String {
     for b in &r.by_backend {
         table(&format!("group commit ({})", b.backend), &b.batches);
     }
-    let t = &r.targets;
-    let _ = writeln!(
-        s,
-        "\namortization ratio (batch-64 x 64 B p50 / floor p50): {:.2} (target <= 1.3)",
-        t.amortization_ratio
-    );
-    let _ = writeln!(
-        s,
-        "batch-512 / batch-1 throughput (64 B): {:.0}x (target >= 100x)",
-        t.batch512_throughput_gain
-    );
-    if let Some(u) = t.uring_speedup_over_sync {
+    let _ = writeln!(s, "\ntargets:");
+    for v in &r.verdicts {
         let _ = writeln!(
             s,
-            "uring speed-up over sync (batch-64 p50): {u:.2}x (target >= 1.0)"
+            "  {:<4} {:.2}  {}",
+            if v.pass { "pass" } else { "FAIL" },
+            v.measured,
+            v.target
         );
     }
+    let failed = r.verdicts.iter().filter(|v| !v.pass).count();
+    let _ = writeln!(
+        s,
+        "verdict: {}{}",
+        if failed == 0 {
+            "every target met".to_string()
+        } else {
+            format!("{failed} of {} targets missed", r.verdicts.len())
+        },
+        if c.warnings.is_empty() {
+            ""
+        } else {
+            " (read the warnings above first)"
+        }
+    );
     s
 }
 
@@ -347,4 +488,46 @@ pub fn synthetic_batch(n: usize, body: &[u8]) -> Vec<Entry<'_>> {
             body,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_follow_the_targets() {
+        let t = Targets {
+            amortization_ratio: 1.31,
+            batch512_throughput_gain: 100.0,
+            uring_speedup_over_sync: Some(0.9),
+        };
+        let v = t.verdicts();
+        assert_eq!(
+            v.iter().map(|v| v.pass).collect::<Vec<_>>(),
+            [false, true, false]
+        );
+    }
+
+    #[test]
+    fn context_names_the_mount_and_warns_on_memory_filesystems() {
+        let here = DiskContext::of(Path::new(env!("CARGO_MANIFEST_DIR")), true);
+        assert_ne!(here.filesystem, "?");
+        assert_ne!(here.kernel, "?");
+        // /dev/shm is tmpfs on Linux hosts that have it.
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() {
+            let c = DiskContext::of(shm, true);
+            if c.filesystem == "tmpfs" {
+                assert!(
+                    c.warnings
+                        .iter()
+                        .any(|w| w.contains("do not measure a disk")),
+                    "{:?}",
+                    c.warnings
+                );
+            }
+        }
+        let no_direct = DiskContext::of(Path::new(env!("CARGO_MANIFEST_DIR")), false);
+        assert!(no_direct.warnings.iter().any(|w| w.contains("O_DIRECT")));
+    }
 }
