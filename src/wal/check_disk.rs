@@ -113,9 +113,9 @@ impl DiskContext {
                     continue;
                 };
                 let mount = PathBuf::from(mount.replace("\\040", " "));
-                let longer = best
-                    .as_ref()
-                    .is_none_or(|(m, _, _)| mount.as_os_str().len() >= m.as_os_str().len());
+                let longer = best.as_ref().map_or(true, |(m, _, _)| {
+                    mount.as_os_str().len() >= m.as_os_str().len()
+                });
                 if path.starts_with(&mount) && longer {
                     best = Some((mount, fstype.to_string(), source.to_string()));
                 }
