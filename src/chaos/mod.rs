@@ -58,6 +58,10 @@ pub struct ChaosArgs {
     /// Register keys the checker sees (fewer keys, more contention).
     #[arg(long, default_value_t = 3)]
     pub keys: u32,
+    /// Each client waits up to this long (uniformly at random) between operations; 0 runs
+    /// them back to back.
+    #[arg(long, default_value_t = 10)]
+    pub think_ms: u64,
     /// How linearizable reads are served: lease (leader lease, the server's default) or
     /// read-index (a quorum round per read).
     #[arg(long, default_value = "lease", value_parser = ["lease", "read-index"])]
@@ -209,12 +213,13 @@ pub fn run_chaos(args: ChaosArgs) -> ExitCode {
 pub fn replay_command(args: &ChaosArgs, seed: u64) -> String {
     let mut cmd = format!(
         "mpaxos chaos --replicas {} --duration {} --nemesis {} --runs 1 --seed {seed} \
-         --clients {} --keys {} --read-mode {} --recovery-bound-ms {} --out {}",
+         --clients {} --keys {} --think-ms {} --read-mode {} --recovery-bound-ms {} --out {}",
         args.replicas,
         args.duration,
         args.nemesis,
         args.clients,
         args.keys,
+        args.think_ms,
         args.read_mode,
         args.recovery_bound_ms,
         args.out.join("replay").display()
@@ -361,7 +366,7 @@ fn run_one(
         endpoints: endpoints.clone(),
         clients: args.clients,
         keys: args.keys,
-        think_max: Duration::from_millis(10),
+        think_max: Duration::from_millis(args.think_ms),
         op_timeout: Duration::from_secs(2),
         attempt_timeout: Duration::from_millis(500),
         seed,
