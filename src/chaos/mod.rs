@@ -10,6 +10,7 @@
 pub mod analysis;
 pub mod history;
 pub mod nemesis;
+pub mod netns;
 pub mod workload;
 
 use std::collections::HashMap;
@@ -73,6 +74,9 @@ pub struct ChaosArgs {
     /// show the checks catch a real bug on real processes.
     #[arg(long, value_parser = bug_names())]
     pub inject_bug: Option<String>,
+    /// Print each run's fault schedule (JSON, one line per run) and exit without running.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Keep the data directories of passing runs too (failing runs always keep everything).
     #[arg(long)]
     pub keep: bool,
@@ -143,9 +147,16 @@ pub fn run_chaos(args: ChaosArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut nemeses = nemeses;
     for n in &nemeses {
         if let Some(why) = n.unsupported() {
             println!("nemesis {}: skipped: {why}", n.name());
+        }
+    }
+    if nemeses.contains(&Nemesis::Partition) {
+        if let Some(why) = netns::NetNs::unavailable() {
+            println!("nemesis partition: skipped: {why}");
+            nemeses.retain(|n| *n != Nemesis::Partition);
         }
     }
     let binary = match std::env::current_exe() {
@@ -155,6 +166,23 @@ pub fn run_chaos(args: ChaosArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.dry_run {
+        for i in 0..args.runs {
+            let seed = args.seed.unwrap_or(0).wrapping_add(i);
+            let faults = nemesis::schedule(
+                seed,
+                &nemeses,
+                args.replicas,
+                args.duration * 1000,
+                default_timing(),
+            );
+            println!(
+                "seed {seed}: {}",
+                serde_json::to_string(&faults).unwrap_or_default()
+            );
+        }
+        return ExitCode::SUCCESS;
+    }
     let abort = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let _ = signal_hook::flag::register(sig, abort.clone());
@@ -319,6 +347,22 @@ struct ScheduleFile<'a> {
     faults: &'a [Fault],
 }
 
+fn timing_of(config: &ClusterConfig) -> Timing {
+    Timing {
+        election_timeout_min_ms: config.timeouts.election_timeout_min_ms,
+        election_timeout_max_ms: config.timeouts.election_timeout_max_ms,
+        lease_ms: crate::protocol::Config::lease_ms_for(
+            config.timeouts.election_timeout_min_ms,
+            config.timeouts.clock_drift_percent,
+        ),
+    }
+}
+
+/// The timing of the clusters `run_one` starts.
+fn default_timing() -> Timing {
+    timing_of(&ClusterConfig::local(3, 1, Path::new("/nonexistent"), 1))
+}
+
 fn run_one(
     args: &ChaosArgs,
     nemeses: &[Nemesis],
@@ -334,16 +378,20 @@ fn run_one(
     let dir = std::path::absolute(dir).unwrap_or(dir.to_path_buf());
     let base = free_base_port(args.replicas, 1)?;
     let mut config = ClusterConfig::local(args.replicas, 1, &dir.join("data"), base);
+    // Declared before the cluster, so dropped after it: the replicas stop before their
+    // namespaces go.
+    let net = if nemeses.contains(&Nemesis::Partition) {
+        let net = netns::NetNs::create(args.replicas, seed as u32)?;
+        for r in &mut config.replicas {
+            r.host = net.addr(r.id);
+        }
+        Some(net)
+    } else {
+        None
+    };
     config.timeouts.lease_reads = args.read_mode == "lease";
     config.unsafe_inject_bug = args.inject_bug.clone();
-    let timing = Timing {
-        election_timeout_min_ms: config.timeouts.election_timeout_min_ms,
-        election_timeout_max_ms: config.timeouts.election_timeout_max_ms,
-        lease_ms: crate::protocol::Config::lease_ms_for(
-            config.timeouts.election_timeout_min_ms,
-            config.timeouts.clock_drift_percent,
-        ),
-    };
+    let timing = timing_of(&config);
     let duration_ms = args.duration * 1000;
     let faults = nemesis::schedule(seed, nemeses, args.replicas, duration_ms, timing);
     write_json(
@@ -358,6 +406,11 @@ fn run_one(
         },
     )?;
     let mut cluster = LocalCluster::new(&dir, config, binary.to_path_buf())?;
+    if let Some(net) = &net {
+        for id in 0..args.replicas {
+            cluster.set_launcher(id, net.launcher(id));
+        }
+    }
     cluster.start_all()?;
     cluster.wait_ready(Duration::from_secs(20))?;
 
@@ -405,9 +458,10 @@ fn run_one(
         let leader = nemesis::current_leader(&cluster);
         let who = nemesis::resolve(fault.target, args.replicas, leader);
         let start_ns = now_ns();
-        nemesis::inject(&mut cluster, fault.kind, &who);
+        let mut fault_problems = nemesis::inject(&mut cluster, net.as_ref(), fault.kind, &who);
         sleep_until(start_ns + fault.heal_after_ms * 1_000_000);
-        let heal_problems = nemesis::heal(&mut cluster, fault.kind, &who);
+        fault_problems.extend(nemesis::heal(&mut cluster, net.as_ref(), fault.kind, &who));
+        let heal_problems = fault_problems;
         let e = Executed {
             fault: fault.clone(),
             replicas: who,

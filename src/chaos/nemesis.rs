@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::netns::NetNs;
 use crate::client::{Client, ClientOptions};
 use crate::server::local::LocalCluster;
 
@@ -24,6 +25,8 @@ pub enum Nemesis {
     /// SIGSTOP, then SIGCONT, of the leader or a follower, shorter or longer than the
     /// election timeout.
     Pause,
+    /// Cut the network between one side and the rest (the leader alone, one follower, or a
+    /// minority), then heal it; needs network namespaces (`netns.rs`).
     Partition,
     Clock,
     Disk,
@@ -51,11 +54,7 @@ impl Nemesis {
     /// Why this nemesis cannot run yet (None: it can).
     pub fn unsupported(self) -> Option<&'static str> {
         match self {
-            Nemesis::Kill | Nemesis::Pause => None,
-            Nemesis::Partition => Some(
-                "not implemented yet: needs one network namespace per replica joined by veth \
-                 links and a server that binds its peers' addresses there (docs/internals/chaos.md)",
-            ),
+            Nemesis::Kill | Nemesis::Pause | Nemesis::Partition => None,
             Nemesis::Clock => Some(
                 "not implemented yet: needs a test-only clock offset/skew hook in the server \
                  (docs/internals/chaos.md)",
@@ -99,6 +98,8 @@ pub enum Target {
     /// leader when the fault starts.
     Follower(u32),
     All,
+    /// A minority of floor(N/2) replicas, chosen by this number.
+    Minority(u64),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +109,9 @@ pub enum FaultKind {
     Kill,
     /// SIGSTOP, SIGCONT after `heal_after_ms`.
     Pause,
+    /// The target replicas can neither send to nor receive from the others until
+    /// `heal_after_ms` (clients still reach everyone).
+    Partition,
 }
 
 /// One planned fault.
@@ -172,6 +176,20 @@ pub fn schedule(
                     target,
                     heal_after_ms: rng.gen_range(200..=2000),
                     note: "kill -9, then restart".into(),
+                }
+            }
+            Nemesis::Partition => {
+                let target = match rng.gen_range(0..10) {
+                    0..=3 => Target::Leader,
+                    4..=6 => follower,
+                    _ => Target::Minority(rng.gen()),
+                };
+                Fault {
+                    at_ms: t,
+                    kind: FaultKind::Partition,
+                    target,
+                    heal_after_ms: rng.gen_range(300..=3000),
+                    note: "partition: the target against the rest".into(),
                 }
             }
             _ => {
@@ -244,6 +262,16 @@ pub fn current_leader(cluster: &LocalCluster) -> Option<u32> {
 pub fn resolve(target: Target, replicas: u32, leader: Option<u32>) -> Vec<u32> {
     match target {
         Target::All => (0..replicas).collect(),
+        Target::Minority(pick) => {
+            let mut order: Vec<u32> = (0..replicas).collect();
+            order.sort_by_key(|&r| {
+                (pick ^ u64::from(r).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+                    .wrapping_mul(0xff51_afd7_ed55_8ccd)
+            });
+            order.truncate((replicas / 2).max(1) as usize);
+            order.sort_unstable();
+            order
+        }
         Target::Leader => vec![leader.unwrap_or(0)],
         Target::Follower(rank) => {
             let followers: Vec<u32> = (0..replicas).filter(|&r| Some(r) != leader).collect();
@@ -256,18 +284,41 @@ pub fn resolve(target: Target, replicas: u32, leader: Option<u32>) -> Vec<u32> {
     }
 }
 
-/// Starts `fault` on `who`.
-pub fn inject(cluster: &mut LocalCluster, kind: FaultKind, who: &[u32]) {
+/// Starts `fault` on `who`; returns what went wrong.
+pub fn inject(
+    cluster: &mut LocalCluster,
+    net: Option<&NetNs>,
+    kind: FaultKind,
+    who: &[u32],
+) -> Vec<String> {
+    let mut problems = Vec::new();
     for &r in who {
         match kind {
             FaultKind::Kill => cluster.signal(r, libc::SIGKILL),
             FaultKind::Pause => cluster.signal(r, libc::SIGSTOP),
+            FaultKind::Partition => {}
         }
     }
+    if kind == FaultKind::Partition {
+        match net {
+            Some(net) => {
+                if let Err(e) = net.partition(who) {
+                    problems.push(format!("partition failed: {e}"));
+                }
+            }
+            None => problems.push("a partition without network namespaces".into()),
+        }
+    }
+    problems
 }
 
 /// Ends `fault` on `who`; returns what went wrong.
-pub fn heal(cluster: &mut LocalCluster, kind: FaultKind, who: &[u32]) -> Vec<String> {
+pub fn heal(
+    cluster: &mut LocalCluster,
+    net: Option<&NetNs>,
+    kind: FaultKind,
+    who: &[u32],
+) -> Vec<String> {
     let mut problems = Vec::new();
     for &r in who {
         match kind {
@@ -277,6 +328,12 @@ pub fn heal(cluster: &mut LocalCluster, kind: FaultKind, who: &[u32]) -> Vec<Str
                 }
             }
             FaultKind::Pause => cluster.signal(r, libc::SIGCONT),
+            FaultKind::Partition => {}
+        }
+    }
+    if kind == FaultKind::Partition {
+        if let Some(Err(e)) = net.map(NetNs::heal) {
+            problems.push(format!("healing the partition failed: {e}"));
         }
     }
     problems
@@ -317,7 +374,8 @@ mod tests {
 
     #[test]
     fn unsupported_nemeses_schedule_nothing() {
-        assert!(schedule(1, &[Nemesis::Partition], 3, 30_000, TIMING).is_empty());
+        assert!(schedule(1, &[Nemesis::Clock, Nemesis::Disk], 3, 30_000, TIMING).is_empty());
+        assert!(!schedule(1, &[Nemesis::Partition], 3, 30_000, TIMING).is_empty());
         assert_eq!(
             parse_nemeses("pause,kill,kill").unwrap(),
             vec![Nemesis::Kill, Nemesis::Pause]
@@ -333,5 +391,10 @@ mod tests {
         assert_eq!(resolve(Target::Follower(1), 3, Some(0)), vec![2]);
         assert_eq!(resolve(Target::Follower(2), 3, Some(0)), vec![1]);
         assert_eq!(resolve(Target::All, 3, None), vec![0, 1, 2]);
+        for pick in 0..20 {
+            let m = resolve(Target::Minority(pick), 5, None);
+            assert_eq!(m.len(), 2);
+            assert!(m[0] < m[1] && m[1] < 5);
+        }
     }
 }

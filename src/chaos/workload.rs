@@ -32,6 +32,10 @@ pub fn client_options(endpoints: &[String], attempt: Duration, op: Duration) -> 
     opts
 }
 
+/// After each operation a client thread starts over with a new client (a new client id and
+/// new connections) with this probability.
+const RECONNECT_P: f64 = 0.05;
+
 pub fn register_key(i: u32) -> String {
     format!("{REGISTER_PREFIX}{i}")
 }
@@ -111,7 +115,12 @@ pub fn client_loop(
         let c = match client.as_mut() {
             Some(c) => c,
             None => {
-                let opts = client_options(&cfg.endpoints, cfg.attempt_timeout, cfg.op_timeout);
+                // Start from any replica, as a fleet of clients would: a new client learns the
+                // leader from whichever replica answers first (an isolated old leader, say).
+                let mut endpoints = cfg.endpoints.clone();
+                let first = rng.gen_range(0..endpoints.len().max(1));
+                endpoints.rotate_left(first);
+                let opts = client_options(&endpoints, cfg.attempt_timeout, cfg.op_timeout);
                 match Client::connect(opts) {
                     Ok(c) => client.insert(c),
                     Err(_) => {
@@ -158,6 +167,9 @@ pub fn client_loop(
             None => {}
         }
         sink.lock().unwrap_or_else(|e| e.into_inner()).push(rec);
+        if rng.gen_bool(RECONNECT_P) {
+            client = None;
+        }
         let think = cfg.think_max.as_micros() as u64;
         if think > 0 {
             std::thread::sleep(Duration::from_micros(rng.gen_range(0..think)));
