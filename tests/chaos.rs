@@ -145,4 +145,13 @@ fn an_injected_protocol_bug_is_caught_on_real_processes() {
     ] {
         assert!(kept.join(f).exists(), "a failing run keeps {f}");
     }
+    // The kept history alone is enough to see it again.
+    let recheck = Command::new(binary())
+        .args(["chaos", "--recheck"])
+        .arg(kept.join("history.jsonl"))
+        .output()
+        .expect("mpaxos runs");
+    let text = String::from_utf8_lossy(&recheck.stdout);
+    assert!(!recheck.status.success(), "{text}");
+    assert!(text.contains("unread=0"), "{text}");
 }

@@ -142,6 +142,15 @@ pub fn windows(history: &[Record], executed: &[Executed]) -> Vec<Window> {
         .collect()
 }
 
+/// The values `reader`'s reads of write-once keys returned (the final reads of a history).
+pub fn final_values(history: &[Record], reader: u64) -> HashMap<String, Option<String>> {
+    history
+        .iter()
+        .filter(|r| r.client == reader && r.key.starts_with(UNIQUE_PREFIX))
+        .filter_map(|r| read_value(r).map(|v| (r.key.clone(), v)))
+        .collect()
+}
+
 /// A read's value, for the final reads.
 pub fn read_value(r: &Record) -> Option<Option<String>> {
     match (&r.status, &r.ret) {

@@ -74,6 +74,9 @@ pub struct ChaosArgs {
     /// show the checks catch a real bug on real processes.
     #[arg(long, value_parser = bug_names())]
     pub inject_bug: Option<String>,
+    /// Check a kept `history.jsonl` again (linearizability and lost writes) and exit.
+    #[arg(long, value_name = "FILE")]
+    pub recheck: Option<PathBuf>,
     /// Print each run's fault schedule (JSON, one line per run) and exit without running.
     #[arg(long)]
     pub dry_run: bool,
@@ -166,6 +169,9 @@ pub fn run_chaos(args: ChaosArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(path) = &args.recheck {
+        return recheck(path);
+    }
     if args.dry_run {
         for i in 0..args.runs {
             let seed = args.seed.unwrap_or(0).wrapping_add(i);
@@ -345,6 +351,64 @@ struct ScheduleFile<'a> {
     nemesis: &'a str,
     inject_bug: Option<&'a str>,
     faults: &'a [Fault],
+}
+
+/// `--recheck FILE`: the history checks of a kept run, again.
+fn recheck(path: &Path) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let mut history = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        match serde_json::from_str::<Record>(line) {
+            Ok(r) => history.push(r),
+            Err(e) => {
+                eprintln!("error: {}:{}: {e}", path.display(), i + 1);
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let verdict = analysis::linearizability(&history);
+    let durability =
+        analysis::durability(&history, &analysis::final_values(&history, FINAL_READER));
+    let c = analysis::counts(&history);
+    println!("{verdict}");
+    println!(
+        "ops={} ok={} fail={} info={} acked_unique={} lost={} phantom={} unread={}",
+        c.ops,
+        c.ok,
+        c.fail,
+        c.info,
+        durability.acknowledged,
+        durability.lost.len(),
+        durability.phantom.len(),
+        durability.unread.len()
+    );
+    for l in &durability.lost {
+        println!("lost: {l}");
+    }
+    for p in &durability.phantom {
+        println!("phantom: {p}");
+    }
+    let anomalies =
+        u64::from(matches!(verdict, Outcome::NotLinearizable(_))) + durability.phantom.len() as u64;
+    println!(
+        "runs=1 anomalies={anomalies} lost={}",
+        durability.lost.len()
+    );
+    if anomalies > 0 || !durability.lost.is_empty() || !verdict.is_linearizable() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn timing_of(config: &ClusterConfig) -> Timing {
@@ -540,8 +604,9 @@ fn run_one(
     Ok(report)
 }
 
-/// Reads every register key (appended to `history`, so the checker sees them) and every
-/// unique key written; returns the unique keys' values. Retries until each read answers or
+/// Reads every register key and every unique key written (appended to `history`, so the
+/// checker sees them and a kept history can be checked again); returns the unique keys'
+/// values. Retries until each read answers or
 /// 20 s pass.
 fn final_reads(
     cluster: &LocalCluster,
@@ -595,10 +660,9 @@ fn final_reads(
         u.dedup();
         u
     };
-    let mut scratch = Vec::new();
     let mut finals = HashMap::new();
     for key in unique {
-        if let Some(v) = read(&key, &mut scratch) {
+        if let Some(v) = read(&key, history) {
             finals.insert(key, v);
         }
     }

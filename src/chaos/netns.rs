@@ -45,8 +45,13 @@ impl NetNs {
             return Some("needs root (network namespaces)".into());
         }
         match Command::new("ip").arg("-V").output() {
-            Ok(o) if o.status.success() => None,
-            _ => Some("needs iproute2 (`ip`)".into()),
+            Ok(o) if o.status.success() => {}
+            _ => return Some("needs iproute2 (`ip`)".into()),
+        }
+        // Root is not always enough (a container may forbid namespaces): try it.
+        match NetNs::create(2, 0x7072_6f62) {
+            Ok(_) => None,
+            Err(e) => Some(format!("cannot create network namespaces here: {e}")),
         }
     }
 
