@@ -273,6 +273,7 @@ mod tests {
                 target: Target::Leader,
                 heal_after_ms: 200,
                 note: String::new(),
+                flap_ms: 0,
             },
             replicas: vec![0],
             leader_seen: Some(0),

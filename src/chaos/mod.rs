@@ -156,10 +156,12 @@ pub fn run_chaos(args: ChaosArgs) -> ExitCode {
             println!("nemesis {}: skipped: {why}", n.name());
         }
     }
-    if nemeses.contains(&Nemesis::Partition) {
+    if nemeses.iter().any(|n| n.is_partition()) {
         if let Some(why) = netns::NetNs::unavailable() {
-            println!("nemesis partition: skipped: {why}");
-            nemeses.retain(|n| *n != Nemesis::Partition);
+            for n in nemeses.iter().filter(|n| n.is_partition()) {
+                println!("nemesis {}: skipped: {why}", n.name());
+            }
+            nemeses.retain(|n| !n.is_partition());
         }
     }
     let binary = match std::env::current_exe() {
@@ -444,7 +446,7 @@ fn run_one(
     let mut config = ClusterConfig::local(args.replicas, 1, &dir.join("data"), base);
     // Declared before the cluster, so dropped after it: the replicas stop before their
     // namespaces go.
-    let net = if nemeses.contains(&Nemesis::Partition) {
+    let net = if nemeses.iter().any(|n| n.is_partition()) {
         let net = netns::NetNs::create(args.replicas, seed as u32)?;
         for r in &mut config.replicas {
             r.host = net.addr(r.id);
@@ -523,7 +525,22 @@ fn run_one(
         let who = nemesis::resolve(fault.target, args.replicas, leader);
         let start_ns = now_ns();
         let mut fault_problems = nemesis::inject(&mut cluster, net.as_ref(), fault.kind, &who);
-        sleep_until(start_ns + fault.heal_after_ms * 1_000_000);
+        let heal_at = start_ns + fault.heal_after_ms * 1_000_000;
+        if fault.kind == nemesis::FaultKind::PartitionFlap && fault.flap_ms > 0 {
+            // Heal and cut again, each for flap_ms, until the heal.
+            let mut cut = true;
+            while now_ns() + fault.flap_ms * 1_000_000 < heal_at && !abort.load(Ordering::Relaxed) {
+                sleep_until(now_ns() + fault.flap_ms * 1_000_000);
+                if let Some(net) = &net {
+                    let r = if cut { net.heal() } else { net.partition(&who) };
+                    if let Err(e) = r {
+                        fault_problems.push(format!("flapping failed: {e}"));
+                    }
+                }
+                cut = !cut;
+            }
+        }
+        sleep_until(heal_at);
         fault_problems.extend(nemesis::heal(&mut cluster, net.as_ref(), fault.kind, &who));
         let heal_problems = fault_problems;
         let e = Executed {

@@ -30,6 +30,12 @@ pub enum Nemesis {
     Partition,
     Clock,
     Disk,
+    /// Opt-in (not in `all`): the target side cannot send to the rest, which can still send
+    /// to it.
+    PartitionOneWay,
+    /// Opt-in (not in `all`): a two-way partition that comes and goes every 50-400 ms for
+    /// the length of the fault.
+    PartitionFlap,
 }
 
 impl Nemesis {
@@ -41,6 +47,26 @@ impl Nemesis {
         Nemesis::Disk,
     ];
 
+    /// Every name `--nemesis` accepts besides `all` (which is [`Nemesis::ALL`], the issue's
+    /// five families; the partition variants below are named one by one).
+    pub const NAMED: [Nemesis; 7] = [
+        Nemesis::Kill,
+        Nemesis::Pause,
+        Nemesis::Partition,
+        Nemesis::Clock,
+        Nemesis::Disk,
+        Nemesis::PartitionOneWay,
+        Nemesis::PartitionFlap,
+    ];
+
+    /// Whether it needs network namespaces.
+    pub fn is_partition(self) -> bool {
+        matches!(
+            self,
+            Nemesis::Partition | Nemesis::PartitionOneWay | Nemesis::PartitionFlap
+        )
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Nemesis::Kill => "kill",
@@ -48,13 +74,19 @@ impl Nemesis {
             Nemesis::Partition => "partition",
             Nemesis::Clock => "clock",
             Nemesis::Disk => "disk",
+            Nemesis::PartitionOneWay => "partition-one-way",
+            Nemesis::PartitionFlap => "partition-flap",
         }
     }
 
     /// Why this nemesis cannot run yet (None: it can).
     pub fn unsupported(self) -> Option<&'static str> {
         match self {
-            Nemesis::Kill | Nemesis::Pause | Nemesis::Partition => None,
+            Nemesis::Kill
+            | Nemesis::Pause
+            | Nemesis::Partition
+            | Nemesis::PartitionOneWay
+            | Nemesis::PartitionFlap => None,
             Nemesis::Clock => Some(
                 "not implemented yet: needs a test-only clock offset/skew hook in the server \
                  (docs/internals/chaos.md)",
@@ -75,11 +107,12 @@ pub fn parse_nemeses(list: &str) -> Result<Vec<Nemesis>, String> {
             out.extend(Nemesis::ALL);
             continue;
         }
-        match Nemesis::ALL.into_iter().find(|n| n.name() == word) {
+        match Nemesis::NAMED.into_iter().find(|n| n.name() == word) {
             Some(n) => out.push(n),
             None => {
                 return Err(format!(
-                    "unknown nemesis {word:?}: use kill, pause, partition, clock, disk or all"
+                    "unknown nemesis {word:?}: use kill, pause, partition, clock, disk, all, \
+                     partition-one-way or partition-flap"
                 ))
             }
         }
@@ -112,6 +145,19 @@ pub enum FaultKind {
     /// The target replicas can neither send to nor receive from the others until
     /// `heal_after_ms` (clients still reach everyone).
     Partition,
+    /// The target replicas cannot send to the others; the others can still send to them.
+    PartitionOneWay,
+    /// A two-way partition, healed and cut again every `flap_ms`.
+    PartitionFlap,
+}
+
+impl FaultKind {
+    pub fn is_partition(self) -> bool {
+        matches!(
+            self,
+            FaultKind::Partition | FaultKind::PartitionOneWay | FaultKind::PartitionFlap
+        )
+    }
 }
 
 /// One planned fault.
@@ -124,6 +170,13 @@ pub struct Fault {
     pub heal_after_ms: u64,
     /// Why this length: e.g. "shorter than the election timeout".
     pub note: String,
+    /// For a flapping partition: how long each cut and each heal lasts.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub flap_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Timing the schedule is built around (the cluster's own settings).
@@ -176,6 +229,7 @@ pub fn schedule(
                     target,
                     heal_after_ms: rng.gen_range(200..=2000),
                     note: "kill -9, then restart".into(),
+                    flap_ms: 0,
                 }
             }
             Nemesis::Partition => {
@@ -190,6 +244,31 @@ pub fn schedule(
                     target,
                     heal_after_ms: rng.gen_range(300..=3000),
                     note: "partition: the target against the rest".into(),
+                    flap_ms: 0,
+                }
+            }
+            Nemesis::PartitionOneWay | Nemesis::PartitionFlap => {
+                let target = if rng.gen_bool(0.5) {
+                    Target::Leader
+                } else {
+                    Target::Minority(rng.gen())
+                };
+                let one_way = nemesis == Nemesis::PartitionOneWay;
+                Fault {
+                    at_ms: t,
+                    kind: if one_way {
+                        FaultKind::PartitionOneWay
+                    } else {
+                        FaultKind::PartitionFlap
+                    },
+                    target,
+                    heal_after_ms: rng.gen_range(500..=4000),
+                    note: if one_way {
+                        "one-way partition: the target cannot send to the rest".into()
+                    } else {
+                        "flapping partition: the target against the rest, on and off".into()
+                    },
+                    flap_ms: if one_way { 0 } else { rng.gen_range(50..=400) },
                 }
             }
             _ => {
@@ -218,6 +297,7 @@ pub fn schedule(
                     target,
                     heal_after_ms,
                     note,
+                    flap_ms: 0,
                 }
             }
         };
@@ -296,13 +376,18 @@ pub fn inject(
         match kind {
             FaultKind::Kill => cluster.signal(r, libc::SIGKILL),
             FaultKind::Pause => cluster.signal(r, libc::SIGSTOP),
-            FaultKind::Partition => {}
+            _ => {}
         }
     }
-    if kind == FaultKind::Partition {
+    if kind.is_partition() {
         match net {
             Some(net) => {
-                if let Err(e) = net.partition(who) {
+                let cut = if kind == FaultKind::PartitionOneWay {
+                    net.partition_one_way(who)
+                } else {
+                    net.partition(who)
+                };
+                if let Err(e) = cut {
                     problems.push(format!("partition failed: {e}"));
                 }
             }
@@ -328,10 +413,10 @@ pub fn heal(
                 }
             }
             FaultKind::Pause => cluster.signal(r, libc::SIGCONT),
-            FaultKind::Partition => {}
+            _ => {}
         }
     }
-    if kind == FaultKind::Partition {
+    if kind.is_partition() {
         if let Some(Err(e)) = net.map(NetNs::heal) {
             problems.push(format!("healing the partition failed: {e}"));
         }
@@ -381,6 +466,10 @@ mod tests {
             vec![Nemesis::Kill, Nemesis::Pause]
         );
         assert_eq!(parse_nemeses("all").unwrap().len(), 5);
+        assert_eq!(
+            parse_nemeses("partition-flap,partition-one-way").unwrap(),
+            vec![Nemesis::PartitionOneWay, Nemesis::PartitionFlap]
+        );
         assert!(parse_nemeses("flood").is_err());
     }
 

@@ -203,6 +203,17 @@ impl NetNs {
         Ok(())
     }
 
+    /// `side` can no longer send to the other replicas; they can still send to it (their
+    /// packets arrive; TCP's answers to them do not, so connections stall after a while).
+    pub fn partition_one_way(&self, side: &[u32]) -> Result<(), String> {
+        for &i in side {
+            for j in (0..self.replicas).filter(|j| !side.contains(j)) {
+                self.cut(i, j)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Every replica reaches every other again.
     pub fn heal(&self) -> Result<(), String> {
         for i in 0..self.replicas {
