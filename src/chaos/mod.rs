@@ -521,7 +521,16 @@ fn run_one(
             problems.push(format!("replica {id} exited on its own ({status})"));
             let _ = cluster.start(id);
         }
-        let leader = nemesis::current_leader(&cluster);
+        // Just after a fault nobody may lead yet: ask again for up to a second.
+        let mut leader = nemesis::current_leader(&cluster);
+        let asked_at = Instant::now();
+        while leader.is_none()
+            && asked_at.elapsed() < Duration::from_secs(1)
+            && !abort.load(Ordering::Relaxed)
+        {
+            std::thread::sleep(Duration::from_millis(100));
+            leader = nemesis::current_leader(&cluster);
+        }
         let who = nemesis::resolve(fault.target, args.replicas, leader);
         let start_ns = now_ns();
         let mut fault_problems = nemesis::inject(&mut cluster, net.as_ref(), fault.kind, &who);
