@@ -139,6 +139,9 @@ impl RunReport {
 
 pub fn run_chaos(args: ChaosArgs) -> ExitCode {
     crate::server::init_logging();
+    if let Some(path) = &args.recheck {
+        return recheck(path);
+    }
     if args.replicas == 0 || args.replicas > 9 || args.keys == 0 || args.clients == 0 {
         eprintln!("error: --replicas must be 1..=9 and --keys, --clients at least 1");
         return ExitCode::from(2);
@@ -171,9 +174,6 @@ pub fn run_chaos(args: ChaosArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(path) = &args.recheck {
-        return recheck(path);
-    }
     if args.dry_run {
         for i in 0..args.runs {
             let seed = args.seed.unwrap_or(0).wrapping_add(i);
