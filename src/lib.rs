@@ -6,6 +6,7 @@
 //! - [`check`]: a Wing–Gong–Lowe linearizability checker, partitioned per key.
 //! - [`sim`]: the deterministic fault-injecting simulator around `protocol` + `kv`.
 pub mod bench;
+pub mod chaos;
 pub mod check;
 pub mod client;
 pub mod kv;

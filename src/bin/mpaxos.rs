@@ -37,6 +37,9 @@ enum Command {
     },
     /// Run a local cluster on loopback in the foreground (Ctrl-C stops it).
     Cluster(mpaxos::server::local::ClusterArgs),
+    /// Jepsen-style tests: real replicas under kill -9 and SIGSTOP, histories checked for
+    /// linearizability and lost writes.
+    Chaos(mpaxos::chaos::ChaosArgs),
     /// Benchmark a cluster (a local 3-replica one by default); `bench compare A B` diffs runs.
     Bench(Box<BenchCmd>),
     /// Run a benchmark suite: a matrix of runs with a combined report and plots.
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
         Command::Check(command) => mpaxos::wal::cli::run_check(command),
         Command::Server { config, id } => mpaxos::server::run(&config, id),
         Command::Cluster(args) => mpaxos::server::local::run_cluster(args),
+        Command::Chaos(args) => mpaxos::chaos::run_chaos(args),
         Command::Store(cmd) => {
             restore_sigpipe();
             mpaxos::client::cli::run(cmd)

@@ -157,6 +157,11 @@ pub struct ClusterConfig {
     /// times out sooner than the others. Stickiness then keeps it leader while it is healthy.
     #[serde(default)]
     pub preferred_leader: Option<u32>,
+    /// Testing only: break the protocol on purpose (a name from `mpaxos sim --help`'s
+    /// `--inject-bug` list) so that `mpaxos chaos --inject-bug NAME` can show its checker
+    /// catching a real bug on real processes. Never set it on a cluster that holds data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsafe_inject_bug: Option<String>,
     pub replicas: Vec<ReplicaConfig>,
 }
 
@@ -222,6 +227,28 @@ impl ClusterConfig {
         }
         if self.durability == BackendChoice::Memory && !self.unsafe_memory_durability {
             return Err("durability = \"memory\" keeps no promise across a restart, so a restarted replica can help elect a second leader; use auto, uring or sync, or set unsafe_memory_durability = true for a benchmark cluster that is never restarted".into());
+        }
+        if let Some(name) = &self.unsafe_inject_bug {
+            use crate::protocol::InjectedBug;
+            if let Some(
+                b @ (InjectedBug::StorageAckBeforeDurable | InjectedBug::ClockStopsInSuspend),
+            ) = InjectedBug::from_name(name)
+            {
+                return Err(format!(
+                    "unsafe_inject_bug = {:?} lives in the simulator's disk or clock model; a real server cannot inject it",
+                    b.name()
+                ));
+            }
+            if InjectedBug::from_name(name).is_none() {
+                let known: Vec<&str> = crate::protocol::InjectedBug::ALL
+                    .iter()
+                    .map(|b| b.name())
+                    .collect();
+                return Err(format!(
+                    "unsafe_inject_bug = {name:?} is not one of {}",
+                    known.join(", ")
+                ));
+            }
         }
         let n = self.replicas.len();
         if n == 0 || n > 9 {
@@ -426,6 +453,7 @@ impl ClusterConfig {
             limits: Limits::default(),
             placement: None,
             preferred_leader: None,
+            unsafe_inject_bug: None,
             replicas: (0..replicas)
                 .map(|id| {
                     let base = base_port + id as u16 * stride;

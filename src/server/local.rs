@@ -17,6 +17,8 @@ pub struct LocalCluster {
     pub config_path: PathBuf,
     binary: PathBuf,
     children: Vec<Option<Child>>,
+    /// Per replica, a command that runs the server (e.g. `ip netns exec NS`); empty: none.
+    launchers: Vec<Vec<String>>,
 }
 
 /// Finds a run of free loopback ports for `replicas` replicas of `groups` groups.
@@ -48,6 +50,7 @@ impl LocalCluster {
             config_path,
             binary,
             children: (0..n).map(|_| None).collect(),
+            launchers: vec![Vec::new(); n],
         })
     }
 
@@ -71,6 +74,13 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Runs replica `id` under `launcher` from its next start on: `launcher[0]` is executed
+    /// with the rest of `launcher`, then this binary and its arguments. The launcher must exec
+    /// the server in its own process (as `ip netns exec` does) so that signals reach it.
+    pub fn set_launcher(&mut self, id: u32, launcher: Vec<String>) {
+        self.launchers[id as usize] = launcher;
+    }
+
     /// Starts (or restarts) replica `id`, appending to its log.
     pub fn start(&mut self, id: u32) -> Result<(), String> {
         let log = File::options()
@@ -78,7 +88,16 @@ impl LocalCluster {
             .append(true)
             .open(self.log_path(id))
             .map_err(|e| format!("cannot open log: {e}"))?;
-        let child = Command::new(&self.binary)
+        let launcher = &self.launchers[id as usize];
+        let mut command = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
+        let child = command
             .arg("server")
             .arg("--config")
             .arg(&self.config_path)

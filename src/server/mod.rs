@@ -72,6 +72,10 @@ pub fn protocol_config(cfg: &ClusterConfig, id: u32, group: u32) -> protocol::Co
     } else {
         0
     };
+    p.inject_bug = cfg
+        .unsafe_inject_bug
+        .as_deref()
+        .and_then(protocol::InjectedBug::from_name);
     p
 }
 
@@ -141,6 +145,12 @@ impl Running {
 pub fn start(cfg: &ClusterConfig, id: u32) -> Result<Running, String> {
     let me = cfg.replica(id)?.clone();
     let listen_host = me.listen_host.as_deref().unwrap_or(&me.host);
+    if let Some(bug) = &cfg.unsafe_inject_bug {
+        tracing::warn!(
+            replica = id,
+            "unsafe_inject_bug = {bug:?}: this replica breaks the protocol on purpose (testing only)"
+        );
+    }
     let data_dir = cfg.replica_data_dir(id);
     std::fs::create_dir_all(&data_dir).map_err(|e| {
         format!(
