@@ -16,6 +16,7 @@
 //! Messages that may only leave after a write is durable (Promise, Accepted) are held inside
 //! the replica and released by `persisted`, so a caller cannot send them early by mistake.
 
+pub mod lease;
 mod log;
 mod message;
 pub mod quorum;

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, VecDeque};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::lease::{grantor_hold_ms, LeaderLease};
 use super::log::Log;
 use super::message::{
     Envelope, Message, PromiseEntry, ENTRY_OVERHEAD_BYTES, MESSAGE_OVERHEAD_BYTES,
@@ -25,7 +26,7 @@ use super::quorum::{QuorumSpec, VoteSet};
 use super::types::{Ballot, Command, DurableState, Nanos, ReplicaId, Slot, Value, Write, WriteId};
 
 const NS_PER_US: u64 = 1_000;
-const NS_PER_MS: u64 = 1_000_000;
+use super::lease::NS_PER_MS;
 
 /// A deliberate protocol bug, so the simulator's checks can be shown to bite.
 /// Never set outside tests and `mpaxos sim --inject-bug`.
@@ -151,8 +152,7 @@ impl Config {
     /// How long a restarted acceptor refuses new ballots: long enough, on its own clock, to
     /// outlast any lease granted before it crashed on the leader's clock.
     fn restart_blackout_ms(&self) -> u64 {
-        let d = self.clock_drift_percent.min(49);
-        (self.lease_ms * (100 + d)).div_ceil(100 - d)
+        grantor_hold_ms(self.lease_ms, self.clock_drift_percent)
     }
 
     fn validate(&self) {
@@ -297,10 +297,8 @@ struct Leader {
     read_round: u64,
     read_round_wanted: bool,
     acked_round: Vec<u64>,
-    /// Leases: when each heartbeat round went out (oldest first, pruned), and per replica the
-    /// send time of the newest heartbeat it acknowledged.
-    round_sent_at: VecDeque<(u64, Nanos)>,
-    lease_ack: Vec<Option<Nanos>>,
+    /// The leader lease: heartbeat rounds sent and the grants their acks make (`lease.rs`).
+    lease: LeaderLease,
     reads: VecDeque<PendingRead>,
 }
 
@@ -1088,8 +1086,7 @@ impl Replica {
             read_round: 0,
             read_round_wanted: false,
             acked_round: vec![0; n],
-            round_sent_at: VecDeque::new(),
-            lease_ack: vec![None; n],
+            lease: LeaderLease::new(self.cfg.replicas, self.cfg.id),
             reads: VecDeque::new(),
         };
         leader.last_ack[self.cfg.id as usize] = Some(now);
@@ -1196,33 +1193,14 @@ impl Replica {
         leader.last_ack[from as usize] = Some(now);
         let acked = &mut leader.acked_round[from as usize];
         *acked = (*acked).max(read_round);
-        // The ack vouches for the heartbeat of round `read_round`: the acceptor refuses other
-        // leaders for a stickiness window from when it received it, which is after we sent it.
-        if let Ok(i) = leader
-            .round_sent_at
-            .binary_search_by_key(&read_round, |(r, _)| *r)
-        {
-            let sent_at = leader.round_sent_at[i].1;
-            let lease = &mut leader.lease_ack[from as usize];
-            *lease = Some(lease.map_or(sent_at, |l| l.max(sent_at)));
-        }
+        // The ack vouches for the heartbeat of round `read_round` (a grant, `lease.rs`).
+        leader.lease.on_ack(from, read_round);
     }
 
     /// Whether the leader holds a lease at `now`: a classic quorum (itself included) has
     /// acknowledged heartbeats sent less than `lease_ms` ago.
     fn holds_lease(&self, leader: &Leader, now: Nanos) -> bool {
-        if self.cfg.lease_ms == 0 {
-            return false;
-        }
-        let lease_ns = self.cfg.lease_ms * NS_PER_MS;
-        let mut live = VoteSet::EMPTY;
-        live.insert(self.cfg.id);
-        for (id, sent) in leader.lease_ack.iter().enumerate() {
-            if sent.is_some_and(|at| now < at + lease_ns) {
-                live.insert(id as ReplicaId);
-            }
-        }
-        self.quorum.is_phase1_quorum(live)
+        leader.lease.holds(now, self.cfg.lease_ms, &self.quorum)
     }
 
     fn tick_leader(&mut self, now: Nanos) {
@@ -1302,15 +1280,9 @@ impl Replica {
             leader.read_round_wanted = false;
         }
         if self.cfg.lease_ms > 0 {
-            let lease_ns = self.cfg.lease_ms * NS_PER_MS;
-            while leader
-                .round_sent_at
-                .front()
-                .is_some_and(|(_, at)| now >= at + lease_ns)
-            {
-                leader.round_sent_at.pop_front();
-            }
-            leader.round_sent_at.push_back((leader.read_round, now));
+            leader
+                .lease
+                .round_sent(leader.read_round, now, self.cfg.lease_ms);
         }
         leader.heartbeat_due = now + heartbeat_ns;
         leader.acked_round[self.cfg.id as usize] = leader.read_round;
