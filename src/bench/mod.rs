@@ -61,6 +61,10 @@ pub struct BenchSpec {
     /// Serve reads from the contacted replica's state without a read-index round.
     #[arg(long)]
     pub serializable_reads: bool,
+    /// How the local cluster serves linearizable reads (its `read_mode`).
+    #[arg(long, value_enum, default_value_t = crate::protocol::ReadMode::LeaderLease)]
+    #[serde(default)]
+    pub read_mode: crate::protocol::ReadMode,
     /// Key space size.
     #[arg(long, default_value_t = 100_000)]
     pub keys: u64,
@@ -731,6 +735,7 @@ pub fn local_config(
     cfg.batching.batch_max_bytes = spec.batch_max_bytes;
     cfg.batching.batch_delay_us = spec.batch_delay_us;
     cfg.batching.pipeline_depth = spec.pipeline_depth;
+    cfg.read_mode = Some(spec.read_mode);
     if let Some(p) = placement {
         cfg.placement = Some(std::path::absolute(&p.path).map_err(|e| e.to_string())?);
         for r in cfg.replicas.iter_mut() {

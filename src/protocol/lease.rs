@@ -16,6 +16,61 @@ use super::types::{Nanos, ReplicaId};
 
 pub(crate) const NS_PER_MS: u64 = 1_000_000;
 
+/// How a replica serves linearizable reads (serializable reads are always local).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadMode {
+    /// The leader confirms its ballot with a quorum round (no disk write) per batch of reads.
+    ReadIndex,
+    /// The leader reads locally while a majority's heartbeat acks are fresh; else a round.
+    #[default]
+    LeaderLease,
+    /// Every replica holds a read lease from a majority of grantors and reads locally; writes
+    /// wait for every live holder's Accepted. The leader keeps its leader lease too.
+    QuorumLease,
+}
+
+impl ReadMode {
+    pub const ALL: [ReadMode; 3] = [
+        ReadMode::ReadIndex,
+        ReadMode::LeaderLease,
+        ReadMode::QuorumLease,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadMode::ReadIndex => "read-index",
+            ReadMode::LeaderLease => "leader-lease",
+            ReadMode::QuorumLease => "quorum-lease",
+        }
+    }
+
+    /// A stable number for settings digests.
+    pub fn code(self) -> u64 {
+        match self {
+            ReadMode::ReadIndex => 1,
+            ReadMode::LeaderLease => 2,
+            ReadMode::QuorumLease => 3,
+        }
+    }
+}
+
+impl std::fmt::Display for ReadMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One grant, as its grantee records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Grant {

@@ -25,6 +25,7 @@ mod replica;
 mod tests;
 mod types;
 
+pub use lease::{Grant, ReadMode};
 pub use log::{Entry, Log};
 pub use message::{Envelope, Message, PromiseEntry};
 pub use quorum::{QuorumSpec, VoteSet};

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, VecDeque};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::lease::{grantor_hold_ms, LeaderLease};
+use super::lease::{grantor_hold_ms, LeaderLease, ReadMode};
 use super::log::Log;
 use super::message::{
     Envelope, Message, PromiseEntry, ENTRY_OVERHEAD_BYTES, MESSAGE_OVERHEAD_BYTES,
@@ -115,6 +115,9 @@ pub struct Config {
     /// `min over replicas of election_timeout_min_ms × (1 − 2 × max clock drift)`
     /// ([`Config::lease_ms_for`]).
     pub lease_ms: u64,
+    /// How linearizable reads are served. `ReadIndex` ignores `lease_ms` (no leases at all);
+    /// the lease modes need `lease_ms > 0`.
+    pub read_mode: ReadMode,
     /// The most two replicas' clock rates may differ, percent: sizes the restart blackout.
     pub clock_drift_percent: u64,
     pub inject_bug: Option<InjectedBug>,
@@ -138,6 +141,7 @@ impl Config {
             message_bytes_max: 8 << 20,
             pipeline_bytes_max: 8 << 20,
             lease_ms: Config::lease_ms_for(150, 10),
+            read_mode: ReadMode::LeaderLease,
             clock_drift_percent: 10,
             inject_bug: None,
         }
@@ -152,7 +156,15 @@ impl Config {
     /// How long a restarted acceptor refuses new ballots: long enough, on its own clock, to
     /// outlast any lease granted before it crashed on the leader's clock.
     fn restart_blackout_ms(&self) -> u64 {
-        grantor_hold_ms(self.lease_ms, self.clock_drift_percent)
+        grantor_hold_ms(self.leader_lease_ms(), self.clock_drift_percent)
+    }
+
+    /// The leader lease's length: `lease_ms`, or 0 (no leases) in read-index mode.
+    pub fn leader_lease_ms(&self) -> u64 {
+        match self.read_mode {
+            ReadMode::ReadIndex => 0,
+            ReadMode::LeaderLease | ReadMode::QuorumLease => self.lease_ms,
+        }
     }
 
     fn validate(&self) {
@@ -171,6 +183,10 @@ impl Config {
         assert!(
             self.lease_ms < self.election_timeout_min_ms,
             "a lease must end before an acceptor's stickiness window"
+        );
+        assert!(
+            self.read_mode != ReadMode::QuorumLease || self.lease_ms > 0,
+            "quorum leases need lease_ms > 0"
         );
     }
 }
@@ -380,7 +396,7 @@ impl Replica {
             last_heard_leader: None,
             election_deadline: 0,
             round_seen_max: durable.promised.round,
-            promise_blackout_until: if cfg.lease_ms > 0 {
+            promise_blackout_until: if cfg.leader_lease_ms() > 0 {
                 now + cfg.restart_blackout_ms() * NS_PER_MS
             } else {
                 0
@@ -1200,7 +1216,9 @@ impl Replica {
     /// Whether the leader holds a lease at `now`: a classic quorum (itself included) has
     /// acknowledged heartbeats sent less than `lease_ms` ago.
     fn holds_lease(&self, leader: &Leader, now: Nanos) -> bool {
-        leader.lease.holds(now, self.cfg.lease_ms, &self.quorum)
+        leader
+            .lease
+            .holds(now, self.cfg.leader_lease_ms(), &self.quorum)
     }
 
     fn tick_leader(&mut self, now: Nanos) {
@@ -1274,15 +1292,14 @@ impl Replica {
         let Proposer::Leader(leader) = &mut self.proposer else {
             return;
         };
-        if leader.read_round_wanted || self.cfg.lease_ms > 0 {
+        let lease_ms = self.cfg.leader_lease_ms();
+        if leader.read_round_wanted || lease_ms > 0 {
             // With leases every heartbeat is its own round, so an ack names its send time.
             leader.read_round += 1;
             leader.read_round_wanted = false;
         }
-        if self.cfg.lease_ms > 0 {
-            leader
-                .lease
-                .round_sent(leader.read_round, now, self.cfg.lease_ms);
+        if lease_ms > 0 {
+            leader.lease.round_sent(leader.read_round, now, lease_ms);
         }
         leader.heartbeat_due = now + heartbeat_ns;
         leader.acked_round[self.cfg.id as usize] = leader.read_round;

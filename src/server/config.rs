@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::ReadMode;
 use crate::wal::BackendChoice;
 
 /// Where a replica pins its group threads.
@@ -152,6 +153,11 @@ pub struct ClusterConfig {
     /// times out sooner than the others. Stickiness then keeps it leader while it is healthy.
     #[serde(default)]
     pub preferred_leader: Option<u32>,
+    /// How linearizable reads are served: `"read-index"`, `"leader-lease"` or
+    /// `"quorum-lease"` (docs/internals/protocol.md §8). Unset: `"leader-lease"`, or
+    /// `"read-index"` when `timeouts.lease_reads = false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_mode: Option<crate::protocol::ReadMode>,
     pub replicas: Vec<ReplicaConfig>,
 }
 
@@ -284,6 +290,12 @@ impl ClusterConfig {
                 t.heartbeat_ms, t.election_timeout_min_ms
             ));
         }
+        if !t.lease_reads && self.read_mode.is_some_and(|m| m != ReadMode::ReadIndex) {
+            return Err(format!(
+                "read_mode = \"{}\" needs leases, but timeouts.lease_reads = false; drop one of them",
+                self.read_mode.expect("checked")
+            ));
+        }
         if t.election_timeout_min_ms > t.election_timeout_max_ms {
             return Err("timeouts.election_timeout_min_ms is above election_timeout_max_ms".into());
         }
@@ -320,6 +332,15 @@ impl ClusterConfig {
         crate::protocol::Config::lease_ms_for(min_ms, drift_percent)
     }
 
+    /// The read mode in force: `read_mode`, else what `timeouts.lease_reads` implies.
+    pub fn read_mode(&self) -> ReadMode {
+        self.read_mode.unwrap_or(if self.timeouts.lease_reads {
+            ReadMode::LeaderLease
+        } else {
+            ReadMode::ReadIndex
+        })
+    }
+
     /// A digest of the settings every replica must share for leases and stickiness to be
     /// sound; peers compare it in their handshake and refuse a mismatch.
     pub fn settings_digest(&self) -> u64 {
@@ -332,6 +353,7 @@ impl ClusterConfig {
             t.clock_drift_percent,
             self.preferred_leader.map_or(u64::MAX, u64::from),
             self.replicas.len() as u64,
+            self.read_mode().code(),
         ];
         // FNV-1a: stable across builds and platforms, unlike std's hasher.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -402,6 +424,7 @@ impl ClusterConfig {
             limits: Limits::default(),
             placement: None,
             preferred_leader: None,
+            read_mode: None,
             replicas: (0..replicas)
                 .map(|id| {
                     let base = base_port + id as u16 * stride;
@@ -451,6 +474,33 @@ mod tests {
         cfg.validate().unwrap();
         let err = toml::from_str::<ClusterConfig>("cluster_id = 1\nbogus = 2\n").unwrap_err();
         assert!(err.message().contains("bogus"), "{}", err.message());
+    }
+
+    #[test]
+    fn read_mode_parses_defaults_and_is_in_the_digest() {
+        let cfg = ClusterConfig::local(3, 1, Path::new("/tmp/x"), 20000);
+        assert_eq!(cfg.read_mode(), ReadMode::LeaderLease);
+        let mut text = cfg.to_toml();
+        assert!(!text.contains("read_mode"), "unset stays unset: {text}");
+        text = format!("read_mode = \"quorum-lease\"\n{text}");
+        let q: ClusterConfig = toml::from_str(&text).unwrap();
+        assert_eq!(q.read_mode(), ReadMode::QuorumLease);
+        q.validate().unwrap();
+        let back: ClusterConfig = toml::from_str(&q.to_toml()).unwrap();
+        assert_eq!(back, q);
+        // Peers with different read modes refuse each other.
+        assert_ne!(q.settings_digest(), cfg.settings_digest());
+        let mut explicit = cfg.clone();
+        explicit.read_mode = Some(ReadMode::LeaderLease);
+        assert_eq!(explicit.settings_digest(), cfg.settings_digest());
+        let mut ri = cfg.clone();
+        ri.timeouts.lease_reads = false;
+        assert_eq!(ri.read_mode(), ReadMode::ReadIndex);
+        assert_ne!(ri.settings_digest(), cfg.settings_digest());
+        ri.read_mode = Some(ReadMode::QuorumLease);
+        assert!(ri.validate().unwrap_err().contains("lease_reads"));
+        let bad = format!("read_mode = \"nearest\"\n{}", cfg.to_toml());
+        assert!(toml::from_str::<ClusterConfig>(&bad).is_err());
     }
 
     #[test]

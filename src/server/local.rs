@@ -221,6 +221,10 @@ pub struct ClusterArgs {
     /// First port; 0 picks a free range.
     #[arg(long, default_value_t = 0)]
     pub base_port: u16,
+    /// How linearizable reads are served (a new cluster's `read_mode`; an existing
+    /// directory's `cluster.toml` must agree).
+    #[arg(long, value_enum)]
+    pub read_mode: Option<crate::protocol::ReadMode>,
 }
 
 pub fn run_cluster(args: ClusterArgs) -> std::process::ExitCode {
@@ -253,8 +257,19 @@ pub fn run_cluster(args: ClusterArgs) -> std::process::ExitCode {
         c.durability = args.durability;
         // A benchmark cluster is never restarted: memory durability is its to choose.
         c.unsafe_memory_durability = c.durability == crate::wal::BackendChoice::Memory;
+        c.read_mode = args.read_mode;
         c
     };
+    if let Some(mode) = args.read_mode {
+        if config.read_mode() != mode {
+            eprintln!(
+                "error: {} already holds a cluster with read_mode = \"{}\"; --read-mode {mode} would disagree (edit its cluster.toml, or use a new --dir)",
+                existing.display(),
+                config.read_mode()
+            );
+            return ExitCode::from(2);
+        }
+    }
     let binary = match std::env::current_exe() {
         Ok(b) => b,
         Err(e) => {
