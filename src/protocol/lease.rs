@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 
 use super::quorum::{QuorumSpec, VoteSet};
-use super::types::{Nanos, ReplicaId};
+use super::types::{Nanos, ReplicaId, Slot};
 
 pub(crate) const NS_PER_MS: u64 = 1_000_000;
 
@@ -165,6 +165,138 @@ impl LeaderLease {
     }
 }
 
+/// A quorum-lease grant as its holder records it: the grant, and the highest slot the
+/// grantor held when it granted (PQL's `LatestAcceptedInst`, Bodega's `accept_bar`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HolderGrant {
+    pub grant: Grant,
+    pub latest_accepted: Slot,
+}
+
+/// One replica's quorum-lease state, as holder and as grantor. Every replica holds leases
+/// on the whole key space of its group and grants them to every replica (itself included).
+///
+/// Holder: every `heartbeat_ms` it sends `LeaseRequest { lease_num: now }` to every
+/// replica; a `LeaseGrant` answering it is a grant valid for `lease_ms` from that send time.
+/// It may read locally while grants from a classic quorum are valid, once it applied every
+/// slot it holds itself and every slot those grantors held when they granted.
+///
+/// Grantor: on a request it owes the requester, for `grantor_hold_ms` from receipt on its
+/// own clock, a place in the `holders` of every Accepted it sends (so no write commits
+/// without the holder's vote); after a restart it owes every replica that much, since it
+/// forgot whom it promised.
+pub(crate) struct QuorumLease {
+    me: ReplicaId,
+    n: u32,
+    /// Request send times (= lease numbers) still young enough to yield a valid grant.
+    requests: VecDeque<Nanos>,
+    grants: Vec<Option<HolderGrant>>,
+    request_due: Nanos,
+    /// Per holder, until when (own clock) it must be named in our Accepteds; 0: never.
+    owed_until: Vec<Nanos>,
+    /// After a restart every replica counts as a holder until then.
+    owe_all_until: Nanos,
+}
+
+impl QuorumLease {
+    /// A replica (re)starting at `now`; `hold_ms` = [`grantor_hold_ms`].
+    pub(crate) fn new(replicas: u32, me: ReplicaId, now: Nanos, hold_ms: u64) -> Self {
+        QuorumLease {
+            me,
+            n: replicas,
+            requests: VecDeque::new(),
+            grants: vec![None; replicas as usize],
+            request_due: now,
+            owed_until: vec![0; replicas as usize],
+            owe_all_until: now + hold_ms * NS_PER_MS,
+        }
+    }
+
+    pub(crate) fn request_due(&self) -> Nanos {
+        self.request_due
+    }
+
+    /// Time to renew: records the request and returns its lease number (the send time).
+    pub(crate) fn next_request(&mut self, now: Nanos, lease_ms: u64, heartbeat_ms: u64) -> Nanos {
+        let lease_ns = lease_ms * NS_PER_MS;
+        while self.requests.front().is_some_and(|at| now >= at + lease_ns) {
+            self.requests.pop_front();
+        }
+        if !self.requests.back().is_some_and(|last| *last >= now) {
+            self.requests.push_back(now);
+        }
+        self.request_due = now + heartbeat_ms * NS_PER_MS;
+        now
+    }
+
+    /// As grantor: `from` asked for a lease at `now`.
+    pub(crate) fn on_request(&mut self, from: ReplicaId, now: Nanos, hold_ms: u64) {
+        let until = now + hold_ms * NS_PER_MS;
+        let owed = &mut self.owed_until[from as usize];
+        *owed = (*owed).max(until);
+    }
+
+    /// As holder: `from` granted the request numbered `lease_num`. A grant for a request we
+    /// did not send (or sent too long ago to matter) is ignored.
+    pub(crate) fn on_grant(&mut self, from: ReplicaId, lease_num: Nanos, latest_accepted: Slot) {
+        if self.requests.binary_search(&lease_num).is_err() {
+            return;
+        }
+        let slot = &mut self.grants[from as usize];
+        if slot.is_some_and(|g| g.grant.granted_at >= lease_num) {
+            return;
+        }
+        *slot = Some(HolderGrant {
+            grant: Grant {
+                grantor: from,
+                grantee: self.me,
+                lease_num,
+                granted_at: lease_num,
+            },
+            latest_accepted,
+        });
+    }
+
+    /// As grantor: the replicas it must name in an Accepted sent now.
+    pub(crate) fn holders(&self, now: Nanos) -> VoteSet {
+        let mut set = VoteSet::EMPTY;
+        for id in 0..self.n {
+            if now < self.owe_all_until || now < self.owed_until[id as usize] {
+                set.insert(id);
+            }
+        }
+        set
+    }
+
+    /// As holder: if grants from a classic quorum are valid at `now`, the highest slot any
+    /// valid grantor held when it granted (a local read must wait until it is applied).
+    /// `ignore_expiry` is the injected bug `QleaseReadAfterExpiry`.
+    pub(crate) fn read_bar(
+        &self,
+        now: Nanos,
+        lease_ms: u64,
+        quorum: &QuorumSpec,
+        ignore_expiry: bool,
+    ) -> Option<Slot> {
+        let lease_ns = lease_ms * NS_PER_MS;
+        let mut live = VoteSet::EMPTY;
+        let mut bar = 0;
+        for g in self.grants.iter().flatten() {
+            if ignore_expiry || now < g.grant.granted_at + lease_ns {
+                live.insert(g.grant.grantor);
+                bar = bar.max(g.latest_accepted);
+            }
+        }
+        quorum.is_phase1_quorum(live).then_some(bar)
+    }
+
+    /// The newest grant from `grantor`, if any.
+    #[cfg(test)]
+    pub(crate) fn grant(&self, grantor: ReplicaId) -> Option<HolderGrant> {
+        self.grants[grantor as usize]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +329,45 @@ mod tests {
         lease.on_ack(1, 1);
         assert_eq!(lease.grant(1), None);
         assert!(!lease.holds(121 * MS, 0, &quorum));
+    }
+
+    #[test]
+    fn quorum_lease_grant_is_measured_from_the_request() {
+        let quorum = QuorumSpec::new(3);
+        let mut q = QuorumLease::new(3, 1, 0, 147);
+        let num = q.next_request(200 * MS, 120, 20);
+        assert_eq!(num, 200 * MS);
+        assert_eq!(q.request_due(), 220 * MS);
+        // A grant for a request never sent (a stale one from before a restart) is ignored.
+        q.on_grant(0, 190 * MS, 9);
+        assert_eq!(q.grant(0), None);
+        q.on_grant(0, num, 4);
+        let g = q.grant(0).unwrap();
+        assert_eq!((g.grant.grantor, g.grant.grantee), (0, 1));
+        assert_eq!((g.grant.lease_num, g.grant.granted_at), (num, 200 * MS));
+        assert_eq!(
+            q.read_bar(210 * MS, 120, &quorum, false),
+            None,
+            "one of three"
+        );
+        q.on_grant(1, num, 7);
+        assert_eq!(q.read_bar(210 * MS, 120, &quorum, false), Some(7));
+        // Valid for lease_ms from the send, however late the grant arrived.
+        assert_eq!(q.read_bar(319 * MS, 120, &quorum, false), Some(7));
+        assert_eq!(q.read_bar(320 * MS, 120, &quorum, false), None);
+        assert_eq!(q.read_bar(320 * MS, 120, &quorum, true), Some(7), "the bug");
+    }
+
+    #[test]
+    fn quorum_lease_grantor_owes_holders_until_the_hold_ends() {
+        let mut q = QuorumLease::new(3, 0, 1_000 * MS, 147);
+        // Restarted: it forgot whom it promised, so it owes everyone for a whole hold.
+        assert_eq!(q.holders(1_146 * MS).len(), 3);
+        assert_eq!(q.holders(1_147 * MS), VoteSet::EMPTY);
+        q.on_request(2, 1_200 * MS, 147);
+        q.on_request(2, 1_190 * MS, 147); // a delayed duplicate does not shorten it
+        assert!(q.holders(1_346 * MS).contains(2));
+        assert_eq!(q.holders(1_347 * MS), VoteSet::EMPTY);
     }
 
     #[test]

@@ -36,6 +36,19 @@ impl VoteSet {
     pub fn is_superset(&self, other: VoteSet) -> bool {
         self.0 & other.0 == other.0
     }
+
+    pub fn union(self, other: VoteSet) -> VoteSet {
+        VoteSet(self.0 | other.0)
+    }
+
+    /// The set as a bit mask (bit i: replica i), for the wire.
+    pub fn bits(&self) -> u64 {
+        self.0
+    }
+
+    pub fn from_bits(bits: u64) -> VoteSet {
+        VoteSet(bits)
+    }
 }
 
 /// The quorum rules of one group of `n` replicas.

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, VecDeque};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::lease::{grantor_hold_ms, LeaderLease, ReadMode};
+use super::lease::{grantor_hold_ms, LeaderLease, QuorumLease, ReadMode};
 use super::log::Log;
 use super::message::{
     Envelope, Message, PromiseEntry, ENTRY_OVERHEAD_BYTES, MESSAGE_OVERHEAD_BYTES,
@@ -51,16 +51,27 @@ pub enum InjectedBug {
     /// Like `StaleLeaderRead`, a leader that lost its quorum does not step down, so that two
     /// leaders overlap for longer than a message delay.
     LeaseFollowsLastSpeaker,
+    /// Quorum leases: the leader commits a slot on a majority alone, without the votes of the
+    /// lease holders its voters named.
+    QleaseCommitWithoutHolder,
+    /// Quorum leases: a holder serves a local read at its commit point, without waiting for
+    /// the slots it (or its grantors, when they granted) had accepted but not applied.
+    QleaseReadUnapplied,
+    /// Quorum leases: a holder keeps reading on grants whose time is up.
+    QleaseReadAfterExpiry,
 }
 
 impl InjectedBug {
-    pub const ALL: [InjectedBug; 6] = [
+    pub const ALL: [InjectedBug; 9] = [
         InjectedBug::AckBeforePersist,
         InjectedBug::SkipValueAdoption,
         InjectedBug::StaleLeaderRead,
         InjectedBug::StorageAckBeforeDurable,
         InjectedBug::ClockStopsInSuspend,
         InjectedBug::LeaseFollowsLastSpeaker,
+        InjectedBug::QleaseCommitWithoutHolder,
+        InjectedBug::QleaseReadUnapplied,
+        InjectedBug::QleaseReadAfterExpiry,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -71,7 +82,20 @@ impl InjectedBug {
             InjectedBug::StorageAckBeforeDurable => "storage-ack-before-durable",
             InjectedBug::ClockStopsInSuspend => "clock-stops-in-suspend",
             InjectedBug::LeaseFollowsLastSpeaker => "lease-follows-last-speaker",
+            InjectedBug::QleaseCommitWithoutHolder => "qlease-commit-without-holder",
+            InjectedBug::QleaseReadUnapplied => "qlease-read-unapplied",
+            InjectedBug::QleaseReadAfterExpiry => "qlease-read-after-expiry",
         }
+    }
+
+    /// A bug in the quorum-lease rules (only quorum-lease mode can show it).
+    pub fn needs_quorum_leases(&self) -> bool {
+        matches!(
+            self,
+            InjectedBug::QleaseCommitWithoutHolder
+                | InjectedBug::QleaseReadUnapplied
+                | InjectedBug::QleaseReadAfterExpiry
+        )
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
@@ -211,7 +235,8 @@ pub enum NotLeader {
 pub enum ReadOutcome {
     /// Serve the read from the state machine now (after applying this Ready's `committed`).
     Ready,
-    /// Leadership was lost before the read could be confirmed.
+    /// Leadership was lost before the read could be confirmed, or (quorum leases) a holder's
+    /// local read waited too long for a slot to be applied: ask the leader.
     NotLeader { leader: Option<ReplicaId> },
 }
 
@@ -282,7 +307,27 @@ struct Candidate {
 struct InFlight {
     value: Value,
     votes: VoteSet,
+    /// Quorum leases: per voter, the holders its newest Accepted named (all must vote).
+    holders: Vec<VoteSet>,
     sent_at: Nanos,
+}
+
+impl InFlight {
+    /// Every holder some voter named: the slot commits only once all of them voted.
+    fn required(&self) -> VoteSet {
+        self.holders
+            .iter()
+            .enumerate()
+            .filter(|(id, _)| self.votes.contains(*id as ReplicaId))
+            .fold(VoteSet::EMPTY, |acc, (_, h)| acc.union(*h))
+    }
+}
+
+/// A linearizable read a quorum-lease holder serves locally once `index` is applied.
+struct LocalRead {
+    id: u64,
+    index: Slot,
+    arrived: Nanos,
 }
 
 struct PendingRead {
@@ -363,6 +408,11 @@ pub struct Replica {
     /// so a lease granted before the crash still holds.
     promise_blackout_until: Nanos,
 
+    /// Quorum leases (`read_mode = QuorumLease`): grants held and owed, and the local reads
+    /// waiting for their index to be applied.
+    qlease: Option<QuorumLease>,
+    local_reads: VecDeque<LocalRead>,
+
     proposer: Proposer,
     queue: VecDeque<(Nanos, Command)>,
     queue_bytes: usize,
@@ -401,6 +451,15 @@ impl Replica {
             } else {
                 0
             },
+            qlease: (cfg.read_mode == ReadMode::QuorumLease).then(|| {
+                QuorumLease::new(
+                    cfg.replicas,
+                    cfg.id,
+                    now,
+                    grantor_hold_ms(cfg.lease_ms, cfg.clock_drift_percent),
+                )
+            }),
+            local_reads: VecDeque::new(),
             proposer: Proposer::Idle,
             queue: VecDeque::new(),
             queue_bytes: 0,
@@ -504,14 +563,16 @@ impl Replica {
         if self.fatal.is_some() {
             return Err(NotLeader::Redirect { leader: None });
         }
-        let hint = self.leader_hint();
         let commit = self.log.commit();
         let lease = match &self.proposer {
             Proposer::Leader(leader) => self.holds_lease(leader, now),
             _ => false,
         };
+        if !matches!(self.proposer, Proposer::Leader(_)) {
+            return self.read_local(now, id);
+        }
         let Proposer::Leader(leader) = &mut self.proposer else {
-            return Err(NotLeader::Redirect { leader: hint });
+            unreachable!("checked above");
         };
         if lease {
             // No other leader can exist until the lease ends: serve once everything committed
@@ -539,6 +600,98 @@ impl Replica {
         Ok(())
     }
 
+    /// A linearizable read at a follower: served locally if this replica holds a quorum
+    /// lease (docs/internals/protocol.md §8, quorum leases), else redirected to the leader.
+    fn read_local(&mut self, now: Nanos, id: u64) -> Result<(), NotLeader> {
+        let hint = self.leader_hint();
+        let Some(qlease) = &self.qlease else {
+            return Err(NotLeader::Redirect { leader: hint });
+        };
+        let bug = self.cfg.inject_bug;
+        let Some(bar) = qlease.read_bar(
+            now,
+            self.cfg.lease_ms,
+            &self.quorum,
+            bug == Some(InjectedBug::QleaseReadAfterExpiry),
+        ) else {
+            return Err(NotLeader::Redirect { leader: hint });
+        };
+        // Every slot this replica holds (a write it accepted may be committed already,
+        // counting its vote) and every slot its grantors held when they granted.
+        let index = if bug == Some(InjectedBug::QleaseReadUnapplied) {
+            self.log.commit()
+        } else {
+            self.log.commit().max(self.log.last_slot()).max(bar)
+        };
+        self.local_reads.push_back(LocalRead {
+            id,
+            index,
+            arrived: now,
+        });
+        Ok(())
+    }
+
+    /// Serves the local reads whose index is applied; gives up on those that waited longer
+    /// than an election timeout (their slot may need a new leader to be chosen).
+    fn release_local_reads(&mut self, now: Nanos) {
+        let give_up_ns = self.cfg.election_timeout_max_ms * NS_PER_MS;
+        let hint = self.leader_hint().filter(|l| *l != self.cfg.id);
+        let applied = self.applied;
+        let mut answered = Vec::new();
+        self.local_reads.retain(|read| {
+            if read.index <= applied {
+                answered.push((read.id, ReadOutcome::Ready));
+                false
+            } else if now >= read.arrived + give_up_ns {
+                answered.push((read.id, ReadOutcome::NotLeader { leader: hint }));
+                false
+            } else {
+                true
+            }
+        });
+        for (id, outcome) in answered {
+            self.out.reads.push(ReadResult { id, outcome });
+        }
+    }
+
+    /// Quorum leases: renews this replica's grants (a request to every replica, itself too).
+    fn request_leases(&mut self, now: Nanos) {
+        let Some(qlease) = &mut self.qlease else {
+            return;
+        };
+        if now < qlease.request_due() {
+            return;
+        }
+        let lease_num = qlease.next_request(now, self.cfg.lease_ms, self.cfg.heartbeat_ms);
+        for to in 0..self.cfg.replicas {
+            self.send(to, Message::LeaseRequest { lease_num });
+        }
+    }
+
+    fn on_lease_request(&mut self, now: Nanos, from: ReplicaId, lease_num: Nanos) {
+        let hold_ms = grantor_hold_ms(self.cfg.lease_ms, self.cfg.clock_drift_percent);
+        let Some(qlease) = &mut self.qlease else {
+            return;
+        };
+        // Owed from now on, before the grant leaves: an Accepted sent after this names it.
+        qlease.on_request(from, now, hold_ms);
+        let latest_accepted = self.log.commit().max(self.log.last_slot());
+        self.send(
+            from,
+            Message::LeaseGrant {
+                lease_num,
+                latest_accepted,
+            },
+        );
+    }
+
+    /// The holders an Accepted sent now must name (empty without quorum leases).
+    fn lease_holders(&self, now: Nanos) -> VoteSet {
+        self.qlease
+            .as_ref()
+            .map_or(VoteSet::EMPTY, |q| q.holders(now))
+    }
+
     /// The next instant at which `tick` must be called (absent other inputs).
     pub fn poll_timeout(&self) -> Nanos {
         let mut due = Nanos::MAX;
@@ -561,6 +714,9 @@ impl Replica {
         if let Some(sent) = self.catchup_sent_at {
             due = due.min(sent + self.catchup_retry_ns());
         }
+        if let Some(qlease) = &self.qlease {
+            due = due.min(qlease.request_due());
+        }
         due
     }
 
@@ -575,6 +731,7 @@ impl Replica {
             self.start_pre_vote(now);
         }
         self.maybe_catch_up(now);
+        self.request_leases(now);
     }
 
     /// A write up to `write_id` is durable (writes complete in order).
@@ -620,7 +777,11 @@ impl Replica {
                 value,
                 commit,
             } => self.on_accept(now, from, ballot, slot, value, commit),
-            Message::Accepted { ballot, slot } => self.on_accepted(now, from, ballot, slot),
+            Message::Accepted {
+                ballot,
+                slot,
+                holders,
+            } => self.on_accepted(now, from, ballot, slot, holders),
             Message::Reject { ballot, promised } => self.on_reject(now, ballot, promised),
             Message::Heartbeat {
                 ballot,
@@ -638,6 +799,15 @@ impl Replica {
             Message::PreVote { ballot, commit } => self.on_pre_vote(now, from, ballot, commit),
             Message::PreVoteReply { ballot, granted } => {
                 self.on_pre_vote_reply(now, from, ballot, granted)
+            }
+            Message::LeaseRequest { lease_num } => self.on_lease_request(now, from, lease_num),
+            Message::LeaseGrant {
+                lease_num,
+                latest_accepted,
+            } => {
+                if let Some(qlease) = &mut self.qlease {
+                    qlease.on_grant(from, lease_num, latest_accepted);
+                }
             }
         }
     }
@@ -658,6 +828,7 @@ impl Replica {
             self.out.committed.push((self.applied, value.clone()));
         }
         self.release_confirmed_reads();
+        self.release_local_reads(now);
         std::mem::take(&mut self.out)
     }
 
@@ -814,7 +985,18 @@ impl Replica {
                 write_id
             }
         };
-        self.send_after(write_id, from, Message::Accepted { ballot, slot });
+        // Computed now, with the slot accepted: a grant sent from now on reports the slot in
+        // `latest_accepted`; one sent before is owed a vote here until it expires.
+        let holders = self.lease_holders(now);
+        self.send_after(
+            write_id,
+            from,
+            Message::Accepted {
+                ballot,
+                slot,
+                holders,
+            },
+        );
         self.learn_commit(now, from, ballot, commit);
     }
 
@@ -1149,6 +1331,7 @@ impl Replica {
             InFlight {
                 value: value.clone(),
                 votes: VoteSet::EMPTY,
+                holders: vec![VoteSet::EMPTY; self.cfg.replicas as usize],
                 sent_at: now,
             },
         );
@@ -1164,7 +1347,14 @@ impl Replica {
         });
     }
 
-    fn on_accepted(&mut self, now: Nanos, from: ReplicaId, ballot: Ballot, slot: Slot) {
+    fn on_accepted(
+        &mut self,
+        now: Nanos,
+        from: ReplicaId,
+        ballot: Ballot,
+        slot: Slot,
+        holders: VoteSet,
+    ) {
         let Proposer::Leader(leader) = &mut self.proposer else {
             return;
         };
@@ -1176,7 +1366,15 @@ impl Replica {
             return;
         };
         in_flight.votes.insert(from);
-        if !self.quorum.is_chosen(in_flight.votes, VoteSet::EMPTY) {
+        // The newest Accepted of a voter counts: its holder set shrinks only once the grants
+        // it owed have expired (a holder that stopped answering stalls writes that long).
+        in_flight.holders[from as usize] = holders;
+        let required = if self.cfg.inject_bug == Some(InjectedBug::QleaseCommitWithoutHolder) {
+            VoteSet::EMPTY
+        } else {
+            in_flight.required()
+        };
+        if !self.quorum.is_chosen(in_flight.votes, required) {
             return;
         }
         let chosen = leader.in_flight.remove(&slot).expect("present").value;
@@ -1268,8 +1466,12 @@ impl Replica {
                 continue;
             }
             in_flight.sent_at = now;
+            // A voter that named a holder who has not voted is asked again: its fresh answer
+            // drops holders whose grants expired meanwhile.
             for to in 0..self.cfg.replicas {
-                if !in_flight.votes.contains(to) {
+                let stale_holders = in_flight.votes.contains(to)
+                    && !in_flight.votes.is_superset(in_flight.holders[to as usize]);
+                if !in_flight.votes.contains(to) || stale_holders {
                     resend.push(Envelope {
                         from: self.cfg.id,
                         to,

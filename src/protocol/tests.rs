@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::lease;
 use super::*;
 
 const MS: Nanos = 1_000_000;
@@ -546,4 +547,168 @@ fn huge_log_election_and_catch_up_stay_under_the_message_limit() {
         net.max_message.1,
         net.max_message.0
     );
+}
+
+// ------------------------------------------------------------------ quorum leases
+
+fn qlease_net(bug: Option<InjectedBug>) -> Net {
+    let mut net = Net::with_configs(
+        (0..3)
+            .map(|id| {
+                let mut cfg = config(id, 3);
+                cfg.read_mode = ReadMode::QuorumLease;
+                cfg.inject_bug = bug;
+                cfg
+            })
+            .collect(),
+    );
+    net.run_until(300 * MS);
+    assert_eq!(net.leader(), Some(0));
+    net
+}
+
+/// Starts a linearizable read at `id` now; returns whether it was taken and, if it was
+/// served already, the applied slot it was served at.
+fn read_at(net: &mut Net, id: ReplicaId, read_id: u64) -> (bool, Option<(ReadOutcome, Slot)>) {
+    let now = net.now;
+    let taken = net.r_mut(id).read_index(now, read_id).is_ok();
+    net.drain(id);
+    net.deliver_all();
+    let served = net.reads[id as usize]
+        .iter()
+        .find(|(r, _)| r.id == read_id)
+        .map(|(r, applied)| (r.outcome, *applied));
+    (taken, served)
+}
+
+#[test]
+fn qlease_follower_reads_locally() {
+    let mut net = qlease_net(None);
+    net.sent_log = true;
+    let (taken, served) = read_at(&mut net, 2, 1);
+    assert!(taken, "2 holds grants from a majority");
+    assert_eq!(served, Some((ReadOutcome::Ready, 0)));
+    assert!(net.sent.is_empty(), "no message for a local read");
+    // Leader-lease mode refuses the same read (redirect to the leader).
+    let mut leader_lease = Net::new(3);
+    leader_lease.run_until(300 * MS);
+    assert!(leader_lease.r_mut(2).read_index(300 * MS, 1).is_err());
+}
+
+/// A write commits at the leader; the commit notice to holder 2 has not left yet (it rides on
+/// the next Accept or heartbeat). A read at 2 must wait for the slot it accepted.
+fn qlease_unapplied_scenario(bug: Option<InjectedBug>) -> Option<(ReadOutcome, Slot)> {
+    let mut net = qlease_net(bug);
+    net.propose(0, 1, 1, Bytes::from_static(b"new"));
+    assert_eq!(net.r(0).status().commit, 1, "committed at the leader");
+    assert_eq!(net.r(2).status().applied, 0, "2 has not heard the commit");
+    let (taken, served) = read_at(&mut net, 2, 9);
+    assert!(taken);
+    if served.is_some() {
+        return served;
+    }
+    net.run_until(330 * MS);
+    net.reads[2]
+        .iter()
+        .find(|(r, _)| r.id == 9)
+        .map(|(r, applied)| (r.outcome, *applied))
+}
+
+#[test]
+fn qlease_read_waits_for_an_accepted_slot() {
+    let served = qlease_unapplied_scenario(None);
+    assert_eq!(
+        served,
+        Some((ReadOutcome::Ready, 1)),
+        "served once slot 1 applied"
+    );
+}
+
+#[test]
+fn qlease_read_unapplied_bug_reads_stale() {
+    let served = qlease_unapplied_scenario(Some(InjectedBug::QleaseReadUnapplied));
+    assert_eq!(
+        served,
+        Some((ReadOutcome::Ready, 0)),
+        "stale: slot 1 committed"
+    );
+}
+
+/// 2 loses its links to the leader 0 but still reaches 1. Its newest grant from 1 predates
+/// 1's acceptance of the write, so only the holder rule keeps the write from committing while
+/// 2 reads locally.
+fn qlease_holder_scenario(bug: Option<InjectedBug>) -> (Net, Option<(ReadOutcome, Slot)>) {
+    let mut net = qlease_net(bug);
+    net.isolate(2, &[0]);
+    net.propose(0, 1, 1, Bytes::from_static(b"new"));
+    let (taken, served) = read_at(&mut net, 2, 9);
+    assert!(taken, "2 holds grants from 1 and itself");
+    (net, served)
+}
+
+#[test]
+fn qlease_write_waits_for_every_holder() {
+    let (mut net, served) = qlease_holder_scenario(None);
+    assert_eq!(net.r(0).status().commit, 0, "2 has not accepted");
+    assert_eq!(
+        served,
+        Some((ReadOutcome::Ready, 0)),
+        "nothing committed yet"
+    );
+    // 1 keeps renewing 2's grant, so the write waits for the partition to heal.
+    net.run_until(600 * MS);
+    assert_eq!(net.r(0).status().commit, 0);
+    net.heal();
+    net.run_until(700 * MS);
+    assert_eq!(net.r(0).status().commit, 1);
+}
+
+#[test]
+fn qlease_commit_without_holder_bug_reads_stale() {
+    let (net, served) = qlease_holder_scenario(Some(InjectedBug::QleaseCommitWithoutHolder));
+    assert_eq!(net.r(0).status().commit, 1, "committed without 2");
+    assert_eq!(served, Some((ReadOutcome::Ready, 0)), "stale at holder 2");
+}
+
+/// 2 is cut off from everyone. Writes wait for its grants to expire at their grantors, then
+/// commit; from then on 2 must not read locally.
+fn qlease_expiry_scenario(bug: Option<InjectedBug>) -> (Net, Nanos, bool) {
+    let mut net = qlease_net(bug);
+    net.isolate(2, &[0, 1]);
+    let cut_at = net.now;
+    net.propose(0, 1, 1, Bytes::from_static(b"new"));
+    let mut committed_at = None;
+    while net.now < cut_at + 400 * MS {
+        net.run_until(net.now + MS);
+        if committed_at.is_none() && net.r(0).status().commit >= 1 {
+            committed_at = Some(net.now);
+        }
+    }
+    let committed_at = committed_at.expect("the write commits once 2's grants expired");
+    let (taken, _) = read_at(&mut net, 2, 9);
+    (net, committed_at - cut_at, taken)
+}
+
+#[test]
+fn qlease_unresponsive_holder_stalls_writes_for_a_bounded_time() {
+    let (net, stall, taken) = qlease_expiry_scenario(None);
+    let cfg = &net.cfgs[0];
+    let hold_ms = lease::grantor_hold_ms(cfg.lease_ms, cfg.clock_drift_percent);
+    // Not before the grants 2 holds could have expired (on 2's clock)...
+    assert!(stall >= cfg.lease_ms * MS, "stall {stall} ns");
+    // ...and within the documented bound: hold + one renewal period + one retransmit period.
+    assert!(
+        stall <= (hold_ms + 3 * cfg.heartbeat_ms) * MS,
+        "stall {} ms",
+        stall / MS
+    );
+    assert!(!taken, "2's grants expired: no local read");
+}
+
+#[test]
+fn qlease_read_after_expiry_bug_reads_stale() {
+    let (net, _, taken) = qlease_expiry_scenario(Some(InjectedBug::QleaseReadAfterExpiry));
+    assert!(taken, "2 reads on expired grants");
+    let (read, applied) = net.reads[2].last().copied().expect("served at once");
+    assert_eq!((read.id, read.outcome, applied), (9, ReadOutcome::Ready, 0));
 }

@@ -997,7 +997,7 @@ impl World {
     }
 
     fn observe_vote(&mut self, id: ReplicaId, envelope: &Envelope) {
-        if let Message::Accepted { ballot, slot } = envelope.msg {
+        if let Message::Accepted { ballot, slot, .. } = envelope.msg {
             let host = &self.hosts[id as usize];
             if let Some(value) = host.issued_accepts.get(&(slot, ballot)).cloned() {
                 self.count_vote(id, slot, ballot, value);
