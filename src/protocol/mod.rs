@@ -30,7 +30,7 @@ pub use log::{Entry, Log};
 pub use message::{Envelope, Message, PromiseEntry};
 pub use quorum::{QuorumSpec, VoteSet};
 pub use replica::{
-    Config, DroppedProposal, InjectedBug, NotLeader, ReadOutcome, ReadResult, Ready, Replica, Role,
-    Status,
+    Config, DroppedProposal, InjectedBug, LeaseReadCounters, NotLeader, ReadOutcome, ReadResult,
+    Ready, Replica, Role, Status,
 };
 pub use types::{Ballot, Command, DurableState, Nanos, ReplicaId, Slot, Value, Write, WriteId};

@@ -246,6 +246,21 @@ pub struct ReadResult {
     pub outcome: ReadOutcome,
 }
 
+/// Quorum-lease counters of this incarnation (they restart at 0 with the replica).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeaseReadCounters {
+    /// Linearizable reads a non-leader served from its quorum lease.
+    pub local: u64,
+    /// Of those taken locally, the ones that had to wait for a slot to be applied.
+    pub waited: u64,
+    /// Reads a non-leader redirected because it held no valid quorum lease.
+    pub forwarded: u64,
+    /// Local reads given up after waiting an election timeout (answered with a redirect).
+    pub gave_up: u64,
+    /// Leader: slots that had a majority but waited for a lease holder's vote.
+    pub writes_held_for_holders: u64,
+}
+
 /// A queued proposal that will never be proposed here (leadership was lost).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DroppedProposal {
@@ -307,6 +322,8 @@ struct Candidate {
 struct InFlight {
     value: Value,
     votes: VoteSet,
+    /// A majority voted but a named holder had not (counted once).
+    held_for_holders: bool,
     /// Quorum leases: per voter, the holders its newest Accepted named (all must vote).
     holders: Vec<VoteSet>,
     sent_at: Nanos,
@@ -412,6 +429,7 @@ pub struct Replica {
     /// waiting for their index to be applied.
     qlease: Option<QuorumLease>,
     local_reads: VecDeque<LocalRead>,
+    lease_reads: LeaseReadCounters,
 
     proposer: Proposer,
     queue: VecDeque<(Nanos, Command)>,
@@ -460,6 +478,7 @@ impl Replica {
                 )
             }),
             local_reads: VecDeque::new(),
+            lease_reads: LeaseReadCounters::default(),
             proposer: Proposer::Idle,
             queue: VecDeque::new(),
             queue_bytes: 0,
@@ -511,6 +530,11 @@ impl Replica {
 
     pub fn log(&self) -> &Log {
         &self.log
+    }
+
+    /// Quorum-lease read and write counters since this replica started.
+    pub fn lease_read_counters(&self) -> LeaseReadCounters {
+        self.lease_reads
     }
 
     /// Why this replica stopped, if it did: it learned a second value for a chosen slot, so
@@ -607,6 +631,7 @@ impl Replica {
         let Some(qlease) = &self.qlease else {
             return Err(NotLeader::Redirect { leader: hint });
         };
+        self.lease_reads.forwarded += 1; // undone below if the read is taken
         let bug = self.cfg.inject_bug;
         let Some(bar) = qlease.read_bar(
             now,
@@ -623,6 +648,10 @@ impl Replica {
         } else {
             self.log.commit().max(self.log.last_slot()).max(bar)
         };
+        self.lease_reads.forwarded -= 1;
+        if index > self.applied {
+            self.lease_reads.waited += 1;
+        }
         self.local_reads.push_back(LocalRead {
             id,
             index,
@@ -650,6 +679,10 @@ impl Replica {
             }
         });
         for (id, outcome) in answered {
+            match outcome {
+                ReadOutcome::Ready => self.lease_reads.local += 1,
+                ReadOutcome::NotLeader { .. } => self.lease_reads.gave_up += 1,
+            }
             self.out.reads.push(ReadResult { id, outcome });
         }
     }
@@ -1331,6 +1364,7 @@ impl Replica {
             InFlight {
                 value: value.clone(),
                 votes: VoteSet::EMPTY,
+                held_for_holders: false,
                 holders: vec![VoteSet::EMPTY; self.cfg.replicas as usize],
                 sent_at: now,
             },
@@ -1375,6 +1409,11 @@ impl Replica {
             in_flight.required()
         };
         if !self.quorum.is_chosen(in_flight.votes, required) {
+            if !in_flight.held_for_holders && self.quorum.is_chosen(in_flight.votes, VoteSet::EMPTY)
+            {
+                in_flight.held_for_holders = true;
+                self.lease_reads.writes_held_for_holders += 1;
+            }
             return;
         }
         let chosen = leader.in_flight.remove(&slot).expect("present").value;

@@ -589,6 +589,8 @@ fn qlease_follower_reads_locally() {
     assert!(taken, "2 holds grants from a majority");
     assert_eq!(served, Some((ReadOutcome::Ready, 0)));
     assert!(net.sent.is_empty(), "no message for a local read");
+    let c = net.r(2).lease_read_counters();
+    assert_eq!((c.local, c.waited, c.forwarded), (1, 0, 0));
     // Leader-lease mode refuses the same read (redirect to the leader).
     let mut leader_lease = Net::new(3);
     leader_lease.run_until(300 * MS);
@@ -650,6 +652,7 @@ fn qlease_holder_scenario(bug: Option<InjectedBug>) -> (Net, Option<(ReadOutcome
 fn qlease_write_waits_for_every_holder() {
     let (mut net, served) = qlease_holder_scenario(None);
     assert_eq!(net.r(0).status().commit, 0, "2 has not accepted");
+    assert_eq!(net.r(0).lease_read_counters().writes_held_for_holders, 1);
     assert_eq!(
         served,
         Some((ReadOutcome::Ready, 0)),
@@ -703,6 +706,7 @@ fn qlease_unresponsive_holder_stalls_writes_for_a_bounded_time() {
         stall / MS
     );
     assert!(!taken, "2's grants expired: no local read");
+    assert_eq!(net.r(2).lease_read_counters().forwarded, 1);
 }
 
 #[test]
