@@ -143,6 +143,7 @@ pub enum WMessage {
         ballot: WBallot,
         commit: u64,
         read_round: u64,
+        revoke: u64,
     },
     HeartbeatAck {
         ballot: WBallot,
@@ -413,10 +414,12 @@ pub fn message_to_wire(m: &Message) -> WMessage {
             ballot,
             commit,
             read_round,
+            revoke,
         } => WMessage::Heartbeat {
             ballot: (*ballot).into(),
             commit: *commit,
             read_round: *read_round,
+            revoke: revoke.bits(),
         },
         Message::HeartbeatAck { ballot, read_round } => WMessage::HeartbeatAck {
             ballot: (*ballot).into(),
@@ -509,10 +512,12 @@ pub fn message_from_archived(m: &ArchivedWMessage) -> Message {
             ballot,
             commit,
             read_round,
+            revoke,
         } => Message::Heartbeat {
             ballot: ballot.into(),
             commit: commit.to_native(),
             read_round: read_round.to_native(),
+            revoke: VoteSet::from_bits(revoke.to_native()),
         },
         ArchivedWMessage::HeartbeatAck { ballot, read_round } => Message::HeartbeatAck {
             ballot: ballot.into(),

@@ -196,6 +196,9 @@ pub(crate) struct QuorumLease {
     owed_until: Vec<Nanos>,
     /// After a restart every replica counts as a holder until then.
     owe_all_until: Nanos,
+    /// Per holder, until when (own clock) its requests go unanswered: the leader said it
+    /// keeps writes waiting (`Heartbeat::revoke`). Refusing a grant is always safe.
+    revoked_until: Vec<Nanos>,
 }
 
 impl QuorumLease {
@@ -209,6 +212,7 @@ impl QuorumLease {
             request_due: now,
             owed_until: vec![0; replicas as usize],
             owe_all_until: now + hold_ms * NS_PER_MS,
+            revoked_until: vec![0; replicas as usize],
         }
     }
 
@@ -229,11 +233,26 @@ impl QuorumLease {
         now
     }
 
-    /// As grantor: `from` asked for a lease at `now`.
-    pub(crate) fn on_request(&mut self, from: ReplicaId, now: Nanos, hold_ms: u64) {
+    /// As grantor: `from` asked for a lease at `now`. Returns whether to grant it (not while
+    /// it is revoked); a grant is owed from now on.
+    pub(crate) fn on_request(&mut self, from: ReplicaId, now: Nanos, hold_ms: u64) -> bool {
+        if now < self.revoked_until[from as usize] {
+            return false;
+        }
         let until = now + hold_ms * NS_PER_MS;
         let owed = &mut self.owed_until[from as usize];
         *owed = (*owed).max(until);
+        true
+    }
+
+    /// As grantor: the leader asks not to renew these holders' grants until `until`.
+    pub(crate) fn revoke(&mut self, holders: VoteSet, until: Nanos) {
+        for id in 0..self.n {
+            if holders.contains(id) {
+                let r = &mut self.revoked_until[id as usize];
+                *r = (*r).max(until);
+            }
+        }
     }
 
     /// As holder: `from` granted the request numbered `lease_num`. A grant for a request we
@@ -364,10 +383,19 @@ mod tests {
         // Restarted: it forgot whom it promised, so it owes everyone for a whole hold.
         assert_eq!(q.holders(1_146 * MS).len(), 3);
         assert_eq!(q.holders(1_147 * MS), VoteSet::EMPTY);
-        q.on_request(2, 1_200 * MS, 147);
-        q.on_request(2, 1_190 * MS, 147); // a delayed duplicate does not shorten it
+        assert!(q.on_request(2, 1_200 * MS, 147));
+        assert!(q.on_request(2, 1_190 * MS, 147)); // a delayed duplicate does not shorten it
         assert!(q.holders(1_346 * MS).contains(2));
         assert_eq!(q.holders(1_347 * MS), VoteSet::EMPTY);
+        // Revoked: requests go unanswered and owe nothing, until the revocation lapses.
+        let mut two = VoteSet::EMPTY;
+        two.insert(2);
+        q.revoke(two, 1_440 * MS);
+        assert!(!q.on_request(2, 1_400 * MS, 147));
+        assert_eq!(q.holders(1_400 * MS), VoteSet::EMPTY);
+        assert!(q.on_request(1, 1_400 * MS, 147), "only 2 is revoked");
+        assert!(q.on_request(2, 1_440 * MS, 147));
+        assert!(q.holders(1_440 * MS).contains(2));
     }
 
     #[test]

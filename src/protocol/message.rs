@@ -60,6 +60,9 @@ pub enum Message {
         ballot: Ballot,
         commit: Slot,
         read_round: u64,
+        /// Quorum leases: holders that keep writes waiting for their vote; grantors stop
+        /// renewing their grants (the old grants run out, then writes go on without them).
+        revoke: VoteSet,
     },
     /// "`ballot` is still the highest I promised", for liveness and read rounds. Not durable.
     HeartbeatAck { ballot: Ballot, read_round: u64 },

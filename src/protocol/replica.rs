@@ -324,6 +324,7 @@ struct InFlight {
     votes: VoteSet,
     /// A majority voted but a named holder had not (counted once).
     held_for_holders: bool,
+    proposed_at: Nanos,
     /// Quorum leases: per voter, the holders its newest Accepted named (all must vote).
     holders: Vec<VoteSet>,
     sent_at: Nanos,
@@ -707,7 +708,9 @@ impl Replica {
             return;
         };
         // Owed from now on, before the grant leaves: an Accepted sent after this names it.
-        qlease.on_request(from, now, hold_ms);
+        if !qlease.on_request(from, now, hold_ms) {
+            return;
+        }
         let latest_accepted = self.log.commit().max(self.log.last_slot());
         self.send(
             from,
@@ -716,6 +719,17 @@ impl Replica {
                 latest_accepted,
             },
         );
+    }
+
+    /// Stops renewing `holders`' grants for two heartbeat periods (the leader repeats the
+    /// request in every heartbeat while they hold writes up).
+    fn revoke_grants(&mut self, now: Nanos, holders: VoteSet) {
+        let until = now + 2 * self.cfg.heartbeat_ms * NS_PER_MS;
+        if let Some(qlease) = &mut self.qlease {
+            if !holders.is_empty() {
+                qlease.revoke(holders, until);
+            }
+        }
     }
 
     /// The holders an Accepted sent now must name (empty without quorum leases).
@@ -820,7 +834,8 @@ impl Replica {
                 ballot,
                 commit,
                 read_round,
-            } => self.on_heartbeat(now, from, ballot, commit, read_round),
+                revoke,
+            } => self.on_heartbeat(now, from, ballot, commit, read_round, revoke),
             Message::HeartbeatAck { ballot, read_round } => {
                 self.on_heartbeat_ack(now, from, ballot, read_round)
             }
@@ -1040,12 +1055,14 @@ impl Replica {
         ballot: Ballot,
         commit: Slot,
         read_round: u64,
+        revoke: VoteSet,
     ) {
         if self.reject_below_promise(from, ballot) {
             return;
         }
         self.step_down_below(now, ballot);
         self.heard_from_leader(now, from, ballot);
+        self.revoke_grants(now, revoke);
         // Not durable and need not be: it says only "I promised nothing above `ballot`".
         self.send(from, Message::HeartbeatAck { ballot, read_round });
         self.learn_commit(now, from, ballot, commit);
@@ -1365,6 +1382,7 @@ impl Replica {
                 value: value.clone(),
                 votes: VoteSet::EMPTY,
                 held_for_holders: false,
+                proposed_at: now,
                 holders: vec![VoteSet::EMPTY; self.cfg.replicas as usize],
                 sent_at: now,
             },
@@ -1544,10 +1562,28 @@ impl Replica {
         }
         leader.heartbeat_due = now + heartbeat_ns;
         leader.acked_round[self.cfg.id as usize] = leader.read_round;
+        // Holders whose vote a slot has waited for over two retransmission periods (and half
+        // an election timeout, which placements scale with the RTT): grantors
+        // stop renewing them, so their grants run out and the writes go on.
+        let mut revoke = VoteSet::EMPTY;
+        if self.qlease.is_some() {
+            let patience_ns =
+                (4 * heartbeat_ns).max(self.cfg.election_timeout_min_ms * NS_PER_MS / 2);
+            for f in leader.in_flight.values() {
+                if now >= f.proposed_at + patience_ns {
+                    for id in 0..self.cfg.replicas {
+                        if f.required().contains(id) && !f.votes.contains(id) {
+                            revoke.insert(id);
+                        }
+                    }
+                }
+            }
+        }
         let msg = Message::Heartbeat {
             ballot: leader.ballot,
             commit,
             read_round: leader.read_round,
+            revoke,
         };
         for to in 0..self.cfg.replicas {
             if to != self.cfg.id {
@@ -1558,6 +1594,8 @@ impl Replica {
                 });
             }
         }
+        // The leader is a grantor too.
+        self.revoke_grants(now, revoke);
     }
 
     /// Cuts batches from the queue while the pipeline has room, and starts a read round if a

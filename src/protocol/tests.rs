@@ -651,6 +651,7 @@ fn qlease_holder_scenario(bug: Option<InjectedBug>) -> (Net, Option<(ReadOutcome
 #[test]
 fn qlease_write_waits_for_every_holder() {
     let (mut net, served) = qlease_holder_scenario(None);
+    let start = net.now;
     assert_eq!(net.r(0).status().commit, 0, "2 has not accepted");
     assert_eq!(net.r(0).lease_read_counters().writes_held_for_holders, 1);
     assert_eq!(
@@ -658,12 +659,37 @@ fn qlease_write_waits_for_every_holder() {
         Some((ReadOutcome::Ready, 0)),
         "nothing committed yet"
     );
-    // 1 keeps renewing 2's grant, so the write waits for the partition to heal.
-    net.run_until(600 * MS);
-    assert_eq!(net.r(0).status().commit, 0);
-    net.heal();
-    net.run_until(700 * MS);
-    assert_eq!(net.r(0).status().commit, 1);
+    // 2 still renews its grant at 1. The leader names it in `revoke` once the write waited
+    // max(4 heartbeats, half an election timeout); 1 stops renewing; its grant runs out.
+    while net.r(0).status().commit == 0 {
+        assert!(net.now < start + 400 * MS, "the write never committed");
+        net.run_until(net.now + MS);
+    }
+    let cfg = &net.cfgs[0];
+    let waited = net.now - start;
+    let hold_ms = lease::grantor_hold_ms(cfg.lease_ms, cfg.clock_drift_percent);
+    let bound_ms =
+        cfg.election_timeout_min_ms / 2 + cfg.heartbeat_ms + hold_ms + 2 * cfg.heartbeat_ms;
+    assert!(
+        waited <= bound_ms * MS,
+        "waited {} ms > {bound_ms}",
+        waited / MS
+    );
+    assert!(
+        waited >= cfg.lease_ms * MS,
+        "waited only {} ms",
+        waited / MS
+    );
+    // From the commit on, 2 has no lease: it cannot read the old value.
+    let (taken, _) = read_at(&mut net, 2, 1_000_000);
+    assert!(
+        !taken,
+        "2 still holds a lease after the write committed without it"
+    );
+    eprintln!(
+        "write held {} ms for a holder cut off from the leader only",
+        waited / MS
+    );
 }
 
 #[test]
@@ -695,6 +721,10 @@ fn qlease_expiry_scenario(bug: Option<InjectedBug>) -> (Net, Nanos, bool) {
 #[test]
 fn qlease_unresponsive_holder_stalls_writes_for_a_bounded_time() {
     let (net, stall, taken) = qlease_expiry_scenario(None);
+    eprintln!(
+        "write held {} ms for a holder cut off from everyone",
+        stall / MS
+    );
     let cfg = &net.cfgs[0];
     let hold_ms = lease::grantor_hold_ms(cfg.lease_ms, cfg.clock_drift_percent);
     // Not before the grants 2 holds could have expired (on 2's clock)...
