@@ -137,7 +137,7 @@ impl GroupMetrics {
         );
         sub.register(
             "writes_held_for_lease_holders",
-            "Leader: slots that had a majority but waited for a quorum-lease holder's vote",
+            "Leader: slots that had a majority but still waited for a quorum-lease holder's vote (a slow or dead holder)",
             m.writes_held_for_lease_holders_total.clone(),
         );
         for (peer, h) in m.peer_round_trip_time_seconds.iter().enumerate() {
