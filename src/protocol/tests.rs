@@ -746,3 +746,40 @@ fn qlease_read_after_expiry_bug_reads_stale() {
     let (read, applied) = net.reads[2].last().copied().expect("served at once");
     assert_eq!((read.id, read.outcome, applied), (9, ReadOutcome::Ready, 0));
 }
+
+/// Grantor 1 restarts while holder 2 still counts a grant it made before the crash; 2 is cut
+/// off from 0 and from the new 1. The restarted 1 must name 2 in its Accepteds until that grant
+/// has run out, so no write commits while 2 can still read the old value.
+#[test]
+fn qlease_restarted_grantor_owes_everyone() {
+    let mut net = qlease_net(None);
+    net.isolate(2, &[0]);
+    // 0's grant to 2 runs out; 2 keeps renewing at 1 and at itself.
+    net.run_until(480 * MS);
+    let (taken, _) = read_at(&mut net, 2, 1);
+    assert!(taken, "2 holds grants from 1 and itself");
+    let restarted_at = net.now;
+    net.restart(1);
+    net.cut.insert((2, 1));
+    net.cut.insert((1, 2));
+    net.sent_log = true;
+    net.propose(0, 1, 1, Bytes::from_static(b"new"));
+    let named = net.sent.iter().any(|e| {
+        e.from == 1 && matches!(&e.msg, Message::Accepted { holders, .. } if holders.contains(2))
+    });
+    assert!(named, "the restarted grantor names 2");
+    let mut committed_at = None;
+    while net.now < restarted_at + 600 * MS && committed_at.is_none() {
+        net.run_until(net.now + MS);
+        if net.r(0).status().commit >= 1 {
+            committed_at = Some(net.now);
+        }
+    }
+    let committed_at = committed_at.expect("the write commits once the hold is over");
+    let cfg = &net.cfgs[1];
+    let hold_ms = lease::grantor_hold_ms(cfg.lease_ms, cfg.clock_drift_percent);
+    assert!(committed_at >= restarted_at + hold_ms * MS);
+    let read_id = net.now;
+    let (taken, _) = read_at(&mut net, 2, read_id);
+    assert!(!taken, "2 still reads after the write committed without it");
+}
