@@ -188,6 +188,8 @@ pub struct HolderGrant {
 pub(crate) struct QuorumLease {
     me: ReplicaId,
     n: u32,
+    /// The lease configuration: only these replicas are granted leases.
+    configured: VoteSet,
     /// Request send times (= lease numbers) still young enough to yield a valid grant.
     requests: VecDeque<Nanos>,
     grants: Vec<Option<HolderGrant>>,
@@ -203,10 +205,17 @@ pub(crate) struct QuorumLease {
 
 impl QuorumLease {
     /// A replica (re)starting at `now`; `hold_ms` = [`grantor_hold_ms`].
-    pub(crate) fn new(replicas: u32, me: ReplicaId, now: Nanos, hold_ms: u64) -> Self {
+    pub(crate) fn new(
+        replicas: u32,
+        me: ReplicaId,
+        configured: VoteSet,
+        now: Nanos,
+        hold_ms: u64,
+    ) -> Self {
         QuorumLease {
             me,
             n: replicas,
+            configured,
             requests: VecDeque::new(),
             grants: vec![None; replicas as usize],
             request_due: now,
@@ -236,7 +245,7 @@ impl QuorumLease {
     /// As grantor: `from` asked for a lease at `now`. Returns whether to grant it (not while
     /// it is revoked); a grant is owed from now on.
     pub(crate) fn on_request(&mut self, from: ReplicaId, now: Nanos, hold_ms: u64) -> bool {
-        if now < self.revoked_until[from as usize] {
+        if !self.configured.contains(from) || now < self.revoked_until[from as usize] {
             return false;
         }
         let until = now + hold_ms * NS_PER_MS;
@@ -280,7 +289,8 @@ impl QuorumLease {
     pub(crate) fn holders(&self, now: Nanos) -> VoteSet {
         let mut set = VoteSet::EMPTY;
         for id in 0..self.n {
-            if now < self.owe_all_until || now < self.owed_until[id as usize] {
+            let owed_since_restart = now < self.owe_all_until && self.configured.contains(id);
+            if owed_since_restart || now < self.owed_until[id as usize] {
                 set.insert(id);
             }
         }
@@ -353,7 +363,7 @@ mod tests {
     #[test]
     fn quorum_lease_grant_is_measured_from_the_request() {
         let quorum = QuorumSpec::new(3);
-        let mut q = QuorumLease::new(3, 1, 0, 147);
+        let mut q = QuorumLease::new(3, 1, VoteSet::all(3), 0, 147);
         let num = q.next_request(200 * MS, 120, 20);
         assert_eq!(num, 200 * MS);
         assert_eq!(q.request_due(), 220 * MS);
@@ -379,7 +389,7 @@ mod tests {
 
     #[test]
     fn quorum_lease_grantor_owes_holders_until_the_hold_ends() {
-        let mut q = QuorumLease::new(3, 0, 1_000 * MS, 147);
+        let mut q = QuorumLease::new(3, 0, VoteSet::all(3), 1_000 * MS, 147);
         // Restarted: it forgot whom it promised, so it owes everyone for a whole hold.
         assert_eq!(q.holders(1_146 * MS).len(), 3);
         assert_eq!(q.holders(1_147 * MS), VoteSet::EMPTY);
@@ -396,6 +406,24 @@ mod tests {
         assert!(q.on_request(1, 1_400 * MS, 147), "only 2 is revoked");
         assert!(q.on_request(2, 1_440 * MS, 147));
         assert!(q.holders(1_440 * MS).contains(2));
+    }
+
+    #[test]
+    fn quorum_lease_grants_only_to_configured_holders() {
+        let mut holders = VoteSet::EMPTY;
+        holders.insert(0);
+        holders.insert(2);
+        let mut q = QuorumLease::new(3, 0, holders, 0, 147);
+        assert_eq!(
+            q.holders(10 * MS),
+            holders,
+            "after a restart: the configured holders"
+        );
+        assert!(!q.on_request(1, 200 * MS, 147), "1 is not a holder");
+        assert!(q.on_request(2, 200 * MS, 147));
+        let mut two = VoteSet::EMPTY;
+        two.insert(2);
+        assert_eq!(q.holders(210 * MS), two);
     }
 
     #[test]

@@ -16,6 +16,12 @@ pub struct VoteSet(u64);
 impl VoteSet {
     pub const EMPTY: VoteSet = VoteSet(0);
 
+    /// Replicas `0..n`.
+    pub fn all(n: u32) -> VoteSet {
+        assert!(n <= REPLICAS_MAX);
+        VoteSet(if n == 64 { u64::MAX } else { (1u64 << n) - 1 })
+    }
+
     pub fn insert(&mut self, replica: ReplicaId) {
         assert!(replica < REPLICAS_MAX);
         self.0 |= 1 << replica;

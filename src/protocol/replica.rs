@@ -142,6 +142,9 @@ pub struct Config {
     /// How linearizable reads are served. `ReadIndex` ignores `lease_ms` (no leases at all);
     /// the lease modes need `lease_ms > 0`.
     pub read_mode: ReadMode,
+    /// Quorum leases: the replicas that hold read leases (the lease configuration; every
+    /// replica by default). Others never ask for grants and are never granted one.
+    pub lease_holders: VoteSet,
     /// The most two replicas' clock rates may differ, percent: sizes the restart blackout.
     pub clock_drift_percent: u64,
     pub inject_bug: Option<InjectedBug>,
@@ -166,6 +169,7 @@ impl Config {
             pipeline_bytes_max: 8 << 20,
             lease_ms: Config::lease_ms_for(150, 10),
             read_mode: ReadMode::LeaderLease,
+            lease_holders: VoteSet::all(replicas),
             clock_drift_percent: 10,
             inject_bug: None,
         }
@@ -211,6 +215,10 @@ impl Config {
         assert!(
             self.read_mode != ReadMode::QuorumLease || self.lease_ms > 0,
             "quorum leases need lease_ms > 0"
+        );
+        assert!(
+            VoteSet::all(self.replicas).is_superset(self.lease_holders),
+            "lease holder id out of range"
         );
     }
 }
@@ -474,6 +482,7 @@ impl Replica {
                 QuorumLease::new(
                     cfg.replicas,
                     cfg.id,
+                    cfg.lease_holders,
                     now,
                     grantor_hold_ms(cfg.lease_ms, cfg.clock_drift_percent),
                 )
@@ -688,12 +697,18 @@ impl Replica {
         }
     }
 
-    /// Quorum leases: renews this replica's grants (a request to every replica, itself too).
+    /// Quorum leases: renews this replica's grants (a request to every replica, itself too),
+    /// if it is a configured holder.
     fn request_leases(&mut self, now: Nanos) {
+        let holder = self.cfg.lease_holders.contains(self.cfg.id);
         let Some(qlease) = &mut self.qlease else {
             return;
         };
         if now < qlease.request_due() {
+            return;
+        }
+        if !holder {
+            qlease.next_request(now, self.cfg.lease_ms, self.cfg.heartbeat_ms);
             return;
         }
         let lease_num = qlease.next_request(now, self.cfg.lease_ms, self.cfg.heartbeat_ms);

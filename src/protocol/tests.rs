@@ -783,3 +783,33 @@ fn qlease_restarted_grantor_owes_everyone() {
     let (taken, _) = read_at(&mut net, 2, read_id);
     assert!(!taken, "2 still reads after the write committed without it");
 }
+
+/// Lease configuration {0, 1}: 2 holds no lease, redirects linearizable reads, and a write does
+/// not wait for it.
+#[test]
+fn qlease_named_holders_only() {
+    let mut holders = VoteSet::EMPTY;
+    holders.insert(0);
+    holders.insert(1);
+    let mut net = Net::with_configs(
+        (0..3)
+            .map(|id| {
+                let mut cfg = config(id, 3);
+                cfg.read_mode = ReadMode::QuorumLease;
+                cfg.lease_holders = holders;
+                cfg
+            })
+            .collect(),
+    );
+    net.run_until(300 * MS);
+    assert_eq!(net.leader(), Some(0));
+    let (taken, _) = read_at(&mut net, 2, 1);
+    assert!(!taken, "2 is not a holder");
+    let (taken, served) = read_at(&mut net, 1, 2);
+    assert!(taken);
+    assert_eq!(served, Some((ReadOutcome::Ready, 0)));
+    net.isolate(2, &[0, 1]);
+    net.propose(0, 1, 1, Bytes::from_static(b"new"));
+    assert_eq!(net.r(0).status().commit, 1, "no wait for a non-holder");
+    assert_eq!(net.r(0).lease_read_counters().writes_held_for_holders, 0);
+}

@@ -158,6 +158,11 @@ pub struct ClusterConfig {
     /// `"read-index"` when `timeouts.lease_reads = false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_mode: Option<crate::protocol::ReadMode>,
+    /// With `read_mode = "quorum-lease"`: the replica ids that hold read leases (the others
+    /// redirect linearizable reads to the leader, and writes do not wait for them). Unset:
+    /// every replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_holders: Option<Vec<u32>>,
     pub replicas: Vec<ReplicaConfig>,
 }
 
@@ -296,6 +301,16 @@ impl ClusterConfig {
                 self.read_mode.expect("checked")
             ));
         }
+        if let Some(h) = &self.lease_holders {
+            if self.read_mode() != ReadMode::QuorumLease {
+                return Err("lease_holders needs read_mode = \"quorum-lease\"".into());
+            }
+            if h.is_empty() || h.iter().any(|&id| id as usize >= n) {
+                return Err(format!(
+                    "lease_holders {h:?} must name at least one replica, each an id below {n}"
+                ));
+            }
+        }
         if t.election_timeout_min_ms > t.election_timeout_max_ms {
             return Err("timeouts.election_timeout_min_ms is above election_timeout_max_ms".into());
         }
@@ -332,6 +347,21 @@ impl ClusterConfig {
         crate::protocol::Config::lease_ms_for(min_ms, drift_percent)
     }
 
+    /// The quorum-lease holders as a set (every replica when unset).
+    pub fn lease_holder_set(&self) -> crate::protocol::VoteSet {
+        let n = self.replicas.len() as u32;
+        match &self.lease_holders {
+            None => crate::protocol::VoteSet::all(n),
+            Some(ids) => {
+                let mut set = crate::protocol::VoteSet::EMPTY;
+                for &id in ids.iter().filter(|&&id| id < n) {
+                    set.insert(id);
+                }
+                set
+            }
+        }
+    }
+
     /// The read mode in force: `read_mode`, else what `timeouts.lease_reads` implies.
     pub fn read_mode(&self) -> ReadMode {
         self.read_mode.unwrap_or(if self.timeouts.lease_reads {
@@ -354,6 +384,7 @@ impl ClusterConfig {
             self.preferred_leader.map_or(u64::MAX, u64::from),
             self.replicas.len() as u64,
             self.read_mode().code(),
+            self.lease_holder_set().bits(),
         ];
         // FNV-1a: stable across builds and platforms, unlike std's hasher.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -425,6 +456,7 @@ impl ClusterConfig {
             placement: None,
             preferred_leader: None,
             read_mode: None,
+            lease_holders: None,
             replicas: (0..replicas)
                 .map(|id| {
                     let base = base_port + id as u16 * stride;
@@ -501,6 +533,20 @@ mod tests {
         assert!(ri.validate().unwrap_err().contains("lease_reads"));
         let bad = format!("read_mode = \"nearest\"\n{}", cfg.to_toml());
         assert!(toml::from_str::<ClusterConfig>(&bad).is_err());
+        // A named lease configuration: quorum leases only, valid ids, in the digest.
+        let mut named = q.clone();
+        named.lease_holders = Some(vec![0, 2]);
+        named.validate().unwrap();
+        assert_eq!(named.lease_holder_set().bits(), 0b101);
+        assert_eq!(q.lease_holder_set().bits(), 0b111);
+        assert_ne!(named.settings_digest(), q.settings_digest());
+        let back: ClusterConfig = toml::from_str(&named.to_toml()).unwrap();
+        assert_eq!(back, named);
+        named.lease_holders = Some(vec![3]);
+        assert!(named.validate().unwrap_err().contains("lease_holders"));
+        let mut not_q = cfg.clone();
+        not_q.lease_holders = Some(vec![0]);
+        assert!(not_q.validate().unwrap_err().contains("quorum-lease"));
     }
 
     #[test]

@@ -1848,6 +1848,19 @@ pub fn read_mode(cfg: &SimConfig) -> ReadMode {
     }
 }
 
+/// With quorum leases, the seed's lease holders (also derived from the seed alone): every
+/// replica in half of the seeds, a random non-empty subset in the others.
+pub fn lease_holders(cfg: &SimConfig) -> VoteSet {
+    let mut x = cfg.seed.wrapping_mul(0xd6e8_feb8_6659_fd93) ^ 0x5851_f42d_4c95_7f2d;
+    x = (x ^ (x >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
+    x ^= x >> 32;
+    let all = VoteSet::all(cfg.replicas);
+    if x % 2 == 0 {
+        return all;
+    }
+    VoteSet::from_bits((x >> 1) % all.bits() + 1)
+}
+
 /// Every replica's protocol configuration. Most seeds draw random knobs; some run exactly
 /// what the server ships for a cluster with a preferred leader (asymmetric election
 /// timeouts, the lease derived from them).
@@ -1869,6 +1882,11 @@ fn random_replica_configs(rng: &mut ChaCha8Rng, cfg: &SimConfig) -> Vec<Config> 
                 );
                 cluster.preferred_leader = Some(preferred);
                 cluster.read_mode = Some(read_mode(cfg));
+                if read_mode(cfg) == ReadMode::QuorumLease {
+                    let holders = lease_holders(cfg);
+                    cluster.lease_holders =
+                        Some((0..cfg.replicas).filter(|&r| holders.contains(r)).collect());
+                }
                 crate::server::protocol_config(&cluster, id, 0)
             } else {
                 Config::new(id, cfg.replicas)
@@ -1876,6 +1894,7 @@ fn random_replica_configs(rng: &mut ChaCha8Rng, cfg: &SimConfig) -> Vec<Config> 
             replica.seed = cfg.seed;
             replica.inject_bug = cfg.inject_bug;
             replica.read_mode = read_mode(cfg);
+            replica.lease_holders = lease_holders(cfg);
             replica.pipeline_depth = pipeline_depth;
             replica.batch_max_ops = batch_max_ops;
             replica.batch_delay_us = batch_delay_us;
