@@ -224,6 +224,7 @@ fn config(topology: Topology) -> EngineConfig {
         duration: Duration::from_secs(3),
         read_ratio: 0.0,
         linearizable_reads: true,
+        read_from: mpaxos::bench::engine::ReadFrom::Leader,
         keys: 1000,
         key_dist: KeyDist::Uniform,
         value_bytes: 16,

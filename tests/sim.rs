@@ -45,6 +45,12 @@ fn assert_seeds_pass(replicas: u32, first_seed: u64, seeds: u64) {
     assert!(summary.crashes > 0, "no crashes were injected");
     assert!(summary.pauses > 0, "no pauses were injected");
     assert!(summary.disk_stalls > 0, "no disk stalls were injected");
+    // Quorum-lease seeds ran, and their followers served linearizable reads locally.
+    assert!(summary.quorum_lease_seeds > 0, "no quorum-lease seeds");
+    assert!(
+        summary.follower_reads > 0,
+        "no follower served a linearizable read"
+    );
     if seeds >= 500 {
         assert!(summary.cluster_crashes > 0, "no whole-cluster crashes");
         assert!(summary.disk_errors > 0, "no disk errors were injected");
@@ -159,6 +165,21 @@ fn catches_storage_ack_before_durable() {
 #[test]
 fn catches_clock_stops_in_suspend() {
     assert_bug_caught(InjectedBug::ClockStopsInSuspend);
+}
+
+#[test]
+fn catches_qlease_commit_without_holder() {
+    assert_bug_caught(InjectedBug::QleaseCommitWithoutHolder);
+}
+
+#[test]
+fn catches_qlease_read_unapplied() {
+    assert_bug_caught(InjectedBug::QleaseReadUnapplied);
+}
+
+#[test]
+fn catches_qlease_read_after_expiry() {
+    assert_bug_caught(InjectedBug::QleaseReadAfterExpiry);
 }
 
 // `InjectedBug::LeaseFollowsLastSpeaker` is not here: the random simulator does not reach it

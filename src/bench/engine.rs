@@ -33,6 +33,29 @@ use crate::net::wire::{
     group_of, ClientFrame, Hello, Op, Outcome, Request, ServerFrame, Topology, CLIENT_ID_NONE,
 };
 
+/// Where a client sends a linearizable read first.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadFrom {
+    /// The leader (as cached from redirects).
+    #[default]
+    Leader,
+    /// The client's nearest replica: in its region (else the lowest RTT) under a placement,
+    /// spread over the replicas without one. A replica that cannot serve it locally (no
+    /// quorum lease) redirects it to the leader.
+    Nearest,
+}
+
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
     pub topology: Topology,
@@ -46,6 +69,7 @@ pub struct EngineConfig {
     pub duration: Duration,
     pub read_ratio: f64,
     pub linearizable_reads: bool,
+    pub read_from: ReadFrom,
     pub keys: u64,
     pub key_dist: KeyDist,
     pub value_bytes: usize,
@@ -135,6 +159,25 @@ pub struct EngineResult {
 
 const BACKOFF_NS: u64 = 5_000_000;
 
+/// The replica nearest to a client of `region`: one in that region, else the lowest RTT (ties:
+/// the lowest id). Without a placement, clients are spread over the replicas.
+fn nearest_replica(placement: Option<&Placement>, region: &str, client: usize, n: u32) -> u32 {
+    let Some(p) = placement else {
+        return client as u32 % n;
+    };
+    let rtt = |r: u32| {
+        let rr = p.replica_region(r as usize);
+        if rr == region {
+            0.0
+        } else {
+            p.rtt_ms(region, rr).unwrap_or(f64::MAX)
+        }
+    };
+    (0..n)
+        .min_by(|a, b| rtt(*a).total_cmp(&rtt(*b)).then(a.cmp(b)))
+        .unwrap_or(0)
+}
+
 /// The wake-up timer's token (links use their index).
 const TIMER_TOKEN: Token = Token(usize::MAX);
 
@@ -207,6 +250,10 @@ struct InFlight {
     target: u32,
     measured: bool,
     seq: u64,
+    /// A linearizable read already went to the client's nearest replica once.
+    tried_home: bool,
+    /// The current attempt is at the nearest replica (a local read if it answers).
+    at_home: bool,
 }
 
 struct Session {
@@ -221,6 +268,8 @@ struct Session {
 
 struct Client {
     leaders: Vec<Option<u32>>,
+    /// `ReadFrom::Nearest`: the replica linearizable reads go to first.
+    home: Option<u32>,
     probe: u32,
     /// (replica, group) → link index
     links: HashMap<(u32, u32), usize>,
@@ -320,9 +369,18 @@ impl Engine {
             None => vec!["local".into()],
         };
         let groups = cfg.topology.groups as usize;
+        let replicas = cfg.topology.replicas.len() as u32;
         let clients = (0..cfg.clients)
             .map(|c| Client {
                 leaders: cfg.topology.leaders.clone(),
+                home: (cfg.read_from == ReadFrom::Nearest && replicas > 0).then(|| {
+                    nearest_replica(
+                        cfg.placement.as_ref(),
+                        &regions[c % regions.len()],
+                        c,
+                        replicas,
+                    )
+                }),
                 probe: c as u32,
                 links: HashMap::new(),
                 region: regions[c % regions.len()].clone(),
@@ -562,6 +620,8 @@ impl Engine {
             target: 0,
             measured,
             seq: s.seq,
+            tried_home: false,
+            at_home: false,
         });
         self.send_attempt(session, now);
     }
@@ -573,9 +633,23 @@ impl Engine {
             (s.busy.as_ref().expect("busy").group, s.client_id)
         };
         let replicas = self.cfg.topology.replicas.len() as u32;
+        let local_read = {
+            let busy = self.sessions[session].busy.as_mut().expect("busy");
+            let first = matches!(
+                busy.op,
+                Op::Get {
+                    linearizable: true,
+                    ..
+                }
+            ) && !busy.tried_home;
+            busy.tried_home |= first;
+            first
+        };
         let c = &mut self.clients[client];
-        let target = match c.leaders[group as usize] {
-            Some(l) if l < replicas => l,
+        let home = c.home.filter(|_| local_read);
+        let target = match (home, c.leaders[group as usize]) {
+            (Some(h), _) => h,
+            (None, Some(l)) if l < replicas => l,
             _ => {
                 c.probe = (c.probe + 1) % replicas;
                 c.probe
@@ -599,6 +673,7 @@ impl Engine {
         busy.req_id = req_id;
         busy.link = Some(link);
         busy.target = target;
+        busy.at_home = home.is_some();
         let frame = ClientFrame::Request(Request {
             id: req_id,
             client_id,
@@ -642,7 +717,7 @@ impl Engine {
         if busy.req_id != req_id {
             return; // an abandoned attempt
         }
-        let (group, target) = (busy.group, busy.target);
+        let (group, target, at_home) = (busy.group, busy.target, busy.at_home);
         let client = self.sessions[session].client;
         match outcome {
             Outcome::NotLeader { leader } => {
@@ -662,7 +737,10 @@ impl Engine {
             }
             Outcome::Busy => self.retry_later(session, now, false, kind::BUSY),
             other => {
-                self.clients[client].leaders[group as usize] = Some(target);
+                if !at_home {
+                    // The nearest replica answering a read says nothing about the leader.
+                    self.clients[client].leaders[group as usize] = Some(target);
+                }
                 let error = match &other {
                     Outcome::Invalid { reason } => Some(kind::of_invalid(reason)),
                     Outcome::WrongGroup { .. } => Some(kind::WRONG_GROUP),
@@ -703,7 +781,8 @@ impl Engine {
                 &SeriesKey {
                     op: busy.kind.to_string(),
                     region,
-                    path: "leader".into(),
+                    // "local": answered by the client's nearest replica (`--read-from nearest`).
+                    path: if busy.at_home { "local" } else { "leader" }.into(),
                 },
                 latency,
             );

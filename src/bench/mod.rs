@@ -62,6 +62,15 @@ pub struct BenchSpec {
     /// Serve reads from the contacted replica's state without a read-index round.
     #[arg(long)]
     pub serializable_reads: bool,
+    /// How the local cluster serves linearizable reads (its `read_mode`).
+    #[arg(long, value_enum, default_value_t = crate::protocol::ReadMode::LeaderLease)]
+    #[serde(default)]
+    pub read_mode: crate::protocol::ReadMode,
+    /// Where clients send linearizable reads first: the leader, or their nearest replica
+    /// (which serves them locally with quorum leases, else redirects to the leader).
+    #[arg(long, value_enum, default_value_t = engine::ReadFrom::Leader)]
+    #[serde(default)]
+    pub read_from: engine::ReadFrom,
     /// Key space size.
     #[arg(long, default_value_t = 100_000)]
     pub keys: u64,
@@ -296,6 +305,10 @@ pub struct Summary {
     /// Per client region, per operation.
     pub latency_us_by_region:
         std::collections::BTreeMap<String, std::collections::BTreeMap<String, stats::Percentiles>>,
+    /// Per client region, the share of completed reads answered by the client's nearest
+    /// replica (`--read-from nearest`; always 0 with `--read-from leader`).
+    #[serde(default)]
+    pub local_read_share_by_region: std::collections::BTreeMap<String, f64>,
     pub floor_rtt_us: f64,
     pub floor_sync_write_us: f64,
     /// write p50 ÷ (2 × floor RTT + floor sync write); read p50 ÷ floor RTT.
@@ -509,6 +522,7 @@ fn measure(
         duration: Duration::from_secs_f64(spec.duration),
         read_ratio: spec.read_ratio,
         linearizable_reads: !spec.serializable_reads,
+        read_from: spec.read_from,
         keys: spec.keys,
         key_dist: spec.key_dist()?,
         value_bytes: spec.value_size,
@@ -820,6 +834,7 @@ pub fn local_config(
     cfg.batching.batch_max_bytes = spec.batch_max_bytes;
     cfg.batching.batch_delay_us = spec.batch_delay_us;
     cfg.batching.pipeline_depth = spec.pipeline_depth;
+    cfg.read_mode = Some(spec.read_mode);
     if let Some(p) = placement {
         cfg.placement = Some(std::path::absolute(&p.path).map_err(|e| e.to_string())?);
         for r in cfg.replicas.iter_mut() {

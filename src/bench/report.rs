@@ -129,6 +129,17 @@ pub fn write_run(
         }
         by_region.insert(region, m);
     }
+    // Per client region, the share of completed reads its nearest replica answered itself.
+    let mut local_read_share_by_region = BTreeMap::new();
+    for region in rec.regions() {
+        let reads = rec.merged(|k| k.op == "get" && k.region == region).len();
+        if reads > 0 {
+            let local = rec
+                .merged(|k| k.op == "get" && k.region == region && k.path == "local")
+                .len();
+            local_read_share_by_region.insert(region, local as f64 / reads as f64);
+        }
+    }
     result
         .intervals
         .write(&run_dir.join("intervals.hlog"), result.started)
@@ -159,6 +170,7 @@ pub fn write_run(
         throughput_ops_s: throughput,
         latency_us,
         latency_us_by_region: by_region,
+        local_read_share_by_region,
         floor_rtt_us,
         floor_sync_write_us,
         write_p50_over_floor,

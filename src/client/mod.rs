@@ -47,6 +47,9 @@ pub struct ClientOptions {
     pub backoff: Duration,
     /// Also send a serializable read to a second replica when the first is slow.
     pub hedge_reads: bool,
+    /// Send linearizable reads to this replica first (the nearest; with quorum leases it
+    /// serves them locally, else it redirects to the leader).
+    pub read_from: Option<u32>,
 }
 
 impl ClientOptions {
@@ -59,6 +62,7 @@ impl ClientOptions {
             op_timeout: Duration::from_secs(10),
             backoff: Duration::from_millis(5),
             hedge_reads: true,
+            read_from: None,
         }
     }
 }
@@ -314,6 +318,7 @@ impl Client {
         cfg.op_timeout_ns = opts.op_timeout.as_nanos() as u64;
         cfg.backoff_ns = opts.backoff.as_nanos() as u64;
         cfg.hedge_reads = opts.hedge_reads;
+        cfg.read_from = opts.read_from;
         let mut session = Session::new(cfg);
         let mut client = Client {
             opts,

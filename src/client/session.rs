@@ -93,6 +93,9 @@ pub struct SessionConfig {
     /// Serializable reads (which any replica may answer) are also sent to a second replica if
     /// the first has not answered within the hedge delay (srtt + 2 rttvar, at least 1 ms).
     pub hedge_reads: bool,
+    /// Send a linearizable read's first attempt here (the nearest replica, with quorum
+    /// leases it may serve the read locally); a refusal falls back to the leader as usual.
+    pub read_from: Option<u32>,
     /// Seeds the backoff jitter.
     pub seed: u64,
 }
@@ -116,6 +119,7 @@ impl SessionConfig {
             backoff_max_ns: 200 * MS,
             suspect_ns: 1000 * MS,
             hedge_reads: true,
+            read_from: None,
             seed: client_id,
         }
     }
@@ -558,7 +562,18 @@ impl Session {
     fn send_attempt(&mut self, now: Nanos, id: OpId, hedge_of: Option<u32>) {
         let Some(op) = self.ops.get(&id) else { return };
         let group = op.group;
-        let target = self.choose_target(now, group, hedge_of);
+        let local_read = matches!(
+            op.op,
+            Op::Get {
+                linearizable: true,
+                ..
+            }
+        ) && op.attempts.is_empty()
+            && hedge_of.is_none();
+        let target = match self.cfg.read_from {
+            Some(r) if local_read && r < self.cfg.replicas && !self.suspect(r, now) => r,
+            _ => self.choose_target(now, group, hedge_of),
+        };
         let request_id = self.next_request;
         self.next_request += 1;
         let rto = self.rto_ns(target);
@@ -772,7 +787,8 @@ impl Session {
                     let rtt = now.saturating_sub(sent_at);
                     self.replicas[replica as usize].rtt.sample(rtt);
                     self.global.sample(rtt);
-                    if linearizable {
+                    // A linearizable answer names the leader, unless a lease holder gave it.
+                    if write || (linearizable && self.cfg.read_from.is_none()) {
                         self.leaders[group as usize] = Some(replica);
                     }
                 }

@@ -307,8 +307,9 @@ mod tests {
 #[cfg(test)]
 mod peer_tests {
     use super::*;
+    use crate::net::wire::message_from_archived;
     use crate::net::wire::*;
-    use crate::protocol::{Ballot, Message};
+    use crate::protocol::{Ballot, Message, VoteSet};
 
     #[test]
     fn peer_frames_round_trip() {
@@ -318,6 +319,7 @@ mod peer_tests {
                 ballot: Ballot::new(1, 2),
                 commit: 3,
                 read_round: 4,
+                revoke: VoteSet::from_bits(0b101),
             })),
             PeerFrame::Msg(message_to_wire(&Message::Prepare {
                 ballot: Ballot::new(1, 2),
@@ -336,6 +338,42 @@ mod peer_tests {
             let a = access::<PeerFrame>(&p).unwrap();
             let back: PeerFrame = rkyv::deserialize::<PeerFrame, rancor::Error>(a).unwrap();
             assert_eq!(&back, m);
+        }
+    }
+
+    #[test]
+    fn lease_messages_round_trip() {
+        let msgs = [
+            Message::Accepted {
+                ballot: Ballot::new(7, 1),
+                slot: 9,
+                holders: VoteSet::from_bits(0b110),
+            },
+            Message::Heartbeat {
+                ballot: Ballot::new(7, 1),
+                commit: 8,
+                read_round: 2,
+                revoke: VoteSet::from_bits(0b100),
+            },
+            Message::LeaseRequest {
+                lease_num: 123_456_789,
+            },
+            Message::LeaseGrant {
+                lease_num: 123_456_789,
+                latest_accepted: 42,
+            },
+        ];
+        for m in msgs {
+            let mut enc = FrameEncoder::new();
+            let mut out = Vec::new();
+            enc.encode(&PeerFrame::Msg(message_to_wire(&m)), &mut out);
+            let mut reader = FrameReader::default();
+            reader.push(&out);
+            let p = reader.next_payload().unwrap().unwrap().clone();
+            let ArchivedPeerFrame::Msg(a) = access::<PeerFrame>(&p).unwrap() else {
+                panic!("not a message frame");
+            };
+            assert_eq!(message_from_archived(a), m);
         }
     }
 }

@@ -9,13 +9,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::protocol::{Ballot, Command, Envelope, Message, PromiseEntry, ReplicaId, Value};
+use crate::protocol::{
+    Ballot, Command, Envelope, Message, PromiseEntry, ReplicaId, Value, VoteSet,
+};
 
 /// First bytes of every handshake: "MPAX".
 pub const MAGIC: u32 = u32::from_le_bytes(*b"MPAX");
 /// Bumped on any incompatible change of these types; a peer or client with another version is
 /// refused with [`ErrorCode::Version`].
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The group a key belongs to: FNV-1a 64 of the key, modulo the group count. Clients and
 /// servers must agree on this function; changing it is a protocol version bump.
 pub fn group_of(key: &[u8], groups: u32) -> u32 {
@@ -131,6 +133,7 @@ pub enum WMessage {
     Accepted {
         ballot: WBallot,
         slot: u64,
+        holders: u64,
     },
     Reject {
         ballot: WBallot,
@@ -140,6 +143,7 @@ pub enum WMessage {
         ballot: WBallot,
         commit: u64,
         read_round: u64,
+        revoke: u64,
     },
     HeartbeatAck {
         ballot: WBallot,
@@ -159,6 +163,13 @@ pub enum WMessage {
     PreVoteReply {
         ballot: WBallot,
         granted: bool,
+    },
+    LeaseRequest {
+        lease_num: u64,
+    },
+    LeaseGrant {
+        lease_num: u64,
+        latest_accepted: u64,
     },
 }
 
@@ -386,9 +397,14 @@ pub fn message_to_wire(m: &Message) -> WMessage {
             value: value_to_wire(value),
             commit: *commit,
         },
-        Message::Accepted { ballot, slot } => WMessage::Accepted {
+        Message::Accepted {
+            ballot,
+            slot,
+            holders,
+        } => WMessage::Accepted {
             ballot: (*ballot).into(),
             slot: *slot,
+            holders: holders.bits(),
         },
         Message::Reject { ballot, promised } => WMessage::Reject {
             ballot: (*ballot).into(),
@@ -398,10 +414,12 @@ pub fn message_to_wire(m: &Message) -> WMessage {
             ballot,
             commit,
             read_round,
+            revoke,
         } => WMessage::Heartbeat {
             ballot: (*ballot).into(),
             commit: *commit,
             read_round: *read_round,
+            revoke: revoke.bits(),
         },
         Message::HeartbeatAck { ballot, read_round } => WMessage::HeartbeatAck {
             ballot: (*ballot).into(),
@@ -427,6 +445,16 @@ pub fn message_to_wire(m: &Message) -> WMessage {
         Message::PreVoteReply { ballot, granted } => WMessage::PreVoteReply {
             ballot: (*ballot).into(),
             granted: *granted,
+        },
+        Message::LeaseRequest { lease_num } => WMessage::LeaseRequest {
+            lease_num: *lease_num,
+        },
+        Message::LeaseGrant {
+            lease_num,
+            latest_accepted,
+        } => WMessage::LeaseGrant {
+            lease_num: *lease_num,
+            latest_accepted: *latest_accepted,
         },
     }
 }
@@ -467,9 +495,14 @@ pub fn message_from_archived(m: &ArchivedWMessage) -> Message {
             value: value_from_archived(value),
             commit: commit.to_native(),
         },
-        ArchivedWMessage::Accepted { ballot, slot } => Message::Accepted {
+        ArchivedWMessage::Accepted {
+            ballot,
+            slot,
+            holders,
+        } => Message::Accepted {
             ballot: ballot.into(),
             slot: slot.to_native(),
+            holders: VoteSet::from_bits(holders.to_native()),
         },
         ArchivedWMessage::Reject { ballot, promised } => Message::Reject {
             ballot: ballot.into(),
@@ -479,10 +512,12 @@ pub fn message_from_archived(m: &ArchivedWMessage) -> Message {
             ballot,
             commit,
             read_round,
+            revoke,
         } => Message::Heartbeat {
             ballot: ballot.into(),
             commit: commit.to_native(),
             read_round: read_round.to_native(),
+            revoke: VoteSet::from_bits(revoke.to_native()),
         },
         ArchivedWMessage::HeartbeatAck { ballot, read_round } => Message::HeartbeatAck {
             ballot: ballot.into(),
@@ -508,6 +543,16 @@ pub fn message_from_archived(m: &ArchivedWMessage) -> Message {
         ArchivedWMessage::PreVoteReply { ballot, granted } => Message::PreVoteReply {
             ballot: ballot.into(),
             granted: *granted,
+        },
+        ArchivedWMessage::LeaseRequest { lease_num } => Message::LeaseRequest {
+            lease_num: lease_num.to_native(),
+        },
+        ArchivedWMessage::LeaseGrant {
+            lease_num,
+            latest_accepted,
+        } => Message::LeaseGrant {
+            lease_num: lease_num.to_native(),
+            latest_accepted: latest_accepted.to_native(),
         },
     }
 }

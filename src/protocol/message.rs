@@ -1,7 +1,8 @@
 //! Peer messages. The full table (sender, receiver, when, durable precondition) is in
 //! `docs/internals/protocol.md`.
 
-use super::types::{Ballot, ReplicaId, Slot, Value};
+use super::quorum::VoteSet;
+use super::types::{Ballot, Nanos, ReplicaId, Slot, Value};
 
 /// A message with its route. Messages to `from == to` are the replica talking to its own
 /// acceptor; the caller delivers them back through `step` like any other.
@@ -44,8 +45,14 @@ pub enum Message {
         value: Value,
         commit: Slot,
     },
-    /// Phase 2b, sent only once the accepted value is durable.
-    Accepted { ballot: Ballot, slot: Slot },
+    /// Phase 2b, sent only once the accepted value is durable. `holders`: with quorum leases,
+    /// every replica this acceptor had a live read-lease obligation to when it (re)answered,
+    /// having accepted the slot; the leader commits only once each of them accepted too.
+    Accepted {
+        ballot: Ballot,
+        slot: Slot,
+        holders: VoteSet,
+    },
     /// "I promised a higher ballot than the one you used."
     Reject { ballot: Ballot, promised: Ballot },
     /// Leader liveness, commit index, and a read-index confirmation round.
@@ -53,6 +60,9 @@ pub enum Message {
         ballot: Ballot,
         commit: Slot,
         read_round: u64,
+        /// Quorum leases: holders that keep writes waiting for their vote; grantors stop
+        /// renewing their grants (the old grants run out, then writes go on without them).
+        revoke: VoteSet,
     },
     /// "`ballot` is still the highest I promised", for liveness and read rounds. Not durable.
     HeartbeatAck { ballot: Ballot, read_round: u64 },
@@ -65,6 +75,16 @@ pub enum Message {
     PreVote { ballot: Ballot, commit: Slot },
     /// The answer to a PreVote.
     PreVoteReply { ballot: Ballot, granted: bool },
+    /// Quorum leases, holder → grantor: "promise me a read lease". `lease_num` is the holder's
+    /// clock when it sent this; the holder measures the lease from it. Not durable.
+    LeaseRequest { lease_num: Nanos },
+    /// Quorum leases, grantor → holder: the promise. The grantor counts the holder in every
+    /// Accepted it sends until `grantor_hold_ms` after it received the request; `latest_accepted`
+    /// is the highest slot it held (accepted or chosen) when it answered. Not durable.
+    LeaseGrant {
+        lease_num: Nanos,
+        latest_accepted: Slot,
+    },
 }
 
 /// Bytes a message is assumed to take beyond its values (ballots, slots, framing).
@@ -105,6 +125,8 @@ impl Message {
             Message::CatchupReply { .. } => "catchup_reply",
             Message::PreVote { .. } => "pre_vote",
             Message::PreVoteReply { .. } => "pre_vote_reply",
+            Message::LeaseRequest { .. } => "lease_request",
+            Message::LeaseGrant { .. } => "lease_grant",
         }
     }
 }

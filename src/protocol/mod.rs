@@ -16,6 +16,7 @@
 //! Messages that may only leave after a write is durable (Promise, Accepted) are held inside
 //! the replica and released by `persisted`, so a caller cannot send them early by mistake.
 
+pub mod lease;
 mod log;
 mod message;
 pub mod quorum;
@@ -24,11 +25,12 @@ mod replica;
 mod tests;
 mod types;
 
+pub use lease::{Grant, ReadMode};
 pub use log::{Entry, Log};
 pub use message::{Envelope, Message, PromiseEntry};
 pub use quorum::{QuorumSpec, VoteSet};
 pub use replica::{
-    Config, DroppedProposal, InjectedBug, NotLeader, ReadOutcome, ReadResult, Ready, Replica, Role,
-    Status,
+    Config, DroppedProposal, InjectedBug, LeaseReadCounters, NotLeader, ReadOutcome, ReadResult,
+    Ready, Replica, Role, Status,
 };
 pub use types::{Ballot, Command, DurableState, Nanos, ReplicaId, Slot, Value, Write, WriteId};

@@ -16,6 +16,12 @@ pub struct VoteSet(u64);
 impl VoteSet {
     pub const EMPTY: VoteSet = VoteSet(0);
 
+    /// Replicas `0..n`.
+    pub fn all(n: u32) -> VoteSet {
+        assert!(n <= REPLICAS_MAX);
+        VoteSet(if n == 64 { u64::MAX } else { (1u64 << n) - 1 })
+    }
+
     pub fn insert(&mut self, replica: ReplicaId) {
         assert!(replica < REPLICAS_MAX);
         self.0 |= 1 << replica;
@@ -35,6 +41,19 @@ impl VoteSet {
 
     pub fn is_superset(&self, other: VoteSet) -> bool {
         self.0 & other.0 == other.0
+    }
+
+    pub fn union(self, other: VoteSet) -> VoteSet {
+        VoteSet(self.0 | other.0)
+    }
+
+    /// The set as a bit mask (bit i: replica i), for the wire.
+    pub fn bits(&self) -> u64 {
+        self.0
+    }
+
+    pub fn from_bits(bits: u64) -> VoteSet {
+        VoteSet(bits)
     }
 }
 

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, VecDeque};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::lease::{grantor_hold_ms, LeaderLease, QuorumLease, ReadMode};
 use super::log::Log;
 use super::message::{
     Envelope, Message, PromiseEntry, ENTRY_OVERHEAD_BYTES, MESSAGE_OVERHEAD_BYTES,
@@ -25,7 +26,7 @@ use super::quorum::{QuorumSpec, VoteSet};
 use super::types::{Ballot, Command, DurableState, Nanos, ReplicaId, Slot, Value, Write, WriteId};
 
 const NS_PER_US: u64 = 1_000;
-const NS_PER_MS: u64 = 1_000_000;
+use super::lease::NS_PER_MS;
 
 /// A deliberate protocol bug, so the simulator's checks can be shown to bite.
 /// Never set outside tests and `mpaxos sim --inject-bug`.
@@ -50,16 +51,27 @@ pub enum InjectedBug {
     /// Like `StaleLeaderRead`, a leader that lost its quorum does not step down, so that two
     /// leaders overlap for longer than a message delay.
     LeaseFollowsLastSpeaker,
+    /// Quorum leases: the leader commits a slot on a majority alone, without the votes of the
+    /// lease holders its voters named.
+    QleaseCommitWithoutHolder,
+    /// Quorum leases: a holder serves a local read at its commit point, without waiting for
+    /// the slots it (or its grantors, when they granted) had accepted but not applied.
+    QleaseReadUnapplied,
+    /// Quorum leases: a holder keeps reading on grants whose time is up.
+    QleaseReadAfterExpiry,
 }
 
 impl InjectedBug {
-    pub const ALL: [InjectedBug; 6] = [
+    pub const ALL: [InjectedBug; 9] = [
         InjectedBug::AckBeforePersist,
         InjectedBug::SkipValueAdoption,
         InjectedBug::StaleLeaderRead,
         InjectedBug::StorageAckBeforeDurable,
         InjectedBug::ClockStopsInSuspend,
         InjectedBug::LeaseFollowsLastSpeaker,
+        InjectedBug::QleaseCommitWithoutHolder,
+        InjectedBug::QleaseReadUnapplied,
+        InjectedBug::QleaseReadAfterExpiry,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -70,7 +82,20 @@ impl InjectedBug {
             InjectedBug::StorageAckBeforeDurable => "storage-ack-before-durable",
             InjectedBug::ClockStopsInSuspend => "clock-stops-in-suspend",
             InjectedBug::LeaseFollowsLastSpeaker => "lease-follows-last-speaker",
+            InjectedBug::QleaseCommitWithoutHolder => "qlease-commit-without-holder",
+            InjectedBug::QleaseReadUnapplied => "qlease-read-unapplied",
+            InjectedBug::QleaseReadAfterExpiry => "qlease-read-after-expiry",
         }
+    }
+
+    /// A bug in the quorum-lease rules (only quorum-lease mode can show it).
+    pub fn needs_quorum_leases(&self) -> bool {
+        matches!(
+            self,
+            InjectedBug::QleaseCommitWithoutHolder
+                | InjectedBug::QleaseReadUnapplied
+                | InjectedBug::QleaseReadAfterExpiry
+        )
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
@@ -114,6 +139,12 @@ pub struct Config {
     /// `min over replicas of election_timeout_min_ms × (1 − 2 × max clock drift)`
     /// ([`Config::lease_ms_for`]).
     pub lease_ms: u64,
+    /// How linearizable reads are served. `ReadIndex` ignores `lease_ms` (no leases at all);
+    /// the lease modes need `lease_ms > 0`.
+    pub read_mode: ReadMode,
+    /// Quorum leases: the replicas that hold read leases (the lease configuration; every
+    /// replica by default). Others never ask for grants and are never granted one.
+    pub lease_holders: VoteSet,
     /// The most two replicas' clock rates may differ, percent: sizes the restart blackout.
     pub clock_drift_percent: u64,
     pub inject_bug: Option<InjectedBug>,
@@ -137,6 +168,8 @@ impl Config {
             message_bytes_max: 8 << 20,
             pipeline_bytes_max: 8 << 20,
             lease_ms: Config::lease_ms_for(150, 10),
+            read_mode: ReadMode::LeaderLease,
+            lease_holders: VoteSet::all(replicas),
             clock_drift_percent: 10,
             inject_bug: None,
         }
@@ -151,8 +184,15 @@ impl Config {
     /// How long a restarted acceptor refuses new ballots: long enough, on its own clock, to
     /// outlast any lease granted before it crashed on the leader's clock.
     fn restart_blackout_ms(&self) -> u64 {
-        let d = self.clock_drift_percent.min(49);
-        (self.lease_ms * (100 + d)).div_ceil(100 - d)
+        grantor_hold_ms(self.leader_lease_ms(), self.clock_drift_percent)
+    }
+
+    /// The leader lease's length: `lease_ms`, or 0 (no leases) in read-index mode.
+    pub fn leader_lease_ms(&self) -> u64 {
+        match self.read_mode {
+            ReadMode::ReadIndex => 0,
+            ReadMode::LeaderLease | ReadMode::QuorumLease => self.lease_ms,
+        }
     }
 
     fn validate(&self) {
@@ -171,6 +211,14 @@ impl Config {
         assert!(
             self.lease_ms < self.election_timeout_min_ms,
             "a lease must end before an acceptor's stickiness window"
+        );
+        assert!(
+            self.read_mode != ReadMode::QuorumLease || self.lease_ms > 0,
+            "quorum leases need lease_ms > 0"
+        );
+        assert!(
+            VoteSet::all(self.replicas).is_superset(self.lease_holders),
+            "lease holder id out of range"
         );
     }
 }
@@ -195,7 +243,8 @@ pub enum NotLeader {
 pub enum ReadOutcome {
     /// Serve the read from the state machine now (after applying this Ready's `committed`).
     Ready,
-    /// Leadership was lost before the read could be confirmed.
+    /// Leadership was lost before the read could be confirmed, or (quorum leases) a holder's
+    /// local read waited too long for a slot to be applied: ask the leader.
     NotLeader { leader: Option<ReplicaId> },
 }
 
@@ -203,6 +252,21 @@ pub enum ReadOutcome {
 pub struct ReadResult {
     pub id: u64,
     pub outcome: ReadOutcome,
+}
+
+/// Quorum-lease counters of this incarnation (they restart at 0 with the replica).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeaseReadCounters {
+    /// Linearizable reads a non-leader served from its quorum lease.
+    pub local: u64,
+    /// Of those taken locally, the ones that had to wait for a slot to be applied.
+    pub waited: u64,
+    /// Reads a non-leader redirected because it held no valid quorum lease.
+    pub forwarded: u64,
+    /// Local reads given up after waiting an election timeout (answered with a redirect).
+    pub gave_up: u64,
+    /// Leader: slots that had a majority but waited for a lease holder's vote.
+    pub writes_held_for_holders: u64,
 }
 
 /// A queued proposal that will never be proposed here (leadership was lost).
@@ -266,7 +330,30 @@ struct Candidate {
 struct InFlight {
     value: Value,
     votes: VoteSet,
+    /// A majority voted but a named holder had not (counted once).
+    held_for_holders: bool,
+    proposed_at: Nanos,
+    /// Quorum leases: per voter, the holders its newest Accepted named (all must vote).
+    holders: Vec<VoteSet>,
     sent_at: Nanos,
+}
+
+impl InFlight {
+    /// Every holder some voter named: the slot commits only once all of them voted.
+    fn required(&self) -> VoteSet {
+        self.holders
+            .iter()
+            .enumerate()
+            .filter(|(id, _)| self.votes.contains(*id as ReplicaId))
+            .fold(VoteSet::EMPTY, |acc, (_, h)| acc.union(*h))
+    }
+}
+
+/// A linearizable read a quorum-lease holder serves locally once `index` is applied.
+struct LocalRead {
+    id: u64,
+    index: Slot,
+    arrived: Nanos,
 }
 
 struct PendingRead {
@@ -297,10 +384,8 @@ struct Leader {
     read_round: u64,
     read_round_wanted: bool,
     acked_round: Vec<u64>,
-    /// Leases: when each heartbeat round went out (oldest first, pruned), and per replica the
-    /// send time of the newest heartbeat it acknowledged.
-    round_sent_at: VecDeque<(u64, Nanos)>,
-    lease_ack: Vec<Option<Nanos>>,
+    /// The leader lease: heartbeat rounds sent and the grants their acks make (`lease.rs`).
+    lease: LeaderLease,
     reads: VecDeque<PendingRead>,
 }
 
@@ -349,6 +434,12 @@ pub struct Replica {
     /// so a lease granted before the crash still holds.
     promise_blackout_until: Nanos,
 
+    /// Quorum leases (`read_mode = QuorumLease`): grants held and owed, and the local reads
+    /// waiting for their index to be applied.
+    qlease: Option<QuorumLease>,
+    local_reads: VecDeque<LocalRead>,
+    lease_reads: LeaseReadCounters,
+
     proposer: Proposer,
     queue: VecDeque<(Nanos, Command)>,
     queue_bytes: usize,
@@ -382,11 +473,22 @@ impl Replica {
             last_heard_leader: None,
             election_deadline: 0,
             round_seen_max: durable.promised.round,
-            promise_blackout_until: if cfg.lease_ms > 0 {
+            promise_blackout_until: if cfg.leader_lease_ms() > 0 {
                 now + cfg.restart_blackout_ms() * NS_PER_MS
             } else {
                 0
             },
+            qlease: (cfg.read_mode == ReadMode::QuorumLease).then(|| {
+                QuorumLease::new(
+                    cfg.replicas,
+                    cfg.id,
+                    cfg.lease_holders,
+                    now,
+                    grantor_hold_ms(cfg.lease_ms, cfg.clock_drift_percent),
+                )
+            }),
+            local_reads: VecDeque::new(),
+            lease_reads: LeaseReadCounters::default(),
             proposer: Proposer::Idle,
             queue: VecDeque::new(),
             queue_bytes: 0,
@@ -440,6 +542,11 @@ impl Replica {
         &self.log
     }
 
+    /// Quorum-lease read and write counters since this replica started.
+    pub fn lease_read_counters(&self) -> LeaseReadCounters {
+        self.lease_reads
+    }
+
     /// Why this replica stopped, if it did: it learned a second value for a chosen slot, so
     /// safety is already broken somewhere. A stopped replica takes no further part (every
     /// input is ignored, `ready` is empty); its caller should fail the group loudly.
@@ -490,14 +597,16 @@ impl Replica {
         if self.fatal.is_some() {
             return Err(NotLeader::Redirect { leader: None });
         }
-        let hint = self.leader_hint();
         let commit = self.log.commit();
         let lease = match &self.proposer {
             Proposer::Leader(leader) => self.holds_lease(leader, now),
             _ => false,
         };
+        if !matches!(self.proposer, Proposer::Leader(_)) {
+            return self.read_local(now, id);
+        }
         let Proposer::Leader(leader) = &mut self.proposer else {
-            return Err(NotLeader::Redirect { leader: hint });
+            unreachable!("checked above");
         };
         if lease {
             // No other leader can exist until the lease ends: serve once everything committed
@@ -525,6 +634,126 @@ impl Replica {
         Ok(())
     }
 
+    /// A linearizable read at a follower: served locally if this replica holds a quorum
+    /// lease (docs/internals/protocol.md §8, quorum leases), else redirected to the leader.
+    fn read_local(&mut self, now: Nanos, id: u64) -> Result<(), NotLeader> {
+        let hint = self.leader_hint();
+        let Some(qlease) = &self.qlease else {
+            return Err(NotLeader::Redirect { leader: hint });
+        };
+        self.lease_reads.forwarded += 1; // undone below if the read is taken
+        let bug = self.cfg.inject_bug;
+        let Some(bar) = qlease.read_bar(
+            now,
+            self.cfg.lease_ms,
+            &self.quorum,
+            bug == Some(InjectedBug::QleaseReadAfterExpiry),
+        ) else {
+            return Err(NotLeader::Redirect { leader: hint });
+        };
+        // Every slot this replica holds (a write it accepted may be committed already,
+        // counting its vote) and every slot its grantors held when they granted.
+        let index = if bug == Some(InjectedBug::QleaseReadUnapplied) {
+            self.log.commit()
+        } else {
+            self.log.commit().max(self.log.last_slot()).max(bar)
+        };
+        self.lease_reads.forwarded -= 1;
+        if index > self.applied {
+            self.lease_reads.waited += 1;
+        }
+        self.local_reads.push_back(LocalRead {
+            id,
+            index,
+            arrived: now,
+        });
+        Ok(())
+    }
+
+    /// Serves the local reads whose index is applied; gives up on those that waited longer
+    /// than an election timeout (their slot may need a new leader to be chosen).
+    fn release_local_reads(&mut self, now: Nanos) {
+        let give_up_ns = self.cfg.election_timeout_max_ms * NS_PER_MS;
+        let hint = self.leader_hint().filter(|l| *l != self.cfg.id);
+        let applied = self.applied;
+        let mut answered = Vec::new();
+        self.local_reads.retain(|read| {
+            if read.index <= applied {
+                answered.push((read.id, ReadOutcome::Ready));
+                false
+            } else if now >= read.arrived + give_up_ns {
+                answered.push((read.id, ReadOutcome::NotLeader { leader: hint }));
+                false
+            } else {
+                true
+            }
+        });
+        for (id, outcome) in answered {
+            match outcome {
+                ReadOutcome::Ready => self.lease_reads.local += 1,
+                ReadOutcome::NotLeader { .. } => self.lease_reads.gave_up += 1,
+            }
+            self.out.reads.push(ReadResult { id, outcome });
+        }
+    }
+
+    /// Quorum leases: renews this replica's grants (a request to every replica, itself too),
+    /// if it is a configured holder.
+    fn request_leases(&mut self, now: Nanos) {
+        let holder = self.cfg.lease_holders.contains(self.cfg.id);
+        let Some(qlease) = &mut self.qlease else {
+            return;
+        };
+        if now < qlease.request_due() {
+            return;
+        }
+        if !holder {
+            qlease.next_request(now, self.cfg.lease_ms, self.cfg.heartbeat_ms);
+            return;
+        }
+        let lease_num = qlease.next_request(now, self.cfg.lease_ms, self.cfg.heartbeat_ms);
+        for to in 0..self.cfg.replicas {
+            self.send(to, Message::LeaseRequest { lease_num });
+        }
+    }
+
+    fn on_lease_request(&mut self, now: Nanos, from: ReplicaId, lease_num: Nanos) {
+        let hold_ms = grantor_hold_ms(self.cfg.lease_ms, self.cfg.clock_drift_percent);
+        let Some(qlease) = &mut self.qlease else {
+            return;
+        };
+        // Owed from now on, before the grant leaves: an Accepted sent after this names it.
+        if !qlease.on_request(from, now, hold_ms) {
+            return;
+        }
+        let latest_accepted = self.log.commit().max(self.log.last_slot());
+        self.send(
+            from,
+            Message::LeaseGrant {
+                lease_num,
+                latest_accepted,
+            },
+        );
+    }
+
+    /// Stops renewing `holders`' grants for two heartbeat periods (the leader repeats the
+    /// request in every heartbeat while they hold writes up).
+    fn revoke_grants(&mut self, now: Nanos, holders: VoteSet) {
+        let until = now + 2 * self.cfg.heartbeat_ms * NS_PER_MS;
+        if let Some(qlease) = &mut self.qlease {
+            if !holders.is_empty() {
+                qlease.revoke(holders, until);
+            }
+        }
+    }
+
+    /// The holders an Accepted sent now must name (empty without quorum leases).
+    fn lease_holders(&self, now: Nanos) -> VoteSet {
+        self.qlease
+            .as_ref()
+            .map_or(VoteSet::EMPTY, |q| q.holders(now))
+    }
+
     /// The next instant at which `tick` must be called (absent other inputs).
     pub fn poll_timeout(&self) -> Nanos {
         let mut due = Nanos::MAX;
@@ -547,6 +776,9 @@ impl Replica {
         if let Some(sent) = self.catchup_sent_at {
             due = due.min(sent + self.catchup_retry_ns());
         }
+        if let Some(qlease) = &self.qlease {
+            due = due.min(qlease.request_due());
+        }
         due
     }
 
@@ -561,6 +793,7 @@ impl Replica {
             self.start_pre_vote(now);
         }
         self.maybe_catch_up(now);
+        self.request_leases(now);
     }
 
     /// A write up to `write_id` is durable (writes complete in order).
@@ -606,13 +839,18 @@ impl Replica {
                 value,
                 commit,
             } => self.on_accept(now, from, ballot, slot, value, commit),
-            Message::Accepted { ballot, slot } => self.on_accepted(now, from, ballot, slot),
+            Message::Accepted {
+                ballot,
+                slot,
+                holders,
+            } => self.on_accepted(now, from, ballot, slot, holders),
             Message::Reject { ballot, promised } => self.on_reject(now, ballot, promised),
             Message::Heartbeat {
                 ballot,
                 commit,
                 read_round,
-            } => self.on_heartbeat(now, from, ballot, commit, read_round),
+                revoke,
+            } => self.on_heartbeat(now, from, ballot, commit, read_round, revoke),
             Message::HeartbeatAck { ballot, read_round } => {
                 self.on_heartbeat_ack(now, from, ballot, read_round)
             }
@@ -624,6 +862,15 @@ impl Replica {
             Message::PreVote { ballot, commit } => self.on_pre_vote(now, from, ballot, commit),
             Message::PreVoteReply { ballot, granted } => {
                 self.on_pre_vote_reply(now, from, ballot, granted)
+            }
+            Message::LeaseRequest { lease_num } => self.on_lease_request(now, from, lease_num),
+            Message::LeaseGrant {
+                lease_num,
+                latest_accepted,
+            } => {
+                if let Some(qlease) = &mut self.qlease {
+                    qlease.on_grant(from, lease_num, latest_accepted);
+                }
             }
         }
     }
@@ -644,6 +891,7 @@ impl Replica {
             self.out.committed.push((self.applied, value.clone()));
         }
         self.release_confirmed_reads();
+        self.release_local_reads(now);
         std::mem::take(&mut self.out)
     }
 
@@ -800,7 +1048,18 @@ impl Replica {
                 write_id
             }
         };
-        self.send_after(write_id, from, Message::Accepted { ballot, slot });
+        // Computed now, with the slot accepted: a grant sent from now on reports the slot in
+        // `latest_accepted`; one sent before is owed a vote here until it expires.
+        let holders = self.lease_holders(now);
+        self.send_after(
+            write_id,
+            from,
+            Message::Accepted {
+                ballot,
+                slot,
+                holders,
+            },
+        );
         self.learn_commit(now, from, ballot, commit);
     }
 
@@ -811,12 +1070,14 @@ impl Replica {
         ballot: Ballot,
         commit: Slot,
         read_round: u64,
+        revoke: VoteSet,
     ) {
         if self.reject_below_promise(from, ballot) {
             return;
         }
         self.step_down_below(now, ballot);
         self.heard_from_leader(now, from, ballot);
+        self.revoke_grants(now, revoke);
         // Not durable and need not be: it says only "I promised nothing above `ballot`".
         self.send(from, Message::HeartbeatAck { ballot, read_round });
         self.learn_commit(now, from, ballot, commit);
@@ -1088,8 +1349,7 @@ impl Replica {
             read_round: 0,
             read_round_wanted: false,
             acked_round: vec![0; n],
-            round_sent_at: VecDeque::new(),
-            lease_ack: vec![None; n],
+            lease: LeaderLease::new(self.cfg.replicas, self.cfg.id),
             reads: VecDeque::new(),
         };
         leader.last_ack[self.cfg.id as usize] = Some(now);
@@ -1136,6 +1396,9 @@ impl Replica {
             InFlight {
                 value: value.clone(),
                 votes: VoteSet::EMPTY,
+                held_for_holders: false,
+                proposed_at: now,
+                holders: vec![VoteSet::EMPTY; self.cfg.replicas as usize],
                 sent_at: now,
             },
         );
@@ -1151,7 +1414,14 @@ impl Replica {
         });
     }
 
-    fn on_accepted(&mut self, now: Nanos, from: ReplicaId, ballot: Ballot, slot: Slot) {
+    fn on_accepted(
+        &mut self,
+        now: Nanos,
+        from: ReplicaId,
+        ballot: Ballot,
+        slot: Slot,
+        holders: VoteSet,
+    ) {
         let Proposer::Leader(leader) = &mut self.proposer else {
             return;
         };
@@ -1163,7 +1433,20 @@ impl Replica {
             return;
         };
         in_flight.votes.insert(from);
-        if !self.quorum.is_chosen(in_flight.votes, VoteSet::EMPTY) {
+        // The newest Accepted of a voter counts: its holder set shrinks only once the grants
+        // it owed have expired (a holder that stopped answering stalls writes that long).
+        in_flight.holders[from as usize] = holders;
+        let required = if self.cfg.inject_bug == Some(InjectedBug::QleaseCommitWithoutHolder) {
+            VoteSet::EMPTY
+        } else {
+            in_flight.required()
+        };
+        if !self.quorum.is_chosen(in_flight.votes, required) {
+            if !in_flight.held_for_holders && self.quorum.is_chosen(in_flight.votes, VoteSet::EMPTY)
+            {
+                in_flight.held_for_holders = true;
+                self.lease_reads.writes_held_for_holders += 1;
+            }
             return;
         }
         let chosen = leader.in_flight.remove(&slot).expect("present").value;
@@ -1196,33 +1479,16 @@ impl Replica {
         leader.last_ack[from as usize] = Some(now);
         let acked = &mut leader.acked_round[from as usize];
         *acked = (*acked).max(read_round);
-        // The ack vouches for the heartbeat of round `read_round`: the acceptor refuses other
-        // leaders for a stickiness window from when it received it, which is after we sent it.
-        if let Ok(i) = leader
-            .round_sent_at
-            .binary_search_by_key(&read_round, |(r, _)| *r)
-        {
-            let sent_at = leader.round_sent_at[i].1;
-            let lease = &mut leader.lease_ack[from as usize];
-            *lease = Some(lease.map_or(sent_at, |l| l.max(sent_at)));
-        }
+        // The ack vouches for the heartbeat of round `read_round` (a grant, `lease.rs`).
+        leader.lease.on_ack(from, read_round);
     }
 
     /// Whether the leader holds a lease at `now`: a classic quorum (itself included) has
     /// acknowledged heartbeats sent less than `lease_ms` ago.
     fn holds_lease(&self, leader: &Leader, now: Nanos) -> bool {
-        if self.cfg.lease_ms == 0 {
-            return false;
-        }
-        let lease_ns = self.cfg.lease_ms * NS_PER_MS;
-        let mut live = VoteSet::EMPTY;
-        live.insert(self.cfg.id);
-        for (id, sent) in leader.lease_ack.iter().enumerate() {
-            if sent.is_some_and(|at| now < at + lease_ns) {
-                live.insert(id as ReplicaId);
-            }
-        }
-        self.quorum.is_phase1_quorum(live)
+        leader
+            .lease
+            .holds(now, self.cfg.leader_lease_ms(), &self.quorum)
     }
 
     fn tick_leader(&mut self, now: Nanos) {
@@ -1270,8 +1536,12 @@ impl Replica {
                 continue;
             }
             in_flight.sent_at = now;
+            // A voter that named a holder who has not voted is asked again: its fresh answer
+            // drops holders whose grants expired meanwhile.
             for to in 0..self.cfg.replicas {
-                if !in_flight.votes.contains(to) {
+                let stale_holders = in_flight.votes.contains(to)
+                    && !in_flight.votes.is_superset(in_flight.holders[to as usize]);
+                if !in_flight.votes.contains(to) || stale_holders {
                     resend.push(Envelope {
                         from: self.cfg.id,
                         to,
@@ -1294,28 +1564,39 @@ impl Replica {
         let Proposer::Leader(leader) = &mut self.proposer else {
             return;
         };
-        if leader.read_round_wanted || self.cfg.lease_ms > 0 {
+        let lease_ms = self.cfg.leader_lease_ms();
+        if leader.read_round_wanted || lease_ms > 0 {
             // With leases every heartbeat is its own round, so an ack names its send time.
             leader.read_round += 1;
             leader.read_round_wanted = false;
         }
-        if self.cfg.lease_ms > 0 {
-            let lease_ns = self.cfg.lease_ms * NS_PER_MS;
-            while leader
-                .round_sent_at
-                .front()
-                .is_some_and(|(_, at)| now >= at + lease_ns)
-            {
-                leader.round_sent_at.pop_front();
-            }
-            leader.round_sent_at.push_back((leader.read_round, now));
+        if lease_ms > 0 {
+            leader.lease.round_sent(leader.read_round, now, lease_ms);
         }
         leader.heartbeat_due = now + heartbeat_ns;
         leader.acked_round[self.cfg.id as usize] = leader.read_round;
+        // Holders whose vote a slot has waited for over two retransmission periods (and half
+        // an election timeout, which placements scale with the RTT): grantors
+        // stop renewing them, so their grants run out and the writes go on.
+        let mut revoke = VoteSet::EMPTY;
+        if self.qlease.is_some() {
+            let patience_ns =
+                (4 * heartbeat_ns).max(self.cfg.election_timeout_min_ms * NS_PER_MS / 2);
+            for f in leader.in_flight.values() {
+                if now >= f.proposed_at + patience_ns {
+                    for id in 0..self.cfg.replicas {
+                        if f.required().contains(id) && !f.votes.contains(id) {
+                            revoke.insert(id);
+                        }
+                    }
+                }
+            }
+        }
         let msg = Message::Heartbeat {
             ballot: leader.ballot,
             commit,
             read_round: leader.read_round,
+            revoke,
         };
         for to in 0..self.cfg.replicas {
             if to != self.cfg.id {
@@ -1326,6 +1607,8 @@ impl Replica {
                 });
             }
         }
+        // The leader is a grantor too.
+        self.revoke_grants(now, revoke);
     }
 
     /// Cuts batches from the queue while the pipeline has room, and starts a read round if a

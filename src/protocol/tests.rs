@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::lease;
 use super::*;
 
 const MS: Nanos = 1_000_000;
@@ -546,4 +547,269 @@ fn huge_log_election_and_catch_up_stay_under_the_message_limit() {
         net.max_message.1,
         net.max_message.0
     );
+}
+
+// ------------------------------------------------------------------ quorum leases
+
+fn qlease_net(bug: Option<InjectedBug>) -> Net {
+    let mut net = Net::with_configs(
+        (0..3)
+            .map(|id| {
+                let mut cfg = config(id, 3);
+                cfg.read_mode = ReadMode::QuorumLease;
+                cfg.inject_bug = bug;
+                cfg
+            })
+            .collect(),
+    );
+    net.run_until(300 * MS);
+    assert_eq!(net.leader(), Some(0));
+    net
+}
+
+/// Starts a linearizable read at `id` now; returns whether it was taken and, if it was
+/// served already, the applied slot it was served at.
+fn read_at(net: &mut Net, id: ReplicaId, read_id: u64) -> (bool, Option<(ReadOutcome, Slot)>) {
+    let now = net.now;
+    let taken = net.r_mut(id).read_index(now, read_id).is_ok();
+    net.drain(id);
+    net.deliver_all();
+    let served = net.reads[id as usize]
+        .iter()
+        .find(|(r, _)| r.id == read_id)
+        .map(|(r, applied)| (r.outcome, *applied));
+    (taken, served)
+}
+
+#[test]
+fn qlease_follower_reads_locally() {
+    let mut net = qlease_net(None);
+    net.sent_log = true;
+    let (taken, served) = read_at(&mut net, 2, 1);
+    assert!(taken, "2 holds grants from a majority");
+    assert_eq!(served, Some((ReadOutcome::Ready, 0)));
+    assert!(net.sent.is_empty(), "no message for a local read");
+    let c = net.r(2).lease_read_counters();
+    assert_eq!((c.local, c.waited, c.forwarded), (1, 0, 0));
+    // Leader-lease mode refuses the same read (redirect to the leader).
+    let mut leader_lease = Net::new(3);
+    leader_lease.run_until(300 * MS);
+    assert!(leader_lease.r_mut(2).read_index(300 * MS, 1).is_err());
+}
+
+/// A write commits at the leader; the commit notice to holder 2 has not left yet (it rides on
+/// the next Accept or heartbeat). A read at 2 must wait for the slot it accepted.
+fn qlease_unapplied_scenario(bug: Option<InjectedBug>) -> Option<(ReadOutcome, Slot)> {
+    let mut net = qlease_net(bug);
+    net.propose(0, 1, 1, Bytes::from_static(b"new"));
+    assert_eq!(net.r(0).status().commit, 1, "committed at the leader");
+    assert_eq!(net.r(2).status().applied, 0, "2 has not heard the commit");
+    let (taken, served) = read_at(&mut net, 2, 9);
+    assert!(taken);
+    if served.is_some() {
+        return served;
+    }
+    net.run_until(330 * MS);
+    net.reads[2]
+        .iter()
+        .find(|(r, _)| r.id == 9)
+        .map(|(r, applied)| (r.outcome, *applied))
+}
+
+#[test]
+fn qlease_read_waits_for_an_accepted_slot() {
+    let served = qlease_unapplied_scenario(None);
+    assert_eq!(
+        served,
+        Some((ReadOutcome::Ready, 1)),
+        "served once slot 1 applied"
+    );
+}
+
+#[test]
+fn qlease_read_unapplied_bug_reads_stale() {
+    let served = qlease_unapplied_scenario(Some(InjectedBug::QleaseReadUnapplied));
+    assert_eq!(
+        served,
+        Some((ReadOutcome::Ready, 0)),
+        "stale: slot 1 committed"
+    );
+}
+
+/// 2 loses its links to the leader 0 but still reaches 1. Its newest grant from 1 predates
+/// 1's acceptance of the write, so only the holder rule keeps the write from committing while
+/// 2 reads locally.
+fn qlease_holder_scenario(bug: Option<InjectedBug>) -> (Net, Option<(ReadOutcome, Slot)>) {
+    let mut net = qlease_net(bug);
+    net.isolate(2, &[0]);
+    net.propose(0, 1, 1, Bytes::from_static(b"new"));
+    let (taken, served) = read_at(&mut net, 2, 9);
+    assert!(taken, "2 holds grants from 1 and itself");
+    (net, served)
+}
+
+#[test]
+fn qlease_write_waits_for_every_holder() {
+    let (mut net, served) = qlease_holder_scenario(None);
+    let start = net.now;
+    assert_eq!(net.r(0).status().commit, 0, "2 has not accepted");
+    assert_eq!(net.r(0).lease_read_counters().writes_held_for_holders, 1);
+    assert_eq!(
+        served,
+        Some((ReadOutcome::Ready, 0)),
+        "nothing committed yet"
+    );
+    // 2 still renews its grant at 1. The leader names it in `revoke` once the write waited
+    // max(4 heartbeats, half an election timeout); 1 stops renewing; its grant runs out.
+    while net.r(0).status().commit == 0 {
+        assert!(net.now < start + 400 * MS, "the write never committed");
+        net.run_until(net.now + MS);
+    }
+    let cfg = &net.cfgs[0];
+    let waited = net.now - start;
+    let hold_ms = lease::grantor_hold_ms(cfg.lease_ms, cfg.clock_drift_percent);
+    let bound_ms =
+        cfg.election_timeout_min_ms / 2 + cfg.heartbeat_ms + hold_ms + 2 * cfg.heartbeat_ms;
+    assert!(
+        waited <= bound_ms * MS,
+        "waited {} ms > {bound_ms}",
+        waited / MS
+    );
+    assert!(
+        waited >= cfg.lease_ms * MS,
+        "waited only {} ms",
+        waited / MS
+    );
+    // From the commit on, 2 has no lease: it cannot read the old value.
+    let (taken, _) = read_at(&mut net, 2, 1_000_000);
+    assert!(
+        !taken,
+        "2 still holds a lease after the write committed without it"
+    );
+    eprintln!(
+        "write held {} ms for a holder cut off from the leader only",
+        waited / MS
+    );
+}
+
+#[test]
+fn qlease_commit_without_holder_bug_reads_stale() {
+    let (net, served) = qlease_holder_scenario(Some(InjectedBug::QleaseCommitWithoutHolder));
+    assert_eq!(net.r(0).status().commit, 1, "committed without 2");
+    assert_eq!(served, Some((ReadOutcome::Ready, 0)), "stale at holder 2");
+}
+
+/// 2 is cut off from everyone. Writes wait for its grants to expire at their grantors, then
+/// commit; from then on 2 must not read locally.
+fn qlease_expiry_scenario(bug: Option<InjectedBug>) -> (Net, Nanos, bool) {
+    let mut net = qlease_net(bug);
+    net.isolate(2, &[0, 1]);
+    let cut_at = net.now;
+    net.propose(0, 1, 1, Bytes::from_static(b"new"));
+    let mut committed_at = None;
+    while net.now < cut_at + 400 * MS {
+        net.run_until(net.now + MS);
+        if committed_at.is_none() && net.r(0).status().commit >= 1 {
+            committed_at = Some(net.now);
+        }
+    }
+    let committed_at = committed_at.expect("the write commits once 2's grants expired");
+    let (taken, _) = read_at(&mut net, 2, 9);
+    (net, committed_at - cut_at, taken)
+}
+
+#[test]
+fn qlease_unresponsive_holder_stalls_writes_for_a_bounded_time() {
+    let (net, stall, taken) = qlease_expiry_scenario(None);
+    eprintln!(
+        "write held {} ms for a holder cut off from everyone",
+        stall / MS
+    );
+    let cfg = &net.cfgs[0];
+    let hold_ms = lease::grantor_hold_ms(cfg.lease_ms, cfg.clock_drift_percent);
+    // Not before the grants 2 holds could have expired (on 2's clock)...
+    assert!(stall >= cfg.lease_ms * MS, "stall {stall} ns");
+    // ...and within the documented bound: hold + one renewal period + one retransmit period.
+    assert!(
+        stall <= (hold_ms + 3 * cfg.heartbeat_ms) * MS,
+        "stall {} ms",
+        stall / MS
+    );
+    assert!(!taken, "2's grants expired: no local read");
+    assert_eq!(net.r(2).lease_read_counters().forwarded, 1);
+}
+
+#[test]
+fn qlease_read_after_expiry_bug_reads_stale() {
+    let (net, _, taken) = qlease_expiry_scenario(Some(InjectedBug::QleaseReadAfterExpiry));
+    assert!(taken, "2 reads on expired grants");
+    let (read, applied) = net.reads[2].last().copied().expect("served at once");
+    assert_eq!((read.id, read.outcome, applied), (9, ReadOutcome::Ready, 0));
+}
+
+/// Grantor 1 restarts while holder 2 still counts a grant it made before the crash; 2 is cut
+/// off from 0 and from the new 1. The restarted 1 must name 2 in its Accepteds until that grant
+/// has run out, so no write commits while 2 can still read the old value.
+#[test]
+fn qlease_restarted_grantor_owes_everyone() {
+    let mut net = qlease_net(None);
+    net.isolate(2, &[0]);
+    // 0's grant to 2 runs out; 2 keeps renewing at 1 and at itself.
+    net.run_until(480 * MS);
+    let (taken, _) = read_at(&mut net, 2, 1);
+    assert!(taken, "2 holds grants from 1 and itself");
+    let restarted_at = net.now;
+    net.restart(1);
+    net.cut.insert((2, 1));
+    net.cut.insert((1, 2));
+    net.sent_log = true;
+    net.propose(0, 1, 1, Bytes::from_static(b"new"));
+    let named = net.sent.iter().any(|e| {
+        e.from == 1 && matches!(&e.msg, Message::Accepted { holders, .. } if holders.contains(2))
+    });
+    assert!(named, "the restarted grantor names 2");
+    let mut committed_at = None;
+    while net.now < restarted_at + 600 * MS && committed_at.is_none() {
+        net.run_until(net.now + MS);
+        if net.r(0).status().commit >= 1 {
+            committed_at = Some(net.now);
+        }
+    }
+    let committed_at = committed_at.expect("the write commits once the hold is over");
+    let cfg = &net.cfgs[1];
+    let hold_ms = lease::grantor_hold_ms(cfg.lease_ms, cfg.clock_drift_percent);
+    assert!(committed_at >= restarted_at + hold_ms * MS);
+    let read_id = net.now;
+    let (taken, _) = read_at(&mut net, 2, read_id);
+    assert!(!taken, "2 still reads after the write committed without it");
+}
+
+/// Lease configuration {0, 1}: 2 holds no lease, redirects linearizable reads, and a write does
+/// not wait for it.
+#[test]
+fn qlease_named_holders_only() {
+    let mut holders = VoteSet::EMPTY;
+    holders.insert(0);
+    holders.insert(1);
+    let mut net = Net::with_configs(
+        (0..3)
+            .map(|id| {
+                let mut cfg = config(id, 3);
+                cfg.read_mode = ReadMode::QuorumLease;
+                cfg.lease_holders = holders;
+                cfg
+            })
+            .collect(),
+    );
+    net.run_until(300 * MS);
+    assert_eq!(net.leader(), Some(0));
+    let (taken, _) = read_at(&mut net, 2, 1);
+    assert!(!taken, "2 is not a holder");
+    let (taken, served) = read_at(&mut net, 1, 2);
+    assert!(taken);
+    assert_eq!(served, Some((ReadOutcome::Ready, 0)));
+    net.isolate(2, &[0, 1]);
+    net.propose(0, 1, 1, Bytes::from_static(b"new"));
+    assert_eq!(net.r(0).status().commit, 1, "no wait for a non-holder");
+    assert_eq!(net.r(0).lease_read_counters().writes_held_for_holders, 0);
 }

@@ -26,6 +26,12 @@ pub struct GroupMetrics {
     pub peer_round_trip_time_seconds: Vec<Histogram>,
     pub commit_index: Gauge,
     pub applied_index: Gauge,
+    /// Quorum leases (`read_mode = "quorum-lease"`), at this replica.
+    pub lease_reads_local_total: Counter,
+    pub lease_reads_waited_total: Counter,
+    pub lease_reads_forwarded_total: Counter,
+    pub lease_reads_gave_up_total: Counter,
+    pub writes_held_for_lease_holders_total: Counter,
 }
 
 impl GroupMetrics {
@@ -47,6 +53,11 @@ impl GroupMetrics {
                 .collect(),
             commit_index: Gauge::default(),
             applied_index: Gauge::default(),
+            lease_reads_local_total: Counter::default(),
+            lease_reads_waited_total: Counter::default(),
+            lease_reads_forwarded_total: Counter::default(),
+            lease_reads_gave_up_total: Counter::default(),
+            writes_held_for_lease_holders_total: Counter::default(),
         };
         let sub = registry.sub_registry_with_label(("group".into(), group.to_string().into()));
         sub.register(
@@ -103,6 +114,31 @@ impl GroupMetrics {
             "applied_index",
             "Highest applied slot",
             m.applied_index.clone(),
+        );
+        sub.register(
+            "lease_reads_local",
+            "Linearizable reads a non-leader served from its quorum lease",
+            m.lease_reads_local_total.clone(),
+        );
+        sub.register(
+            "lease_reads_waited",
+            "Quorum-lease local reads that waited for an accepted slot to be applied",
+            m.lease_reads_waited_total.clone(),
+        );
+        sub.register(
+            "lease_reads_forwarded",
+            "Linearizable reads a non-leader redirected to the leader for want of a quorum lease",
+            m.lease_reads_forwarded_total.clone(),
+        );
+        sub.register(
+            "lease_reads_gave_up",
+            "Quorum-lease local reads redirected after waiting an election timeout",
+            m.lease_reads_gave_up_total.clone(),
+        );
+        sub.register(
+            "writes_held_for_lease_holders",
+            "Leader: slots that had a majority but still waited for a quorum-lease holder's vote (a slow or dead holder)",
+            m.writes_held_for_lease_holders_total.clone(),
         );
         for (peer, h) in m.peer_round_trip_time_seconds.iter().enumerate() {
             if peer as u32 == me {

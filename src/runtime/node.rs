@@ -29,8 +29,8 @@ use super::storage::Storage;
 use crate::kv::{self, KvStore, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use crate::net::wire::{self, group_of, GroupStatus, Op, Outcome, Request};
 use crate::protocol::{
-    self, Command, DurableState, Envelope, Nanos, NotLeader, ReadOutcome, Replica, ReplicaId, Role,
-    Slot, Value,
+    self, Command, DurableState, Envelope, LeaseReadCounters, Nanos, NotLeader, ReadOutcome,
+    Replica, ReplicaId, Role, Slot, Value,
 };
 use crate::server::config::Limits;
 
@@ -117,6 +117,8 @@ pub struct Node<D: Disk> {
     self_msgs: Vec<Envelope>,
     last_leader: Option<ReplicaId>,
     last_role: Role,
+    /// The replica's quorum-lease counters at the last metrics update.
+    lease_counters: LeaseReadCounters,
     out: Output,
     metrics: GroupMetrics,
     fsync_hist: LocalHistogram,
@@ -151,6 +153,7 @@ impl<D: Disk> Node<D> {
             self_msgs: Vec::new(),
             last_leader: None,
             last_role: Role::Follower,
+            lease_counters: LeaseReadCounters::default(),
             out: Output::default(),
             fsync_hist: LocalHistogram::new(metrics.wal_fsync_duration_seconds.clone()),
             batch_hist: LocalHistogram::new(metrics.batch_size.clone()),
@@ -440,6 +443,23 @@ impl<D: Disk> Node<D> {
     }
 
     fn observe_status(&mut self) {
+        let c = self.replica.lease_read_counters();
+        if c != self.lease_counters {
+            let last = std::mem::replace(&mut self.lease_counters, c);
+            let m = &self.metrics;
+            m.lease_reads_local_total
+                .inc_by(c.local.saturating_sub(last.local));
+            m.lease_reads_waited_total
+                .inc_by(c.waited.saturating_sub(last.waited));
+            m.lease_reads_forwarded_total
+                .inc_by(c.forwarded.saturating_sub(last.forwarded));
+            m.lease_reads_gave_up_total
+                .inc_by(c.gave_up.saturating_sub(last.gave_up));
+            m.writes_held_for_lease_holders_total.inc_by(
+                c.writes_held_for_holders
+                    .saturating_sub(last.writes_held_for_holders),
+            );
+        }
         let st = self.replica.status();
         self.metrics.commit_index.set(st.commit as i64);
         self.metrics

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::ReadMode;
 use crate::wal::BackendChoice;
 
 /// Where a replica pins its group threads.
@@ -162,6 +163,16 @@ pub struct ClusterConfig {
     /// catching a real bug on real processes. Never set it on a cluster that holds data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsafe_inject_bug: Option<String>,
+    /// How linearizable reads are served: `"read-index"`, `"leader-lease"` or
+    /// `"quorum-lease"` (docs/internals/protocol.md §8). Unset: `"leader-lease"`, or
+    /// `"read-index"` when `timeouts.lease_reads = false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_mode: Option<crate::protocol::ReadMode>,
+    /// With `read_mode = "quorum-lease"`: the replica ids that hold read leases (the others
+    /// redirect linearizable reads to the leader, and writes do not wait for them). Unset:
+    /// every replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_holders: Option<Vec<u32>>,
     pub replicas: Vec<ReplicaConfig>,
 }
 
@@ -335,6 +346,22 @@ impl ClusterConfig {
                 t.heartbeat_ms, t.election_timeout_min_ms
             ));
         }
+        if !t.lease_reads && self.read_mode.is_some_and(|m| m != ReadMode::ReadIndex) {
+            return Err(format!(
+                "read_mode = \"{}\" needs leases, but timeouts.lease_reads = false; drop one of them",
+                self.read_mode.expect("checked")
+            ));
+        }
+        if let Some(h) = &self.lease_holders {
+            if self.read_mode() != ReadMode::QuorumLease {
+                return Err("lease_holders needs read_mode = \"quorum-lease\"".into());
+            }
+            if h.is_empty() || h.iter().any(|&id| id as usize >= n) {
+                return Err(format!(
+                    "lease_holders {h:?} must name at least one replica, each an id below {n}"
+                ));
+            }
+        }
         if t.election_timeout_min_ms > t.election_timeout_max_ms {
             return Err("timeouts.election_timeout_min_ms is above election_timeout_max_ms".into());
         }
@@ -371,6 +398,30 @@ impl ClusterConfig {
         crate::protocol::Config::lease_ms_for(min_ms, drift_percent)
     }
 
+    /// The quorum-lease holders as a set (every replica when unset).
+    pub fn lease_holder_set(&self) -> crate::protocol::VoteSet {
+        let n = self.replicas.len() as u32;
+        match &self.lease_holders {
+            None => crate::protocol::VoteSet::all(n),
+            Some(ids) => {
+                let mut set = crate::protocol::VoteSet::EMPTY;
+                for &id in ids.iter().filter(|&&id| id < n) {
+                    set.insert(id);
+                }
+                set
+            }
+        }
+    }
+
+    /// The read mode in force: `read_mode`, else what `timeouts.lease_reads` implies.
+    pub fn read_mode(&self) -> ReadMode {
+        self.read_mode.unwrap_or(if self.timeouts.lease_reads {
+            ReadMode::LeaderLease
+        } else {
+            ReadMode::ReadIndex
+        })
+    }
+
     /// A digest of the settings every replica must share for leases and stickiness to be
     /// sound; peers compare it in their handshake and refuse a mismatch.
     pub fn settings_digest(&self) -> u64 {
@@ -383,6 +434,8 @@ impl ClusterConfig {
             t.clock_drift_percent,
             self.preferred_leader.map_or(u64::MAX, u64::from),
             self.replicas.len() as u64,
+            self.read_mode().code(),
+            self.lease_holder_set().bits(),
         ];
         // FNV-1a: stable across builds and platforms, unlike std's hasher.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -454,6 +507,8 @@ impl ClusterConfig {
             placement: None,
             preferred_leader: None,
             unsafe_inject_bug: None,
+            read_mode: None,
+            lease_holders: None,
             replicas: (0..replicas)
                 .map(|id| {
                     let base = base_port + id as u16 * stride;
@@ -559,6 +614,47 @@ mod tests {
             three.replica(3).unwrap_err(),
             "--id 3 is not in the config: ids 0 to 2 exist"
         );
+    }
+
+    #[test]
+    fn read_mode_parses_defaults_and_is_in_the_digest() {
+        let cfg = ClusterConfig::local(3, 1, Path::new("/tmp/x"), 20000);
+        assert_eq!(cfg.read_mode(), ReadMode::LeaderLease);
+        let mut text = cfg.to_toml();
+        assert!(!text.contains("read_mode"), "unset stays unset: {text}");
+        text = format!("read_mode = \"quorum-lease\"\n{text}");
+        let q: ClusterConfig = toml::from_str(&text).unwrap();
+        assert_eq!(q.read_mode(), ReadMode::QuorumLease);
+        q.validate().unwrap();
+        let back: ClusterConfig = toml::from_str(&q.to_toml()).unwrap();
+        assert_eq!(back, q);
+        // Peers with different read modes refuse each other.
+        assert_ne!(q.settings_digest(), cfg.settings_digest());
+        let mut explicit = cfg.clone();
+        explicit.read_mode = Some(ReadMode::LeaderLease);
+        assert_eq!(explicit.settings_digest(), cfg.settings_digest());
+        let mut ri = cfg.clone();
+        ri.timeouts.lease_reads = false;
+        assert_eq!(ri.read_mode(), ReadMode::ReadIndex);
+        assert_ne!(ri.settings_digest(), cfg.settings_digest());
+        ri.read_mode = Some(ReadMode::QuorumLease);
+        assert!(ri.validate().unwrap_err().contains("lease_reads"));
+        let bad = format!("read_mode = \"nearest\"\n{}", cfg.to_toml());
+        assert!(toml::from_str::<ClusterConfig>(&bad).is_err());
+        // A named lease configuration: quorum leases only, valid ids, in the digest.
+        let mut named = q.clone();
+        named.lease_holders = Some(vec![0, 2]);
+        named.validate().unwrap();
+        assert_eq!(named.lease_holder_set().bits(), 0b101);
+        assert_eq!(q.lease_holder_set().bits(), 0b111);
+        assert_ne!(named.settings_digest(), q.settings_digest());
+        let back: ClusterConfig = toml::from_str(&named.to_toml()).unwrap();
+        assert_eq!(back, named);
+        named.lease_holders = Some(vec![3]);
+        assert!(named.validate().unwrap_err().contains("lease_holders"));
+        let mut not_q = cfg.clone();
+        not_q.lease_holders = Some(vec![0]);
+        assert!(not_q.validate().unwrap_err().contains("quorum-lease"));
     }
 
     #[test]

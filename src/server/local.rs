@@ -243,6 +243,10 @@ pub struct ClusterArgs {
     /// First port; 0 picks a free range.
     #[arg(long, default_value_t = 0)]
     pub base_port: u16,
+    /// How linearizable reads are served (a new cluster's `read_mode`; an existing
+    /// directory's `cluster.toml` must agree).
+    #[arg(long, value_enum)]
+    pub read_mode: Option<crate::protocol::ReadMode>,
 }
 
 /// A flag given for a directory that already holds a cluster must say what its cluster.toml
@@ -305,11 +309,22 @@ pub fn run_cluster(args: ClusterArgs) -> std::process::ExitCode {
         c.durability = args.durability.unwrap_or_default();
         // A benchmark cluster is never restarted: memory durability is its to choose.
         c.unsafe_memory_durability = c.durability == crate::wal::BackendChoice::Memory;
+        c.read_mode = args.read_mode;
         c
     };
     if let Err(e) = flags_agree(&args, &config) {
         eprintln!("error: {} already holds a cluster: {e} (use a new --dir, or drop the flag to restart that cluster as it is)", existing.display());
         return ExitCode::from(2);
+    }
+    if let Some(mode) = args.read_mode {
+        if config.read_mode() != mode {
+            eprintln!(
+                "error: {} already holds a cluster with read_mode = \"{}\"; --read-mode {mode} would disagree (edit its cluster.toml, or use a new --dir)",
+                existing.display(),
+                config.read_mode()
+            );
+            return ExitCode::from(2);
+        }
     }
     let binary = match std::env::current_exe() {
         Ok(b) => b,

@@ -29,6 +29,9 @@ pub struct RangeSummary {
     pub pauses: u64,
     pub disk_stalls: u64,
     pub disk_errors: u64,
+    /// Seeds run with quorum leases, and linearizable reads answered by non-leaders.
+    pub quorum_lease_seeds: u64,
+    pub follower_reads: u64,
 }
 
 impl RangeSummary {
@@ -65,6 +68,10 @@ pub fn run_range(range: &SeedRange, on_failure: &(dyn Fn(&SimOutcome) + Sync)) -
                 s.crashes += outcome.stats.crashes;
                 s.cluster_crashes += outcome.stats.cluster_crashes;
                 s.pauses += outcome.stats.pauses;
+                s.follower_reads += outcome.stats.follower_reads;
+                if outcome.quorum_leases {
+                    s.quorum_lease_seeds += 1;
+                }
                 s.disk_stalls += outcome.stats.disk_stalls;
                 s.disk_errors += outcome.stats.disk_errors;
                 if !outcome.violations.is_empty() {

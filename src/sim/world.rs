@@ -24,8 +24,8 @@ use crate::client::{OpId, Session, SessionConfig, SessionError};
 use crate::kv::Op as KvOp;
 use crate::net::wire::{Op, Outcome, Request};
 use crate::protocol::{
-    Ballot, Command, Config, Envelope, InjectedBug, Message, Nanos, QuorumSpec, ReplicaId, Slot,
-    Value, VoteSet,
+    Ballot, Command, Config, Envelope, InjectedBug, Message, Nanos, QuorumSpec, ReadMode,
+    ReplicaId, Slot, Value, VoteSet,
 };
 use crate::runtime::disk::DiskLimits;
 use crate::runtime::metrics::GroupMetrics;
@@ -83,6 +83,9 @@ pub struct SimStats {
     pub sim_time_ms: u64,
     /// From healing until every client's write after healing succeeded.
     pub heal_to_served_ms: u64,
+    /// Linearizable reads a replica that was not the leader answered with a value (quorum
+    /// leases: served locally by a holder).
+    pub follower_reads: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -91,6 +94,8 @@ pub struct SimOutcome {
     pub violations: Vec<Violation>,
     pub trace_hash: u64,
     pub stats: SimStats,
+    /// The seed ran with `read_mode = QuorumLease`.
+    pub quorum_leases: bool,
 }
 
 /// Runs one seed to completion.
@@ -1037,6 +1042,14 @@ impl World {
         let Some((sent_at, key)) = self.reads_sent.remove(&(client, incarnation, req_id)) else {
             return;
         };
+        let host = &self.hosts[id as usize];
+        if host
+            .node
+            .as_ref()
+            .is_some_and(|n| n.replica().role() != crate::protocol::Role::Leader)
+        {
+            self.stats.follower_reads += 1;
+        }
         let applied = self.hosts[id as usize].applied_slot;
         let Some(acks) = self.acks_by_key.get(&key) else {
             return;
@@ -1060,7 +1073,7 @@ impl World {
     }
 
     fn observe_vote(&mut self, id: ReplicaId, envelope: &Envelope) {
-        if let Message::Accepted { ballot, slot } = envelope.msg {
+        if let Message::Accepted { ballot, slot, .. } = envelope.msg {
             let host = &self.hosts[id as usize];
             if let Some(value) = host.issued_accepts.get(&(slot, ballot)).cloned() {
                 self.count_vote(id, slot, ballot, value);
@@ -1744,6 +1757,7 @@ impl World {
             violations: self.violations,
             trace_hash,
             stats: self.stats,
+            quorum_leases: read_mode(&self.cfg) == ReadMode::QuorumLease,
         }
     }
 }
@@ -1863,6 +1877,12 @@ fn new_session(
 ) -> Session {
     let mut session_cfg = SessionConfig::new(client_id, 1, cfg.replicas);
     session_cfg.lanes = lanes;
+    // With quorum leases most clients read from a "nearest" replica of their own (the client
+    // id, not the incarnation, picks it; every fourth client reads from the leader).
+    let base_id = client_id & 0xffff_ffff;
+    if read_mode(cfg) == ReadMode::QuorumLease && base_id % 4 != 0 {
+        session_cfg.read_from = Some((base_id % u64::from(cfg.replicas)) as u32);
+    }
     session_cfg.leaders = leaders;
     session_cfg.seed = cfg.seed ^ client_id ^ incarnation;
     session_cfg.op_timeout_ns = if client_id % 4 == 3 {
@@ -1871,6 +1891,37 @@ fn new_session(
         20_000 * NS_PER_MS
     };
     Session::new(session_cfg)
+}
+
+/// The seed's read mode, derived from the seed alone (not drawn from the world's RNG, so the
+/// other draws of a seed do not depend on it): 40% quorum leases, 10% read index, the rest
+/// leader leases. An injected quorum-lease bug runs every seed with quorum leases.
+pub fn read_mode(cfg: &SimConfig) -> ReadMode {
+    if cfg.inject_bug.is_some_and(|b| b.needs_quorum_leases()) {
+        return ReadMode::QuorumLease;
+    }
+    let mut x = cfg.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    match x % 10 {
+        0..=3 => ReadMode::QuorumLease,
+        4 => ReadMode::ReadIndex,
+        _ => ReadMode::LeaderLease,
+    }
+}
+
+/// With quorum leases, the seed's lease holders (also derived from the seed alone): every
+/// replica in half of the seeds, a random non-empty subset in the others.
+pub fn lease_holders(cfg: &SimConfig) -> VoteSet {
+    let mut x = cfg.seed.wrapping_mul(0xd6e8_feb8_6659_fd93) ^ 0x5851_f42d_4c95_7f2d;
+    x = (x ^ (x >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
+    x ^= x >> 32;
+    let all = VoteSet::all(cfg.replicas);
+    if x % 2 == 0 {
+        return all;
+    }
+    VoteSet::from_bits((x >> 1) % all.bits() + 1)
 }
 
 /// Every replica's protocol configuration. Most seeds draw random knobs; some run exactly
@@ -1897,6 +1948,12 @@ fn random_replica_configs(rng: &mut ChaCha8Rng, cfg: &SimConfig) -> Vec<Config> 
                     1,
                 );
                 cluster.preferred_leader = Some(preferred);
+                cluster.read_mode = Some(read_mode(cfg));
+                if read_mode(cfg) == ReadMode::QuorumLease {
+                    let holders = lease_holders(cfg);
+                    cluster.lease_holders =
+                        Some((0..cfg.replicas).filter(|&r| holders.contains(r)).collect());
+                }
                 crate::server::protocol_config(&cluster, id, 0)
             } else {
                 let mut c = Config::new(id, cfg.replicas);
@@ -1906,6 +1963,8 @@ fn random_replica_configs(rng: &mut ChaCha8Rng, cfg: &SimConfig) -> Vec<Config> 
             };
             replica.seed = cfg.seed;
             replica.inject_bug = cfg.inject_bug;
+            replica.read_mode = read_mode(cfg);
+            replica.lease_holders = lease_holders(cfg);
             replica.pipeline_depth = pipeline_depth;
             replica.batch_max_ops = batch_max_ops;
             replica.batch_delay_us = batch_delay_us;
