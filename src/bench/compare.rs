@@ -365,6 +365,26 @@ fn noise(r: &Row) -> &'static str {
     }
 }
 
+/// A row's cells as text: metric, A, B, delta, A spread, B spread, noise verdict.
+fn row_cells(r: &Row, dash: &str) -> [String; 7] {
+    let decimals = if r.metric == "ops/s" { 0 } else { 1 };
+    let spread = |s: Option<(f64, f64)>| {
+        s.map_or(String::new(), |(lo, hi)| {
+            format!("{lo:.decimals$}{dash}{hi:.decimals$}")
+        })
+    };
+    [
+        r.metric.clone(),
+        value(r.a, r.a_lower_bound, decimals),
+        value(r.b, r.b_lower_bound, decimals),
+        r.delta_percent
+            .map_or("n/a".into(), |d| format!("{d:+.1}%")),
+        spread(r.a_spread),
+        spread(r.b_spread),
+        noise(r).to_string(),
+    ]
+}
+
 const LEGEND: &str = "latencies in us; A and B are true medians of the unflagged repeats ([A|B] repeats counted; spread = min-max of them); delta = (B - A) / A; lower latency and higher ops/s are better; >= marks lower bounds (censored unfinished requests); \"noise\" = the two spreads overlap (a difference these repeats cannot tell from noise), \"changed\" = they do not; with a single run on a side there is no noise band: repeat runs (suite `repeats`) to get one";
 
 pub fn render(c: &Comparison, format: CompareFormat) -> String {
@@ -390,29 +410,15 @@ fn render_text(c: &Comparison) -> String {
             "cell", "metric", "A", "B", "delta", "A spread", "B spread", "noise?"
         );
         for (i, r) in cell.rows.iter().enumerate() {
-            let decimals = if r.metric == "ops/s" { 0 } else { 1 };
             let name = if i == 0 {
                 format!("{} [{}|{}]", r.cell, r.a_repeats, r.b_repeats)
             } else {
                 String::new()
             };
-            let spread = |s: Option<(f64, f64)>| {
-                s.map_or(String::new(), |(lo, hi)| {
-                    format!("{lo:.decimals$}-{hi:.decimals$}")
-                })
-            };
+            let [metric, a, b, delta, sa, sb, noise] = row_cells(r, "-");
             let _ = writeln!(
                 out,
-                "{:<36} {:<12} {:>12} {:>12} {:>9} {:>19} {:>19} {:>8}",
-                name,
-                r.metric,
-                value(r.a, r.a_lower_bound, decimals),
-                value(r.b, r.b_lower_bound, decimals),
-                r.delta_percent
-                    .map_or("n/a".into(), |d| format!("{d:+.1}%")),
-                spread(r.a_spread),
-                spread(r.b_spread),
-                noise(r)
+                "{name:<36} {metric:<12} {a:>12} {b:>12} {delta:>9} {sa:>19} {sb:>19} {noise:>8}"
             );
         }
         let _ = writeln!(
@@ -454,23 +460,10 @@ fn render_markdown(c: &Comparison) -> String {
             "| metric | A | B | delta | A spread | B spread | noise? |\n|---|---:|---:|---:|---:|---:|---|"
         );
         for r in &cell.rows {
-            let decimals = if r.metric == "ops/s" { 0 } else { 1 };
-            let spread = |s: Option<(f64, f64)>| {
-                s.map_or(String::new(), |(lo, hi)| {
-                    format!("{lo:.decimals$}–{hi:.decimals$}")
-                })
-            };
+            let [metric, a, b, delta, sa, sb, noise] = row_cells(r, "–");
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                r.metric,
-                value(r.a, r.a_lower_bound, decimals),
-                value(r.b, r.b_lower_bound, decimals),
-                r.delta_percent
-                    .map_or("n/a".into(), |d| format!("{d:+.1}%")),
-                spread(r.a_spread),
-                spread(r.b_spread),
-                noise(r)
+                "| {metric} | {a} | {b} | {delta} | {sa} | {sb} | {noise} |"
             );
         }
         let _ = writeln!(
