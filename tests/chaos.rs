@@ -90,6 +90,47 @@ fn kill_pause_and_partition_on_three_replicas_keep_the_history_linearizable() {
     );
 }
 
+/// Quorum leases on real processes: every replica holds a read lease and each client reads
+/// first from its own home replica, so followers answer linearizable reads locally while
+/// replicas are killed and paused.
+#[test]
+fn quorum_lease_reads_at_followers_stay_linearizable_under_kill_and_pause() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, stdout) = chaos(
+        dir.path(),
+        &[
+            "--replicas",
+            "3",
+            "--duration",
+            "8",
+            "--nemesis",
+            "kill,pause",
+            "--read-mode",
+            "quorum-lease",
+            "--seed",
+            "12",
+        ],
+    );
+    assert_eq!(
+        stdout.lines().last(),
+        Some("runs=1 anomalies=0 lost=0"),
+        "{stdout}"
+    );
+    assert!(ok, "{stdout}");
+    let run = stdout
+        .lines()
+        .find(|l| l.starts_with("run 1/1"))
+        .expect("a run line");
+    assert!(
+        field(run, "ops").unwrap().parse::<u64>().unwrap() >= 300,
+        "{run}"
+    );
+    assert!(
+        field(run, "faults").unwrap().parse::<u64>().unwrap() >= 2,
+        "{run}"
+    );
+}
+
 #[test]
 fn unimplemented_nemeses_are_skipped_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();

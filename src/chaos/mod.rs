@@ -63,9 +63,10 @@ pub struct ChaosArgs {
     /// them back to back.
     #[arg(long, default_value_t = 10)]
     pub think_ms: u64,
-    /// How linearizable reads are served: lease (leader lease, the server's default) or
-    /// read-index (a quorum round per read).
-    #[arg(long, default_value = "lease", value_parser = ["lease", "read-index"])]
+    /// How linearizable reads are served: lease (leader lease, the server's default),
+    /// read-index (a quorum round per read) or quorum-lease (every replica holds a read lease;
+    /// each client reads first from a home replica, which answers locally).
+    #[arg(long, default_value = "lease", value_parser = ["lease", "read-index", "quorum-lease"])]
     pub read_mode: String,
     /// A run fails if the cluster serves nothing for longer than this after a fault heals.
     #[arg(long, default_value_t = 5000)]
@@ -455,7 +456,10 @@ fn run_one(
     } else {
         None
     };
-    config.timeouts.lease_reads = args.read_mode == "lease";
+    config.timeouts.lease_reads = args.read_mode != "read-index";
+    if args.read_mode == "quorum-lease" {
+        config.read_mode = Some(crate::protocol::ReadMode::QuorumLease);
+    }
     config.unsafe_inject_bug = args.inject_bug.clone();
     let timing = timing_of(&config);
     let duration_ms = args.duration * 1000;
@@ -489,6 +493,7 @@ fn run_one(
         op_timeout: Duration::from_secs(2),
         attempt_timeout: Duration::from_millis(500),
         seed,
+        read_from_home: args.read_mode == "quorum-lease",
     };
     let epoch = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));

@@ -23,6 +23,9 @@ pub struct WorkloadConfig {
     pub op_timeout: Duration,
     pub attempt_timeout: Duration,
     pub seed: u64,
+    /// Quorum leases: client `c` sends its linearizable reads first to replica `c mod N` (its
+    /// "home"), which serves them locally while it holds a lease, else redirects.
+    pub read_from_home: bool,
 }
 
 pub fn client_options(endpoints: &[String], attempt: Duration, op: Duration) -> ClientOptions {
@@ -120,7 +123,10 @@ pub fn client_loop(
                 let mut endpoints = cfg.endpoints.clone();
                 let first = rng.gen_range(0..endpoints.len().max(1));
                 endpoints.rotate_left(first);
-                let opts = client_options(&endpoints, cfg.attempt_timeout, cfg.op_timeout);
+                let mut opts = client_options(&endpoints, cfg.attempt_timeout, cfg.op_timeout);
+                if cfg.read_from_home {
+                    opts.read_from = Some((id % cfg.endpoints.len().max(1) as u64) as u32);
+                }
                 match Client::connect(opts) {
                     Ok(c) => client.insert(c),
                     Err(_) => {

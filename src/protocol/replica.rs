@@ -1316,7 +1316,14 @@ impl Replica {
             return;
         }
         candidate.promises.insert(from);
-        if self.quorum.is_phase1_quorum(candidate.promises) {
+        // Our own promise must be among them: it is the durable record that we used this
+        // ballot. Without it, a candidate elected by others' promises that crashed before its
+        // own write completed came back with its old `promised`, picked the same ballot again
+        // and proposed other values in the same slots at that ballot (simulator, 5 replicas,
+        // seed 1037921: "two values accepted at one ballot").
+        if candidate.promises.contains(self.cfg.id)
+            && self.quorum.is_phase1_quorum(candidate.promises)
+        {
             self.become_leader(now);
         }
     }

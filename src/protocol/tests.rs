@@ -813,3 +813,95 @@ fn qlease_named_holders_only() {
     assert_eq!(net.r(0).status().commit, 1, "no wait for a non-holder");
     assert_eq!(net.r(0).lease_read_counters().writes_held_for_holders, 0);
 }
+
+// ------------------------------------------------------------------ ballot reuse after a crash
+
+/// Drives replica 4 of 5 to an election by hand and answers its Prepare with promises from
+/// 0, 2 and 3 (a majority) while its own promise write is not yet durable. It must not lead
+/// until its own promise is durable: otherwise a crash at that moment restarts it with its old
+/// `promised`, it picks the same ballot again, and two different values get accepted at one
+/// ballot in one slot (found by the simulator, 5 replicas, seed 1037921).
+#[test]
+fn a_candidate_leads_only_once_its_own_promise_is_durable() {
+    let mut r = Replica::new(config(4, 5), &DurableState::default(), 0);
+    let mut now = r.poll_timeout();
+    r.tick(now);
+    // Pre-vote: grants from 0 and 1 make three with its own.
+    let ready = r.ready(now);
+    let ballot = ready
+        .messages
+        .iter()
+        .find_map(|e| match e.msg {
+            Message::PreVote { ballot, .. } => Some(ballot),
+            _ => None,
+        })
+        .expect("a pre-vote");
+    for from in [0, 1] {
+        r.step(
+            now,
+            Envelope {
+                from,
+                to: 4,
+                msg: Message::PreVoteReply {
+                    ballot,
+                    granted: true,
+                },
+            },
+        );
+    }
+    now += MS;
+    let ready = r.ready(now);
+    let prepare = ready
+        .messages
+        .iter()
+        .find(|e| e.to == 4 && matches!(e.msg, Message::Prepare { .. }))
+        .cloned()
+        .expect("a Prepare to itself");
+    let Message::Prepare { ballot, first_slot } = prepare.msg else {
+        unreachable!()
+    };
+    // Its own Prepare arrives; the promise write is issued but not yet durable.
+    r.step(now, prepare);
+    let ready = r.ready(now);
+    let own_write = ready
+        .writes
+        .last()
+        .map(|(id, _)| *id)
+        .expect("a promise write");
+    assert!(
+        !ready
+            .messages
+            .iter()
+            .any(|e| matches!(e.msg, Message::Promise { .. })),
+        "no Promise before the write is durable"
+    );
+    for from in [0, 2, 3] {
+        r.step(
+            now,
+            Envelope {
+                from,
+                to: 4,
+                msg: Message::Promise {
+                    ballot,
+                    first_slot,
+                    last_slot: Slot::MAX,
+                    entries: Vec::new(),
+                },
+            },
+        );
+    }
+    let _ = r.ready(now);
+    assert_ne!(
+        r.role(),
+        Role::Leader,
+        "a majority of others' promises, but its own ballot is not durable yet"
+    );
+    // The write completes: its own Promise goes out (to itself) and it leads.
+    r.persisted(now, own_write);
+    let ready = r.ready(now);
+    for env in ready.messages.into_iter().filter(|e| e.to == 4) {
+        r.step(now, env);
+    }
+    let _ = r.ready(now);
+    assert_eq!(r.role(), Role::Leader);
+}
