@@ -508,6 +508,8 @@ fn measure(
         .map(|c| c.replica_data_dir(0))
         .filter(|d| d.is_dir())
         .unwrap_or_else(|| data_parent.to_path_buf());
+    let phases = Phases::new(&bar, spec, quiet);
+    phases.enter("floor");
     let mut floors = Floors::new(floor_dir, local.is_some());
     floors.measure(spec, FLOOR_ROUNDS_BEFORE)?;
 
@@ -538,10 +540,11 @@ fn measure(
     };
     let engine = Engine::new(cfg)?;
     let probe = UnderLoadProbe::start(spec);
-    let result = engine.run(&|f| bar.set_position((f * 1000.0) as u64))?;
+    let result = engine.run(&|f| phases.progress(spec, f))?;
     floors.rtt_under_load = probe.stop();
-    bar.finish_and_clear();
+    phases.enter("floor again");
     floors.measure(spec, FLOOR_ROUNDS_AFTER)?;
+    bar.finish_and_clear();
     let peer_links = local.map_or_else(Vec::new, |c| peer_link_rtts(c, peer_placement.as_ref()));
     report::write_run(spec, run_dir, result, floors, wal_backend, peer_links)
 }
@@ -636,12 +639,58 @@ fn progress_bar(spec: &BenchSpec, quiet: bool) -> indicatif::ProgressBar {
     }
     let b = indicatif::ProgressBar::new(1000);
     b.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {percent}%")
-            .expect("template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:40}] {percent}% ({eta} left)",
+        )
+        .expect("template")
+        .progress_chars("=> "),
     );
-    b.set_message(format!("bench {}", spec.slug()));
+    b.set_message(format!("bench {}: floor", spec.slug()));
     b
+}
+
+/// Tells the user which phase a run is in: on the progress bar when stderr is a terminal,
+/// else one line per phase (logs and CI keep a record of where a run spent its time).
+struct Phases {
+    bar: indicatif::ProgressBar,
+    slug: String,
+    quiet: bool,
+    current: std::cell::Cell<&'static str>,
+}
+
+impl Phases {
+    fn new(bar: &indicatif::ProgressBar, spec: &BenchSpec, quiet: bool) -> Phases {
+        Phases {
+            bar: bar.clone(),
+            slug: spec.slug(),
+            quiet,
+            current: std::cell::Cell::new(""),
+        }
+    }
+
+    fn enter(&self, phase: &'static str) {
+        if self.current.replace(phase) == phase {
+            return;
+        }
+        self.bar
+            .set_message(format!("bench {}: {phase}", self.slug));
+        if !self.quiet && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprintln!("bench {}: {phase}", self.slug);
+        }
+    }
+
+    /// The engine's progress (fraction of warm-up + measurement) as a phase and a position.
+    fn progress(&self, spec: &BenchSpec, f: f64) {
+        let warm = spec.warmup / (spec.warmup + spec.duration).max(f64::MIN_POSITIVE);
+        self.enter(if f < warm {
+            "warm-up"
+        } else if f < 1.0 {
+            "measuring"
+        } else {
+            "draining"
+        });
+        self.bar.set_position((f * 1000.0) as u64);
+    }
 }
 
 /// Writes every key once, from up to 16 clients in parallel.
