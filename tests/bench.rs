@@ -532,3 +532,39 @@ fn bench_usage_errors_exit_2_and_leave_nothing() {
         );
     }
 }
+
+/// Without a terminal the run says which phase it is in, one line each (before, only a
+/// percentage bar that is invisible in logs).
+#[test]
+fn bench_prints_its_phases_when_not_on_a_terminal() {
+    let out = tempfile::tempdir().unwrap();
+    let res = std::process::Command::new(env!("CARGO_BIN_EXE_mpaxos"))
+        .args([
+            "bench",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.5",
+            "--clients",
+            "2",
+            "--durability",
+            "memory",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "{stderr}");
+    // "draining" appears only when requests were still in flight at the end of the window.
+    let phases: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("bench r3-g1-lan-memory-c2x1: "))
+        .filter(|p| *p != "draining")
+        .collect();
+    assert_eq!(
+        phases,
+        ["floor", "warm-up", "measuring", "floor again"],
+        "{stderr}"
+    );
+}
