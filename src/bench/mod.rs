@@ -908,23 +908,25 @@ pub fn local_config(
     Ok(cfg)
 }
 
-fn chrono_like_stamp() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    // UTC date-time from the epoch (civil-from-days, Howard Hinnant's algorithm).
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
+/// The UTC civil date (year, month, day) of a Unix time (Howard Hinnant's civil-from-days).
+pub fn civil_date(unix_s: u64) -> (i64, i64, i64) {
+    let z = (unix_s / 86_400) as i64 + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn chrono_like_stamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (y, m, d) = civil_date(secs);
+    let rem = secs % 86_400;
     format!(
         "{y:04}{m:02}{d:02}T{:02}{:02}{:02}-{:04}",
         rem / 3600,

@@ -232,10 +232,37 @@ pub fn write_run(
             (op, h)
         })
         .collect();
-    if let Err(e) =
-        super::suite::plot_cdf(&series, &run_dir.join("latency-cdf"), &spec.slug(), false)
-    {
+    if let Err(e) = super::suite::plot_cdf(
+        &series,
+        &run_dir.join("latency-cdf"),
+        &human_title(&summary),
+        true,
+    ) {
         tracing::warn!("could not draw the latency CDF: {e}");
+    }
+    let mut floors = Vec::new();
+    if summary.floor_rtt_us.is_finite() && summary.floor_sync_write_us.is_finite() {
+        floors.push((
+            format!(
+                "write floor: 2 x RTT + sync write = {:.0} us",
+                2.0 * summary.floor_rtt_us + summary.floor_sync_write_us
+            ),
+            2.0 * summary.floor_rtt_us + summary.floor_sync_write_us,
+        ));
+    }
+    if summary.floor_rtt_us.is_finite() {
+        floors.push((
+            format!("read floor: RTT = {:.0} us", summary.floor_rtt_us),
+            summary.floor_rtt_us,
+        ));
+    }
+    if let Err(e) = super::suite::plot_percentiles(
+        &series,
+        &floors,
+        &run_dir.join("latency-percentiles"),
+        &human_title(&summary),
+    ) {
+        tracing::warn!("could not draw the latency percentiles: {e}");
     }
     Ok(summary)
 }
@@ -548,6 +575,37 @@ pub fn table(s: &Summary) -> String {
     out
 }
 
+/// A title a person reads: what ran, how loaded, where, how durable, when.
+pub fn human_title(s: &Summary) -> String {
+    let c = &s.config;
+    let load = match c.rate {
+        Some(r) => format!("open loop {r:.0}/s"),
+        None => format!(
+            "{} client{} x {}",
+            c.clients,
+            if c.clients == 1 { "" } else { "s" },
+            c.outstanding
+        ),
+    };
+    let place = c
+        .placement
+        .as_ref()
+        .and_then(|p| p.file_stem())
+        .map_or("loopback".to_string(), |x| x.to_string_lossy().to_string());
+    let (y, m, d) = super::civil_date(s.started_unix_s);
+    let date = format!("{y:04}-{m:02}-{d:02}");
+    format!(
+        "{} replicas, {load}, {:.0}% reads, {place}, WAL {}, {date}",
+        c.replicas,
+        c.read_ratio * 100.0,
+        if s.wal_backend.is_empty() {
+            c.durability.clone()
+        } else {
+            s.wal_backend.clone()
+        }
+    )
+}
+
 pub fn markdown(s: &Summary) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# mpaxos bench run\n");
@@ -556,7 +614,10 @@ pub fn markdown(s: &Summary) -> String {
         out,
         "Histograms: `histograms/*.hgrm` (per operation, client region and path; `*-all` merged); interval log: `intervals.hlog`; the exact commands: `commands.txt`; replica logs: `logs/`.\n"
     );
-    let _ = writeln!(out, "![latency CDF](latency-cdf.svg)");
+    let _ = writeln!(
+        out,
+        "![latency by percentile](latency-percentiles.svg)\n\n![latency CDF](latency-cdf.svg)"
+    );
     out
 }
 

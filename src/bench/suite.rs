@@ -681,6 +681,115 @@ pub fn plot_cdf(series: &CdfArgs, stem: &Path, title: &str, png: bool) -> PlotRe
     both_backends(&CdfPlot(series, title), stem, png)
 }
 
+/// `1 / (1 - p)`, the HdrHistogram percentile axis: 50 % → 2, 90 % → 10, 99 % → 100, ...
+fn percentile_x(q: f64) -> f64 {
+    (1.0 / (1.0 - q)).min(PERCENTILE_X_MAX)
+}
+
+/// The axis ends at 99.999 %.
+const PERCENTILE_X_MAX: f64 = 100_000.0;
+
+/// The tick label of an axis position: "99.9%" for 1000.
+fn percentile_label(x: f64) -> String {
+    let p = (1.0 - 1.0 / x) * 100.0;
+    let digits = (x.log10().round() as i32 - 2).max(0) as usize;
+    format!("{p:.digits$}%")
+}
+
+/// A horizontal reference line: (label, latency in µs).
+pub type FloorLine = (String, f64);
+
+type PercentileArgs = [(String, hdrhistogram::Histogram<u64>)];
+struct PercentilePlot<'a>(&'a PercentileArgs, &'a [FloorLine], &'a str);
+impl Plot for PercentilePlot<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, plotters::coord::Shift>) -> PlotResult
+    where
+        DB::ErrorType: 'static,
+    {
+        let (series, floors, title) = (self.0, self.1, self.2);
+        root.fill(&WHITE).map_err(err)?;
+        let max_us = series
+            .iter()
+            .map(|(_, h)| h.max() as f64 / 1000.0)
+            .chain(floors.iter().map(|f| f.1))
+            .fold(1.0, f64::max);
+        let min_us = series
+            .iter()
+            .map(|(_, h)| h.min() as f64 / 1000.0)
+            .chain(floors.iter().map(|f| f.1))
+            .fold(f64::MAX, f64::min)
+            .max(1.0);
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 18))
+            .margin(15)
+            .margin_right(45)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(
+                (1.0..PERCENTILE_X_MAX).log_scale(),
+                (min_us * 0.8..max_us * 1.5).log_scale(),
+            )
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("percentile")
+            .y_desc("latency (log scale)")
+            .x_label_formatter(&|x| percentile_label(*x))
+            .y_label_formatter(&|us| {
+                if *us >= 1000.0 {
+                    format!("{} ms", *us / 1000.0)
+                } else {
+                    format!("{us} us")
+                }
+            })
+            .draw()
+            .map_err(err)?;
+        for (i, (label, h)) in series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let points: Vec<(f64, f64)> = h
+                .iter_quantiles(5)
+                .map(|v| {
+                    (
+                        percentile_x(v.quantile_iterated_to()),
+                        (v.value_iterated_to() as f64 / 1000.0).max(min_us * 0.8),
+                    )
+                })
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                .map_err(err)?
+                .label(label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        for (i, (label, us)) in floors.iter().enumerate() {
+            let color = Palette99::pick(series.len() + i).to_rgba();
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [(1.0, *us), (PERCENTILE_X_MAX, *us)],
+                    8,
+                    5,
+                    color.stroke_width(1),
+                ))
+                .map_err(err)?
+                .label(label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+        Ok(())
+    }
+}
+
+/// Latency by percentile on the HdrHistogram axis (x = 1/(1−p), log scale; y log scale), one
+/// line per named histogram and a dashed line per floor, as `stem.svg` and `stem.png`.
+pub fn plot_percentiles(
+    series: &PercentileArgs,
+    floors: &[FloorLine],
+    stem: &Path,
+    title: &str,
+) -> PlotResult {
+    both_backends(&PercentilePlot(series, floors, title), stem, true)
+}
+
 type CurveArgs = BTreeMap<String, Vec<(f64, f64, f64)>>;
 struct CurvePlot<'a>(&'a CurveArgs, &'a str);
 impl Plot for CurvePlot<'_> {
@@ -855,5 +964,40 @@ mod tests {
         );
         plot_throughput_latency(&curves, &dir.path().join("tl"), "t").unwrap();
         assert!(dir.path().join("tl.svg").exists());
+    }
+}
+
+#[cfg(test)]
+mod percentile_axis_tests {
+    use super::*;
+
+    #[test]
+    fn percentile_axis_positions_and_labels() {
+        assert_eq!(percentile_x(0.5), 2.0);
+        assert!((percentile_x(0.99) - 100.0).abs() < 1e-9);
+        assert_eq!(percentile_x(1.0), PERCENTILE_X_MAX);
+        assert_eq!(percentile_label(10.0), "90%");
+        assert_eq!(percentile_label(100.0), "99%");
+        assert_eq!(percentile_label(1000.0), "99.9%");
+        assert_eq!(percentile_label(10_000.0), "99.99%");
+    }
+
+    #[test]
+    fn percentile_plot_draws_svg_and_png() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+        for v in 1..10_000u64 {
+            h.record(v * 100).unwrap();
+        }
+        let stem = dir.path().join("p");
+        plot_percentiles(
+            &[("put".to_string(), h)],
+            &[("write floor".to_string(), 150.0)],
+            &stem,
+            "3 replicas, 1 client",
+        )
+        .unwrap();
+        assert!(stem.with_extension("svg").exists());
+        assert!(stem.with_extension("png").exists());
     }
 }
