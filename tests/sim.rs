@@ -121,6 +121,7 @@ fn first_violation(replicas: u32, bug: InjectedBug, seeds_max: u64) -> Option<u6
                         | "lost-write"
                         | "not-applied-was-applied"
                         | "convergence"
+                        | "lease-overlap"
                 )
             })
         };
@@ -133,7 +134,11 @@ fn first_violation(replicas: u32, bug: InjectedBug, seeds_max: u64) -> Option<u6
 }
 
 fn assert_bug_caught(bug: InjectedBug) {
-    let seed = first_violation(3, bug, 2_000);
+    assert_bug_caught_with(3, bug);
+}
+
+fn assert_bug_caught_with(replicas: u32, bug: InjectedBug) {
+    let seed = first_violation(replicas, bug, 2_000);
     assert!(
         seed.is_some(),
         "{} went unnoticed for 2000 seeds",
@@ -182,15 +187,12 @@ fn catches_qlease_read_after_expiry() {
     assert_bug_caught(InjectedBug::QleaseReadAfterExpiry);
 }
 
-// `InjectedBug::LeaseFollowsLastSpeaker` is not here: the random simulator does not reach it
-// with check-quorum step-down on (0 violations in 22,000 seeds of 5 replicas, with bridge
-// partitions around the leader, flapping partitions, a nemesis that splits two overlapping
-// leaders, and clusters configured for 25-40 % clock drift). The stale read needs two leaders
-// in office at once (check-quorum leaves only a window of message delays plus clock drift), a
-// replica that refused the newer leader's Prepare yet acks its heartbeats and then hears the
-// older leader, and a third replica that promised the newer leader but has not heard it since,
-// all within one heartbeat interval. The deterministic five-replica scenario
-// `protocol::tests::lease_follows_last_speaker_bug_reads_stale` (check-quorum on) shows the bug
-// producing a stale lease read, and
-// `protocol::tests::lease_holder_sees_every_committed_write_5_replicas` that the fix prevents it
-// (docs/internals/protocol.md §8–9).
+/// Five replicas: the stale lease needs an old leader, its bridge, a turncoat and two more
+/// to elect the new leader. The leader-handoff nemesis (`sim::network::Partition::
+/// handoff_first_half`) sets the stage with check-quorum step-down on, and the lease-overlap
+/// check sees the old lease still held when the old leader wins again (the deterministic
+/// scenario is `protocol::tests::lease_follows_last_speaker_bug_reads_stale`).
+#[test]
+fn catches_lease_follows_last_speaker() {
+    assert_bug_caught_with(5, InjectedBug::LeaseFollowsLastSpeaker);
+}

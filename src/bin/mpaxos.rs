@@ -190,7 +190,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
         sim::run_range(&range, &report)
     };
     eprintln!(
-        "replicas={} first_seed={} ops_completed={} crashes={} cluster_crashes={} pauses={} disk_stalls={} disk_errors={} quorum_lease_seeds={} follower_reads={} elapsed_s={:.1}",
+        "replicas={} first_seed={} ops_completed={} crashes={} cluster_crashes={} pauses={} disk_stalls={} disk_errors={} quorum_lease_seeds={} follower_reads={} leader_splits={} handoffs={}/{} elapsed_s={:.1}",
         args.replicas,
         args.seed,
         summary.ops_completed,
@@ -201,6 +201,9 @@ fn run_sim(args: SimArgs) -> ExitCode {
         summary.disk_errors,
         summary.quorum_lease_seeds,
         summary.follower_reads,
+        summary.leader_splits,
+        summary.handoff_second_halves,
+        summary.handoffs,
         started.elapsed().as_secs_f64()
     );
     println!(

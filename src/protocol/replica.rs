@@ -542,6 +542,24 @@ impl Replica {
         &self.log
     }
 
+    /// The ballot this replica leads at, if it leads.
+    pub fn leading_ballot(&self) -> Option<Ballot> {
+        match &self.proposer {
+            Proposer::Leader(leader) => Some(leader.ballot),
+            _ => None,
+        }
+    }
+
+    /// Whether this replica leads and holds its leader lease at `now` (it would serve a
+    /// linearizable read without a round). The lease argument says no other replica can be
+    /// elected until this is false; the simulator checks it.
+    pub fn holds_leader_lease(&self, now: Nanos) -> bool {
+        match &self.proposer {
+            Proposer::Leader(leader) => self.holds_lease(leader, now),
+            _ => false,
+        }
+    }
+
     /// Quorum-lease read and write counters since this replica started.
     pub fn lease_read_counters(&self) -> LeaseReadCounters {
         self.lease_reads

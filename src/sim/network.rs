@@ -54,6 +54,52 @@ impl NetworkFaults {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Partition {
     blocked: Vec<(ReplicaId, ReplicaId)>,
+    /// Directed links that work but add this much delay to every message (a congested or
+    /// re-routed path), on top of the seed's delay range.
+    slowed: Vec<(ReplicaId, ReplicaId, Nanos)>,
+}
+
+/// Who plays which part in a leader-handoff partition (`Partition::handoff_first_half`).
+#[derive(Clone, Debug)]
+pub struct Handoff {
+    pub replicas: u32,
+    pub old: ReplicaId,
+    pub bridge: ReplicaId,
+    pub turncoat: ReplicaId,
+    pub to_bridge_ns: Nanos,
+    pub new_to_bridge_ns: Nanos,
+    pub back_ns: Nanos,
+}
+
+impl Handoff {
+    /// Roles for a handoff away from `old` (at least five replicas: old leader, bridge,
+    /// turncoat, and two more to elect the new leader).
+    pub fn random(
+        rng: &mut ChaCha8Rng,
+        replicas: u32,
+        old: ReplicaId,
+        heartbeat_ns: Nanos,
+        timeout_ns: Nanos,
+    ) -> Self {
+        assert!(replicas >= 5);
+        let mut others: Vec<ReplicaId> = (0..replicas).filter(|r| *r != old).collect();
+        let bridge = others.swap_remove(rng.gen_range(0..others.len()));
+        let turncoat = others.swap_remove(rng.gen_range(0..others.len()));
+        Handoff {
+            replicas,
+            old,
+            bridge,
+            turncoat,
+            to_bridge_ns: rng.gen_range(0..=heartbeat_ns),
+            new_to_bridge_ns: rng.gen_range(0..=2 * heartbeat_ns),
+            back_ns: rng.gen_range(timeout_ns / 2..=timeout_ns * 9 / 10),
+        }
+    }
+
+    /// Everyone but the old leader and its bridge.
+    fn others(&self) -> impl Iterator<Item = ReplicaId> + '_ {
+        (0..self.replicas).filter(|r| *r != self.old && *r != self.bridge)
+    }
 }
 
 impl Partition {
@@ -63,6 +109,69 @@ impl Partition {
 
     pub fn blocks(&self, from: ReplicaId, to: ReplicaId) -> bool {
         from != to && self.blocked.contains(&(from, to))
+    }
+
+    /// The extra delay of the link `from` → `to` (zero unless it is slowed).
+    pub fn extra_delay(&self, from: ReplicaId, to: ReplicaId) -> Nanos {
+        self.slowed
+            .iter()
+            .find(|(a, b, _)| (*a, *b) == (from, to))
+            .map_or(0, |(_, _, extra)| *extra)
+    }
+
+    /// The first half of a leader handoff gone wrong (Jepsen-style targeted adversary, aimed
+    /// at lease stickiness: hole 3 of the node issue). The leader `old` stops reaching everyone
+    /// but its *bridge*, over a link slowed by `to_bridge_ns` (so later its heartbeats reach the
+    /// bridge after a new leader's); the answers to it come back slowed by `back_ns` (so it
+    /// keeps counting a quorum, and leading, for a while after the others stopped hearing it).
+    /// The rest elect a new leader; `handoff_second_half` follows once they have.
+    pub fn handoff_first_half(roles: &Handoff) -> Self {
+        let mut partition = Partition::handoff_slow_answers(roles);
+        partition
+            .slowed
+            .push((roles.old, roles.bridge, roles.to_bridge_ns));
+        for other in roles.others() {
+            partition.blocked.push((roles.old, other));
+        }
+        partition
+    }
+
+    /// What comes just before the first half: every answer to the leader `old` is slowed by
+    /// `back_ns`, so the acks of its last heartbeats before the cut arrive late and it keeps
+    /// counting a quorum for that long after the others stopped hearing it.
+    pub fn handoff_slow_answers(roles: &Handoff) -> Self {
+        Partition {
+            blocked: Vec::new(),
+            slowed: (0..roles.replicas)
+                .filter(|r| *r != roles.old)
+                .map(|r| (r, roles.old, roles.back_ns))
+                .collect(),
+        }
+    }
+
+    /// The second half, once `new` leads while `old` still does: the two are cut apart and
+    /// `old` from everyone but its bridge (still slowed) and its *turncoat*, which it reaches
+    /// both ways again while the new leader's messages to the turncoat are lost (so the
+    /// turncoat, which promised the new ballot, rejects the old leader, and may promise the old
+    /// leader's next ballot without ever having heard the new one lead).
+    pub fn handoff_second_half(roles: &Handoff, new: ReplicaId) -> Self {
+        let mut blocked = vec![(roles.old, new), (new, roles.old)];
+        for other in roles.others().filter(|r| *r != roles.turncoat && *r != new) {
+            blocked.push((roles.old, other));
+            blocked.push((other, roles.old));
+        }
+        blocked.push((new, roles.turncoat));
+        Partition {
+            blocked,
+            // The link between the new leader and the bridge is slow both ways: how long the
+            // new leader goes on counting the bridge's earlier acks (its lease) after the
+            // bridge moved on.
+            slowed: vec![
+                (roles.old, roles.bridge, roles.to_bridge_ns),
+                (new, roles.bridge, roles.new_to_bridge_ns),
+                (roles.bridge, new, roles.new_to_bridge_ns),
+            ],
+        }
     }
 
     /// Jepsen's "bridge" around the leader: `leader` keeps one link (to `bridge`), the rest
@@ -85,7 +194,10 @@ impl Partition {
                 }
             }
         }
-        Partition { blocked }
+        Partition {
+            blocked,
+            slowed: Vec::new(),
+        }
     }
 
     /// Two or more replicas that each believe they lead are cut apart; every other replica
@@ -106,7 +218,10 @@ impl Partition {
                 }
             }
         }
-        Partition { blocked }
+        Partition {
+            blocked,
+            slowed: Vec::new(),
+        }
     }
 
     /// A random partition: one replica isolated, a two-sided split, or random one-way cuts.
@@ -140,6 +255,46 @@ impl Partition {
                 }
             }
         }
-        Partition { blocked }
+        Partition {
+            blocked,
+            slowed: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn handoff_halves_cut_what_they_say() {
+        for seed in 0..200 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let roles = Handoff::random(&mut rng, 5, 2, 20_000_000, 150_000_000);
+            let (old, bridge, turncoat) = (roles.old, roles.bridge, roles.turncoat);
+            assert!(old != bridge && old != turncoat && bridge != turncoat);
+            let first = Partition::handoff_first_half(&roles);
+            for r in (0..5).filter(|r| *r != old) {
+                // Everyone still answers the old leader (slowly); only the bridge hears it.
+                assert!(!first.blocks(r, old));
+                assert!(first.extra_delay(r, old) >= 75_000_000);
+                assert_eq!(first.blocks(old, r), r != bridge);
+            }
+            let new = (0..5)
+                .find(|r| ![old, bridge, turncoat].contains(r))
+                .unwrap();
+            let second = Partition::handoff_second_half(&roles, new);
+            assert!(second.blocks(old, new) && second.blocks(new, old));
+            assert!(!second.blocks(old, turncoat) && !second.blocks(turncoat, old));
+            assert!(second.blocks(new, turncoat) && !second.blocks(turncoat, new));
+            assert!(!second.blocks(old, bridge) && !second.blocks(new, bridge));
+            let rest = (0..5)
+                .find(|r| ![old, bridge, turncoat, new].contains(r))
+                .unwrap();
+            assert!(second.blocks(old, rest) && second.blocks(rest, old));
+            assert!(!second.blocks(new, rest));
+        }
     }
 }

@@ -32,6 +32,10 @@ pub struct RangeSummary {
     /// Seeds run with quorum leases, and linearizable reads answered by non-leaders.
     pub quorum_lease_seeds: u64,
     pub follower_reads: u64,
+    /// Partitions struck while two leaders overlapped, and how many were leader handoffs.
+    pub leader_splits: u64,
+    pub handoffs: u64,
+    pub handoff_second_halves: u64,
 }
 
 impl RangeSummary {
@@ -69,6 +73,9 @@ pub fn run_range(range: &SeedRange, on_failure: &(dyn Fn(&SimOutcome) + Sync)) -
                 s.cluster_crashes += outcome.stats.cluster_crashes;
                 s.pauses += outcome.stats.pauses;
                 s.follower_reads += outcome.stats.follower_reads;
+                s.leader_splits += outcome.stats.leader_splits;
+                s.handoffs += outcome.stats.handoffs;
+                s.handoff_second_halves += outcome.stats.handoff_second_halves;
                 if outcome.quorum_leases {
                     s.quorum_lease_seeds += 1;
                 }

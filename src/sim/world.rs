@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::disk::{DiskState, SimDisk};
-use super::network::{NetworkFaults, Partition};
+use super::network::{Handoff, NetworkFaults, Partition};
 use crate::check;
 use crate::client::{OpId, Session, SessionConfig, SessionError};
 use crate::kv::Op as KvOp;
@@ -61,7 +61,7 @@ pub struct SimConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
     /// Which check failed: agreement, applied-order, linearizability, lost-write, liveness,
-    /// convergence, oversized-message.
+    /// convergence, oversized-message, lease-overlap.
     pub check: &'static str,
     pub detail: String,
 }
@@ -75,6 +75,12 @@ pub struct SimStats {
     pub cluster_crashes: u64,
     pub pauses: u64,
     pub partitions: u64,
+    /// Partitions struck while two leaders overlapped (`Event::LeaderSplit`).
+    pub leader_splits: u64,
+    /// Leader-handoff partitions (`Partition::handoff_first_half`), and how many reached their
+    /// second half (a new leader elected while the old one still led).
+    pub handoffs: u64,
+    pub handoff_second_halves: u64,
     pub disk_stalls: u64,
     pub disk_errors: u64,
     pub messages_sent: u64,
@@ -158,6 +164,8 @@ enum Event {
     /// the rest, some links one way only (the nemesis strikes at a leader change).
     LeaderSplit,
     LeaderSplitEnd,
+    /// A handoff partition's cut (`Partition::handoff_first_half`).
+    HandoffCut,
     Heal,
     ClientNext {
         client: usize,
@@ -210,6 +218,11 @@ struct Plan {
     fault_phase_ns: Nanos,
     clients: usize,
     keys: u32,
+    /// Share of operations that are linearizable reads, in percent. A config store is read
+    /// mostly: in read-heavy seeds a new leader may go a long time without writing (without
+    /// an Accept that would raise its followers' promises), with only heartbeats behind its
+    /// lease.
+    read_percent: u32,
     think_ns_max: Nanos,
     /// Puts carry values up to this size (up to the 1 MiB limit in some seeds).
     value_bytes_max: usize,
@@ -325,6 +338,12 @@ struct World {
     partition: Partition,
     /// Whether two replicas believed they led after the last step.
     leaders_overlap: bool,
+    /// A leader-handoff partition in its first half, waiting for a new leader.
+    handoff: Option<Handoff>,
+    /// A handoff partition (either half) is in force until its `PartitionEnd`.
+    handoff_running: bool,
+    /// The ballot each replica leads at, as last seen (`check_lease_overlap`).
+    leading: Vec<Option<Ballot>>,
     hosts: Vec<Host>,
     clients: Vec<Client>,
     replica_cfgs: Vec<Config>,
@@ -380,6 +399,7 @@ impl World {
             fault_phase_ns: rng.gen_range(1_000..=4_000) * NS_PER_MS,
             clients: rng.gen_range(2..=5),
             keys: rng.gen_range(1..=4),
+            read_percent: [35, 35, 35, 80, 95][rng.gen_range(0..5)],
             // Some seeds have slow clients that sit idle for up to a second between
             // operations, and come back with a leader cache that may have gone stale.
             think_ns_max: if rng.gen_bool(0.2) {
@@ -458,6 +478,9 @@ impl World {
             plan,
             partition: Partition::none(),
             leaders_overlap: false,
+            handoff: None,
+            handoff_running: false,
+            leading: vec![None; cfg.replicas as usize],
             replica_cfgs,
             hosts,
             clients,
@@ -538,6 +561,7 @@ impl World {
                 (None, None) => break,
             }
             self.watch_leader_overlap();
+            self.check_lease_overlap();
             if let Some(healed_at) = self.healed_at {
                 if self.now > healed_at + HEAL_DEADLINE_NS {
                     self.report_stuck();
@@ -649,7 +673,37 @@ impl World {
             Event::PartitionStart => {
                 if !self.healed() {
                     let leaders = self.leaders();
-                    self.partition = if !leaders.is_empty() && self.rng.gen_bool(0.4) {
+                    let live_leaders: Vec<ReplicaId> = leaders
+                        .iter()
+                        .copied()
+                        .filter(|id| !self.hosts[*id as usize].paused)
+                        .collect();
+                    self.handoff = None;
+                    self.handoff_running = false;
+                    self.partition = if !live_leaders.is_empty()
+                        && self.cfg.replicas >= 5
+                        && self.rng.gen_bool(0.3)
+                    {
+                        let old = live_leaders[self.rng.gen_range(0..live_leaders.len())];
+                        let timeout = self.election_timeout_min_ns();
+                        let heartbeat = self.replica_cfgs[old as usize].heartbeat_ms * NS_PER_MS;
+                        let roles = Handoff::random(
+                            &mut self.rng,
+                            self.cfg.replicas,
+                            old,
+                            heartbeat,
+                            timeout,
+                        );
+                        self.stats.handoffs += 1;
+                        // The cut follows after a heartbeat or two, whose acks come back
+                        // slowly.
+                        let cut_at = self.now + self.rng.gen_range(heartbeat..=3 * heartbeat);
+                        self.schedule(cut_at, Event::HandoffCut);
+                        let first = Partition::handoff_slow_answers(&roles);
+                        self.handoff = Some(roles);
+                        self.handoff_running = true;
+                        first
+                    } else if !leaders.is_empty() && self.rng.gen_bool(0.4) {
                         let leader = leaders[self.rng.gen_range(0..leaders.len())];
                         Partition::bridge(&mut self.rng, self.cfg.replicas, leader)
                     } else {
@@ -658,7 +712,10 @@ impl World {
                     self.stats.partitions += 1;
                     self.trace.write_u64(5);
                     self.partition.hash(&mut self.trace);
-                    let lasts = if self.plan.partitions_flap {
+                    let lasts = if self.handoff_running {
+                        // Long enough for an election and what follows it.
+                        self.rng.gen_range(500..=2_000)
+                    } else if self.plan.partitions_flap {
                         self.rng.gen_range(20..=300)
                     } else {
                         self.rng.gen_range(50..=2_000)
@@ -668,18 +725,33 @@ impl World {
             }
             Event::LeaderSplit => {
                 let leaders = self.leaders();
-                if leaders.len() >= 2 && !self.healed() {
+                // A handoff partition (which makes two leaders overlap on purpose) plays out.
+                if leaders.len() >= 2 && !self.healed() && !self.handoff_running {
                     self.partition =
                         Partition::between_leaders(&mut self.rng, self.cfg.replicas, &leaders);
                     self.stats.partitions += 1;
+                    self.stats.leader_splits += 1;
                     self.trace.write_u64(12);
                     self.partition.hash(&mut self.trace);
                     let lasts = self.rng.gen_range(20..=400) * NS_PER_MS;
                     self.schedule(self.now + lasts, Event::LeaderSplitEnd);
                 }
             }
-            Event::LeaderSplitEnd => self.partition = Partition::none(),
+            Event::HandoffCut => {
+                if let Some(roles) = self.handoff.as_ref().filter(|_| self.handoff_running) {
+                    self.partition = Partition::handoff_first_half(roles);
+                    self.trace.write_u64(14);
+                    self.partition.hash(&mut self.trace);
+                }
+            }
+            Event::LeaderSplitEnd => {
+                if !self.handoff_running {
+                    self.partition = Partition::none();
+                }
+            }
             Event::PartitionEnd => {
+                self.handoff = None;
+                self.handoff_running = false;
                 self.partition = Partition::none();
                 if self.plan.partitions_flap && self.rng.gen_bool(0.75) {
                     // Flapping: the next cut follows at once, often around whoever leads now.
@@ -814,12 +886,89 @@ impl World {
         if self.plan.partition_every_ms.is_none() || self.healed() {
             return;
         }
+        if let Some(roles) = &self.handoff {
+            let leaders = self.leaders();
+            if !leaders.contains(&roles.old) {
+                // The old leader stepped down first: the handoff went right.
+                self.handoff = None;
+            } else if let Some(new) = leaders.iter().copied().find(|id| {
+                *id != roles.bridge
+                    && *id != roles.turncoat
+                    && !self.hosts[*id as usize].paused
+                    && self.replica_promised(*id) > self.replica_promised(roles.old)
+            }) {
+                self.partition = Partition::handoff_second_half(roles, new);
+                self.stats.handoff_second_halves += 1;
+                self.trace.write_u64(13);
+                self.partition.hash(&mut self.trace);
+                self.handoff = None;
+            }
+        }
         let overlapping = self.leaders().len() >= 2;
-        if overlapping && !self.leaders_overlap && self.rng.gen_bool(0.5) {
-            let at = self.now + self.rng.gen_range(0..=5_000_000);
+        if overlapping && !self.leaders_overlap && self.rng.gen_bool(0.8) {
+            // Often at once: with check-quorum the window can be a few milliseconds.
+            let at = self.now + self.rng.gen_range(0..=2_000_000);
             self.schedule(at, Event::LeaderSplit);
         }
         self.leaders_overlap = overlapping;
+    }
+
+    /// The leader-lease argument, checked directly: when a replica is elected, no replica
+    /// leading at a lower ballot may still hold its lease (it would serve reads that miss
+    /// the new leader's writes). Stronger than waiting for a stale read to be observed: it
+    /// fails even when the new leader happens to commit nothing before the old lease ends.
+    fn check_lease_overlap(&mut self) {
+        for id in 0..self.hosts.len() {
+            let ballot = self.hosts[id]
+                .node
+                .as_ref()
+                .and_then(|n| n.replica().leading_ballot());
+            if ballot == self.leading[id] {
+                continue;
+            }
+            self.leading[id] = ballot;
+            let Some(ballot) = ballot else {
+                continue;
+            };
+            for other in self.hosts.iter().filter(|h| h.id as usize != id) {
+                let Some(node) = other.node.as_ref() else {
+                    continue;
+                };
+                let replica = node.replica();
+                let older = replica.leading_ballot().is_some_and(|b| b < ballot);
+                if older && replica.holds_leader_lease(other.local(self.now)) {
+                    let detail = format!(
+                        "replica {id} was elected at ballot {ballot:?} at {} ms while replica {} (leading at {:?}) still held its leader lease",
+                        self.now / NS_PER_MS,
+                        other.id,
+                        replica.leading_ballot().expect("leads")
+                    );
+                    if !self.violations.iter().any(|v| v.check == "lease-overlap") {
+                        self.violations.push(Violation {
+                            check: "lease-overlap",
+                            detail,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// The highest ballot replica `id` promised (a leader's own ballot), zero when it is down.
+    fn replica_promised(&self, id: ReplicaId) -> Ballot {
+        self.hosts[id as usize]
+            .node
+            .as_ref()
+            .map_or(Ballot::default(), |n| n.replica().status().promised)
+    }
+
+    /// The shortest election timeout of any replica.
+    fn election_timeout_min_ns(&self) -> Nanos {
+        self.replica_cfgs
+            .iter()
+            .map(|c| c.election_timeout_min_ms * NS_PER_MS)
+            .min()
+            .unwrap_or(NS_PER_MS)
     }
 
     /// The replicas that are up and believe they lead (two may overlap).
@@ -908,7 +1057,7 @@ impl World {
             if queue.is_empty() {
                 queues.remove(&source);
             }
-            self.deliver(Addr::Replica(id), packet);
+            self.arrive(Addr::Replica(id), packet);
         }
         let host = &mut self.hosts[id as usize];
         if host.disk_signal {
@@ -1195,11 +1344,17 @@ impl World {
             self.stats.messages_dropped += 1;
             return;
         }
-        self.transmit(Addr::Replica(to), Packet::Peer(envelope));
+        let extra = self.partition.extra_delay(envelope.from, to);
+        self.transmit_after(extra, Addr::Replica(to), Packet::Peer(envelope));
     }
 
     /// Sends over the faulty network: maybe dropped, maybe duplicated, randomly delayed.
     fn transmit(&mut self, to: Addr, packet: Packet) {
+        self.transmit_after(0, to, packet);
+    }
+
+    /// `transmit` over a link slowed by `extra` on top of the seed's delay range.
+    fn transmit_after(&mut self, extra: Nanos, to: Addr, packet: Packet) {
         if self.rng.gen_range(0..1_000_000) < self.faults.drop_ppm {
             self.stats.messages_dropped += 1;
             return;
@@ -1214,7 +1369,7 @@ impl World {
                 .rng
                 .gen_range(self.faults.delay_min_ns..=self.faults.delay_max_ns);
             self.schedule(
-                self.now + delay,
+                self.now + extra + delay,
                 Event::Deliver {
                     to,
                     packet: packet.clone(),
@@ -1224,6 +1379,18 @@ impl World {
     }
 
     fn deliver(&mut self, to: Addr, packet: Packet) {
+        if let Packet::Peer(envelope) = &packet {
+            // A link cut while a message was on it loses the message.
+            if self.partition.blocks(envelope.from, envelope.to) {
+                self.stats.messages_dropped += 1;
+                return;
+            }
+        }
+        self.arrive(to, packet);
+    }
+
+    /// A packet reaches its destination (a paused process's socket buffer keeps it).
+    fn arrive(&mut self, to: Addr, packet: Packet) {
         if let Addr::Replica(id) = to {
             let host = &mut self.hosts[id as usize];
             if !host.up() {
@@ -1371,7 +1538,9 @@ impl World {
         let c = &mut self.clients[client];
         c.ops_started += 1;
         let tag = format!("c{}n{}", c.id, c.ops_started);
-        let (call, op) = if roll < 35 {
+        let reads = self.plan.read_percent;
+        let writes = 100 - reads;
+        let (call, op) = if roll < reads {
             (
                 check::Call::Get,
                 Op::Get {
@@ -1382,7 +1551,7 @@ impl World {
         } else {
             let value = self.random_value(tag);
             let c = &mut self.clients[client];
-            if roll < 70 {
+            if roll < reads + writes / 2 {
                 (
                     check::Call::Put {
                         value: value.to_vec(),
@@ -1392,7 +1561,7 @@ impl World {
                         value,
                     },
                 )
-            } else if roll < 85 {
+            } else if roll < reads + writes * 3 / 4 {
                 let guess = c.known_version.get(&key).copied().unwrap_or(0);
                 let expected_version = if self.rng.gen_bool(0.8) {
                     guess
