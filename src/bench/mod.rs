@@ -10,6 +10,7 @@ pub mod engine;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod floor;
+pub mod html;
 pub mod report;
 pub mod stats;
 pub mod suite;

@@ -1,5 +1,5 @@
 //! A run's outputs: histograms (`.hgrm`, interval log), `summary.json`, `summary.csv`,
-//! `report.md`, a latency CDF plot, and the table printed at the end.
+//! `report.md` and `report.html`, the latency plots, and the table printed at the end.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -264,6 +264,7 @@ pub fn write_run(
     ) {
         tracing::warn!("could not draw the latency percentiles: {e}");
     }
+    super::html::write(run_dir, &markdown(&summary), &human_title(&summary)).map_err(io)?;
     Ok(summary)
 }
 

@@ -206,6 +206,7 @@ pub fn run_suite(args: SuiteArgs) -> std::process::ExitCode {
         Ok(dir) => {
             println!("suite directory: {}", dir.display());
             println!("report: {}", dir.join("report.md").display());
+            println!("html report: {}", dir.join("report.html").display());
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
@@ -470,7 +471,8 @@ fn write_suite_outputs(
             let _ = writeln!(md, "![{p}]({p}.svg) (PNG: `{p}.png`)\n");
         }
     }
-    std::fs::write(dir.join("report.md"), md).map_err(io)?;
+    std::fs::write(dir.join("report.md"), &md).map_err(io)?;
+    super::html::write(dir, &md, &format!("mpaxos suite {name}")).map_err(io)?;
     Ok(())
 }
 
