@@ -32,6 +32,11 @@ pub struct RangeSummary {
     /// Seeds run with quorum leases, and linearizable reads answered by non-leaders.
     pub quorum_lease_seeds: u64,
     pub follower_reads: u64,
+    /// Seeds run with Fast Paxos, and their slots chosen by fast quorums (counted per
+    /// learner) and recovered after collisions.
+    pub fast_paxos_seeds: u64,
+    pub fast_chosen: u64,
+    pub fast_collisions: u64,
 }
 
 impl RangeSummary {
@@ -72,6 +77,11 @@ pub fn run_range(range: &SeedRange, on_failure: &(dyn Fn(&SimOutcome) + Sync)) -
                 if outcome.quorum_leases {
                     s.quorum_lease_seeds += 1;
                 }
+                if outcome.fast_paxos {
+                    s.fast_paxos_seeds += 1;
+                }
+                s.fast_chosen += outcome.stats.fast_chosen;
+                s.fast_collisions += outcome.stats.fast_collisions;
                 s.disk_stalls += outcome.stats.disk_stalls;
                 s.disk_errors += outcome.stats.disk_errors;
                 if !outcome.violations.is_empty() {
