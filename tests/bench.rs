@@ -101,6 +101,7 @@ impl FakeServer {
                 region: "a".into(),
             }],
             leaders: vec![Some(0)],
+            fast_paxos: false,
         }
     }
 }
@@ -140,6 +141,7 @@ fn serve(
                         region: "a".into(),
                     }],
                     leaders: vec![Some(0)],
+                    fast_paxos: false,
                 }),
                 ArchivedClientFrame::Request(r) => {
                     if let Some(after) = script.stall_after {

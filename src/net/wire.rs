@@ -286,6 +286,9 @@ pub struct Topology {
     pub replicas: Vec<ReplicaInfo>,
     /// Per group, the leader this replica believes in.
     pub leaders: Vec<Option<u32>>,
+    /// The cluster runs Fast Paxos (`protocol = "fast-paxos"`): clients send each write to
+    /// every replica (`SessionConfig::fast_write_via`).
+    pub fast_paxos: bool,
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -1090,6 +1090,8 @@ impl Group {
                     id => Some(id),
                 })
                 .collect(),
+            fast_paxos: self.node.replica().config().protocol
+                == crate::protocol::ProtocolMode::FastPaxos,
         }
     }
 
