@@ -131,6 +131,19 @@ impl SlotVotes {
     pub fn collided(&self, quorum: &QuorumSpec) -> bool {
         self.max_count() + (quorum.replicas() - self.voters()) < quorum.fast()
     }
+
+    /// Like [`SlotVotes::collided`], counting as missing only the replicas that may still
+    /// vote here on their own: an acceptor votes for commands in increasing slots, so one
+    /// known to have voted above `slot` (`voted_max`) never will (only a `FastFill` makes it).
+    pub fn hopeless(&self, slot: Slot, voted_max: &[Slot], quorum: &QuorumSpec) -> bool {
+        let may_vote = self
+            .votes
+            .iter()
+            .zip(voted_max)
+            .filter(|(v, max)| v.is_none() && **max < slot)
+            .count() as u32;
+        self.max_count() + may_vote < quorum.fast()
+    }
 }
 
 /// The learner's record of fast-round votes for slots not yet known chosen. Bounded by the
@@ -142,6 +155,8 @@ pub struct Tally {
     slots: BTreeMap<Slot, SlotVotes>,
     /// The highest slot any vote (or a heartbeat ack) named: acceptors vote above it.
     max_slot: Slot,
+    /// Per replica, the highest slot it was heard voting in.
+    voted_max: Vec<Slot>,
 }
 
 impl Tally {
@@ -150,7 +165,13 @@ impl Tally {
             n,
             slots: BTreeMap::new(),
             max_slot: 0,
+            voted_max: vec![0; n as usize],
         }
+    }
+
+    /// Per replica, the highest slot it was heard voting in.
+    pub fn voted_max(&self) -> &[Slot] {
+        &self.voted_max
     }
 
     pub fn max_slot(&self) -> Slot {
@@ -194,6 +215,8 @@ impl Tally {
         needed: u32,
     ) -> Option<Value> {
         self.saw_slot(slot);
+        let heard = &mut self.voted_max[from as usize];
+        *heard = (*heard).max(slot);
         let n = self.n as usize;
         let entry = self.entry(slot, ballot, now);
         if ballot < entry.ballot {
@@ -224,6 +247,25 @@ impl Tally {
 
     pub fn slots(&self) -> impl Iterator<Item = (&Slot, &SlotVotes)> {
         self.slots.iter()
+    }
+
+    /// Whether a slot other than `except` for which `undecided` holds has a vote for
+    /// `command` (that slot will choose it, or lose it and hand it on).
+    pub fn votes_elsewhere(
+        &self,
+        except: Slot,
+        command: &Command,
+        undecided: impl Fn(Slot) -> bool,
+    ) -> bool {
+        self.slots.iter().any(|(slot, e)| {
+            *slot != except
+                && undecided(*slot)
+                && e.votes.iter().flatten().any(|v| {
+                    v.commands()
+                        .iter()
+                        .any(|c| (c.client_id, c.seq) == (command.client_id, command.seq))
+                })
+        })
     }
 }
 

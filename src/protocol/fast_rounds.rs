@@ -4,10 +4,11 @@
 //! replica's own state; the pure parts (the tally, the selection rule) are in `fast.rs`.
 //!
 //! Slot assignment: an acceptor votes for a command in the lowest slot above the fast round's
-//! first slot, above every slot it holds anything for (its own votes included, durable or
-//! not), above the commit point and above every slot it has heard a vote for. Acceptors that
-//! see commands in the same order therefore agree on slots without talking; any disagreement
-//! is a collision the leader recovers.
+//! first slot, above every slot it holds anything for (its own votes, durable or not, values
+//! accepted in a classic round and values known chosen) and above its commit point. Acceptors
+//! that see commands in the same order therefore agree on slots without talking; any
+//! disagreement is a collision the leader recovers, and an acceptor that fell behind catches up
+//! as the slots it missed are decided (they enter its log).
 
 use super::{InjectedBug, NotLeader, Proposer, Replica};
 use crate::protocol::fast::{self, ProtocolMode};
@@ -40,10 +41,9 @@ impl Replica {
         } else {
             self.log.last_slot()
         };
-        let slot = first
-            .max(own + 1)
-            .max(self.log.commit() + 1)
-            .max(self.tally.max_slot() + 1);
+        // Not above the votes heard from others: a replica that hears a vote for a slot before
+        // the command behind it would skip that slot, and the hole costs a FastFill round.
+        let slot = first.max(own + 1).max(self.log.commit() + 1);
         if slot > self.log.commit() + self.fast_window() {
             return Err(NotLeader::QueueFull);
         }
@@ -116,20 +116,10 @@ impl Replica {
             self.tally.remove(slot);
             return;
         }
-        let Proposer::Leader(leader) = &self.proposer else {
-            return;
-        };
-        let open = leader.fast_from.is_some_and(|f| slot >= f);
-        if !open || leader.in_flight.contains_key(&slot) {
-            return;
-        }
-        let collided = self.tally.get(slot).is_some_and(|e| {
-            e.ballot == leader.ballot
-                && e.voters() >= self.quorum.classic()
-                && e.collided(&self.quorum)
-        });
-        if collided {
-            self.recover_slot(now, slot, true);
+        // The leader acts on a collision at once (this slot, or one below that this vote
+        // shows its voter skipped).
+        if matches!(self.proposer, Proposer::Leader(_)) {
+            self.scan_fast_slots(now);
         }
     }
 
@@ -300,8 +290,9 @@ impl Replica {
     }
 
     /// The leader's collision and timeout detection: a slot with votes from a classic quorum
-    /// that collided, or that stayed undecided for `fast_timeout`, is recovered; an undecided
-    /// slot without a classic quorum of votes gets a `FastFill`.
+    /// that cannot reach a fast quorum any more (`hopeless`), or that stayed undecided for
+    /// `fast_timeout`, is recovered; a hopeless or timed-out slot without a classic quorum of
+    /// votes gets a `FastFill` (again each `fast_timeout` while it lacks them).
     pub(super) fn scan_fast_slots(&mut self, now: Nanos) {
         let Proposer::Leader(leader) = &self.proposer else {
             return;
@@ -329,9 +320,12 @@ impl Replica {
                 e.votes = vec![None; n as usize];
             }
             let due = now >= e.since + timeout;
-            if e.voters() >= self.quorum.classic() && (due || e.collided(&self.quorum)) {
+            let e = self.tally.get(slot).expect("just made");
+            let hopeless = e.hopeless(slot, self.tally.voted_max(), &self.quorum);
+            let e = self.tally.get_mut(slot).expect("just made");
+            if e.voters() >= self.quorum.classic() && (due || hopeless) {
                 recover.push((slot, !due));
-            } else if due && e.fill_sent_at.map_or(true, |at| now >= at + timeout) {
+            } else if (due || hopeless) && e.fill_sent_at.map_or(true, |at| now >= at + timeout) {
                 e.fill_sent_at = Some(now);
                 fill.push(slot);
             }
@@ -363,7 +357,19 @@ impl Replica {
             leader.recovering.insert(slot, since);
         }
         self.propose_slot(now, slot, selection.value);
-        for command in selection.losers {
+        // A losing command still voted in another undecided slot is left to that slot: it is
+        // chosen there, or loses there and comes back here. (Client retries cover the rest.)
+        let Proposer::Leader(leader) = &self.proposer else {
+            unreachable!("only a leader recovers")
+        };
+        let undecided =
+            |s: Slot| self.log.chosen(s).is_none() && !leader.in_flight.contains_key(&s);
+        let resend: Vec<Command> = selection
+            .losers
+            .into_iter()
+            .filter(|c| !self.tally.votes_elsewhere(slot, c, undecided))
+            .collect();
+        for command in resend {
             self.broadcast(Message::FastPropose { command });
         }
     }

@@ -69,9 +69,8 @@ pub enum InjectedBug {
     /// Fast Paxos: recovery proposes the value of the highest-numbered voter, ignoring a value
     /// with a majority of the quorum (which may have been chosen).
     FastRecoveryAnyValue,
-    /// Fast Paxos: an acceptor picks the slot for a new command above the votes it has heard
-    /// back and the commit point only, not above its own votes still on their way to disk, so
-    /// it may vote twice in one (slot, round).
+    /// Fast Paxos: an acceptor picks the slot for a new command above its commit point only,
+    /// not above its own votes, so it may vote twice in one (slot, round).
     FastVoteTwice,
 }
 
