@@ -1581,3 +1581,32 @@ fn fast_paxos_collisions_apply_every_write_exactly_once() {
         metric(&tc, leader, "mpaxos_fast_chosen_total")
     );
 }
+
+/// N = 3 has a fast quorum of 3: with one replica killed no fast round can choose anything, so
+/// the leader falls back to classic rounds (a mode switch) and writes go on through it.
+#[test]
+fn fast_paxos_three_replicas_fall_back_to_classic_rounds_when_one_dies() {
+    let _serial = fault_lock();
+    let mut tc = fast_paxos_cluster();
+    let leader = wait_fast_rounds(&tc);
+    let victim = (leader + 1) % 3;
+    tc.cluster.signal(victim, libc::SIGKILL);
+    let mut c = tc.client();
+    for i in 0..20 {
+        let key = format!("after-kill-{i}");
+        match c.put(key.as_bytes(), b"v") {
+            Ok(Outcome::Put { .. }) => {}
+            other => panic!("put {key} with replica {victim} dead: {other:?}"),
+        }
+    }
+    let switches = metric(&tc, leader, "mpaxos_fast_mode_switches_total");
+    assert!(
+        switches >= 2,
+        "fast rounds opened and closed: {switches} switches"
+    );
+    let classic = metric(&tc, leader, "mpaxos_classic_chosen_total");
+    assert!(
+        classic >= 20,
+        "the writes went through classic rounds: {classic}"
+    );
+}
