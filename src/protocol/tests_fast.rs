@@ -181,3 +181,38 @@ fn the_recovery_any_value_bug_breaks_agreement() {
     assert_eq!(net.committed_ids(leader).first(), Some(&(2, 1)));
     assert_eq!(net.committed_ids(1), vec![(1, 1)]);
 }
+
+/// Five replicas. A write is chosen by the fast votes of 1..=4 and learned by them (so a
+/// client may have its answer), while none of those votes reached the leader 0. A
+/// linearizable read at 0 must still see it: the read round's acks name the voted slot, and
+/// the read waits until 0 has learned and applied it.
+#[test]
+fn a_read_at_the_leader_waits_for_a_slot_chosen_by_votes_it_has_not_seen() {
+    let mut net = fast_net(5, None);
+    net.run_until(400 * MS);
+    assert_eq!(net.leader(), Some(0));
+    assert!(net.fast_open_everywhere());
+    net.drop_if = Some(Box::new(|e| {
+        matches!(e.msg, Message::Voted { .. }) && e.to == 0
+    }));
+    net.fast_propose(&[1, 2, 3, 4], cmd(1, 1));
+    net.deliver_all();
+    assert_eq!(net.committed_ids(1), vec![(1, 1)], "1 learned the write");
+    assert!(net.committed_ids(0).is_empty(), "0 has not");
+    let (taken, served) = super::read_at(&mut net, 0, 7);
+    assert!(taken);
+    assert_eq!(
+        served, None,
+        "the read was served before the write was applied"
+    );
+    // The votes get through again: 0 learns the slot (the FastFill it sends after the fast
+    // timeout has the voters repeat their votes) and only then serves the read.
+    net.drop_if = None;
+    net.run_until(700 * MS);
+    let served = net.reads[0]
+        .iter()
+        .find(|(r, _)| r.id == 7)
+        .map(|(r, a)| (r.outcome, *a));
+    assert_eq!(served, Some((ReadOutcome::Ready, 1)));
+    assert_eq!(net.committed_ids(0), vec![(1, 1)]);
+}
