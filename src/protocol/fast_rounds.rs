@@ -10,7 +10,7 @@
 //! disagreement is a collision the leader recovers, and an acceptor that fell behind catches up
 //! as the slots it missed are decided (they enter its log).
 
-use super::{InjectedBug, NotLeader, Proposer, Replica};
+use super::{InjectedBug, NotLeader, Proposer, Replica, NS_PER_MS};
 use crate::protocol::fast::{self, ProtocolMode};
 use crate::protocol::message::{Message, PromiseEntry};
 use crate::protocol::types::{Ballot, Command, Nanos, ReplicaId, Slot, Value, Write};
@@ -254,16 +254,17 @@ impl Replica {
             .filter(|(id, at)| *id == self.cfg.id as usize || at.is_some_and(|t| now < t + window))
             .count() as u32;
         let fast_quorum_alive = live >= self.quorum.fast();
+        // Hysteresis: a leadership opens fast rounds only an election timeout after it began,
+        // so a replica that keeps dropping out for a moment costs one phase 1 per election
+        // timeout at most, not one per fast timeout.
+        let settled = now >= leader.elected_at + self.cfg.election_timeout_max_ms * NS_PER_MS;
         match leader.fast_from {
             Some(_) if !fast_quorum_alive => {
                 self.fast_counters.mode_switches += 1;
                 self.start_election(now);
                 true
             }
-            None if fast_quorum_alive
-                && leader.recovery_next > leader.recovery_end
-                && now >= leader.elected_at + window =>
-            {
+            None if fast_quorum_alive && settled && leader.recovery_next > leader.recovery_end => {
                 self.open_fast_rounds(now);
                 false
             }
