@@ -257,7 +257,7 @@ impl Replica {
         // Hysteresis: a leadership opens fast rounds only an election timeout after it began,
         // so a replica that keeps dropping out for a moment costs one phase 1 per election
         // timeout at most, not one per fast timeout.
-        let settled = now >= leader.elected_at + self.cfg.election_timeout_max_ms * NS_PER_MS;
+        let settled = now >= leader.elected_at + self.cfg.election_timeout_min_ms * NS_PER_MS;
         match leader.fast_from {
             Some(_) if !fast_quorum_alive => {
                 self.fast_counters.mode_switches += 1;

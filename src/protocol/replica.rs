@@ -211,9 +211,10 @@ impl Config {
 
     /// Fast Paxos: how long a slot may stay undecided before the leader recovers it, and how
     /// long a replica may stay silent before the leader stops counting it towards a live fast
-    /// quorum. Heartbeat periods, which placements scale with the RTT.
+    /// quorum: four heartbeats, or half the minimum election timeout if that is longer (which
+    /// placements scale with the RTT, so a far acceptor's vote has time to arrive).
     pub fn fast_timeout_ns(&self) -> Nanos {
-        4 * self.heartbeat_ms * NS_PER_MS
+        (4 * self.heartbeat_ms).max(self.election_timeout_min_ms / 2) * NS_PER_MS
     }
 
     /// The longest safe lease for a cluster whose smallest `election_timeout_min_ms` is
