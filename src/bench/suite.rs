@@ -942,7 +942,7 @@ mod tests {
             ("replicas.toml", 3),
             ("placements.toml", 6),
             ("knobs.toml", 6),
-            ("fast-paxos.toml", 48),
+            ("fast-paxos.toml", 96),
         ] {
             let cells = expand(&dir.join(file)).unwrap().cells;
             assert!(cells.len() >= min_cells, "{file}: {} cells", cells.len());
