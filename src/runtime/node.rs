@@ -480,6 +480,17 @@ impl<D: Disk> Node<D> {
                 .inc_by(f.recovery_ns_total.saturating_sub(last.recovery_ns_total) as f64 / 1e9);
             m.fast_mode_switches_total
                 .inc_by(f.mode_switches.saturating_sub(last.mode_switches));
+            if f.mode_switches != last.mode_switches {
+                // Opened: this leader's fast round is open now. Closed: it is re-running phase 1
+                // for classic rounds (fewer than a fast quorum answered).
+                let open = self.replica.status().fast_open;
+                let what = if open.is_some() { "opened" } else { "closed" };
+                tracing::info!(
+                    group = self.cfg.group,
+                    fast_open = ?open,
+                    "fast paxos: fast rounds {what}"
+                );
+            }
         }
         let st = self.replica.status();
         self.metrics.commit_index.set(st.commit as i64);
