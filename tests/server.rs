@@ -872,6 +872,10 @@ fn cluster_refuses_flags_that_disagree_with_an_existing_directory() {
             &["--durability", "memory"][..],
             "--durability asks for memory",
         ),
+        (
+            &["--protocol", "fast-paxos"][..],
+            "it runs protocol = \"multi-paxos\", --protocol asks for fast-paxos",
+        ),
     ] {
         let res = std::process::Command::new(binary())
             .arg("cluster")
