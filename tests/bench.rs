@@ -101,6 +101,7 @@ impl FakeServer {
                 region: "a".into(),
             }],
             leaders: vec![Some(0)],
+            fast_paxos: false,
         }
     }
 }
@@ -140,6 +141,7 @@ fn serve(
                         region: "a".into(),
                     }],
                     leaders: vec![Some(0)],
+                    fast_paxos: false,
                 }),
                 ArchivedClientFrame::Request(r) => {
                     if let Some(after) = script.stall_after {
@@ -567,4 +569,49 @@ fn bench_prints_its_phases_when_not_on_a_terminal() {
         ["floor", "warm-up", "measuring", "floor again"],
         "{stderr}"
     );
+}
+
+/// `mpaxos bench --protocol fast-paxos`: a real 3-replica Fast Paxos cluster under a short
+/// load; the writes take the fast path and `summary.json` says how the slots were chosen.
+#[test]
+fn bench_runs_a_fast_paxos_cluster_and_counts_fast_slots() {
+    let out = tempfile::tempdir().unwrap();
+    let res = std::process::Command::new(env!("CARGO_BIN_EXE_mpaxos"))
+        .args([
+            "bench",
+            "--protocol",
+            "fast-paxos",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.5",
+            "--clients",
+            "2",
+            "--read-ratio",
+            "0.2",
+            "--durability",
+            "memory",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "{stderr}");
+    let run = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("summary.json").exists())
+        .expect("a run directory");
+    let text = std::fs::read_to_string(run.join("summary.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["protocol"], "fast-paxos");
+    let fast = v["fast_chosen"].as_u64().unwrap();
+    let classic = v["classic_chosen"].as_u64().unwrap();
+    assert!(v["collisions"].as_u64().is_some());
+    assert!(v["latency_us_by_region"].is_object());
+    assert!(v["completed"].as_u64().unwrap() > 0, "{text}");
+    // Two clients at a time collide now and then, but most slots are fast-chosen.
+    assert!(fast > classic, "fast {fast}, classic {classic}");
+    assert_eq!(v["errors"].as_u64(), Some(0), "{text}");
 }

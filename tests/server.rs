@@ -872,6 +872,10 @@ fn cluster_refuses_flags_that_disagree_with_an_existing_directory() {
             &["--durability", "memory"][..],
             "--durability asks for memory",
         ),
+        (
+            &["--protocol", "fast-paxos"][..],
+            "it runs protocol = \"multi-paxos\", --protocol asks for fast-paxos",
+        ),
     ] {
         let res = std::process::Command::new(binary())
             .arg("cluster")
@@ -1481,4 +1485,132 @@ fn quorum_lease_kill_9_holder_stalls_writes_briefly() {
     // heartbeats, plus scheduling noise on a shared machine.
     assert!(gap < Duration::from_millis(1000), "writes paused {gap:?}");
     verify_acked(&tc, &res.acked);
+}
+
+// Fast Paxos on real processes (docs/internals/protocol.md §11): clients send each write to
+// every replica, and it is chosen by the replicas' votes without a hop through the leader.
+
+fn fast_paxos_cluster() -> TestCluster {
+    TestCluster::start_with(3, 1, |c| {
+        c.durability = BackendChoice::Sync;
+        c.protocol = Some(mpaxos::protocol::ProtocolMode::FastPaxos);
+    })
+}
+
+/// Waits until the leader has opened fast rounds (a mode switch) and returns it.
+fn wait_fast_rounds(tc: &TestCluster) -> u32 {
+    let mut watcher = tc.client();
+    let leader = wait_leaders(&mut watcher, 1, Duration::from_secs(10))[0];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(tc, leader, "mpaxos_fast_mode_switches_total") == 0 {
+        assert!(Instant::now() < deadline, "fast rounds never opened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    leader
+}
+
+#[test]
+fn fast_paxos_cluster_serves_puts_and_gets_through_every_replica() {
+    let tc = fast_paxos_cluster();
+    let leader = wait_fast_rounds(&tc);
+    let endpoints = tc.cluster.endpoints();
+    for (r, endpoint) in endpoints.iter().enumerate() {
+        // A client that reached replica r first takes r's answers: r is its "nearest".
+        let mut opts = ClientOptions::new(vec![endpoint.clone()]);
+        opts.op_timeout = Duration::from_secs(10);
+        let mut c = Client::connect(opts).expect("client connects");
+        assert!(c.topology().fast_paxos, "the topology says fast-paxos");
+        for i in 0..20 {
+            let key = format!("fast-{r}-{i}");
+            match c.put(key.as_bytes(), b"v1") {
+                Ok(Outcome::Put { version: 1, .. }) => {}
+                other => panic!("put {key} via {r}: {other:?}"),
+            }
+            match c.get(key.as_bytes(), true) {
+                Ok(Outcome::Get { value: Some(v), .. }) => assert_eq!(v.as_ref(), b"v1"),
+                other => panic!("get {key}: {other:?}"),
+            }
+        }
+        assert_eq!(c.stats().redirects, 0, "a write through {r} was redirected");
+    }
+    // One client at a time sees no collision: the writes took the fast path.
+    let fast = metric(&tc, leader, "mpaxos_fast_chosen_total");
+    assert!(
+        fast >= 50,
+        "only {fast} of 60 writes were chosen by a fast quorum"
+    );
+    // Several writers at once: every acknowledged write reads back.
+    let load = Load::start(&tc, 3, "fastload");
+    std::thread::sleep(Duration::from_millis(1000));
+    let res = load.finish();
+    assert_no_errors(&tc, &res);
+    assert!(res.acked.len() > 30, "only {} writes", res.acked.len());
+    verify_acked(&tc, &res.acked);
+}
+
+#[test]
+fn fast_paxos_collisions_apply_every_write_exactly_once() {
+    let tc = fast_paxos_cluster();
+    let leader = wait_fast_rounds(&tc);
+    // Four writers on one key: their commands reach the replicas in different orders, so fast
+    // rounds collide and the leader recovers them; a command chosen twice must count once.
+    let acked: Vec<u64> = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..4)
+            .map(|t| {
+                let mut c = tc.client();
+                s.spawn(move || {
+                    let mut ok = 0;
+                    for i in 0..40 {
+                        match c.put(b"hot", format!("t{t}-{i}").as_bytes()) {
+                            Ok(Outcome::Put { .. }) => ok += 1,
+                            other => panic!("put: {other:?}"),
+                        }
+                    }
+                    ok
+                })
+            })
+            .collect();
+        writers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let total: u64 = acked.iter().sum();
+    let mut c = tc.client();
+    match c.get(b"hot", true) {
+        Ok(Outcome::Get { version, .. }) => assert_eq!(version, total, "puts applied != acked"),
+        other => panic!("get: {other:?}"),
+    }
+    let collisions = metric(&tc, leader, "mpaxos_fast_collisions_total")
+        + metric(&tc, leader, "mpaxos_fast_recovery_timeouts_total");
+    eprintln!(
+        "fast paxos, one hot key, 4 writers: {total} puts, {} fast-chosen slots, {collisions} recovered",
+        metric(&tc, leader, "mpaxos_fast_chosen_total")
+    );
+}
+
+/// N = 3 has a fast quorum of 3: with one replica killed no fast round can choose anything, so
+/// the leader falls back to classic rounds (a mode switch) and writes go on through it.
+#[test]
+fn fast_paxos_three_replicas_fall_back_to_classic_rounds_when_one_dies() {
+    let _serial = fault_lock();
+    let mut tc = fast_paxos_cluster();
+    let leader = wait_fast_rounds(&tc);
+    let victim = (leader + 1) % 3;
+    tc.cluster.signal(victim, libc::SIGKILL);
+    let mut c = tc.client();
+    for i in 0..20 {
+        let key = format!("after-kill-{i}");
+        match c.put(key.as_bytes(), b"v") {
+            Ok(Outcome::Put { .. }) => {}
+            other => panic!("put {key} with replica {victim} dead: {other:?}"),
+        }
+    }
+    let switches = metric(&tc, leader, "mpaxos_fast_mode_switches_total");
+    assert!(
+        switches >= 2,
+        "fast rounds opened and closed: {switches} switches"
+    );
+    let classic = metric(&tc, leader, "mpaxos_classic_chosen_total");
+    assert!(
+        classic >= 20,
+        "the writes went through classic rounds: {classic}"
+    );
 }

@@ -51,6 +51,12 @@ fn assert_seeds_pass(replicas: u32, first_seed: u64, seeds: u64) {
         summary.follower_reads > 0,
         "no follower served a linearizable read"
     );
+    // Fast Paxos seeds ran, chose slots by fast quorums and recovered collisions.
+    assert!(summary.fast_paxos_seeds > 0, "no fast-paxos seeds");
+    assert!(summary.fast_chosen > 0, "no slot chosen by a fast quorum");
+    if seeds >= 500 {
+        assert!(summary.fast_collisions > 0, "no fast-round collision");
+    }
     if seeds >= 500 {
         assert!(summary.cluster_crashes > 0, "no whole-cluster crashes");
         assert!(summary.disk_errors > 0, "no disk errors were injected");
@@ -141,10 +147,14 @@ fn assert_bug_caught_with(replicas: u32, bug: InjectedBug) {
     let seed = first_violation(replicas, bug, 2_000);
     assert!(
         seed.is_some(),
-        "{} went unnoticed for 2000 seeds",
+        "{} went unnoticed for 2000 seeds of {replicas} replicas",
         bug.name()
     );
-    eprintln!("{} caught at seed {}", bug.name(), seed.unwrap());
+    eprintln!(
+        "{} caught at seed {} ({replicas} replicas)",
+        bug.name(),
+        seed.unwrap()
+    );
 }
 
 #[test]
@@ -185,6 +195,29 @@ fn catches_qlease_read_unapplied() {
 #[test]
 fn catches_qlease_read_after_expiry() {
     assert_bug_caught(InjectedBug::QleaseReadAfterExpiry);
+}
+
+// The Fast Paxos bugs, with 3 replicas (qf = 3: a majority of 2 is not a fast quorum) and 5
+// (qf = 4). Every seed runs in Fast Paxos mode; each is caught within the first chunk of 50
+// seeds (docs/internals/protocol.md §11).
+#[test]
+fn catches_fast_quorum_majority() {
+    assert_bug_caught_with(3, InjectedBug::FastQuorumMajority);
+    assert_bug_caught_with(5, InjectedBug::FastQuorumMajority);
+}
+
+// Not with 3 replicas: there qf = N, so a value chosen in a fast round has every vote and any
+// recovery quorum sees only it — whichever vote the bug picks is the chosen value (0 of 2000
+// seeds). The selection rule matters from N = 5 on.
+#[test]
+fn catches_fast_recovery_any_value() {
+    assert_bug_caught_with(5, InjectedBug::FastRecoveryAnyValue);
+}
+
+#[test]
+fn catches_fast_vote_twice() {
+    assert_bug_caught_with(3, InjectedBug::FastVoteTwice);
+    assert_bug_caught_with(5, InjectedBug::FastVoteTwice);
 }
 
 /// Five replicas: the stale lease needs an old leader, its bridge, a turncoat and two more

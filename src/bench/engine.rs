@@ -254,6 +254,9 @@ struct InFlight {
     tried_home: bool,
     /// The current attempt is at the nearest replica (a local read if it answers).
     at_home: bool,
+    /// Fast Paxos: the current attempt of this write went to every replica (the nearest as
+    /// `target`); the first definite answer from any of them completes it.
+    fanned_out: bool,
 }
 
 struct Session {
@@ -270,6 +273,8 @@ struct Client {
     leaders: Vec<Option<u32>>,
     /// `ReadFrom::Nearest`: the replica linearizable reads go to first.
     home: Option<u32>,
+    /// Fast Paxos clusters: the nearest replica, whose answer to a write the client expects.
+    fast_home: Option<u32>,
     probe: u32,
     /// (replica, group) → link index
     links: HashMap<(u32, u32), usize>,
@@ -374,6 +379,14 @@ impl Engine {
             .map(|c| Client {
                 leaders: cfg.topology.leaders.clone(),
                 home: (cfg.read_from == ReadFrom::Nearest && replicas > 0).then(|| {
+                    nearest_replica(
+                        cfg.placement.as_ref(),
+                        &regions[c % regions.len()],
+                        c,
+                        replicas,
+                    )
+                }),
+                fast_home: (cfg.topology.fast_paxos && replicas > 0).then(|| {
                     nearest_replica(
                         cfg.placement.as_ref(),
                         &regions[c % regions.len()],
@@ -622,6 +635,7 @@ impl Engine {
             seq: s.seq,
             tried_home: false,
             at_home: false,
+            fanned_out: false,
         });
         self.send_attempt(session, now);
     }
@@ -645,8 +659,15 @@ impl Engine {
             busy.tried_home |= first;
             first
         };
+        // Fast Paxos: a write's first attempt goes to every replica; after a redirect (fast
+        // rounds closed) it goes to the leader like any Multi-Paxos write.
+        let fast_write = {
+            let busy = self.sessions[session].busy.as_ref().expect("busy");
+            !matches!(busy.op, Op::Get { .. }) && !busy.tried_home
+        };
         let c = &mut self.clients[client];
-        let home = c.home.filter(|_| local_read);
+        let fast_home = c.fast_home.filter(|_| fast_write);
+        let home = c.home.filter(|_| local_read).or(fast_home);
         let target = match (home, c.leaders[group as usize]) {
             (Some(h), _) => h,
             (None, Some(l)) if l < replicas => l,
@@ -674,6 +695,8 @@ impl Engine {
         busy.link = Some(link);
         busy.target = target;
         busy.at_home = home.is_some();
+        busy.fanned_out = fast_home.is_some();
+        busy.tried_home |= fast_home.is_some();
         let frame = ClientFrame::Request(Request {
             id: req_id,
             client_id,
@@ -686,6 +709,19 @@ impl Engine {
             .waiting
             .insert(req_id, session);
         self.send_frame(link, &frame, now);
+        if fast_home.is_some() {
+            // The copies share the request id; only the target's refusals steer retries.
+            for other in (0..replicas).filter(|&r| r != target) {
+                if let Some(copy) = self.link(client, other, group) {
+                    self.links[copy]
+                        .as_mut()
+                        .expect("live link")
+                        .waiting
+                        .insert(req_id, session);
+                    self.send_frame(copy, &frame, now);
+                }
+            }
+        }
         let timeout = self.cfg.attempt_timeout.as_nanos() as u64;
         self.add_timer(now + timeout, Timer::AttemptTimeout { session, req_id });
     }
@@ -719,6 +755,22 @@ impl Engine {
         }
         let (group, target, at_home) = (busy.group, busy.target, busy.at_home);
         let client = self.sessions[session].client;
+        let from = self.links[link].as_ref().map_or(target, |l| l.replica);
+        if from != target {
+            // A copy of a fast write: a definite answer completes it (every replica applies the
+            // same log); a refusal is the target's to act on.
+            if !matches!(
+                outcome,
+                Outcome::NotLeader { .. } | Outcome::Busy | Outcome::WrongGroup { .. }
+            ) {
+                let error = match &outcome {
+                    Outcome::Invalid { reason } => Some(kind::of_invalid(reason)),
+                    _ => None,
+                };
+                self.complete(session, now, error);
+            }
+            return;
+        }
         match outcome {
             Outcome::NotLeader { leader } => {
                 self.redirects += 1;
@@ -781,8 +833,17 @@ impl Engine {
                 &SeriesKey {
                     op: busy.kind.to_string(),
                     region,
-                    // "local": answered by the client's nearest replica (`--read-from nearest`).
-                    path: if busy.at_home { "local" } else { "leader" }.into(),
+                    // "local": a read answered by the client's nearest replica (`--read-from
+                    // nearest`); "fast": a Fast Paxos write sent to every replica; "leader":
+                    // through the leader (Multi-Paxos, or Fast Paxos after a redirect).
+                    path: if busy.fanned_out {
+                        "fast"
+                    } else if busy.at_home {
+                        "local"
+                    } else {
+                        "leader"
+                    }
+                    .into(),
                 },
                 latency,
             );

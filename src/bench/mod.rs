@@ -63,10 +63,16 @@ pub struct BenchSpec {
     /// Serve reads from the contacted replica's state without a read-index round.
     #[arg(long)]
     pub serializable_reads: bool,
-    /// How the local cluster serves linearizable reads (its `read_mode`).
+    /// How the local cluster serves linearizable reads (its `read_mode`). Fast Paxos runs
+    /// with read-index rounds whatever this says.
     #[arg(long, value_enum, default_value_t = crate::protocol::ReadMode::LeaderLease)]
     #[serde(default)]
     pub read_mode: crate::protocol::ReadMode,
+    /// The local cluster's replication protocol (its `protocol`): with `fast-paxos` clients
+    /// send each write to every replica and take the answer of their nearest.
+    #[arg(long, value_enum, default_value_t = crate::protocol::ProtocolMode::MultiPaxos)]
+    #[serde(default)]
+    pub protocol: crate::protocol::ProtocolMode,
     /// Where clients send linearizable reads first: the leader, or their nearest replica
     /// (which serves them locally with quorum leases, else redirects to the leader).
     #[arg(long, value_enum, default_value_t = engine::ReadFrom::Leader)]
@@ -330,6 +336,19 @@ pub struct Summary {
     /// Replica-to-replica links of a local cluster.
     #[serde(default)]
     pub peer_links: Vec<PeerLinkRtt>,
+    /// The cluster's replication protocol (a local cluster's `--protocol`).
+    #[serde(default)]
+    pub protocol: crate::protocol::ProtocolMode,
+    /// Fast Paxos (docs/internals/protocol.md §11), from the replicas' metrics at the end of
+    /// the run (warm-up included; a local cluster only, else 0): slots the leaders saw chosen
+    /// by a fast quorum, slots chosen in classic rounds (every slot with Multi-Paxos), and
+    /// slots recovered after a collision or a timeout.
+    #[serde(default)]
+    pub fast_chosen: u64,
+    #[serde(default)]
+    pub classic_chosen: u64,
+    #[serde(default)]
+    pub collisions: u64,
     pub config: BenchSpec,
     pub started_unix_s: u64,
     // ---- added by "numbers you can publish"; absent (default) in older summaries ----
@@ -547,7 +566,16 @@ fn measure(
     floors.measure(spec, FLOOR_ROUNDS_AFTER)?;
     bar.finish_and_clear();
     let peer_links = local.map_or_else(Vec::new, |c| peer_link_rtts(c, peer_placement.as_ref()));
-    report::write_run(spec, run_dir, result, floors, wal_backend, peer_links)
+    let counts = local.map_or_else(ProtocolCounts::default, protocol_counts);
+    report::write_run(
+        spec,
+        run_dir,
+        result,
+        floors,
+        wal_backend,
+        peer_links,
+        counts,
+    )
 }
 
 /// A replica-to-replica link: the heartbeat round trip the replica measured (its
@@ -561,6 +589,40 @@ pub struct PeerLinkRtt {
     pub configured_rtt_ms: f64,
     pub measured_rtt_ms_mean: f64,
     pub samples: u64,
+}
+
+/// How a local cluster's slots were chosen: its replicas' Fast Paxos counters, summed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProtocolCounts {
+    pub fast_chosen: u64,
+    pub classic_chosen: u64,
+    pub collisions: u64,
+}
+
+fn protocol_counts(cfg: &ClusterConfig) -> ProtocolCounts {
+    let mut out = ProtocolCounts::default();
+    for r in &cfg.replicas {
+        let Ok(text) = http_get(&r.host, r.admin_port, "/metrics") else {
+            continue;
+        };
+        for line in text.lines() {
+            let Some((name, value)) = line.split_once('{').and_then(|(n, rest)| {
+                let (_, v) = rest.rsplit_once("} ")?;
+                Some((n, v.trim().parse::<f64>().ok()? as u64))
+            }) else {
+                continue;
+            };
+            match name {
+                "mpaxos_fast_chosen_total" => out.fast_chosen += value,
+                "mpaxos_classic_chosen_total" => out.classic_chosen += value,
+                "mpaxos_fast_collisions_total" | "mpaxos_fast_recovery_timeouts_total" => {
+                    out.collisions += value
+                }
+                _ => {}
+            }
+        }
+    }
+    out
 }
 
 /// Reads every replica's `/metrics` for its per-peer heartbeat round trips.
@@ -752,7 +814,15 @@ fn measure_etcd(
     bar.finish_and_clear();
     floors.measure(spec, FLOOR_ROUNDS_AFTER)?;
     grpc_floor(&mut floors, FLOOR_ROUNDS_AFTER)?;
-    report::write_run(spec, run_dir, result, floors, "etcd".into(), Vec::new())
+    report::write_run(
+        spec,
+        run_dir,
+        result,
+        floors,
+        "etcd".into(),
+        Vec::new(),
+        ProtocolCounts::default(),
+    )
 }
 
 #[cfg(not(feature = "etcd"))]
@@ -884,7 +954,11 @@ pub fn local_config(
     cfg.batching.batch_max_bytes = spec.batch_max_bytes;
     cfg.batching.batch_delay_us = spec.batch_delay_us;
     cfg.batching.pipeline_depth = spec.pipeline_depth;
-    cfg.read_mode = Some(spec.read_mode);
+    cfg.protocol = Some(spec.protocol);
+    cfg.read_mode = Some(match spec.protocol {
+        crate::protocol::ProtocolMode::MultiPaxos => spec.read_mode,
+        crate::protocol::ProtocolMode::FastPaxos => crate::protocol::ReadMode::ReadIndex,
+    });
     if let Some(p) = placement {
         cfg.placement = Some(std::path::absolute(&p.path).map_err(|e| e.to_string())?);
         for r in cfg.replicas.iter_mut() {

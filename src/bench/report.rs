@@ -82,6 +82,7 @@ pub fn write_run(
     floors: Floors,
     wal_backend: String,
     peer_links: Vec<super::PeerLinkRtt>,
+    counts: super::ProtocolCounts,
 ) -> Result<Summary, String> {
     let io = |e: std::io::Error| format!("writing the run directory: {e}");
     let hist_dir = run_dir.join("histograms");
@@ -188,6 +189,10 @@ pub fn write_run(
         wal_backend,
         links: result.links,
         peer_links,
+        protocol: spec.protocol,
+        fast_chosen: counts.fast_chosen,
+        classic_chosen: counts.classic_chosen,
+        collisions: counts.collisions,
         config: spec.clone(),
         started_unix_s: result
             .started

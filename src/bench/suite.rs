@@ -70,6 +70,9 @@ pub struct SuiteArgs {
     /// Override the repeat count.
     #[arg(long)]
     pub repeats: Option<u32>,
+    /// Run every cell with this replication protocol (overrides the suite file's `protocol`).
+    #[arg(long, value_enum)]
+    pub protocol: Option<crate::protocol::ProtocolMode>,
     /// Run nothing: rewrite report.md, summary.csv and the plots of an existing suite
     /// directory from its summaries.json (after a change to the report code).
     #[arg(long)]
@@ -265,6 +268,10 @@ fn run_suite_inner(args: &SuiteArgs) -> Result<PathBuf, String> {
         }
         if let Some(w) = args.warmup {
             c.spec.warmup = w;
+        }
+        if let Some(p) = args.protocol {
+            c.spec.protocol = p;
+            c.axes.insert("protocol".into(), p.name().into());
         }
     }
     let repeats = args.repeats.unwrap_or(repeats).max(1);
@@ -937,6 +944,7 @@ mod tests {
             ("replicas.toml", 3),
             ("placements.toml", 6),
             ("knobs.toml", 6),
+            ("fast-paxos.toml", 96),
         ] {
             let cells = expand(&dir.join(file)).unwrap().cells;
             assert!(cells.len() >= min_cells, "{file}: {} cells", cells.len());

@@ -190,7 +190,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
         sim::run_range(&range, &report)
     };
     eprintln!(
-        "replicas={} first_seed={} ops_completed={} crashes={} cluster_crashes={} pauses={} disk_stalls={} disk_errors={} quorum_lease_seeds={} follower_reads={} leader_splits={} handoffs={}/{} elapsed_s={:.1}",
+        "replicas={} first_seed={} ops_completed={} crashes={} cluster_crashes={} pauses={} disk_stalls={} disk_errors={} quorum_lease_seeds={} fast_paxos_seeds={} fast_chosen={} fast_collisions={} follower_reads={} leader_splits={} handoffs={}/{} elapsed_s={:.1}",
         args.replicas,
         args.seed,
         summary.ops_completed,
@@ -200,6 +200,9 @@ fn run_sim(args: SimArgs) -> ExitCode {
         summary.disk_stalls,
         summary.disk_errors,
         summary.quorum_lease_seeds,
+        summary.fast_paxos_seeds,
+        summary.fast_chosen,
+        summary.fast_collisions,
         summary.follower_reads,
         summary.leader_splits,
         summary.handoff_second_halves,

@@ -319,6 +319,10 @@ impl Client {
         cfg.backoff_ns = opts.backoff.as_nanos() as u64;
         cfg.hedge_reads = opts.hedge_reads;
         cfg.read_from = opts.read_from;
+        if topology.fast_paxos {
+            // Every write goes to every replica; the one this client reached first answers.
+            cfg.fast_write_via = Some(replica.unwrap_or(0));
+        }
         let mut session = Session::new(cfg);
         let mut client = Client {
             opts,

@@ -96,6 +96,12 @@ pub struct SessionConfig {
     /// Send a linearizable read's first attempt here (the nearest replica, with quorum
     /// leases it may serve the read locally); a refusal falls back to the leader as usual.
     pub read_from: Option<u32>,
+    /// Fast Paxos clusters (`protocol = "fast-paxos"`): every write attempt also goes to every
+    /// other replica (they vote for it in the fast round), and the first attempt's primary is
+    /// this replica — the nearest, whose answer the client expects first. Any definite answer
+    /// completes the write (every replica applies the same log; replies of the others are
+    /// usually later). `None`: writes go to the leader only.
+    pub fast_write_via: Option<u32>,
     /// Seeds the backoff jitter.
     pub seed: u64,
 }
@@ -120,6 +126,7 @@ impl SessionConfig {
             suspect_ns: 1000 * MS,
             hedge_reads: true,
             read_from: None,
+            fast_write_via: None,
             seed: client_id,
         }
     }
@@ -570,8 +577,11 @@ impl Session {
             }
         ) && op.attempts.is_empty()
             && hedge_of.is_none();
-        let target = match self.cfg.read_from {
-            Some(r) if local_read && r < self.cfg.replicas && !self.suspect(r, now) => r,
+        let fast_write = op.write && hedge_of.is_none() && self.cfg.fast_write_via.is_some();
+        let first_fast = fast_write && op.attempts.is_empty();
+        let target = match (self.cfg.read_from, self.cfg.fast_write_via) {
+            (_, Some(r)) if first_fast && r < self.cfg.replicas && !self.suspect(r, now) => r,
+            (Some(r), _) if local_read && r < self.cfg.replicas && !self.suspect(r, now) => r,
             _ => self.choose_target(now, group, hedge_of),
         };
         let request_id = self.next_request;
@@ -610,6 +620,33 @@ impl Session {
                 op: op.op.clone(),
             },
         });
+        if fast_write {
+            // The copies are attempts of their own (not current: their refusals start no
+            // retry), so an operation given up with a copy out is reported Unknown.
+            for replica in (0..self.cfg.replicas).filter(|&r| r != target) {
+                let request_id = self.next_request;
+                self.next_request += 1;
+                let op = self.ops.get_mut(&id).expect("pending op");
+                let idx = op.attempts.len();
+                op.attempts.push(Attempt {
+                    request_id,
+                    replica,
+                    sent_at: now,
+                    state: AttemptState::InFlight,
+                });
+                self.requests.insert(request_id, (id, idx));
+                self.transmits.push_back(Transmit {
+                    replica,
+                    group,
+                    request: Request {
+                        id: request_id,
+                        client_id: op.client_id,
+                        seq: op.seq,
+                        op: op.op.clone(),
+                    },
+                });
+            }
+        }
     }
 
     fn back_off(&mut self, now: Nanos, id: OpId) {
@@ -787,8 +824,14 @@ impl Session {
                     let rtt = now.saturating_sub(sent_at);
                     self.replicas[replica as usize].rtt.sample(rtt);
                     self.global.sample(rtt);
-                    // A linearizable answer names the leader, unless a lease holder gave it.
-                    if write || (linearizable && self.cfg.read_from.is_none()) {
+                    // A linearizable answer names the leader, unless a lease holder gave it or
+                    // (Fast Paxos) any replica may have answered the write.
+                    let named = if write {
+                        self.cfg.fast_write_via.is_none()
+                    } else {
+                        linearizable && self.cfg.read_from.is_none()
+                    };
+                    if named {
                         self.leaders[group as usize] = Some(replica);
                     }
                 }

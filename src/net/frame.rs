@@ -320,6 +320,7 @@ mod peer_tests {
                 commit: 3,
                 read_round: 4,
                 revoke: VoteSet::from_bits(0b101),
+                fast_from: 0,
             })),
             PeerFrame::Msg(message_to_wire(&Message::Prepare {
                 ballot: Ballot::new(1, 2),
@@ -354,6 +355,7 @@ mod peer_tests {
                 commit: 8,
                 read_round: 2,
                 revoke: VoteSet::from_bits(0b100),
+                fast_from: 0,
             },
             Message::LeaseRequest {
                 lease_num: 123_456_789,

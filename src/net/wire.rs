@@ -17,7 +17,7 @@ use crate::protocol::{
 pub const MAGIC: u32 = u32::from_le_bytes(*b"MPAX");
 /// Bumped on any incompatible change of these types; a peer or client with another version is
 /// refused with [`ErrorCode::Version`].
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// The group a key belongs to: FNV-1a 64 of the key, modulo the group count. Clients and
 /// servers must agree on this function; changing it is a protocol version bump.
 pub fn group_of(key: &[u8], groups: u32) -> u32 {
@@ -109,6 +109,7 @@ pub struct WPromiseEntry {
     pub ballot: WBallot,
     pub value: WValue,
     pub chosen: bool,
+    pub fast: bool,
 }
 
 /// A protocol message on the wire (mirrors [`crate::protocol::Message`]).
@@ -144,10 +145,12 @@ pub enum WMessage {
         commit: u64,
         read_round: u64,
         revoke: u64,
+        fast_from: u64,
     },
     HeartbeatAck {
         ballot: WBallot,
         read_round: u64,
+        last_slot: u64,
     },
     CatchupRequest {
         first_slot: u64,
@@ -170,6 +173,18 @@ pub enum WMessage {
     LeaseGrant {
         lease_num: u64,
         latest_accepted: u64,
+    },
+    Voted {
+        ballot: WBallot,
+        slot: u64,
+        value: WValue,
+    },
+    FastPropose {
+        command: WCommand,
+    },
+    FastFill {
+        ballot: WBallot,
+        slot: u64,
     },
 }
 
@@ -271,6 +286,9 @@ pub struct Topology {
     pub replicas: Vec<ReplicaInfo>,
     /// Per group, the leader this replica believes in.
     pub leaders: Vec<Option<u32>>,
+    /// The cluster runs Fast Paxos (`protocol = "fast-paxos"`): clients send each write to
+    /// every replica (`SessionConfig::fast_write_via`).
+    pub fast_paxos: bool,
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -383,6 +401,7 @@ pub fn message_to_wire(m: &Message) -> WMessage {
                     ballot: e.ballot.into(),
                     value: value_to_wire(&e.value),
                     chosen: e.chosen,
+                    fast: e.fast,
                 })
                 .collect(),
         },
@@ -415,15 +434,22 @@ pub fn message_to_wire(m: &Message) -> WMessage {
             commit,
             read_round,
             revoke,
+            fast_from,
         } => WMessage::Heartbeat {
             ballot: (*ballot).into(),
             commit: *commit,
             read_round: *read_round,
             revoke: revoke.bits(),
+            fast_from: *fast_from,
         },
-        Message::HeartbeatAck { ballot, read_round } => WMessage::HeartbeatAck {
+        Message::HeartbeatAck {
+            ballot,
+            read_round,
+            last_slot,
+        } => WMessage::HeartbeatAck {
             ballot: (*ballot).into(),
             read_round: *read_round,
+            last_slot: *last_slot,
         },
         Message::CatchupRequest {
             first_slot,
@@ -456,6 +482,26 @@ pub fn message_to_wire(m: &Message) -> WMessage {
             lease_num: *lease_num,
             latest_accepted: *latest_accepted,
         },
+        Message::Voted {
+            ballot,
+            slot,
+            value,
+        } => WMessage::Voted {
+            ballot: (*ballot).into(),
+            slot: *slot,
+            value: value_to_wire(value),
+        },
+        Message::FastPropose { command } => WMessage::FastPropose {
+            command: WCommand {
+                client_id: command.client_id,
+                seq: command.seq,
+                payload: command.payload.clone(),
+            },
+        },
+        Message::FastFill { ballot, slot } => WMessage::FastFill {
+            ballot: (*ballot).into(),
+            slot: *slot,
+        },
     }
 }
 
@@ -481,6 +527,7 @@ pub fn message_from_archived(m: &ArchivedWMessage) -> Message {
                     ballot: (&e.ballot).into(),
                     value: value_from_archived(&e.value),
                     chosen: e.chosen,
+                    fast: e.fast,
                 })
                 .collect(),
         },
@@ -513,15 +560,22 @@ pub fn message_from_archived(m: &ArchivedWMessage) -> Message {
             commit,
             read_round,
             revoke,
+            fast_from,
         } => Message::Heartbeat {
             ballot: ballot.into(),
             commit: commit.to_native(),
             read_round: read_round.to_native(),
             revoke: VoteSet::from_bits(revoke.to_native()),
+            fast_from: fast_from.to_native(),
         },
-        ArchivedWMessage::HeartbeatAck { ballot, read_round } => Message::HeartbeatAck {
+        ArchivedWMessage::HeartbeatAck {
+            ballot,
+            read_round,
+            last_slot,
+        } => Message::HeartbeatAck {
             ballot: ballot.into(),
             read_round: read_round.to_native(),
+            last_slot: last_slot.to_native(),
         },
         ArchivedWMessage::CatchupRequest {
             first_slot,
@@ -553,6 +607,26 @@ pub fn message_from_archived(m: &ArchivedWMessage) -> Message {
         } => Message::LeaseGrant {
             lease_num: lease_num.to_native(),
             latest_accepted: latest_accepted.to_native(),
+        },
+        ArchivedWMessage::Voted {
+            ballot,
+            slot,
+            value,
+        } => Message::Voted {
+            ballot: ballot.into(),
+            slot: slot.to_native(),
+            value: value_from_archived(value),
+        },
+        ArchivedWMessage::FastPropose { command } => Message::FastPropose {
+            command: Command {
+                client_id: command.client_id.to_native(),
+                seq: command.seq.to_native(),
+                payload: Bytes::copy_from_slice(command.payload.as_slice()),
+            },
+        },
+        ArchivedWMessage::FastFill { ballot, slot } => Message::FastFill {
+            ballot: ballot.into(),
+            slot: slot.to_native(),
         },
     }
 }

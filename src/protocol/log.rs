@@ -10,6 +10,9 @@ pub struct Entry {
     pub accepted: Option<(Ballot, Value)>,
     /// The write that makes `accepted` durable (0: durable already, e.g. recovered from disk).
     pub accepted_write_id: WriteId,
+    /// `accepted` is a vote in the fast round of its ballot (Fast Paxos mode), which ranks
+    /// below that ballot's classic round and proves nothing about what is chosen.
+    pub accepted_fast: bool,
     /// The chosen value, once learned. Never changes once set.
     pub chosen: Option<Value>,
 }
@@ -29,12 +32,15 @@ impl Log {
         for (slot, (ballot, value)) in &state.accepted {
             let entry = log.entry_mut(*slot);
             entry.accepted = Some((*ballot, value.clone()));
+            entry.accepted_fast = state.fast.contains(slot);
             // The leader of `ballot` said every slot up to its commit is chosen, and a value
-            // accepted at exactly `ballot` is its proposal (see `Replica::learn_commit`).
-            if state
-                .commits
-                .get(ballot)
-                .is_some_and(|commit| slot <= commit)
+            // accepted at exactly `ballot` in its classic round is its proposal (see
+            // `Replica::learn_commit`); a fast-round vote may have lost.
+            if !entry.accepted_fast
+                && state
+                    .commits
+                    .get(ballot)
+                    .is_some_and(|commit| slot <= commit)
             {
                 entry.chosen = Some(value.clone());
             }

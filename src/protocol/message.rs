@@ -2,7 +2,7 @@
 //! `docs/internals/protocol.md`.
 
 use super::quorum::VoteSet;
-use super::types::{Ballot, Nanos, ReplicaId, Slot, Value};
+use super::types::{Ballot, Command, Nanos, ReplicaId, Slot, Value};
 
 /// A message with its route. Messages to `from == to` are the replica talking to its own
 /// acceptor; the caller delivers them back through `step` like any other.
@@ -22,6 +22,8 @@ pub struct PromiseEntry {
     pub value: Value,
     /// The acceptor knows this value is chosen; it outranks any accepted ballot.
     pub chosen: bool,
+    /// The value is a vote in the fast round of `ballot` (below its classic round).
+    pub fast: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -63,9 +65,19 @@ pub enum Message {
         /// Quorum leases: holders that keep writes waiting for their vote; grantors stop
         /// renewing their grants (the old grants run out, then writes go on without them).
         revoke: VoteSet,
+        /// Fast Paxos mode: the "any" message. Non-zero: the fast round of `ballot` is open for
+        /// every slot from `fast_from` on; acceptors vote for client commands there. 0: no
+        /// fast rounds at this ballot (clients go to the leader).
+        fast_from: Slot,
     },
     /// "`ballot` is still the highest I promised", for liveness and read rounds. Not durable.
-    HeartbeatAck { ballot: Ballot, read_round: u64 },
+    /// `last_slot`: the highest slot the acceptor holds anything for (Fast Paxos mode: a read
+    /// waits for it, since a slot may be chosen by fast votes the leader has not seen).
+    HeartbeatAck {
+        ballot: Ballot,
+        read_round: u64,
+        last_slot: Slot,
+    },
     /// A lagging replica asks for chosen values in `first_slot..=last_slot`.
     CatchupRequest { first_slot: Slot, last_slot: Slot },
     /// Chosen values the responder knows in the requested range.
@@ -75,6 +87,20 @@ pub enum Message {
     PreVote { ballot: Ballot, commit: Slot },
     /// The answer to a PreVote.
     PreVoteReply { ballot: Ballot, granted: bool },
+    /// Fast Paxos phase 2b, sent to every replica (all are learners) once the vote is durable:
+    /// this acceptor voted `value` in the fast round of `ballot` at `slot`.
+    Voted {
+        ballot: Ballot,
+        slot: Slot,
+        value: Value,
+    },
+    /// Fast Paxos: a command to vote for in the receiver's next free slot, as if a client had
+    /// sent it (the leader re-proposes the commands that lost a collision this way).
+    FastPropose { command: Command },
+    /// Fast Paxos, leader → acceptors: "report your vote in the fast round of `ballot` at
+    /// `slot`, or vote a no-op there if you have none", so coordinated recovery has votes
+    /// from a classic quorum.
+    FastFill { ballot: Ballot, slot: Slot },
     /// Quorum leases, holder → grantor: "promise me a read lease". `lease_num` is the holder's
     /// clock when it sent this; the holder measures the lease from it. Not durable.
     LeaseRequest { lease_num: Nanos },
@@ -101,7 +127,8 @@ impl Message {
                 .iter()
                 .map(|e| e.value.size_bytes() + ENTRY_OVERHEAD_BYTES)
                 .sum(),
-            Message::Accept { value, .. } => value.size_bytes(),
+            Message::Accept { value, .. } | Message::Voted { value, .. } => value.size_bytes(),
+            Message::FastPropose { command } => command.size_bytes(),
             Message::CatchupReply { entries } => entries
                 .iter()
                 .map(|(_, v)| v.size_bytes() + ENTRY_OVERHEAD_BYTES)
@@ -127,6 +154,9 @@ impl Message {
             Message::PreVoteReply { .. } => "pre_vote_reply",
             Message::LeaseRequest { .. } => "lease_request",
             Message::LeaseGrant { .. } => "lease_grant",
+            Message::Voted { .. } => "voted",
+            Message::FastPropose { .. } => "fast_propose",
+            Message::FastFill { .. } => "fast_fill",
         }
     }
 }

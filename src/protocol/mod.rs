@@ -16,6 +16,7 @@
 //! Messages that may only leave after a write is durable (Promise, Accepted) are held inside
 //! the replica and released by `persisted`, so a caller cannot send them early by mistake.
 
+pub mod fast;
 pub mod lease;
 mod log;
 mod message;
@@ -25,6 +26,7 @@ mod replica;
 mod tests;
 mod types;
 
+pub use fast::{FastCounters, ProtocolMode};
 pub use lease::{Grant, ReadMode};
 pub use log::{Entry, Log};
 pub use message::{Envelope, Message, PromiseEntry};

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, VecDeque};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::fast::{FastCounters, ProtocolMode, Tally};
 use super::lease::{grantor_hold_ms, LeaderLease, QuorumLease, ReadMode};
 use super::log::Log;
 use super::message::{
@@ -24,6 +25,9 @@ use super::message::{
 };
 use super::quorum::{QuorumSpec, VoteSet};
 use super::types::{Ballot, Command, DurableState, Nanos, ReplicaId, Slot, Value, Write, WriteId};
+
+#[path = "fast_rounds.rs"]
+mod fast_rounds;
 
 const NS_PER_US: u64 = 1_000;
 use super::lease::NS_PER_MS;
@@ -59,10 +63,19 @@ pub enum InjectedBug {
     QleaseReadUnapplied,
     /// Quorum leases: a holder keeps reading on grants whose time is up.
     QleaseReadAfterExpiry,
+    /// Fast Paxos: learners take a classic majority of matching fast-round votes as chosen
+    /// (instead of ⌈3N/4⌉).
+    FastQuorumMajority,
+    /// Fast Paxos: recovery proposes the value of the highest-numbered voter, ignoring a value
+    /// with a majority of the quorum (which may have been chosen).
+    FastRecoveryAnyValue,
+    /// Fast Paxos: an acceptor picks the slot for a new command above its commit point only,
+    /// not above its own votes, so it may vote twice in one (slot, round).
+    FastVoteTwice,
 }
 
 impl InjectedBug {
-    pub const ALL: [InjectedBug; 9] = [
+    pub const ALL: [InjectedBug; 12] = [
         InjectedBug::AckBeforePersist,
         InjectedBug::SkipValueAdoption,
         InjectedBug::StaleLeaderRead,
@@ -72,6 +85,9 @@ impl InjectedBug {
         InjectedBug::QleaseCommitWithoutHolder,
         InjectedBug::QleaseReadUnapplied,
         InjectedBug::QleaseReadAfterExpiry,
+        InjectedBug::FastQuorumMajority,
+        InjectedBug::FastRecoveryAnyValue,
+        InjectedBug::FastVoteTwice,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -85,7 +101,20 @@ impl InjectedBug {
             InjectedBug::QleaseCommitWithoutHolder => "qlease-commit-without-holder",
             InjectedBug::QleaseReadUnapplied => "qlease-read-unapplied",
             InjectedBug::QleaseReadAfterExpiry => "qlease-read-after-expiry",
+            InjectedBug::FastQuorumMajority => "fast-quorum-majority",
+            InjectedBug::FastRecoveryAnyValue => "fast-recovery-any-value",
+            InjectedBug::FastVoteTwice => "fast-vote-twice",
         }
+    }
+
+    /// A bug in the Fast Paxos rules (only fast-paxos mode can show it).
+    pub fn needs_fast_paxos(&self) -> bool {
+        matches!(
+            self,
+            InjectedBug::FastQuorumMajority
+                | InjectedBug::FastRecoveryAnyValue
+                | InjectedBug::FastVoteTwice
+        )
     }
 
     /// A bug in the quorum-lease rules (only quorum-lease mode can show it).
@@ -147,6 +176,10 @@ pub struct Config {
     pub lease_holders: VoteSet,
     /// The most two replicas' clock rates may differ, percent: sizes the restart blackout.
     pub clock_drift_percent: u64,
+    /// Multi-Paxos, or Fast Paxos rounds when a fast quorum is alive (`fast.rs`). Fast Paxos
+    /// needs `read_mode = ReadIndex`: a slot may be chosen by votes the leader has not seen,
+    /// so the leader cannot serve a read without asking a quorum how far their votes go.
+    pub protocol: ProtocolMode,
     pub inject_bug: Option<InjectedBug>,
 }
 
@@ -171,8 +204,17 @@ impl Config {
             read_mode: ReadMode::LeaderLease,
             lease_holders: VoteSet::all(replicas),
             clock_drift_percent: 10,
+            protocol: ProtocolMode::MultiPaxos,
             inject_bug: None,
         }
+    }
+
+    /// Fast Paxos: how long a slot may stay undecided before the leader recovers it, and how
+    /// long a replica may stay silent before the leader stops counting it towards a live fast
+    /// quorum: four heartbeats, or half the minimum election timeout if that is longer (which
+    /// placements scale with the RTT, so a far acceptor's vote has time to arrive).
+    pub fn fast_timeout_ns(&self) -> Nanos {
+        (4 * self.heartbeat_ms).max(self.election_timeout_min_ms / 2) * NS_PER_MS
     }
 
     /// The longest safe lease for a cluster whose smallest `election_timeout_min_ms` is
@@ -219,6 +261,10 @@ impl Config {
         assert!(
             VoteSet::all(self.replicas).is_superset(self.lease_holders),
             "lease holder id out of range"
+        );
+        assert!(
+            self.protocol == ProtocolMode::MultiPaxos || self.read_mode == ReadMode::ReadIndex,
+            "fast paxos needs read_mode = read-index"
         );
     }
 }
@@ -315,6 +361,8 @@ pub struct Status {
     pub leader_commit: Slot,
     pub proposals_queued: usize,
     pub slots_in_flight: usize,
+    /// Fast Paxos: the fast round this replica votes in, (ballot, first slot), if open.
+    pub fast_open: Option<(Ballot, Slot)>,
 }
 
 struct Candidate {
@@ -325,6 +373,9 @@ struct Candidate {
     next_part: Vec<Slot>,
     promises: VoteSet,
     merged: BTreeMap<Slot, PromiseEntry>,
+    /// Fast Paxos: per slot, the reported votes of the highest fast round reported there
+    /// (its ballot; per acceptor, its vote), for the value-selection rule (`fast::select`).
+    fast_votes: BTreeMap<Slot, (Ballot, Vec<Option<Value>>)>,
 }
 
 struct InFlight {
@@ -360,8 +411,10 @@ struct PendingRead {
     id: u64,
     /// The read-index round that must be confirmed; sent after the read arrived.
     round: u64,
-    /// The slot the state machine must have applied before the read is served.
+    /// The slot the state machine must have applied before the read is served. Fast Paxos
+    /// raises it, once the round is confirmed, to the highest slot the acks reported.
     index: Slot,
+    confirmed: bool,
 }
 
 struct Leader {
@@ -387,6 +440,12 @@ struct Leader {
     /// The leader lease: heartbeat rounds sent and the grants their acks make (`lease.rs`).
     lease: LeaderLease,
     reads: VecDeque<PendingRead>,
+    /// Fast Paxos: the highest slot each replica said it holds (heartbeat acks).
+    acked_slot: Vec<Slot>,
+    /// Fast Paxos: the fast round of `ballot` is open from this slot on.
+    fast_from: Option<Slot>,
+    /// Fast Paxos: slots being recovered, with the time their first vote was known.
+    recovering: BTreeMap<Slot, Nanos>,
 }
 
 /// Asking peers whether they would grant a new ballot, before raising one (pre-vote).
@@ -396,6 +455,8 @@ struct PreCandidate {
     votes: VoteSet,
 }
 
+// One per replica, never moved on a hot path: boxing the leader would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Proposer {
     Idle,
     PreCandidate(PreCandidate),
@@ -439,6 +500,13 @@ pub struct Replica {
     qlease: Option<QuorumLease>,
     local_reads: VecDeque<LocalRead>,
     lease_reads: LeaseReadCounters,
+
+    /// Fast Paxos: the fast round this acceptor votes in (ballot, first slot), from the
+    /// leader's heartbeats; it votes only while that ballot is still its `ballot_floor`.
+    fast_open: Option<(Ballot, Slot)>,
+    /// Fast Paxos: the votes heard for slots not yet known chosen (every replica learns).
+    tally: Tally,
+    fast_counters: FastCounters,
 
     proposer: Proposer,
     queue: VecDeque<(Nanos, Command)>,
@@ -489,6 +557,9 @@ impl Replica {
             }),
             local_reads: VecDeque::new(),
             lease_reads: LeaseReadCounters::default(),
+            fast_open: None,
+            tally: Tally::new(cfg.replicas),
+            fast_counters: FastCounters::default(),
             proposer: Proposer::Idle,
             queue: VecDeque::new(),
             queue_bytes: 0,
@@ -535,7 +606,13 @@ impl Replica {
             leader_commit: self.leader_commit,
             proposals_queued: self.queue.len(),
             slots_in_flight,
+            fast_open: self.fast_open_now(),
         }
+    }
+
+    /// Fast Paxos counters since this replica started.
+    pub fn fast_counters(&self) -> FastCounters {
+        self.fast_counters
     }
 
     pub fn log(&self) -> &Log {
@@ -596,6 +673,9 @@ impl Replica {
         if self.fatal.is_some() {
             return Err(NotLeader::Redirect { leader: None });
         }
+        if self.fast_open_now().is_some() {
+            return self.fast_vote(command);
+        }
         if !matches!(self.proposer, Proposer::Leader(_)) {
             return Err(NotLeader::Redirect {
                 leader: self.leader_hint(),
@@ -633,6 +713,7 @@ impl Replica {
                 id,
                 round: 0,
                 index: commit.max(leader.recovery_end),
+                confirmed: false,
             });
             return Ok(());
         }
@@ -648,6 +729,7 @@ impl Replica {
             id,
             round: leader.read_round + 1,
             index: commit.max(leader.recovery_end),
+            confirmed: false,
         });
         Ok(())
     }
@@ -868,10 +950,27 @@ impl Replica {
                 commit,
                 read_round,
                 revoke,
-            } => self.on_heartbeat(now, from, ballot, commit, read_round, revoke),
-            Message::HeartbeatAck { ballot, read_round } => {
-                self.on_heartbeat_ack(now, from, ballot, read_round)
+                fast_from,
+            } => {
+                self.on_heartbeat(now, from, ballot, commit, read_round, revoke);
+                self.on_fast_any(from, ballot, fast_from);
             }
+            Message::HeartbeatAck {
+                ballot,
+                read_round,
+                last_slot,
+            } => self.on_heartbeat_ack(now, from, ballot, read_round, last_slot),
+            Message::Voted {
+                ballot,
+                slot,
+                value,
+            } => self.on_voted(now, from, ballot, slot, value),
+            Message::FastPropose { command } => {
+                // A refusal (fast rounds closed here, or the window full) drops it: the
+                // client's own copy or retry carries the command on.
+                let _ = self.propose(now, command);
+            }
+            Message::FastFill { ballot, slot } => self.on_fast_fill(now, from, ballot, slot),
             Message::CatchupRequest {
                 first_slot,
                 last_slot,
@@ -900,6 +999,7 @@ impl Replica {
         }
         self.pump_leader(now);
         let commit = self.log.commit();
+        self.tally.forget_through(commit);
         while self.applied < commit {
             self.applied += 1;
             let value = self
@@ -972,12 +1072,14 @@ impl Replica {
                     ballot: Ballot::ZERO,
                     value: value.clone(),
                     chosen: true,
+                    fast: false,
                 },
                 (None, Some((accepted, value))) => PromiseEntry {
                     slot: *slot,
                     ballot: *accepted,
                     value: value.clone(),
                     chosen: false,
+                    fast: entry.accepted_fast,
                 },
                 (None, None) => continue,
             };
@@ -1051,16 +1153,21 @@ impl Replica {
         let write_id = match &entry.accepted {
             // A retransmitted or duplicated Accept: answer once the first write is durable
             // instead of writing again (a slow disk would otherwise fall ever further behind).
-            Some((accepted, old)) if *accepted == ballot && *old == value => {
+            // A fast-round vote at this ballot is not it: the classic round outranks it.
+            Some((accepted, old))
+                if *accepted == ballot && *old == value && !entry.accepted_fast =>
+            {
                 entry.accepted_write_id
             }
             _ => {
                 entry.accepted = Some((ballot, value.clone()));
+                entry.accepted_fast = false;
                 let write_id = self.persist(Write::Accept {
                     ballot,
                     slot,
                     value,
                     commit,
+                    fast: false,
                 });
                 self.log.entry_mut(slot).accepted_write_id = write_id;
                 write_id
@@ -1097,7 +1204,15 @@ impl Replica {
         self.heard_from_leader(now, from, ballot);
         self.revoke_grants(now, revoke);
         // Not durable and need not be: it says only "I promised nothing above `ballot`".
-        self.send(from, Message::HeartbeatAck { ballot, read_round });
+        let last_slot = self.log.last_slot();
+        self.send(
+            from,
+            Message::HeartbeatAck {
+                ballot,
+                read_round,
+                last_slot,
+            },
+        );
         self.learn_commit(now, from, ballot, commit);
     }
 
@@ -1135,7 +1250,9 @@ impl Replica {
             .range_from(self.log.commit() + 1)
             .take_while(|(slot, _)| **slot <= commit)
             .filter_map(|(slot, entry)| match (&entry.chosen, &entry.accepted) {
-                (None, Some((accepted, value))) if *accepted == ballot => {
+                // Only the classic round's value is the leader's proposal: a fast-round vote at
+                // `ballot` may have lost a collision (the slot is then fetched).
+                (None, Some((accepted, value))) if *accepted == ballot && !entry.accepted_fast => {
                     Some((*slot, value.clone()))
                 }
                 _ => None,
@@ -1279,6 +1396,7 @@ impl Replica {
             next_part: vec![first_slot; self.cfg.replicas as usize],
             promises: VoteSet::EMPTY,
             merged: BTreeMap::new(),
+            fast_votes: BTreeMap::new(),
         });
         self.leader = None;
         self.last_heard_leader = None;
@@ -1307,12 +1425,30 @@ impl Replica {
         // Merging the parts of an acceptor that never completes is harmless: they are values
         // it really accepted below our ballot, and the highest-ballot rule stays safe with
         // reports from beyond a quorum.
+        let n = self.cfg.replicas as usize;
         for entry in entries {
             if entry.slot < candidate.first_slot {
                 continue;
             }
+            if entry.fast && !entry.chosen {
+                let (at, votes) = candidate
+                    .fast_votes
+                    .entry(entry.slot)
+                    .or_insert_with(|| (entry.ballot, vec![None; n]));
+                if entry.ballot > *at {
+                    *at = entry.ballot;
+                    *votes = vec![None; n];
+                }
+                if entry.ballot == *at {
+                    votes[from as usize] = Some(entry.value.clone());
+                }
+            }
+            // Rounds rank by ballot, and within a ballot the classic round above the fast one.
             let keep_old = match candidate.merged.get(&entry.slot) {
-                Some(old) => old.chosen || (!entry.chosen && old.ballot >= entry.ballot),
+                Some(old) => {
+                    old.chosen
+                        || (!entry.chosen && (old.ballot, !old.fast) >= (entry.ballot, !entry.fast))
+                }
                 None => false,
             };
             if !keep_old {
@@ -1360,6 +1496,10 @@ impl Replica {
         } else {
             last_reported.max(first_slot - 1)
         };
+        let mut candidate = candidate;
+        if !skip_adoption {
+            self.select_fast_values(now, &mut candidate);
+        }
         let mut leader = Leader {
             ballot: candidate.ballot,
             elected_at: now,
@@ -1376,6 +1516,9 @@ impl Replica {
             acked_round: vec![0; n],
             lease: LeaderLease::new(self.cfg.replicas, self.cfg.id),
             reads: VecDeque::new(),
+            acked_slot: vec![0; n],
+            fast_from: None,
+            recovering: BTreeMap::new(),
         };
         leader.last_ack[self.cfg.id as usize] = Some(now);
         // Values reported chosen are facts: learn them first (a conflict with one known here
@@ -1427,9 +1570,11 @@ impl Replica {
                 sent_at: now,
             },
         );
+        // One value per slot in the classic round of a ballot (fast rounds take many values,
+        // but the leader never proposes in them).
         assert!(
             previous.is_none(),
-            "slot {slot} proposed twice in ballot {ballot}"
+            "slot {slot} proposed twice in the classic round of ballot {ballot}"
         );
         self.broadcast(Message::Accept {
             ballot,
@@ -1476,7 +1621,13 @@ impl Replica {
         }
         let chosen = leader.in_flight.remove(&slot).expect("present").value;
         leader.in_flight_bytes -= chosen.size_bytes();
-        self.set_chosen(slot, chosen);
+        if let Some(since) = leader.recovering.remove(&slot) {
+            self.fast_counters.recovered += 1;
+            self.fast_counters.recovery_ns_total += now.saturating_sub(since);
+        }
+        if self.set_chosen(slot, chosen) {
+            self.fast_counters.classic_chosen += 1;
+        }
     }
 
     fn on_reject(&mut self, now: Nanos, ballot: Ballot, promised: Ballot) {
@@ -1494,7 +1645,14 @@ impl Replica {
         }
     }
 
-    fn on_heartbeat_ack(&mut self, now: Nanos, from: ReplicaId, ballot: Ballot, read_round: u64) {
+    fn on_heartbeat_ack(
+        &mut self,
+        now: Nanos,
+        from: ReplicaId,
+        ballot: Ballot,
+        read_round: u64,
+        last_slot: Slot,
+    ) {
         let Proposer::Leader(leader) = &mut self.proposer else {
             return;
         };
@@ -1502,6 +1660,12 @@ impl Replica {
             return;
         }
         leader.last_ack[from as usize] = Some(now);
+        let acked_slot = &mut leader.acked_slot[from as usize];
+        *acked_slot = (*acked_slot).max(last_slot);
+        if self.cfg.protocol == ProtocolMode::FastPaxos {
+            // Votes the leader has not heard: recovery must reach that far.
+            self.tally.saw_slot(last_slot);
+        }
         let acked = &mut leader.acked_round[from as usize];
         *acked = (*acked).max(read_round);
         // The ack vouches for the heartbeat of round `read_round` (a grant, `lease.rs`).
@@ -1531,10 +1695,17 @@ impl Replica {
             self.step_down(now);
             return;
         }
+        if self.cfg.protocol == ProtocolMode::FastPaxos && self.switch_fast_mode(now) {
+            return;
+        }
+        let Proposer::Leader(leader) = &self.proposer else {
+            return;
+        };
         if now >= leader.heartbeat_due {
             self.send_heartbeats(now);
             self.retransmit(now);
         }
+        self.scan_fast_slots(now);
     }
 
     fn leader_has_quorum(&self, leader: &Leader, now: Nanos, window_ns: Nanos) -> bool {
@@ -1617,11 +1788,13 @@ impl Replica {
                 }
             }
         }
+        leader.acked_slot[self.cfg.id as usize] = self.log.last_slot();
         let msg = Message::Heartbeat {
             ballot: leader.ballot,
             commit,
             read_round: leader.read_round,
             revoke,
+            fast_from: leader.fast_from.unwrap_or(0),
         };
         for to in 0..self.cfg.replicas {
             if to != self.cfg.id {
@@ -1666,7 +1839,9 @@ impl Replica {
                 self.propose_slot(now, slot, value);
                 continue;
             }
-            if self.queue.is_empty() {
+            if self.queue.is_empty() || leader.fast_from.is_some() {
+                // With fast rounds open the leader proposes nothing of its own: commands are
+                // voted for in the fast round (`open_fast_rounds` handed the queue over).
                 return;
             }
             if self.cfg.batch_delay_us > 0 {
@@ -1721,8 +1896,25 @@ impl Replica {
         rounds.sort_unstable_by(|a, b| b.cmp(a));
         // The round a classic quorum (the leader included) has acknowledged.
         let confirmed = rounds[self.quorum.classic() as usize - 1];
-        while let Some(read) = leader.reads.front() {
-            if read.round > confirmed || read.index > self.applied {
+        // Only while its own fast round is open: a slot fast-chosen at an older ballot was
+        // voted by a member of the phase-1 quorum, so it is at or below `recovery_end`.
+        let fast = leader.fast_from.is_some();
+        while let Some(read) = leader.reads.front_mut() {
+            if read.round > confirmed {
+                break;
+            }
+            if fast && !read.confirmed {
+                // A write acknowledged before the read arrived was voted by a fast quorum,
+                // which meets the classic quorum that confirmed the round: one of those acks
+                // (sent after the read arrived) names a slot at or above the write's.
+                read.confirmed = true;
+                for (id, slot) in leader.acked_slot.iter().enumerate() {
+                    if leader.acked_round[id] >= read.round {
+                        read.index = read.index.max(*slot);
+                    }
+                }
+            }
+            if read.index > self.applied {
                 break;
             }
             let read = leader.reads.pop_front().expect("front exists");

@@ -905,3 +905,9 @@ fn a_candidate_leads_only_once_its_own_promise_is_durable() {
     let _ = r.ready(now);
     assert_eq!(r.role(), Role::Leader);
 }
+
+// ------------------------------------------------------------------ Fast Paxos
+
+#[cfg(test)]
+#[path = "tests_fast.rs"]
+mod fast;

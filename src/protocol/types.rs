@@ -1,6 +1,6 @@
 //! Plain data shared by the protocol: ballots, slots, commands, values and durable writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -87,13 +87,18 @@ pub enum Write {
     Promise { ballot: Ballot },
     /// The acceptor accepted `value` for `slot` at `ballot` (this implies a promise of `ballot`).
     /// `commit` is the commit index the leader of `ballot` sent with it: every slot up to it
-    /// whose durable accepted value is at exactly `ballot` is chosen (the rule of
-    /// `learn_commit`), which lets a restart rebuild the commit point.
+    /// whose durable accepted value is at exactly `ballot` in its classic round is chosen (the
+    /// rule of `learn_commit`), which lets a restart rebuild the commit point.
+    ///
+    /// `fast`: a vote in the fast round of `ballot` (Fast Paxos mode, `fast.rs`), which ranks
+    /// below the classic round of the same ballot; such a vote says nothing about what is
+    /// chosen (`commit` is 0).
     Accept {
         ballot: Ballot,
         slot: Slot,
         value: Value,
         commit: Slot,
+        fast: bool,
     },
     /// Values learned as chosen (through catch-up); a chosen value never changes.
     Chosen { entries: Vec<(Slot, Value)> },
@@ -107,6 +112,8 @@ pub struct DurableState {
     pub chosen: BTreeMap<Slot, Value>,
     /// Per ballot, the highest commit index its leader sent with an Accept written here.
     pub commits: BTreeMap<Ballot, Slot>,
+    /// Slots whose `accepted` value is a fast-round vote (Fast Paxos mode).
+    pub fast: BTreeSet<Slot>,
 }
 
 impl DurableState {
@@ -120,6 +127,7 @@ impl DurableState {
                 slot,
                 value,
                 commit,
+                fast,
             } => {
                 self.promised = self.promised.max(*ballot);
                 if *commit > 0 {
@@ -132,6 +140,11 @@ impl DurableState {
                 };
                 if newer {
                     self.accepted.insert(*slot, (*ballot, value.clone()));
+                    if *fast {
+                        self.fast.insert(*slot);
+                    } else {
+                        self.fast.remove(slot);
+                    }
                 }
             }
             Write::Chosen { entries } => {

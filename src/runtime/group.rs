@@ -891,7 +891,7 @@ impl Group {
             return Err((
                 ErrorCode::WrongCluster,
                 format!(
-                    "replica {rid} runs with different timeout or lease settings (digest {digest:#x}, ours {:#x}); every replica must share heartbeat_ms, election timeouts, lease_reads, read_mode, clock_drift_percent and preferred_leader",
+                    "replica {rid} runs with different timeout or lease settings (digest {digest:#x}, ours {:#x}); every replica must share protocol, heartbeat_ms, election timeouts, lease_reads, read_mode, clock_drift_percent and preferred_leader",
                     self.settings_digest
                 ),
             ));
@@ -1090,6 +1090,8 @@ impl Group {
                     id => Some(id),
                 })
                 .collect(),
+            fast_paxos: self.node.replica().config().protocol
+                == crate::protocol::ProtocolMode::FastPaxos,
         }
     }
 

@@ -6,6 +6,8 @@
 //! bounded local buffer and moves them into the shared histogram on a timer, off the
 //! per-message path.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -32,6 +34,14 @@ pub struct GroupMetrics {
     pub lease_reads_forwarded_total: Counter,
     pub lease_reads_gave_up_total: Counter,
     pub writes_held_for_lease_holders_total: Counter,
+    /// Fast Paxos (`protocol = "fast-paxos"`), counted by the leader.
+    pub fast_chosen_total: Counter,
+    pub classic_chosen_total: Counter,
+    pub fast_collisions_total: Counter,
+    pub fast_recovery_timeouts_total: Counter,
+    pub fast_recovered_total: Counter,
+    pub fast_recovery_seconds_total: Counter<f64, AtomicU64>,
+    pub fast_mode_switches_total: Counter,
 }
 
 impl GroupMetrics {
@@ -58,6 +68,13 @@ impl GroupMetrics {
             lease_reads_forwarded_total: Counter::default(),
             lease_reads_gave_up_total: Counter::default(),
             writes_held_for_lease_holders_total: Counter::default(),
+            fast_chosen_total: Counter::default(),
+            classic_chosen_total: Counter::default(),
+            fast_collisions_total: Counter::default(),
+            fast_recovery_timeouts_total: Counter::default(),
+            fast_recovered_total: Counter::default(),
+            fast_recovery_seconds_total: Counter::default(),
+            fast_mode_switches_total: Counter::default(),
         };
         let sub = registry.sub_registry_with_label(("group".into(), group.to_string().into()));
         sub.register(
@@ -139,6 +156,41 @@ impl GroupMetrics {
             "writes_held_for_lease_holders",
             "Leader: slots that had a majority but still waited for a quorum-lease holder's vote (a slow or dead holder)",
             m.writes_held_for_lease_holders_total.clone(),
+        );
+        sub.register(
+            "fast_chosen",
+            "Fast Paxos, leader: slots chosen by a fast quorum of matching votes",
+            m.fast_chosen_total.clone(),
+        );
+        sub.register(
+            "classic_chosen",
+            "Leader: slots chosen in a classic round (every slot with Multi-Paxos; recoveries and fallback with Fast Paxos)",
+            m.classic_chosen_total.clone(),
+        );
+        sub.register(
+            "fast_collisions",
+            "Fast Paxos, leader: slots recovered because their votes collided",
+            m.fast_collisions_total.clone(),
+        );
+        sub.register(
+            "fast_recovery_timeouts",
+            "Fast Paxos, leader: slots recovered because they stayed undecided too long",
+            m.fast_recovery_timeouts_total.clone(),
+        );
+        sub.register(
+            "fast_recovered",
+            "Fast Paxos, leader: recovered slots that have been chosen",
+            m.fast_recovered_total.clone(),
+        );
+        sub.register(
+            "fast_recovery_seconds",
+            "Fast Paxos, leader: time from a recovered slot's first known vote to its choice, summed",
+            m.fast_recovery_seconds_total.clone(),
+        );
+        sub.register(
+            "fast_mode_switches",
+            "Fast Paxos, leader: fast rounds opened or closed (closed when no fast quorum answers)",
+            m.fast_mode_switches_total.clone(),
         );
         for (peer, h) in m.peer_round_trip_time_seconds.iter().enumerate() {
             if peer as u32 == me {

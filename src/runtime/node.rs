@@ -29,8 +29,8 @@ use super::storage::Storage;
 use crate::kv::{self, KvStore, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use crate::net::wire::{self, group_of, GroupStatus, Op, Outcome, Request};
 use crate::protocol::{
-    self, Command, DurableState, Envelope, LeaseReadCounters, Nanos, NotLeader, ReadOutcome,
-    Replica, ReplicaId, Role, Slot, Value,
+    self, Command, DurableState, Envelope, FastCounters, LeaseReadCounters, Nanos, NotLeader,
+    ReadOutcome, Replica, ReplicaId, Role, Slot, Value,
 };
 use crate::server::config::Limits;
 
@@ -117,8 +117,9 @@ pub struct Node<D: Disk> {
     self_msgs: Vec<Envelope>,
     last_leader: Option<ReplicaId>,
     last_role: Role,
-    /// The replica's quorum-lease counters at the last metrics update.
+    /// The replica's quorum-lease and Fast Paxos counters at the last metrics update.
     lease_counters: LeaseReadCounters,
+    fast_counters: FastCounters,
     out: Output,
     metrics: GroupMetrics,
     fsync_hist: LocalHistogram,
@@ -154,6 +155,7 @@ impl<D: Disk> Node<D> {
             last_leader: None,
             last_role: Role::Follower,
             lease_counters: LeaseReadCounters::default(),
+            fast_counters: FastCounters::default(),
             out: Output::default(),
             fsync_hist: LocalHistogram::new(metrics.wal_fsync_duration_seconds.clone()),
             batch_hist: LocalHistogram::new(metrics.batch_size.clone()),
@@ -459,6 +461,36 @@ impl<D: Disk> Node<D> {
                 c.writes_held_for_holders
                     .saturating_sub(last.writes_held_for_holders),
             );
+        }
+        let f = self.replica.fast_counters();
+        if f != self.fast_counters {
+            let last = std::mem::replace(&mut self.fast_counters, f);
+            let m = &self.metrics;
+            m.fast_chosen_total
+                .inc_by(f.fast_chosen.saturating_sub(last.fast_chosen));
+            m.classic_chosen_total
+                .inc_by(f.classic_chosen.saturating_sub(last.classic_chosen));
+            m.fast_collisions_total
+                .inc_by(f.collisions.saturating_sub(last.collisions));
+            m.fast_recovery_timeouts_total
+                .inc_by(f.timeouts.saturating_sub(last.timeouts));
+            m.fast_recovered_total
+                .inc_by(f.recovered.saturating_sub(last.recovered));
+            m.fast_recovery_seconds_total
+                .inc_by(f.recovery_ns_total.saturating_sub(last.recovery_ns_total) as f64 / 1e9);
+            m.fast_mode_switches_total
+                .inc_by(f.mode_switches.saturating_sub(last.mode_switches));
+            if f.mode_switches != last.mode_switches {
+                // Opened: this leader's fast round is open now. Closed: it is re-running phase 1
+                // for classic rounds (fewer than a fast quorum answered).
+                let open = self.replica.status().fast_open;
+                let what = if open.is_some() { "opened" } else { "closed" };
+                tracing::info!(
+                    group = self.cfg.group,
+                    fast_open = ?open,
+                    "fast paxos: fast rounds {what}"
+                );
+            }
         }
         let st = self.replica.status();
         self.metrics.commit_index.set(st.commit as i64);

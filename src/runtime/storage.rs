@@ -32,8 +32,23 @@ use crate::wal::{self, RecoveredEntry, SuperState, Wal, WalConfig, WalError};
 struct WalRecord {
     chosen: bool,
     value: WValue,
-    /// For an accepted value: the commit index its leader sent with it (0 for chosen ones).
+    /// For an accepted value: the commit index its leader sent with it (0 for chosen ones),
+    /// or [`FAST_VOTE`] for a vote in the fast round of the entry's ballot.
     commit: u64,
+}
+
+/// `WalRecord::commit` of a Fast Paxos vote: no leader's commit index is ever `u64::MAX`, so
+/// the format (and every existing WAL) stays as it was.
+const FAST_VOTE: u64 = u64::MAX;
+
+/// What one WAL entry holds, as recovery reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    Chosen,
+    /// Accepted in the classic round of the entry's ballot.
+    Accepted,
+    /// A vote in the fast round of the entry's ballot.
+    FastVote,
 }
 
 fn to_wal_ballot(b: Ballot) -> wal::Ballot {
@@ -118,11 +133,13 @@ pub fn replay(promised: wal::Ballot, entries: &[RecoveredEntry]) -> Result<Durab
                 entries: vec![(slot, value)],
             });
         } else {
+            let commit = record.commit.to_native();
             durable.apply(&Write::Accept {
                 ballot: Ballot::new(e.ballot.round, e.ballot.replica),
                 slot,
                 value,
-                commit: record.commit.to_native(),
+                commit: if commit == FAST_VOTE { 0 } else { commit },
+                fast: commit == FAST_VOTE,
             });
         }
     }
@@ -143,11 +160,18 @@ pub fn encode_record(chosen: bool, value: &protocol::Value, commit: Slot) -> Vec
 
 /// Decodes one entry body the way recovery does (the simulator uses it to see which value an
 /// acceptor wrote).
-pub fn decode_value(body: &[u8]) -> Option<(bool, protocol::Value)> {
+pub fn decode_value(body: &[u8]) -> Option<(RecordKind, protocol::Value)> {
     let mut aligned = rkyv::util::AlignedVec::<16>::new();
     aligned.extend_from_slice(body);
     let record = access::<WalRecord>(&aligned).ok()?;
-    Some((record.chosen, value_from_archived(&record.value)))
+    let kind = if record.chosen {
+        RecordKind::Chosen
+    } else if record.commit.to_native() == FAST_VOTE {
+        RecordKind::FastVote
+    } else {
+        RecordKind::Accepted
+    };
+    Some((kind, value_from_archived(&record.value)))
 }
 
 impl Storage<Wal> {
@@ -224,7 +248,11 @@ impl<D: Disk> Storage<D> {
                 slot,
                 value,
                 commit,
-            } => self.push_entry(slot, ballot, false, &value, commit)?,
+                fast,
+            } => {
+                let commit = if fast { FAST_VOTE } else { commit };
+                self.push_entry(slot, ballot, false, &value, commit)?
+            }
             Write::Chosen { entries } => {
                 for (slot, value) in &entries {
                     self.push_entry(*slot, Ballot::ZERO, true, value, 0)?;
@@ -441,10 +469,22 @@ mod tests {
                         slot: 1,
                         value: batch(3),
                         commit: 1,
+                        fast: false,
                     },
                 ),
                 (
                     3,
+                    // A Fast Paxos vote: recovered as a vote, not as an accept with a commit.
+                    Write::Accept {
+                        ballot: b1,
+                        slot: 4,
+                        value: batch(2),
+                        commit: 0,
+                        fast: true,
+                    },
+                ),
+                (
+                    4,
                     Write::Chosen {
                         entries: vec![(2, Value::Noop), (3, batch(1))],
                     },
@@ -460,14 +500,15 @@ mod tests {
                 if let Some(u) = st.poll(0).unwrap().up_to {
                     up_to = Some(u);
                 }
-                if up_to == Some(3) {
+                if up_to == Some(4) {
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
-            assert_eq!(up_to, Some(3));
+            assert_eq!(up_to, Some(4));
             drop(st);
             let (_, durable, _) = Storage::open(cfg).unwrap();
+            assert!(durable.fast.contains(&4) && !durable.fast.contains(&1));
             assert_eq!(durable, expected);
         }
     }
@@ -510,6 +551,7 @@ mod tests {
                     slot,
                     value: big(slot),
                     commit: 12,
+                    fast: false,
                 },
             ));
         }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::ReadMode;
+use crate::protocol::{ProtocolMode, ReadMode};
 use crate::wal::BackendChoice;
 
 /// Where a replica pins its group threads.
@@ -163,9 +163,14 @@ pub struct ClusterConfig {
     /// catching a real bug on real processes. Never set it on a cluster that holds data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsafe_inject_bug: Option<String>,
+    /// The replication protocol: `"multi-paxos"` (unset) or `"fast-paxos"`
+    /// (docs/internals/protocol.md §11). Every replica must run the same one (it is in the
+    /// settings digest peers compare).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<crate::protocol::ProtocolMode>,
     /// How linearizable reads are served: `"read-index"`, `"leader-lease"` or
     /// `"quorum-lease"` (docs/internals/protocol.md §8). Unset: `"leader-lease"`, or
-    /// `"read-index"` when `timeouts.lease_reads = false`.
+    /// `"read-index"` when `timeouts.lease_reads = false` or `protocol = "fast-paxos"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_mode: Option<crate::protocol::ReadMode>,
     /// With `read_mode = "quorum-lease"`: the replica ids that hold read leases (the others
@@ -352,6 +357,12 @@ impl ClusterConfig {
                 self.read_mode.expect("checked")
             ));
         }
+        if self.protocol() == ProtocolMode::FastPaxos && self.read_mode() != ReadMode::ReadIndex {
+            return Err(format!(
+                "protocol = \"fast-paxos\" serves reads with read_mode = \"read-index\" only (a write may be chosen by votes the leader has not seen yet), not \"{}\"; drop read_mode",
+                self.read_mode()
+            ));
+        }
         if let Some(h) = &self.lease_holders {
             if self.read_mode() != ReadMode::QuorumLease {
                 return Err("lease_holders needs read_mode = \"quorum-lease\"".into());
@@ -413,9 +424,16 @@ impl ClusterConfig {
         }
     }
 
-    /// The read mode in force: `read_mode`, else what `timeouts.lease_reads` implies.
+    /// The replication protocol in force (`multi-paxos` when unset).
+    pub fn protocol(&self) -> ProtocolMode {
+        self.protocol.unwrap_or_default()
+    }
+
+    /// The read mode in force: `read_mode`, else what `protocol` and `timeouts.lease_reads`
+    /// imply.
     pub fn read_mode(&self) -> ReadMode {
-        self.read_mode.unwrap_or(if self.timeouts.lease_reads {
+        let leases = self.timeouts.lease_reads && self.protocol() == ProtocolMode::MultiPaxos;
+        self.read_mode.unwrap_or(if leases {
             ReadMode::LeaderLease
         } else {
             ReadMode::ReadIndex
@@ -436,6 +454,7 @@ impl ClusterConfig {
             self.replicas.len() as u64,
             self.read_mode().code(),
             self.lease_holder_set().bits(),
+            self.protocol().code(),
         ];
         // FNV-1a: stable across builds and platforms, unlike std's hasher.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -507,6 +526,7 @@ impl ClusterConfig {
             placement: None,
             preferred_leader: None,
             unsafe_inject_bug: None,
+            protocol: None,
             read_mode: None,
             lease_holders: None,
             replicas: (0..replicas)
@@ -655,6 +675,26 @@ mod tests {
         let mut not_q = cfg.clone();
         not_q.lease_holders = Some(vec![0]);
         assert!(not_q.validate().unwrap_err().contains("quorum-lease"));
+    }
+
+    #[test]
+    fn protocol_parses_and_is_in_the_digest() {
+        let cfg = ClusterConfig::local(3, 1, Path::new("/tmp/x"), 7000);
+        assert_eq!(cfg.protocol(), ProtocolMode::MultiPaxos);
+        let text = cfg.to_toml();
+        assert!(!text.contains("protocol"), "unset stays unset: {text}");
+        let fast: ClusterConfig =
+            toml::from_str(&format!("protocol = \"fast-paxos\"\n{text}")).unwrap();
+        assert_eq!(fast.protocol(), ProtocolMode::FastPaxos);
+        // Fast Paxos reads through read-index rounds; a mixed cluster is refused by digest.
+        assert_eq!(fast.read_mode(), ReadMode::ReadIndex);
+        fast.validate().unwrap();
+        assert_ne!(fast.settings_digest(), cfg.settings_digest());
+        let mut leased = fast.clone();
+        leased.read_mode = Some(ReadMode::LeaderLease);
+        assert!(leased.validate().unwrap_err().contains("fast-paxos"));
+        let bad = format!("protocol = \"epaxos\"\n{text}");
+        assert!(toml::from_str::<ClusterConfig>(&bad).is_err());
     }
 
     #[test]

@@ -247,6 +247,10 @@ pub struct ClusterArgs {
     /// directory's `cluster.toml` must agree).
     #[arg(long, value_enum)]
     pub read_mode: Option<crate::protocol::ReadMode>,
+    /// The replication protocol of a new cluster (its `protocol`; an existing directory's
+    /// `cluster.toml` must agree). Fast Paxos serves reads with read-index rounds.
+    #[arg(long, value_enum)]
+    pub protocol: Option<crate::protocol::ProtocolMode>,
 }
 
 /// A flag given for a directory that already holds a cluster must say what its cluster.toml
@@ -262,6 +266,12 @@ fn flags_agree(args: &ClusterArgs, config: &ClusterConfig) -> Result<(), String>
         return Err(format!(
             "it has {} groups, --groups {g} asks for {g}",
             config.groups
+        ));
+    }
+    if let Some(p) = args.protocol.filter(|p| *p != config.protocol()) {
+        return Err(format!(
+            "it runs protocol = \"{}\", --protocol asks for {p}",
+            config.protocol()
         ));
     }
     if let Some(d) = args.durability.filter(|d| *d != config.durability) {
@@ -310,6 +320,7 @@ pub fn run_cluster(args: ClusterArgs) -> std::process::ExitCode {
         // A benchmark cluster is never restarted: memory durability is its to choose.
         c.unsafe_memory_durability = c.durability == crate::wal::BackendChoice::Memory;
         c.read_mode = args.read_mode;
+        c.protocol = args.protocol;
         c
     };
     if let Err(e) = flags_agree(&args, &config) {

@@ -67,6 +67,7 @@ pub fn protocol_config(cfg: &ClusterConfig, id: u32, group: u32) -> protocol::Co
         }
     }
     p.clock_drift_percent = cfg.timeouts.clock_drift_percent;
+    p.protocol = cfg.protocol();
     p.read_mode = cfg.read_mode();
     p.lease_holders = cfg.lease_holder_set();
     p.lease_ms = if cfg.timeouts.lease_reads {

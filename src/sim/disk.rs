@@ -96,7 +96,9 @@ impl DiskState {
                 }) = self.in_flight.iter().find(|w| w.id == id)
                 {
                     for e in entries {
-                        if let Some((false, value)) = storage::decode_value(&e.body) {
+                        if let Some((storage::RecordKind::Accepted, value)) =
+                            storage::decode_value(&e.body)
+                        {
                             let ballot = Ballot::new(e.ballot.round, e.ballot.replica);
                             accepts.push((e.slot_first, ballot, value));
                         }

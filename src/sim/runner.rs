@@ -36,6 +36,11 @@ pub struct RangeSummary {
     pub leader_splits: u64,
     pub handoffs: u64,
     pub handoff_second_halves: u64,
+    /// Seeds run with Fast Paxos, and their slots chosen by fast quorums (counted per
+    /// learner) and recovered after collisions.
+    pub fast_paxos_seeds: u64,
+    pub fast_chosen: u64,
+    pub fast_collisions: u64,
 }
 
 impl RangeSummary {
@@ -79,6 +84,11 @@ pub fn run_range(range: &SeedRange, on_failure: &(dyn Fn(&SimOutcome) + Sync)) -
                 if outcome.quorum_leases {
                     s.quorum_lease_seeds += 1;
                 }
+                if outcome.fast_paxos {
+                    s.fast_paxos_seeds += 1;
+                }
+                s.fast_chosen += outcome.stats.fast_chosen;
+                s.fast_collisions += outcome.stats.fast_collisions;
                 s.disk_stalls += outcome.stats.disk_stalls;
                 s.disk_errors += outcome.stats.disk_errors;
                 if !outcome.violations.is_empty() {

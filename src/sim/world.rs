@@ -24,8 +24,8 @@ use crate::client::{OpId, Session, SessionConfig, SessionError};
 use crate::kv::Op as KvOp;
 use crate::net::wire::{Op, Outcome, Request};
 use crate::protocol::{
-    Ballot, Command, Config, Envelope, InjectedBug, Message, Nanos, QuorumSpec, ReadMode,
-    ReplicaId, Slot, Value, VoteSet,
+    Ballot, Command, Config, Envelope, InjectedBug, Message, Nanos, ProtocolMode, QuorumSpec,
+    ReadMode, ReplicaId, Slot, Value, VoteSet,
 };
 use crate::runtime::disk::DiskLimits;
 use crate::runtime::metrics::GroupMetrics;
@@ -92,6 +92,12 @@ pub struct SimStats {
     /// Linearizable reads a replica that was not the leader answered with a value (quorum
     /// leases: served locally by a holder).
     pub follower_reads: u64,
+    /// Fast Paxos, summed over the replicas' last incarnations: slots learned from a fast
+    /// quorum, slots the leader recovered after a collision or a timeout, mode switches.
+    pub fast_chosen: u64,
+    pub fast_collisions: u64,
+    pub fast_timeouts: u64,
+    pub fast_mode_switches: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -102,6 +108,8 @@ pub struct SimOutcome {
     pub stats: SimStats,
     /// The seed ran with `read_mode = QuorumLease`.
     pub quorum_leases: bool,
+    /// The seed ran with `protocol = FastPaxos`.
+    pub fast_paxos: bool,
 }
 
 /// Runs one seed to completion.
@@ -169,6 +177,11 @@ enum Event {
     Heal,
     ClientNext {
         client: usize,
+    },
+    /// A client request held back before it enters the network (Fast Paxos reordering).
+    Transmit {
+        to: Addr,
+        packet: Packet,
     },
     ClientTimer {
         client: usize,
@@ -328,6 +341,8 @@ struct Client {
 
 struct World {
     cfg: SimConfig,
+    /// The seed runs Fast Paxos (`protocol_mode`).
+    fast_paxos: bool,
     quorum: QuorumSpec,
     rng: ChaCha8Rng,
     now: Nanos,
@@ -354,6 +369,8 @@ struct World {
     history: Vec<check::Operation>,
     learned: BTreeMap<Slot, Value>,
     votes: BTreeMap<(Slot, Ballot), (Value, VoteSet)>,
+    /// Fast Paxos: per (slot, ballot), each acceptor's vote in that ballot's fast round.
+    fast_votes: BTreeMap<(Slot, Ballot), Vec<Option<Value>>>,
     vote_chosen: BTreeMap<Slot, Value>,
     acked_writes: Vec<(u64, u64)>,
     /// Writes a session gave up on as definitely not applied: no replica may ever apply them.
@@ -469,6 +486,7 @@ impl World {
             .collect();
         let mut world = World {
             cfg: cfg.clone(),
+            fast_paxos: protocol_mode(cfg) == ProtocolMode::FastPaxos,
             quorum: QuorumSpec::new(cfg.replicas),
             rng,
             now: 0,
@@ -490,6 +508,7 @@ impl World {
             history: Vec::new(),
             learned: BTreeMap::new(),
             votes: BTreeMap::new(),
+            fast_votes: BTreeMap::new(),
             vote_chosen: BTreeMap::new(),
             acked_writes: Vec::new(),
             not_applied_writes: Vec::new(),
@@ -762,6 +781,7 @@ impl World {
             }
             Event::Heal => self.heal(),
             Event::ClientNext { client } => self.client_next(client),
+            Event::Transmit { to, packet } => self.transmit(to, packet),
             Event::ClientTimer { client } => {
                 let c = &mut self.clients[client];
                 if c.timer_at.is_some_and(|at| at <= self.now) {
@@ -1228,6 +1248,60 @@ impl World {
                 self.count_vote(id, slot, ballot, value);
             }
         }
+        if let Message::Voted {
+            ballot,
+            slot,
+            value,
+        } = &envelope.msg
+        {
+            // Sent to every replica: count it once, on its way to the first of them.
+            if envelope.to == 0 || (envelope.to == 1 && id == 0) {
+                self.count_fast_vote(id, *slot, *ballot, value.clone());
+            }
+        }
+    }
+
+    /// Check (a) for fast rounds: an acceptor votes at most once per (slot, fast round), and a
+    /// value with a fast quorum of votes there is chosen (and must agree with every other way
+    /// the slot was decided).
+    fn count_fast_vote(&mut self, voter: ReplicaId, slot: Slot, ballot: Ballot, value: Value) {
+        let n = self.cfg.replicas as usize;
+        let votes = self
+            .fast_votes
+            .entry((slot, ballot))
+            .or_insert_with(|| vec![None; n]);
+        match &votes[voter as usize] {
+            Some(old) if *old != value => {
+                self.violations.push(Violation {
+                    check: "agreement",
+                    detail: format!(
+                        "slot {slot} ballot {ballot}: replica {voter} voted twice in the fast round ({} then {})",
+                        describe(old),
+                        describe(&value)
+                    ),
+                });
+                return;
+            }
+            _ => votes[voter as usize] = Some(value.clone()),
+        }
+        let count = votes.iter().filter(|v| v.as_ref() == Some(&value)).count() as u32;
+        if count < self.quorum.fast() {
+            return;
+        }
+        match self.vote_chosen.get(&slot) {
+            Some(chosen) if *chosen != value => self.violations.push(Violation {
+                check: "agreement",
+                detail: format!(
+                    "slot {slot}: a fast quorum voted {} at ballot {ballot}, but {} was chosen before",
+                    describe(&value),
+                    describe(chosen)
+                ),
+            }),
+            Some(_) => {}
+            None => {
+                self.vote_chosen.insert(slot, value);
+            }
+        }
     }
 
     /// Check (a), from the acceptors' side: count the votes each (slot, ballot) actually got.
@@ -1644,14 +1718,26 @@ impl World {
                     self.reads_sent
                         .insert((client, incarnation, t.request.id), (self.now, key.clone()));
                 }
-                self.transmit(
-                    Addr::Replica(t.replica),
-                    Packet::Request {
-                        client,
-                        incarnation: self.clients[client].incarnations,
-                        request: t.request,
-                    },
-                );
+                let packet = Packet::Request {
+                    client,
+                    incarnation: self.clients[client].incarnations,
+                    request: t.request,
+                };
+                if self.fast_paxos && self.rng.gen_bool(0.25) {
+                    // Fast Paxos: hold some copies of a write back, so replicas see concurrent
+                    // clients' commands in different orders and their votes collide.
+                    let hold = self.rng.gen_range(0..=5 * NS_PER_MS);
+                    let at = self.now + hold;
+                    self.schedule(
+                        at,
+                        Event::Transmit {
+                            to: Addr::Replica(t.replica),
+                            packet,
+                        },
+                    );
+                    continue;
+                }
+                self.transmit(Addr::Replica(t.replica), packet);
             }
         }
         let mut finished = false;
@@ -1919,6 +2005,15 @@ impl World {
     }
 
     fn finish(mut self) -> SimOutcome {
+        for host in &self.hosts {
+            if let Some(node) = &host.node {
+                let c = node.replica().fast_counters();
+                self.stats.fast_chosen += c.fast_chosen;
+                self.stats.fast_collisions += c.collisions;
+                self.stats.fast_timeouts += c.timeouts;
+                self.stats.fast_mode_switches += c.mode_switches;
+            }
+        }
         let trace_hash = self.trace.finish();
         self.violations.dedup();
         SimOutcome {
@@ -1927,6 +2022,7 @@ impl World {
             trace_hash,
             stats: self.stats,
             quorum_leases: read_mode(&self.cfg) == ReadMode::QuorumLease,
+            fast_paxos: protocol_mode(&self.cfg) == ProtocolMode::FastPaxos,
         }
     }
 }
@@ -2052,6 +2148,10 @@ fn new_session(
     if read_mode(cfg) == ReadMode::QuorumLease && base_id % 4 != 0 {
         session_cfg.read_from = Some((base_id % u64::from(cfg.replicas)) as u32);
     }
+    if protocol_mode(cfg) == ProtocolMode::FastPaxos {
+        // Each client's "nearest" replica, picked by its id like the read replica above.
+        session_cfg.fast_write_via = Some((base_id % u64::from(cfg.replicas)) as u32);
+    }
     session_cfg.leaders = leaders;
     session_cfg.seed = cfg.seed ^ client_id ^ incarnation;
     session_cfg.op_timeout_ns = if client_id % 4 == 3 {
@@ -2069,6 +2169,9 @@ pub fn read_mode(cfg: &SimConfig) -> ReadMode {
     if cfg.inject_bug.is_some_and(|b| b.needs_quorum_leases()) {
         return ReadMode::QuorumLease;
     }
+    if protocol_mode(cfg) == ProtocolMode::FastPaxos {
+        return ReadMode::ReadIndex; // what a fast-paxos cluster runs
+    }
     let mut x = cfg.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -2077,6 +2180,26 @@ pub fn read_mode(cfg: &SimConfig) -> ReadMode {
         0..=3 => ReadMode::QuorumLease,
         4 => ReadMode::ReadIndex,
         _ => ReadMode::LeaderLease,
+    }
+}
+
+/// The seed's protocol, derived from the seed alone: a quarter of the seeds run Fast Paxos
+/// (their read mode is then read-index). An injected Fast Paxos bug runs every seed in Fast
+/// Paxos; any other injected bug none, so the seeds that catch it stay where they were.
+pub fn protocol_mode(cfg: &SimConfig) -> ProtocolMode {
+    match cfg.inject_bug {
+        Some(b) if b.needs_fast_paxos() => return ProtocolMode::FastPaxos,
+        Some(_) => return ProtocolMode::MultiPaxos,
+        None => {}
+    }
+    let mut x = cfg.seed ^ 0x2545_f491_4f6c_dd1d;
+    x = (x ^ (x >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x = (x ^ (x >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^= x >> 33;
+    if x % 4 == 0 {
+        ProtocolMode::FastPaxos
+    } else {
+        ProtocolMode::MultiPaxos
     }
 }
 
@@ -2117,6 +2240,7 @@ fn random_replica_configs(rng: &mut ChaCha8Rng, cfg: &SimConfig) -> Vec<Config> 
                     1,
                 );
                 cluster.preferred_leader = Some(preferred);
+                cluster.protocol = Some(protocol_mode(cfg));
                 cluster.read_mode = Some(read_mode(cfg));
                 if read_mode(cfg) == ReadMode::QuorumLease {
                     let holders = lease_holders(cfg);
@@ -2132,6 +2256,7 @@ fn random_replica_configs(rng: &mut ChaCha8Rng, cfg: &SimConfig) -> Vec<Config> 
             };
             replica.seed = cfg.seed;
             replica.inject_bug = cfg.inject_bug;
+            replica.protocol = protocol_mode(cfg);
             replica.read_mode = read_mode(cfg);
             replica.lease_holders = lease_holders(cfg);
             replica.pipeline_depth = pipeline_depth;

@@ -772,3 +772,42 @@ fn a_quorum_that_answers_is_not_called_unreachable() {
     let msg = r.unwrap_err().to_string();
     assert!(!msg.contains("no quorum"), "{msg}");
 }
+
+// ------------------------------------------------------------------ Fast Paxos
+
+#[test]
+fn fast_paxos_write_goes_to_every_replica_and_the_nearest_answers() {
+    let mut c = cfg(3);
+    c.fast_write_via = Some(2);
+    let mut h = H::new(c, vec![Mode::Leader, Mode::Leader, Mode::Leader]);
+    h.f.latency = vec![5 * MS, 5 * MS, MS];
+    let (at, r) = h.put("k", "v");
+    assert!(matches!(r, Ok(Outcome::Put { version: 1, .. })), "{r:?}");
+    assert_eq!(
+        h.targets(),
+        vec![2, 0, 1],
+        "the nearest first, then the others"
+    );
+    assert_eq!(at, MS, "the nearest replica's answer completed it");
+    same_write_identity(&h);
+    // Any replica answers a fast write: replica 2's answer does not make it the leader.
+    assert_eq!(h.s.leader_of(0), Some(0));
+    // The others' later answers are to attempts of a finished operation.
+    while h.step() {}
+    assert_eq!(h.s.stats().stale_replies, 2);
+    assert_eq!(h.version("k"), 1, "applied once");
+}
+
+#[test]
+fn fast_paxos_write_given_up_with_copies_out_is_unknown() {
+    let mut c = cfg(3);
+    c.fast_write_via = Some(0);
+    c.op_timeout_ns = 300 * MS;
+    // The nearest replica refuses the connection, the others take the write and never answer.
+    let mut h = H::new(c, vec![Mode::Refuse, Mode::Paused, Mode::Paused]);
+    let (_, r) = h.put("k", "v");
+    assert!(
+        matches!(r, Err(SessionError::Unknown { .. })),
+        "copies were delivered, so the outcome is unknown: {r:?}"
+    );
+}
