@@ -181,6 +181,15 @@ fn serve(
                         outcome,
                     }
                 }
+                ArchivedClientFrame::Snapshot { id, .. } => ServerFrame::Snapshot {
+                    id: id.to_native(),
+                    refused: Some("a fake server has no snapshot".into()),
+                    slot: 0,
+                    offset: 0,
+                    total_bytes: 0,
+                    crc: 0,
+                    data: Default::default(),
+                },
                 ArchivedClientFrame::Status { id } => ServerFrame::Status {
                     id: id.to_native(),
                     status: GroupStatus {

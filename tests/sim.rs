@@ -52,6 +52,12 @@ fn assert_seeds_pass(replicas: u32, first_seed: u64, seeds: u64) {
         "no follower served a linearizable read"
     );
     if seeds >= 500 {
+        // Snapshots, truncation and transfers ran (the thresholds are small in most seeds).
+        assert!(summary.snapshots > 0, "no snapshots were taken");
+        assert!(
+            summary.snapshots_installed > 0,
+            "no replica installed a peer's snapshot"
+        );
         assert!(summary.cluster_crashes > 0, "no whole-cluster crashes");
         assert!(summary.disk_errors > 0, "no disk errors were injected");
     }
@@ -180,6 +186,16 @@ fn catches_qlease_read_unapplied() {
 #[test]
 fn catches_qlease_read_after_expiry() {
     assert_bug_caught(InjectedBug::QleaseReadAfterExpiry);
+}
+
+#[test]
+fn catches_snapshot_past_applied() {
+    assert_bug_caught(InjectedBug::SnapshotPastApplied);
+}
+
+#[test]
+fn catches_snapshot_without_client_table() {
+    assert_bug_caught(InjectedBug::SnapshotWithoutClientTable);
 }
 
 // `InjectedBug::LeaseFollowsLastSpeaker` is not here: the random simulator does not reach it

@@ -884,7 +884,9 @@ impl Engine {
     fn on_frame(&mut self, link: usize, frame: ServerFrame, now: u64, delay: u64) {
         match &frame {
             ServerFrame::Reply { .. } | ServerFrame::Status { .. } => {}
-            ServerFrame::Welcome(_) | ServerFrame::Topology { .. } => return,
+            ServerFrame::Welcome(_)
+            | ServerFrame::Topology { .. }
+            | ServerFrame::Snapshot { .. } => return,
             ServerFrame::Error(e) => {
                 tracing::warn!(
                     "server refused the load generator: {:?}: {}",

@@ -632,8 +632,21 @@ impl Session {
             self.requests.remove(&a.request_id);
         }
         self.stats.completed += 1;
+        let applied = matches!(
+            result,
+            Ok(Outcome::Put { .. } | Outcome::Delete { .. } | Outcome::Cas { .. })
+        );
         self.completed.push_back((id, result));
         if let Some(lane) = op.lane {
+            if op.write && !applied {
+                // The cluster may hold no record of this sequence number, and a session the
+                // store does not know continues only from seq 1 (an unknown client at a
+                // later seq looks like an expired session: `kv::KvStore::apply`). Start a new
+                // session for the lane's next write.
+                let l = &mut self.lanes[lane as usize];
+                l.client_id = self.rng.gen::<u64>() | 1;
+                l.seq = 0;
+            }
             self.lanes[lane as usize].busy = None;
             while let Some(next) = self.waiting_for_lane.pop_front() {
                 if self.ops.get(&next).is_some_and(|o| now >= o.deadline) {

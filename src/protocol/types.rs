@@ -107,6 +107,9 @@ pub struct DurableState {
     pub chosen: BTreeMap<Slot, Value>,
     /// Per ballot, the highest commit index its leader sent with an Accept written here.
     pub commits: BTreeMap<Ballot, Slot>,
+    /// The slot of the snapshot the replica starts from (0: none): every slot up to it is
+    /// chosen and applied in the state machine, and entries at or below it are ignored.
+    pub floor: Slot,
 }
 
 impl DurableState {

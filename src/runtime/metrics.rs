@@ -32,6 +32,13 @@ pub struct GroupMetrics {
     pub lease_reads_forwarded_total: Counter,
     pub lease_reads_gave_up_total: Counter,
     pub writes_held_for_lease_holders_total: Counter,
+    /// Snapshots: taken here and durable, installed from a peer; the log floor; slots and
+    /// client sessions held in memory.
+    pub snapshots_total: Counter,
+    pub snapshots_installed_total: Counter,
+    pub log_floor: Gauge,
+    pub log_slots: Gauge,
+    pub sessions: Gauge,
 }
 
 impl GroupMetrics {
@@ -58,8 +65,38 @@ impl GroupMetrics {
             lease_reads_forwarded_total: Counter::default(),
             lease_reads_gave_up_total: Counter::default(),
             writes_held_for_lease_holders_total: Counter::default(),
+            snapshots_total: Counter::default(),
+            snapshots_installed_total: Counter::default(),
+            log_floor: Gauge::default(),
+            log_slots: Gauge::default(),
+            sessions: Gauge::default(),
         };
         let sub = registry.sub_registry_with_label(("group".into(), group.to_string().into()));
+        sub.register(
+            "snapshots",
+            "Snapshots of the state machine this replica took and made durable",
+            m.snapshots_total.clone(),
+        );
+        sub.register(
+            "snapshots_installed",
+            "Snapshots this replica installed from a peer",
+            m.snapshots_installed_total.clone(),
+        );
+        sub.register(
+            "log_floor",
+            "Log floor: the slot of the newest snapshot; slots up to it are released",
+            m.log_floor.clone(),
+        );
+        sub.register(
+            "log_slots",
+            "Slots held in memory above the log floor",
+            m.log_slots.clone(),
+        );
+        sub.register(
+            "sessions",
+            "Client sessions in the exactly-once table",
+            m.sessions.clone(),
+        );
         sub.register(
             "has_leader",
             "1 if this group knows a leader",

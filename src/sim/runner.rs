@@ -32,6 +32,9 @@ pub struct RangeSummary {
     /// Seeds run with quorum leases, and linearizable reads answered by non-leaders.
     pub quorum_lease_seeds: u64,
     pub follower_reads: u64,
+    /// Snapshots made durable, and installed from a peer (transfers completed).
+    pub snapshots: u64,
+    pub snapshots_installed: u64,
 }
 
 impl RangeSummary {
@@ -69,6 +72,8 @@ pub fn run_range(range: &SeedRange, on_failure: &(dyn Fn(&SimOutcome) + Sync)) -
                 s.cluster_crashes += outcome.stats.cluster_crashes;
                 s.pauses += outcome.stats.pauses;
                 s.follower_reads += outcome.stats.follower_reads;
+                s.snapshots += outcome.stats.snapshots;
+                s.snapshots_installed += outcome.stats.snapshots_installed;
                 if outcome.quorum_leases {
                     s.quorum_lease_seeds += 1;
                 }
