@@ -42,7 +42,7 @@ fn accept_64() -> Message {
                 key: key(i),
                 value: value(),
             };
-            assert_eq!(op.key().len(), KEY_BYTES);
+            assert_eq!(op.key().map(|k| k.len()), Some(KEY_BYTES));
             Command {
                 client_id: 0x1234_5678_9abc_def1 + i as u64,
                 seq: 1_000 + i as u64,

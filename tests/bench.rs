@@ -183,6 +183,15 @@ fn serve(
                         outcome,
                     }
                 }
+                ArchivedClientFrame::Snapshot { id, .. } => ServerFrame::Snapshot {
+                    id: id.to_native(),
+                    refused: Some("a fake server has no snapshot".into()),
+                    slot: 0,
+                    offset: 0,
+                    total_bytes: 0,
+                    crc: 0,
+                    data: Default::default(),
+                },
                 ArchivedClientFrame::Status { id } => ServerFrame::Status {
                     id: id.to_native(),
                     status: GroupStatus {
@@ -463,11 +472,19 @@ fn stale_replies_are_errors() {
     let mut cfg = config(server.topology());
     cfg.duration = Duration::from_millis(500);
     cfg.client_id_nonce = Some(42);
+    // A session whose write was refused starts a new client id (the store accepts an unknown
+    // client only from seq 1), so only each session's first write is stale: measure from 0.
+    cfg.warmup = Duration::ZERO;
     let first = run(cfg.clone());
     assert!(first.completed > 100);
     let second = run(cfg);
     let stale = second.errors_by_kind.get("stale").copied().unwrap_or(0);
     assert!(stale > 0, "{:?}", second.errors_by_kind);
+    assert!(
+        stale <= second.completed,
+        "a refused session moves on to a new client id: {:?}",
+        second.errors_by_kind
+    );
     assert_eq!(second.recorder.merged(|_| true).len(), second.completed);
 }
 

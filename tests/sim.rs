@@ -58,6 +58,12 @@ fn assert_seeds_pass(replicas: u32, first_seed: u64, seeds: u64) {
         assert!(summary.fast_collisions > 0, "no fast-round collision");
     }
     if seeds >= 500 {
+        // Snapshots, truncation and transfers ran (the thresholds are small in most seeds).
+        assert!(summary.snapshots > 0, "no snapshots were taken");
+        assert!(
+            summary.snapshots_installed > 0,
+            "no replica installed a peer's snapshot"
+        );
         assert!(summary.cluster_crashes > 0, "no whole-cluster crashes");
         assert!(summary.disk_errors > 0, "no disk errors were injected");
     }
@@ -229,3 +235,14 @@ fn catches_fast_vote_twice() {
 fn catches_lease_follows_last_speaker() {
     assert_bug_caught_with(5, InjectedBug::LeaseFollowsLastSpeaker);
 }
+
+#[test]
+fn catches_snapshot_past_applied() {
+    assert_bug_caught(InjectedBug::SnapshotPastApplied);
+}
+
+#[test]
+fn catches_snapshot_without_client_table() {
+    assert_bug_caught(InjectedBug::SnapshotWithoutClientTable);
+}
+

@@ -262,7 +262,9 @@ struct InFlight {
 struct Session {
     client: usize,
     client_id: u64,
-    seq: u64,
+    /// Per group, the last sequence number used there (each group's store keeps its own
+    /// session of the client id and must see its numbers contiguous from 1).
+    seqs: Vec<u64>,
     region_idx: usize,
     busy: Option<InFlight>,
     /// When the session last became free (for the send lag).
@@ -411,7 +413,7 @@ impl Engine {
                 sessions.push(Session {
                     client: c,
                     client_id: id_rng.gen::<u64>() | 1,
-                    seq: 0,
+                    seqs: vec![0; groups],
                     region_idx: c % regions.len(),
                     busy: None,
                     free_since: 0,
@@ -606,8 +608,9 @@ impl Engine {
         let group = group_of(key, self.cfg.topology.groups);
         let s = &mut self.sessions[session];
         if !matches!(op, Op::Get { .. }) {
-            s.seq += 1;
+            s.seqs[group as usize] += 1;
         }
+        let seq = s.seqs[group as usize];
         let open = self.cfg.rate.is_some();
         // The send time is read here, just before the frame is queued (and written in the same
         // turn), not at the top of the turn.
@@ -632,7 +635,7 @@ impl Engine {
             link: None,
             target: 0,
             measured,
-            seq: s.seq,
+            seq,
             tried_home: false,
             at_home: false,
             fanned_out: false,
@@ -808,6 +811,13 @@ impl Engine {
     fn complete(&mut self, session: usize, now: u64, error: Option<&'static str>) {
         let busy = self.sessions[session].busy.take().expect("busy");
         self.sessions[session].free_since = now;
+        if error.is_some() && !matches!(busy.op, Op::Get { .. }) {
+            // A write that was not applied: the store may hold no record of its number, and it
+            // accepts an unknown client only at seq 1 (sessions expire). Start a new session.
+            let s = &mut self.sessions[session];
+            s.client_id = crate::client::session::lane_client_id(s.client_id, 1);
+            s.seqs.iter_mut().for_each(|n| *n = 0);
+        }
         // Throughput counts every success whose reply arrives while the window is open,
         // whenever the request was scheduled.
         if error.is_none() && now >= self.measure_start && !self.stopping {
@@ -945,7 +955,9 @@ impl Engine {
     fn on_frame(&mut self, link: usize, frame: ServerFrame, now: u64, delay: u64) {
         match &frame {
             ServerFrame::Reply { .. } | ServerFrame::Status { .. } => {}
-            ServerFrame::Welcome(_) | ServerFrame::Topology { .. } => return,
+            ServerFrame::Welcome(_)
+            | ServerFrame::Topology { .. }
+            | ServerFrame::Snapshot { .. } => return,
             ServerFrame::Error(e) => {
                 tracing::warn!(
                     "server refused the load generator: {:?}: {}",

@@ -47,6 +47,10 @@ enum Command {
     /// Side by side with a 3-member etcd started here (build with --features etcd).
     #[cfg(feature = "etcd")]
     CompareEtcd(mpaxos::bench::compare_etcd::CompareEtcdArgs),
+    /// Snapshots of a live cluster: `snapshot save FILE`, `snapshot status FILE`; restore one
+    /// with `mpaxos cluster --from-snapshot FILE`.
+    #[command(subcommand)]
+    Snapshot(mpaxos::server::snapshot_file::SnapshotCommand),
     #[command(flatten)]
     Store(mpaxos::client::cli::StoreCommand),
 }
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
         Command::Check(command) => mpaxos::wal::cli::run_check(command),
         Command::Server { config, id } => mpaxos::server::run(&config, id),
         Command::Cluster(args) => mpaxos::server::local::run_cluster(args),
+        Command::Snapshot(cmd) => mpaxos::server::snapshot_file::run(cmd),
         Command::Chaos(args) => mpaxos::chaos::run_chaos(args),
         Command::Store(cmd) => {
             restore_sigpipe();
@@ -190,7 +195,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
         sim::run_range(&range, &report)
     };
     eprintln!(
-        "replicas={} first_seed={} ops_completed={} crashes={} cluster_crashes={} pauses={} disk_stalls={} disk_errors={} quorum_lease_seeds={} fast_paxos_seeds={} fast_chosen={} fast_collisions={} follower_reads={} leader_splits={} handoffs={}/{} elapsed_s={:.1}",
+        "replicas={} first_seed={} ops_completed={} crashes={} cluster_crashes={} pauses={} disk_stalls={} disk_errors={} quorum_lease_seeds={} fast_paxos_seeds={} fast_chosen={} fast_collisions={} follower_reads={} leader_splits={} handoffs={}/{} snapshots={} snapshots_installed={} elapsed_s={:.1}",
         args.replicas,
         args.seed,
         summary.ops_completed,
@@ -207,6 +212,8 @@ fn run_sim(args: SimArgs) -> ExitCode {
         summary.leader_splits,
         summary.handoff_second_halves,
         summary.handoffs,
+        summary.snapshots,
+        summary.snapshots_installed,
         started.elapsed().as_secs_f64()
     );
     println!(

@@ -563,6 +563,99 @@ impl Client {
         }
     }
 
+    /// `mpaxos snapshot save`: group `group`'s state machine as its leader holds it now (a
+    /// kv snapshot, checked by its crc32c), fetched in parts. Returns the slot and the bytes.
+    pub fn export_snapshot(&mut self, group: u32) -> Result<(u64, Vec<u8>), String> {
+        let deadline = Instant::now() + self.opts.op_timeout.max(Duration::from_secs(1));
+        let mut last_problem = String::from("no leader found");
+        while Instant::now() < deadline {
+            let leader = self
+                .status_all()
+                .into_iter()
+                .find(|(_, g, st)| *g == group && st.as_ref().is_ok_and(|s| s.role == "leader"))
+                .map(|(r, _, _)| r);
+            let Some(leader) = leader else {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            match self.export_from(leader, group) {
+                Ok(done) => return Ok(done),
+                Err(e) => {
+                    last_problem = format!("replica {leader}: {e}");
+                    self.links.remove(&(leader, group));
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        Err(format!(
+            "could not read group {group}'s snapshot: {last_problem}"
+        ))
+    }
+
+    fn export_from(&mut self, replica: u32, group: u32) -> Result<(u64, Vec<u8>), String> {
+        let timeout = self.opts.attempt_timeout;
+        let mut enc = std::mem::take(&mut self.encoder);
+        let mut out = Vec::new();
+        let (mut slot, mut crc) = (0, 0);
+        let res = loop {
+            let id = self.next_status_id;
+            self.next_status_id += 1;
+            let frame = ClientFrame::Snapshot {
+                id,
+                slot,
+                offset: out.len() as u64,
+            };
+            let link = match self.link(replica, group, timeout) {
+                Ok(l) => l,
+                Err(e) => break Err(e),
+            };
+            if let Err(e) = link.send(&mut enc, &frame) {
+                break Err(e);
+            }
+            let part = loop {
+                match link.recv(Instant::now() + timeout) {
+                    Ok(ServerFrame::Snapshot {
+                        id: got,
+                        refused,
+                        slot,
+                        offset,
+                        total_bytes,
+                        crc,
+                        data,
+                    }) if got == id => break Ok((refused, slot, offset, total_bytes, crc, data)),
+                    Ok(ServerFrame::Error(e)) => break Err(format!("{:?}: {}", e.code, e.message)),
+                    Ok(_) => continue,
+                    Err(e) => break Err(e),
+                }
+            };
+            let (refused, at, offset, total, part_crc, data) = match part {
+                Ok(p) => p,
+                Err(e) => break Err(e),
+            };
+            if let Some(why) = refused {
+                break Err(why);
+            }
+            if (slot != 0 && at != slot) || offset != out.len() as u64 {
+                break Err("the export changed under us".into());
+            }
+            slot = at;
+            crc = part_crc;
+            out.extend_from_slice(&data);
+            if out.len() as u64 >= total {
+                break Ok(());
+            }
+            if data.is_empty() {
+                break Err("the server sent an empty part".into());
+            }
+        };
+        self.encoder = enc;
+        res?;
+        if crate::kv::snapshot::checksum(&out) != crc {
+            return Err("the snapshot arrived damaged (checksum mismatch)".into());
+        }
+        Ok((slot, out))
+    }
+
     /// Every (replica, group)'s status; unreachable ones come back as an error string.
     pub fn status_all(&mut self) -> Vec<(u32, u32, Result<GroupStatus, String>)> {
         let mut out = Vec::new();

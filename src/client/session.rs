@@ -295,11 +295,12 @@ impl OpState {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Lane {
     client_id: u64,
-    /// The last sequence number this lane used.
-    seq: u64,
+    /// Per group, the last sequence number this lane used there: each group's store keeps
+    /// its own session of the client id, and sees its numbers contiguous from 1.
+    seqs: Vec<u64>,
     busy: Option<OpId>,
 }
 
@@ -342,7 +343,7 @@ impl Session {
         let lanes = (0..cfg.lanes.max(1))
             .map(|i| Lane {
                 client_id: lane_client_id(cfg.client_id, i),
-                seq: 0,
+                seqs: vec![0; groups],
                 busy: None,
             })
             .collect();
@@ -489,10 +490,11 @@ impl Session {
     }
 
     fn assign_lane(&mut self, now: Nanos, id: OpId, lane: u32) {
+        let group = self.ops.get(&id).expect("pending op").group as usize;
         let l = &mut self.lanes[lane as usize];
-        l.seq += 1;
+        l.seqs[group] += 1;
         l.busy = Some(id);
-        let (client_id, seq) = (l.client_id, l.seq);
+        let (client_id, seq) = (l.client_id, l.seqs[group]);
         let op = self.ops.get_mut(&id).expect("pending op");
         op.lane = Some(lane);
         op.client_id = client_id;
@@ -669,8 +671,21 @@ impl Session {
             self.requests.remove(&a.request_id);
         }
         self.stats.completed += 1;
+        let applied = matches!(
+            result,
+            Ok(Outcome::Put { .. } | Outcome::Delete { .. } | Outcome::Cas { .. })
+        );
         self.completed.push_back((id, result));
         if let Some(lane) = op.lane {
+            if op.write && !applied {
+                // The cluster may hold no record of this sequence number, and a session the
+                // store does not know continues only from seq 1 (an unknown client at a
+                // later seq looks like an expired session: `kv::KvStore::apply`). Start a new
+                // session for the lane's next write.
+                let l = &mut self.lanes[lane as usize];
+                l.client_id = self.rng.gen::<u64>() | 1;
+                l.seqs.iter_mut().for_each(|s| *s = 0);
+            }
             self.lanes[lane as usize].busy = None;
             while let Some(next) = self.waiting_for_lane.pop_front() {
                 if self.ops.get(&next).is_some_and(|o| now >= o.deadline) {

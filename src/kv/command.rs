@@ -14,6 +14,7 @@ const TAG_PUT: u8 = 1;
 const TAG_DELETE: u8 = 2;
 const TAG_CAS: u8 = 3;
 const TAG_GET: u8 = 4;
+const TAG_CLOCK: u8 = 5;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -33,6 +34,12 @@ pub enum Op {
     /// that ask for a read ordered with writes).
     Get {
         key: Bytes,
+    },
+    /// The leader's clock (Unix ms) and the session idle time, proposed by the cluster itself
+    /// (client id 0) so that every replica expires the same sessions at the same slot.
+    Clock {
+        now_ms: u64,
+        session_idle_ms: u64,
     },
 }
 
@@ -64,9 +71,13 @@ impl std::fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 impl Op {
-    pub fn key(&self) -> &Bytes {
+    /// The key the command touches (none for a clock command).
+    pub fn key(&self) -> Option<&Bytes> {
         match self {
-            Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } | Op::Get { key } => key,
+            Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } | Op::Get { key } => {
+                Some(key)
+            }
+            Op::Clock { .. } => None,
         }
     }
 
@@ -96,6 +107,14 @@ impl Op {
                 buf.put_u8(TAG_GET);
                 put_bytes(&mut buf, key);
             }
+            Op::Clock {
+                now_ms,
+                session_idle_ms,
+            } => {
+                buf.put_u8(TAG_CLOCK);
+                buf.put_u64_le(*now_ms);
+                buf.put_u64_le(*session_idle_ms);
+            }
         }
         buf.freeze()
     }
@@ -105,6 +124,7 @@ impl Op {
             Op::Put { key, value } => 8 + key.len() + value.len(),
             Op::Delete { key } | Op::Get { key } => 4 + key.len(),
             Op::Cas { key, value, .. } => 16 + key.len() + value.len(),
+            Op::Clock { .. } => 16,
         }
     }
 
@@ -128,6 +148,10 @@ impl Op {
             },
             TAG_GET => Op::Get {
                 key: reader.bytes("key", KEY_BYTES_MAX)?,
+            },
+            TAG_CLOCK => Op::Clock {
+                now_ms: reader.u64()?,
+                session_idle_ms: reader.u64()?,
             },
             tag => return Err(DecodeError::UnknownTag(tag)),
         };
@@ -209,6 +233,10 @@ mod tests {
                 value,
             },
             Op::Get { key },
+            Op::Clock {
+                now_ms: 1_700_000_000_000,
+                session_idle_ms: 3_600_000,
+            },
         ];
         for op in ops {
             assert_eq!(Op::decode(&op.encode()), Ok(op));

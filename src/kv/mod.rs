@@ -6,12 +6,18 @@
 //! answered with an error reply (on every replica alike) rather than panicking.
 
 mod command;
+pub mod snapshot;
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
 pub use command::{DecodeError, Op, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+pub use snapshot::{snapshot_info, SnapshotInfo};
+
+/// The client id of commands the cluster itself proposes (the leader's clock); client
+/// libraries never use it, and it has no entry in the client table.
+pub const SYSTEM_CLIENT_ID: u64 = 0;
 
 /// A key's current state.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -24,7 +30,7 @@ pub struct KeyState {
 }
 
 /// The answer to one command, identical on every replica.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Reply {
     Put {
         revision: u64,
@@ -53,12 +59,21 @@ pub enum Reply {
     Stale {
         last_seq: u64,
     },
+    /// The client's session is unknown here and the command is not its first (seq 1): the
+    /// session expired (idle longer than the session idle time), so whether an earlier try
+    /// of this command was applied can no longer be told. Nothing changed; the client must
+    /// start a new session (a new client id).
+    SessionExpired,
+    /// A command of the cluster itself (the leader's clock).
+    System,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ClientRecord {
     seq: u64,
     reply: Reply,
+    /// The replicated clock (`KvStore::clock_ms`) when the client's last command was applied.
+    last_active_ms: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -67,6 +82,13 @@ pub struct KvStore {
     /// Bumped by every command that changes a key.
     revision: u64,
     clients: BTreeMap<u64, ClientRecord>,
+    /// The replicated clock: the highest leader time (Unix ms) applied from a clock command.
+    /// It is part of the state, so every replica expires the same sessions at the same slot.
+    clock_ms: u64,
+    /// The session idle time the last clock command carried (0: sessions never expire).
+    session_idle_ms: u64,
+    /// Sessions expired so far (statistics).
+    sessions_expired: u64,
 }
 
 impl KvStore {
@@ -86,20 +108,72 @@ impl KvStore {
         self.keys.is_empty()
     }
 
+    /// Drops the client table (only the simulator's injected bug does this).
+    #[doc(hidden)]
+    pub fn forget_clients(&mut self) {
+        self.clients.clear();
+    }
+
+    /// Sessions in the client table.
+    pub fn sessions(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Sessions expired since the cluster started.
+    pub fn sessions_expired(&self) -> u64 {
+        self.sessions_expired
+    }
+
+    /// The replicated clock, Unix ms (0 until the first clock command).
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
     /// Applies client `client_id`'s command number `seq` exactly once: a repeat of the client's
     /// latest sequence returns the recorded reply without applying again.
+    ///
+    /// Sessions: a client unknown here starts a session with its first command (seq 1). A
+    /// session idle for longer than the session idle time is dropped at the next clock command
+    /// (see [`KvStore::apply_clock`]); after that, any command of that client other than seq 1
+    /// is answered [`Reply::SessionExpired`] and not applied, so a late retry is never applied
+    /// a second time.
     pub fn apply(&mut self, client_id: u64, seq: u64, payload: &Bytes) -> Reply {
-        if let Some(record) = self.clients.get(&client_id) {
-            if seq == record.seq {
-                return record.reply.clone();
+        if client_id == SYSTEM_CLIENT_ID {
+            return match Op::decode(payload) {
+                Ok(Op::Clock {
+                    now_ms,
+                    session_idle_ms,
+                }) => {
+                    self.apply_clock(now_ms, session_idle_ms);
+                    Reply::System
+                }
+                Ok(_) => Reply::Invalid {
+                    reason: "client id 0 is reserved for the cluster's own commands".into(),
+                },
+                Err(err) => Reply::Invalid {
+                    reason: err.to_string(),
+                },
+            };
+        }
+        match self.clients.get_mut(&client_id) {
+            Some(record) => {
+                if seq == record.seq {
+                    return record.reply.clone();
+                }
+                if seq < record.seq {
+                    return Reply::Stale {
+                        last_seq: record.seq,
+                    };
+                }
             }
-            if seq < record.seq {
-                return Reply::Stale {
-                    last_seq: record.seq,
-                };
-            }
+            // With expiry off (no clock command set an idle time) nothing was ever dropped.
+            None if seq > 1 && self.session_idle_ms > 0 => return Reply::SessionExpired,
+            None => {}
         }
         let reply = match Op::decode(payload) {
+            Ok(Op::Clock { .. }) => Reply::Invalid {
+                reason: "clock commands come from the cluster only".into(),
+            },
             Ok(op) => self.apply_op(op),
             Err(err) => Reply::Invalid {
                 reason: err.to_string(),
@@ -110,9 +184,32 @@ impl KvStore {
             ClientRecord {
                 seq,
                 reply: reply.clone(),
+                last_active_ms: self.clock_ms,
             },
         );
         reply
+    }
+
+    /// The leader's clock, through the log: moves the replicated clock forward (never back)
+    /// and drops every session idle for more than `session_idle_ms` (0: keep all).
+    fn apply_clock(&mut self, now_ms: u64, session_idle_ms: u64) {
+        if self.clock_ms == 0 {
+            // The first clock: sessions opened before it were active "at 0", which is not
+            // decades ago. Count them active now.
+            for c in self.clients.values_mut() {
+                c.last_active_ms = now_ms;
+            }
+        }
+        self.clock_ms = self.clock_ms.max(now_ms);
+        self.session_idle_ms = session_idle_ms;
+        if session_idle_ms == 0 {
+            return;
+        }
+        let clock_ms = self.clock_ms;
+        let before = self.clients.len();
+        self.clients
+            .retain(|_, c| c.last_active_ms.saturating_add(session_idle_ms) >= clock_ms);
+        self.sessions_expired += (before - self.clients.len()) as u64;
     }
 
     fn apply_op(&mut self, op: Op) -> Reply {
@@ -155,6 +252,7 @@ impl KvStore {
                 }
             }
             Op::Get { key } => self.get(&key),
+            Op::Clock { .. } => unreachable!("clock commands are applied by apply_clock"),
         }
     }
 
@@ -357,6 +455,111 @@ mod tests {
         assert!(matches!(reply, Reply::Invalid { .. }));
         assert_eq!(kv.revision(), 0);
         assert!(kv.is_empty());
+    }
+
+    fn clock(now_ms: u64, session_idle_ms: u64) -> Bytes {
+        Op::Clock {
+            now_ms,
+            session_idle_ms,
+        }
+        .encode()
+    }
+
+    #[test]
+    fn snapshot_round_trip_keeps_everything() {
+        let mut kv = KvStore::new();
+        kv.apply(SYSTEM_CLIENT_ID, 0, &clock(1_000, 60_000));
+        kv.apply(1, 1, &put("a", "x"));
+        kv.apply(1, 2, &put("a", "y"));
+        kv.apply(2, 1, &put("b", "z"));
+        kv.apply(2, 2, &del("b"));
+        kv.apply(3, 1, &cas("c", 0, "w"));
+        let bytes = kv.encode_snapshot(42);
+        let (slot, back) = KvStore::decode_snapshot(&bytes).expect("decodes");
+        assert_eq!(slot, 42);
+        assert_eq!(back, kv, "keys, revisions, clients and clock all survive");
+        assert_eq!(back.digest(), kv.digest());
+        // The client table came along: a retry is answered, not applied again.
+        let mut back = back;
+        assert_eq!(
+            back.apply(1, 2, &put("a", "y")),
+            kv.clone().apply(1, 2, &put("a", "y"))
+        );
+        assert_eq!(back.revision(), kv.revision());
+        let info = snapshot_info(&bytes).unwrap();
+        assert_eq!((info.slot, info.keys, info.clients), (42, 2, 3));
+        assert_eq!(info.revision, kv.revision());
+        assert_eq!(info.bytes, bytes.len() as u64);
+    }
+
+    #[test]
+    fn damaged_snapshots_are_refused() {
+        let mut kv = KvStore::new();
+        kv.apply(1, 1, &put("a", "x"));
+        let bytes = kv.encode_snapshot(7);
+        for at in [0, 9, 16, bytes.len() / 2, bytes.len() - 1] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x40;
+            assert!(KvStore::decode_snapshot(&bad).is_err(), "flip at byte {at}");
+        }
+        for cut in [0, 10, 16, bytes.len() - 1] {
+            assert!(
+                KvStore::decode_snapshot(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn sessions_expire_after_the_idle_time_and_late_retries_are_refused() {
+        let mut kv = KvStore::new();
+        kv.apply(SYSTEM_CLIENT_ID, 0, &clock(10_000, 5_000));
+        kv.apply(1, 1, &put("a", "x"));
+        kv.apply(1, 2, &put("a", "y"));
+        kv.apply(2, 1, &put("b", "x"));
+        kv.apply(SYSTEM_CLIENT_ID, 0, &clock(14_000, 5_000));
+        kv.apply(2, 2, &put("b", "y")); // client 2 stays active
+        assert_eq!(kv.sessions(), 2, "nobody idle for 5 s yet");
+        kv.apply(SYSTEM_CLIENT_ID, 0, &clock(16_000, 5_000));
+        assert_eq!(kv.sessions(), 1, "client 1, idle for 6 s, expired");
+        assert_eq!(kv.sessions_expired(), 1);
+        let revision = kv.revision();
+        // A late retry of client 1's last write, or its next one, is refused, not applied.
+        assert_eq!(kv.apply(1, 2, &put("a", "y")), Reply::SessionExpired);
+        assert_eq!(kv.apply(1, 3, &put("a", "z")), Reply::SessionExpired);
+        assert_eq!(kv.revision(), revision);
+        assert_eq!(kv.sessions(), 1, "a refused command opens no session");
+        // The clock never goes back.
+        kv.apply(SYSTEM_CLIENT_ID, 0, &clock(1, 5_000));
+        assert_eq!(kv.clock_ms(), 16_000);
+        // Clients cannot forge clock commands, and client 0 takes nothing else.
+        assert!(matches!(
+            kv.apply(9, 1, &clock(99_999, 1)),
+            Reply::Invalid { .. }
+        ));
+        assert_eq!(kv.clock_ms(), 16_000);
+        assert!(matches!(
+            kv.apply(SYSTEM_CLIENT_ID, 0, &put("k", "v")),
+            Reply::Invalid { .. }
+        ));
+        assert_eq!(kv.revision(), revision);
+    }
+
+    /// Found by the real-process snapshot test: sessions opened before the first clock
+    /// command were stamped 0 and expired at once when the Unix-time clock arrived.
+    #[test]
+    fn sessions_from_before_the_first_clock_are_not_expired_by_it() {
+        let mut kv = KvStore::new();
+        kv.apply(1, 1, &put("a", "x"));
+        kv.apply(SYSTEM_CLIENT_ID, 0, &clock(1_764_000_000_000, 3_600_000));
+        assert_eq!(kv.sessions(), 1);
+        assert!(matches!(kv.apply(1, 2, &put("a", "y")), Reply::Put { .. }));
+    }
+
+    #[test]
+    fn without_expiry_an_unknown_client_may_start_at_any_seq() {
+        let mut kv = KvStore::new();
+        assert!(matches!(kv.apply(5, 7, &put("a", "x")), Reply::Put { .. }));
     }
 
     #[test]

@@ -124,6 +124,7 @@ pub enum WMessage {
         first_slot: u64,
         last_slot: u64,
         entries: Vec<WPromiseEntry>,
+        floor: u64,
     },
     Accept {
         ballot: WBallot,
@@ -158,6 +159,19 @@ pub enum WMessage {
     },
     CatchupReply {
         entries: Vec<(u64, WValue)>,
+        floor: u64,
+    },
+    SnapshotRequest {
+        slot: u64,
+        offset: u64,
+        bytes_max: u64,
+    },
+    SnapshotChunk {
+        slot: u64,
+        offset: u64,
+        total_bytes: u64,
+        crc: u32,
+        data: Bytes,
     },
     PreVote {
         ballot: WBallot,
@@ -231,8 +245,20 @@ pub struct Request {
 pub enum ClientFrame {
     Hello(Hello),
     Request(Request),
-    Status { id: u64 },
-    Topology { id: u64 },
+    Status {
+        id: u64,
+    },
+    Topology {
+        id: u64,
+    },
+    /// `mpaxos snapshot save`: the part of this group's export snapshot from byte `offset`.
+    /// `slot = 0` starts a new export (the leader snapshots its state machine now); later
+    /// parts name the export's slot.
+    Snapshot {
+        id: u64,
+        slot: u64,
+        offset: u64,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -321,6 +347,16 @@ pub enum ServerFrame {
         id: u64,
         topology: Topology,
     },
+    /// A part of an export snapshot (`refused`: why there is none, e.g. not the leader).
+    Snapshot {
+        id: u64,
+        refused: Option<String>,
+        slot: u64,
+        offset: u64,
+        total_bytes: u64,
+        crc: u32,
+        data: Bytes,
+    },
     Error(WireError),
 }
 
@@ -390,10 +426,12 @@ pub fn message_to_wire(m: &Message) -> WMessage {
             first_slot,
             last_slot,
             entries,
+            floor,
         } => WMessage::Promise {
             ballot: (*ballot).into(),
             first_slot: *first_slot,
             last_slot: *last_slot,
+            floor: *floor,
             entries: entries
                 .iter()
                 .map(|e| WPromiseEntry {
@@ -458,11 +496,34 @@ pub fn message_to_wire(m: &Message) -> WMessage {
             first_slot: *first_slot,
             last_slot: *last_slot,
         },
-        Message::CatchupReply { entries } => WMessage::CatchupReply {
+        Message::CatchupReply { entries, floor } => WMessage::CatchupReply {
             entries: entries
                 .iter()
                 .map(|(s, v)| (*s, value_to_wire(v)))
                 .collect(),
+            floor: *floor,
+        },
+        Message::SnapshotRequest {
+            slot,
+            offset,
+            bytes_max,
+        } => WMessage::SnapshotRequest {
+            slot: *slot,
+            offset: *offset,
+            bytes_max: *bytes_max,
+        },
+        Message::SnapshotChunk {
+            slot,
+            offset,
+            total_bytes,
+            crc,
+            data,
+        } => WMessage::SnapshotChunk {
+            slot: *slot,
+            offset: *offset,
+            total_bytes: *total_bytes,
+            crc: *crc,
+            data: data.clone(),
         },
         Message::PreVote { ballot, commit } => WMessage::PreVote {
             ballot: (*ballot).into(),
@@ -516,10 +577,12 @@ pub fn message_from_archived(m: &ArchivedWMessage) -> Message {
             first_slot,
             last_slot,
             entries,
+            floor,
         } => Message::Promise {
             ballot: ballot.into(),
             first_slot: first_slot.to_native(),
             last_slot: last_slot.to_native(),
+            floor: floor.to_native(),
             entries: entries
                 .iter()
                 .map(|e| PromiseEntry {
@@ -584,11 +647,34 @@ pub fn message_from_archived(m: &ArchivedWMessage) -> Message {
             first_slot: first_slot.to_native(),
             last_slot: last_slot.to_native(),
         },
-        ArchivedWMessage::CatchupReply { entries } => Message::CatchupReply {
+        ArchivedWMessage::CatchupReply { entries, floor } => Message::CatchupReply {
             entries: entries
                 .iter()
                 .map(|e| (e.0.to_native(), value_from_archived(&e.1)))
                 .collect(),
+            floor: floor.to_native(),
+        },
+        ArchivedWMessage::SnapshotRequest {
+            slot,
+            offset,
+            bytes_max,
+        } => Message::SnapshotRequest {
+            slot: slot.to_native(),
+            offset: offset.to_native(),
+            bytes_max: bytes_max.to_native(),
+        },
+        ArchivedWMessage::SnapshotChunk {
+            slot,
+            offset,
+            total_bytes,
+            crc,
+            data,
+        } => Message::SnapshotChunk {
+            slot: slot.to_native(),
+            offset: offset.to_native(),
+            total_bytes: total_bytes.to_native(),
+            crc: crc.to_native(),
+            data: Bytes::copy_from_slice(data.as_slice()),
         },
         ArchivedWMessage::PreVote { ballot, commit } => Message::PreVote {
             ballot: ballot.into(),
@@ -665,6 +751,12 @@ pub fn outcome_from_reply(reply: crate::kv::Reply) -> Outcome {
             mod_revision,
         },
         Reply::Invalid { reason } => Outcome::Invalid { reason },
+        Reply::SessionExpired => Outcome::Invalid {
+            reason: "this client's session expired (idle longer than the cluster's session idle time); whether an earlier try of this write was applied is unknown; start a new client".into(),
+        },
+        Reply::System => Outcome::Invalid {
+            reason: "client id 0 is reserved for the cluster".into(),
+        },
         Reply::Stale { last_seq } => Outcome::Invalid {
             reason: format!("sequence number is older than this client's last ({last_seq})"),
         },

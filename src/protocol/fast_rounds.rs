@@ -148,11 +148,25 @@ impl Replica {
         if self.cfg.protocol != ProtocolMode::FastPaxos || self.reject_below_promise(from, ballot) {
             return;
         }
+        let floor = self.log.floor();
+        if slot <= floor {
+            // Chosen, and only in the snapshot now: never a no-op vote. The leader, behind
+            // this floor, fetches the snapshot.
+            self.send(
+                from,
+                Message::CatchupReply {
+                    entries: Vec::new(),
+                    floor,
+                },
+            );
+            return;
+        }
         if let Some(value) = self.log.chosen(slot).cloned() {
             self.send(
                 from,
                 Message::CatchupReply {
                     entries: vec![(slot, value)],
+                    floor,
                 },
             );
             return;

@@ -24,12 +24,19 @@ pub struct Log {
     entries: BTreeMap<Slot, Entry>,
     /// Every slot in 1..=commit is chosen and known here.
     commit: Slot,
+    /// The log floor: every slot up to it is chosen, applied and held only in a snapshot (its
+    /// entries are gone from here). `floor <= commit`.
+    floor: Slot,
 }
 
 impl Log {
     pub fn from_durable(state: &DurableState) -> Self {
-        let mut log = Log::default();
-        for (slot, (ballot, value)) in &state.accepted {
+        let mut log = Log {
+            floor: state.floor,
+            commit: state.floor,
+            ..Log::default()
+        };
+        for (slot, (ballot, value)) in state.accepted.range(state.floor + 1..) {
             let entry = log.entry_mut(*slot);
             entry.accepted = Some((*ballot, value.clone()));
             entry.accepted_fast = state.fast.contains(slot);
@@ -45,7 +52,7 @@ impl Log {
                 entry.chosen = Some(value.clone());
             }
         }
-        for (slot, value) in &state.chosen {
+        for (slot, value) in state.chosen.range(state.floor + 1..) {
             log.entry_mut(*slot).chosen = Some(value.clone());
         }
         log.advance_commit();
@@ -60,14 +67,48 @@ impl Log {
         self.entries.get(&slot)
     }
 
+    pub fn floor(&self) -> Slot {
+        self.floor
+    }
+
     pub fn entry_mut(&mut self, slot: Slot) -> &mut Entry {
         assert!(slot > 0, "slot 0 is not a log position");
+        assert!(
+            slot > self.floor,
+            "slot {slot} is at or below the log floor {}",
+            self.floor
+        );
         self.entries.entry(slot).or_default()
     }
 
-    /// The highest slot with anything in it.
+    /// Raises the floor to `floor` (a snapshot at `floor` holds every slot up to it): drops
+    /// the entries at or below it; the commit index is at least the floor.
+    pub fn truncate(&mut self, floor: Slot) {
+        if floor <= self.floor {
+            return;
+        }
+        self.entries = self.entries.split_off(&(floor + 1));
+        self.floor = floor;
+        self.commit = self.commit.max(floor);
+        self.advance_commit();
+    }
+
+    /// Slots held in memory (for metrics and tests).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The highest slot with anything in it (the floor if nothing is above it).
     pub fn last_slot(&self) -> Slot {
-        self.entries.keys().next_back().copied().unwrap_or(0)
+        self.entries
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(self.floor)
     }
 
     pub fn chosen(&self, slot: Slot) -> Option<&Value> {
@@ -77,6 +118,10 @@ impl Log {
     /// Records `value` as chosen at `slot` and returns whether it was new. A slot's chosen value
     /// never changes: learning a different one is a safety violation, reported to the caller.
     pub fn set_chosen(&mut self, slot: Slot, value: Value) -> Result<bool, Value> {
+        if slot <= self.floor {
+            // Chosen and compacted into the snapshot: nothing to learn (or check) here.
+            return Ok(false);
+        }
         let entry = self.entry_mut(slot);
         match &entry.chosen {
             Some(existing) if *existing == value => Ok(false),

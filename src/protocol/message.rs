@@ -34,11 +34,16 @@ pub enum Message {
     /// `first_slot..=last_slot`. `last_slot == Slot::MAX` ends the report; otherwise the
     /// report was cut at `message_bytes_max` and the candidate asks for the rest with another
     /// Prepare at the same ballot from `last_slot + 1`.
+    ///
+    /// `floor` is the acceptor's log floor (its snapshot slot): it reports nothing at or below
+    /// it, because those slots are chosen and live only in its snapshot. A candidate whose
+    /// commit index is below a reported floor installs a snapshot before it proposes.
     Promise {
         ballot: Ballot,
         first_slot: Slot,
         last_slot: Slot,
         entries: Vec<PromiseEntry>,
+        floor: Slot,
     },
     /// Phase 2a for one slot, with the leader's commit index piggybacked.
     Accept {
@@ -80,8 +85,29 @@ pub enum Message {
     },
     /// A lagging replica asks for chosen values in `first_slot..=last_slot`.
     CatchupRequest { first_slot: Slot, last_slot: Slot },
-    /// Chosen values the responder knows in the requested range.
-    CatchupReply { entries: Vec<(Slot, Value)> },
+    /// Chosen values the responder knows in the requested range, and its log floor: slots
+    /// at or below `floor` it can give only as a snapshot.
+    CatchupReply {
+        entries: Vec<(Slot, Value)>,
+        floor: Slot,
+    },
+    /// Snapshot transfer (handled by the node, not the replica): "send me `bytes_max` bytes
+    /// (0: one chunk) of your snapshot from byte `offset`"; `slot` is the snapshot being
+    /// fetched (0: whichever is newest).
+    SnapshotRequest {
+        slot: Slot,
+        offset: u64,
+        bytes_max: u64,
+    },
+    /// One chunk of the responder's newest snapshot: `total_bytes` long, `crc` its crc32c
+    /// as a whole. A chunk of another slot than the one asked for restarts the transfer.
+    SnapshotChunk {
+        slot: Slot,
+        offset: u64,
+        total_bytes: u64,
+        crc: u32,
+        data: bytes::Bytes,
+    },
     /// Pre-vote: "would you grant me a new ballot?" `ballot` names the attempt; `commit` is
     /// the asker's commit index. Not durable; changes nothing at the receiver.
     PreVote { ballot: Ballot, commit: Slot },
@@ -129,10 +155,11 @@ impl Message {
                 .sum(),
             Message::Accept { value, .. } | Message::Voted { value, .. } => value.size_bytes(),
             Message::FastPropose { command } => command.size_bytes(),
-            Message::CatchupReply { entries } => entries
+            Message::CatchupReply { entries, .. } => entries
                 .iter()
                 .map(|(_, v)| v.size_bytes() + ENTRY_OVERHEAD_BYTES)
                 .sum(),
+            Message::SnapshotChunk { data, .. } => data.len(),
             _ => 0,
         };
         MESSAGE_OVERHEAD_BYTES + values
@@ -150,6 +177,8 @@ impl Message {
             Message::HeartbeatAck { .. } => "heartbeat_ack",
             Message::CatchupRequest { .. } => "catchup_request",
             Message::CatchupReply { .. } => "catchup_reply",
+            Message::SnapshotRequest { .. } => "snapshot_request",
+            Message::SnapshotChunk { .. } => "snapshot_chunk",
             Message::PreVote { .. } => "pre_vote",
             Message::PreVoteReply { .. } => "pre_vote_reply",
             Message::LeaseRequest { .. } => "lease_request",

@@ -72,10 +72,17 @@ pub enum InjectedBug {
     /// Fast Paxos: an acceptor picks the slot for a new command above its commit point only,
     /// not above its own votes, so it may vote twice in one (slot, round).
     FastVoteTwice,
+    /// Not a protocol bug: the node labels a snapshot with the highest slot its log holds
+    /// instead of the slot its state machine has applied, so the log is truncated past the
+    /// applied index (and a replica restarted from, or installing, that snapshot skips slots).
+    SnapshotPastApplied,
+    /// Not a protocol bug: a replica installs a peer's snapshot without its exactly-once
+    /// client table (a retried command can then be applied twice).
+    SnapshotWithoutClientTable,
 }
 
 impl InjectedBug {
-    pub const ALL: [InjectedBug; 12] = [
+    pub const ALL: [InjectedBug; 14] = [
         InjectedBug::AckBeforePersist,
         InjectedBug::SkipValueAdoption,
         InjectedBug::StaleLeaderRead,
@@ -88,6 +95,8 @@ impl InjectedBug {
         InjectedBug::FastQuorumMajority,
         InjectedBug::FastRecoveryAnyValue,
         InjectedBug::FastVoteTwice,
+        InjectedBug::SnapshotPastApplied,
+        InjectedBug::SnapshotWithoutClientTable,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -104,6 +113,8 @@ impl InjectedBug {
             InjectedBug::FastQuorumMajority => "fast-quorum-majority",
             InjectedBug::FastRecoveryAnyValue => "fast-recovery-any-value",
             InjectedBug::FastVoteTwice => "fast-vote-twice",
+            InjectedBug::SnapshotPastApplied => "snapshot-past-applied",
+            InjectedBug::SnapshotWithoutClientTable => "snapshot-without-client-table",
         }
     }
 
@@ -337,6 +348,9 @@ pub struct Ready {
     pub reads: Vec<ReadResult>,
     /// Queued proposals dropped on losing leadership.
     pub dropped: Vec<DroppedProposal>,
+    /// This replica needs slots a peer has truncated: fetch that peer's snapshot (at least at
+    /// this slot) and hand it to [`Replica::install_snapshot`].
+    pub snapshot_wanted: Option<(ReplicaId, Slot)>,
 }
 
 impl Ready {
@@ -346,6 +360,7 @@ impl Ready {
             && self.committed.is_empty()
             && self.reads.is_empty()
             && self.dropped.is_empty()
+            && self.snapshot_wanted.is_none()
     }
 }
 
@@ -358,6 +373,8 @@ pub struct Status {
     pub leader: Option<ReplicaId>,
     pub commit: Slot,
     pub applied: Slot,
+    /// The log floor: slots up to it live only in the snapshot.
+    pub floor: Slot,
     pub leader_commit: Slot,
     pub proposals_queued: usize,
     pub slots_in_flight: usize,
@@ -376,6 +393,10 @@ struct Candidate {
     /// Fast Paxos: per slot, the reported votes of the highest fast round reported there
     /// (its ballot; per acceptor, its vote), for the value-selection rule (`fast::select`).
     fast_votes: BTreeMap<Slot, (Ballot, Vec<Option<Value>>)>,
+    /// The highest log floor an acceptor reported at or above `first_slot`, and who: the
+    /// slots below it are chosen but were not reported, so this replica installs that
+    /// snapshot before it proposes anything.
+    snapshot_needed: Option<(ReplicaId, Slot)>,
 }
 
 struct InFlight {
@@ -532,7 +553,7 @@ impl Replica {
             promised: durable.promised,
             promise_write: (durable.promised, 0),
             log: Log::from_durable(durable),
-            applied: 0,
+            applied: durable.floor,
             leader_commit: 0,
             catchup_peer: None,
             catchup_sent_at: None,
@@ -603,6 +624,7 @@ impl Replica {
             leader: self.leader,
             commit: self.log.commit(),
             applied: self.applied,
+            floor: self.log.floor(),
             leader_commit: self.leader_commit,
             proposals_queued: self.queue.len(),
             slots_in_flight,
@@ -932,7 +954,8 @@ impl Replica {
                 first_slot,
                 last_slot,
                 entries,
-            } => self.on_promise(now, from, ballot, first_slot, last_slot, entries),
+                floor,
+            } => self.on_promise(now, from, ballot, (first_slot, last_slot), entries, floor),
             Message::Accept {
                 ballot,
                 slot,
@@ -975,7 +998,11 @@ impl Replica {
                 first_slot,
                 last_slot,
             } => self.on_catchup_request(from, first_slot, last_slot),
-            Message::CatchupReply { entries } => self.on_catchup_reply(now, entries),
+            Message::CatchupReply { entries, floor } => {
+                self.on_catchup_reply(now, from, entries, floor)
+            }
+            // Snapshot transfer is the node's business (it holds the state machine).
+            Message::SnapshotRequest { .. } | Message::SnapshotChunk { .. } => {}
             Message::PreVote { ballot, commit } => self.on_pre_vote(now, from, ballot, commit),
             Message::PreVoteReply { ballot, granted } => {
                 self.on_pre_vote_reply(now, from, ballot, granted)
@@ -1043,6 +1070,7 @@ impl Replica {
             self.promise_write = (ballot, write_id);
             write_id
         };
+        let floor = self.log.floor();
         self.send_after(
             write_id,
             from,
@@ -1051,6 +1079,7 @@ impl Replica {
                 first_slot,
                 last_slot,
                 entries,
+                floor,
             },
         );
     }
@@ -1149,6 +1178,21 @@ impl Replica {
         self.promised = ballot;
         self.step_down_below(now, ballot);
         self.heard_from_leader(now, from, ballot);
+        if slot <= self.log.floor() {
+            // Chosen and compacted here. A leader proposes at a chosen slot only the chosen
+            // value (phase 1 guarantees it), so the vote is safe; there is nothing to store.
+            let holders = self.lease_holders(now);
+            self.send(
+                from,
+                Message::Accepted {
+                    ballot,
+                    slot,
+                    holders,
+                },
+            );
+            self.learn_commit(now, from, ballot, commit);
+            return;
+        }
         let entry = self.log.entry_mut(slot);
         let write_id = match &entry.accepted {
             // A retransmitted or duplicated Accept: answer once the first write is durable
@@ -1296,6 +1340,18 @@ impl Replica {
     }
 
     fn on_catchup_request(&mut self, from: ReplicaId, first_slot: Slot, last_slot: Slot) {
+        let floor = self.log.floor();
+        if first_slot <= floor {
+            // Those slots are only in the snapshot: say so, the asker fetches it.
+            self.send(
+                from,
+                Message::CatchupReply {
+                    entries: Vec::new(),
+                    floor,
+                },
+            );
+            return;
+        }
         let entries = self.log.chosen_in(
             first_slot,
             last_slot,
@@ -1306,11 +1362,20 @@ impl Replica {
             ENTRY_OVERHEAD_BYTES,
         );
         if !entries.is_empty() {
-            self.send(from, Message::CatchupReply { entries });
+            self.send(from, Message::CatchupReply { entries, floor });
         }
     }
 
-    fn on_catchup_reply(&mut self, now: Nanos, entries: Vec<(Slot, Value)>) {
+    fn on_catchup_reply(
+        &mut self,
+        now: Nanos,
+        from: ReplicaId,
+        entries: Vec<(Slot, Value)>,
+        floor: Slot,
+    ) {
+        if floor > self.log.commit() && !matches!(self.proposer, Proposer::Leader(_)) {
+            self.want_snapshot(from, floor);
+        }
         let mut new = Vec::new();
         for (slot, value) in entries {
             if slot == 0 {
@@ -1397,6 +1462,7 @@ impl Replica {
             promises: VoteSet::EMPTY,
             merged: BTreeMap::new(),
             fast_votes: BTreeMap::new(),
+            snapshot_needed: None,
         });
         self.leader = None;
         self.last_heard_leader = None;
@@ -1409,9 +1475,9 @@ impl Replica {
         now: Nanos,
         from: ReplicaId,
         ballot: Ballot,
-        first_slot: Slot,
-        last_slot: Slot,
+        (first_slot, last_slot): (Slot, Slot),
         entries: Vec<PromiseEntry>,
+        floor: Slot,
     ) {
         let Proposer::Candidate(candidate) = &mut self.proposer else {
             return;
@@ -1421,6 +1487,11 @@ impl Replica {
         }
         if first_slot != candidate.next_part[from as usize] {
             return; // A duplicate or stale part.
+        }
+        if floor >= candidate.first_slot
+            && candidate.snapshot_needed.map_or(true, |(_, f)| floor > f)
+        {
+            candidate.snapshot_needed = Some((from, floor));
         }
         // Merging the parts of an acceptor that never completes is harmless: they are values
         // it really accepted below our ballot, and the highest-ballot rule stays safe with
@@ -1478,8 +1549,82 @@ impl Replica {
         if candidate.promises.contains(self.cfg.id)
             && self.quorum.is_phase1_quorum(candidate.promises)
         {
-            self.become_leader(now);
+            self.finish_election(now);
         }
+    }
+
+    /// A candidate with its quorum of promises leads, unless an acceptor reported a log floor
+    /// above what this replica knows chosen: it fetches that snapshot first (a no-op proposed
+    /// in a slot that was chosen and truncated elsewhere would overwrite it). The election
+    /// timer still runs: a snapshot that does not come in time means a new election.
+    fn finish_election(&mut self, now: Nanos) {
+        let Proposer::Candidate(candidate) = &self.proposer else {
+            return;
+        };
+        if let Some((peer, floor)) = candidate.snapshot_needed {
+            if floor > self.log.commit() {
+                self.want_snapshot(peer, floor);
+                return;
+            }
+        }
+        self.become_leader(now);
+    }
+
+    fn want_snapshot(&mut self, peer: ReplicaId, floor: Slot) {
+        if peer == self.cfg.id {
+            return;
+        }
+        if self.out.snapshot_wanted.map_or(true, |(_, f)| floor > f) {
+            self.out.snapshot_wanted = Some((peer, floor));
+        }
+    }
+
+    /// The node installed a snapshot at `slot` in its state machine (taken from a peer, after
+    /// verifying it): every slot up to `slot` is chosen and applied. Returns false (and
+    /// changes nothing) if this replica already knows that much. The node persists the
+    /// snapshot; until it is durable the WAL still holds the older state, which is safe to
+    /// restart from (it only lacks chosen slots, which catch-up fetches again).
+    pub fn install_snapshot(&mut self, now: Nanos, slot: Slot) -> bool {
+        if self.fatal.is_some()
+            || slot <= self.log.commit()
+            || matches!(self.proposer, Proposer::Leader(_))
+        {
+            return false;
+        }
+        self.log.truncate(slot);
+        self.applied = slot;
+        self.catchup_sent_at = None;
+        self.maybe_catch_up(now);
+        let ready = match &self.proposer {
+            Proposer::Candidate(c) => {
+                c.promises.contains(self.cfg.id) && self.quorum.is_phase1_quorum(c.promises)
+            }
+            _ => false,
+        };
+        if ready {
+            self.finish_election(now);
+        }
+        true
+    }
+
+    /// A snapshot of the state machine at `slot` is durable: the log forgets every slot up to
+    /// it (the node then releases the WAL below it). `slot` must be applied already.
+    pub fn compact(&mut self, slot: Slot) {
+        if slot <= self.log.floor() || self.fatal.is_some() {
+            return;
+        }
+        if self.cfg.inject_bug == Some(InjectedBug::SnapshotPastApplied) && slot > self.applied {
+            // The injected bug: the log claims slots the state machine never applied.
+            self.log.truncate(slot);
+            self.applied = slot;
+            return;
+        }
+        assert!(
+            slot <= self.applied,
+            "a snapshot at slot {slot} is past the applied index {}",
+            self.applied
+        );
+        self.log.truncate(slot);
     }
 
     fn become_leader(&mut self, now: Nanos) {
@@ -1488,7 +1633,9 @@ impl Replica {
             unreachable!("only a candidate becomes leader")
         };
         let n = self.cfg.replicas as usize;
-        let first_slot = candidate.first_slot;
+        // Slots at or below the log floor are chosen (and held only in the snapshot): never
+        // re-proposed.
+        let first_slot = candidate.first_slot.max(self.log.floor() + 1);
         let last_reported = candidate.merged.keys().next_back().copied().unwrap_or(0);
         let skip_adoption = self.cfg.inject_bug == Some(InjectedBug::SkipValueAdoption);
         let recovery_end = if skip_adoption {
@@ -1832,6 +1979,11 @@ impl Replica {
                 return;
             }
             // Recovery first, paced by the pipeline like any proposal.
+            if leader.recovery_next <= self.log.floor() {
+                // Compacted meanwhile: chosen, nothing to re-propose.
+                leader.recovery_next = self.log.floor() + 1;
+                continue;
+            }
             if leader.recovery_next <= leader.recovery_end {
                 let slot = leader.recovery_next;
                 leader.recovery_next += 1;

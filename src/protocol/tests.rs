@@ -270,6 +270,7 @@ fn conflicting_chosen_value_is_fatal() {
             to: follower,
             msg: Message::CatchupReply {
                 entries: vec![(1, batch(9, 9, Bytes::from_static(b"z")))],
+                floor: 0,
             },
         },
     );
@@ -886,6 +887,7 @@ fn a_candidate_leads_only_once_its_own_promise_is_durable() {
                     first_slot,
                     last_slot: Slot::MAX,
                     entries: Vec::new(),
+                    floor: 0,
                 },
             },
         );
@@ -911,3 +913,182 @@ fn a_candidate_leads_only_once_its_own_promise_is_durable() {
 #[cfg(test)]
 #[path = "tests_fast.rs"]
 mod fast;
+
+// ------------------------------------------------------------------ snapshots and truncation
+
+fn take_ready(r: &mut Replica, now: Nanos) -> Ready {
+    let ready = r.ready(now);
+    if let Some((last, _)) = ready.writes.last() {
+        r.persisted(now, *last);
+    }
+    ready
+}
+
+/// A candidate that learns from a promise that an acceptor truncated slots it does not know
+/// chosen fetches that snapshot before it proposes anything: a no-op there would overwrite a
+/// chosen value. Once the snapshot is installed it leads, re-proposing only above the floor.
+#[test]
+fn candidate_installs_a_peers_snapshot_before_proposing() {
+    let mut r = Replica::new(config(2, 3), &DurableState::default(), 0);
+    let mut now = 151 * MS;
+    r.tick(now);
+    let pre = take_ready(&mut r, now);
+    let ballot = pre
+        .messages
+        .iter()
+        .find_map(|e| match e.msg {
+            Message::PreVote { ballot, .. } => Some(ballot),
+            _ => None,
+        })
+        .expect("a pre-vote");
+    r.step(
+        now,
+        Envelope {
+            from: 1,
+            to: 2,
+            msg: Message::PreVoteReply {
+                ballot,
+                granted: true,
+            },
+        },
+    );
+    // The election: our own promise goes through our own acceptor.
+    let mut prepare = None;
+    for _ in 0..4 {
+        let ready = take_ready(&mut r, now);
+        for env in ready.messages {
+            if let Message::Prepare { ballot, first_slot } = env.msg {
+                prepare = Some((ballot, first_slot));
+            }
+            if env.to == 2 {
+                r.step(now, env);
+            }
+        }
+    }
+    let (ballot, first_slot) = prepare.expect("a prepare");
+    assert_eq!(first_slot, 1);
+    let accepted = batch(4, 1, Bytes::from_static(b"after the floor"));
+    r.step(
+        now,
+        Envelope {
+            from: 1,
+            to: 2,
+            msg: Message::Promise {
+                ballot,
+                first_slot,
+                last_slot: Slot::MAX,
+                entries: vec![PromiseEntry {
+                    slot: 11,
+                    ballot: Ballot::new(1, 0),
+                    value: accepted.clone(),
+                    chosen: false,
+                }],
+                floor: 10,
+            },
+        },
+    );
+    let ready = take_ready(&mut r, now);
+    assert_eq!(ready.snapshot_wanted, Some((1, 10)));
+    assert!(
+        !ready
+            .messages
+            .iter()
+            .any(|e| matches!(e.msg, Message::Accept { .. })),
+        "proposed before installing the snapshot: {:?}",
+        ready.messages
+    );
+    assert_eq!(r.role(), Role::Candidate);
+    // The node installs the snapshot: the replica leads and starts above the floor.
+    now += MS;
+    assert!(r.install_snapshot(now, 10));
+    assert_eq!(r.status().applied, 10);
+    assert_eq!(r.status().floor, 10);
+    assert_eq!(r.role(), Role::Leader);
+    let ready = take_ready(&mut r, now);
+    let accepts: Vec<(Slot, Value)> = ready
+        .messages
+        .iter()
+        .filter_map(|e| match &e.msg {
+            Message::Accept { slot, value, .. } if e.to == 0 => Some((*slot, value.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        accepts,
+        vec![(11, accepted)],
+        "only slot 11, with its value"
+    );
+    // An older snapshot changes nothing.
+    assert!(!r.install_snapshot(now, 5));
+}
+
+/// After a durable snapshot the log forgets the slots below the floor: a catch-up request
+/// for them is answered with the floor (the asker fetches the snapshot), a Promise reports
+/// the floor, and a restart from the snapshot's durable state starts at the floor.
+#[test]
+fn truncated_slots_are_offered_as_a_snapshot() {
+    let mut net = Net::new(3);
+    net.run_until(200 * MS);
+    let leader = net.leader().expect("a leader");
+    for seq in 1..=5 {
+        net.propose(leader, 1, seq, Bytes::from_static(b"v"));
+    }
+    net.run_until(400 * MS);
+    let follower = (leader + 1) % 3;
+    let applied = net.r(follower).status().applied;
+    assert!(applied >= 5, "applied {applied}");
+    net.r_mut(follower).compact(4);
+    assert_eq!(net.r(follower).status().floor, 4);
+    assert!(net.r(follower).log().get(4).is_none());
+    assert!(net.r(follower).log().get(5).is_some());
+    let now = net.now;
+    net.r_mut(follower).step(
+        now,
+        Envelope {
+            from: leader,
+            to: follower,
+            msg: Message::CatchupRequest {
+                first_slot: 2,
+                last_slot: 6,
+            },
+        },
+    );
+    let ready = net.r_mut(follower).ready(now);
+    let reply = ready
+        .messages
+        .iter()
+        .find(|e| matches!(e.msg, Message::CatchupReply { .. }))
+        .expect("a reply");
+    assert_eq!(
+        reply.msg,
+        Message::CatchupReply {
+            entries: Vec::new(),
+            floor: 4
+        }
+    );
+    // The asker, behind the floor, wants the snapshot.
+    let mut lagging = Replica::new(config(2, 3), &DurableState::default(), now);
+    lagging.step(
+        now,
+        Envelope {
+            from: follower,
+            to: 2,
+            msg: reply.msg.clone(),
+        },
+    );
+    assert_eq!(lagging.ready(now).snapshot_wanted, Some((follower, 4)));
+    // A restart from the snapshot's durable state: applied and committed up to the floor.
+    let mut durable = net.durable[follower as usize].clone();
+    durable.floor = 4;
+    let restarted = Replica::new(config(follower, 3), &durable, now);
+    assert_eq!(restarted.status().applied, 4);
+    assert!(restarted.status().commit >= 4);
+    assert!(restarted.log().get(3).is_none());
+}
+
+#[test]
+#[should_panic(expected = "past the applied index")]
+fn a_snapshot_past_the_applied_index_is_refused() {
+    let mut r = Replica::new(config(0, 3), &DurableState::default(), 0);
+    r.compact(3);
+}

@@ -114,6 +114,9 @@ pub struct DurableState {
     pub commits: BTreeMap<Ballot, Slot>,
     /// Slots whose `accepted` value is a fast-round vote (Fast Paxos mode).
     pub fast: BTreeSet<Slot>,
+    /// The slot of the snapshot the replica starts from (0: none): every slot up to it is
+    /// chosen and applied in the state machine, and entries at or below it are ignored.
+    pub floor: Slot,
 }
 
 impl DurableState {

@@ -21,6 +21,14 @@ pub trait Disk {
     fn limits(&self) -> DiskLimits;
     /// A short name for status and logs ("uring", "sync", "memory", "sim").
     fn backend_name(&self) -> String;
+    /// Starts writing a snapshot of the state machine at `slot` durably, without waiting for
+    /// it; see [`Wal::start_snapshot`]. One at a time.
+    fn start_snapshot(&mut self, slot: u64, data: bytes::Bytes) -> Result<(), WalError>;
+    /// The slot of the snapshot write that became durable since the last call, if any.
+    fn poll_snapshot(&mut self) -> Result<Option<u64>, WalError>;
+    /// A snapshot at `slot` is durable: release the log that holds nothing above it; returns
+    /// the number of segments released. See [`Wal::release_segments`].
+    fn release_log(&mut self, slot: u64) -> Result<usize, WalError>;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,5 +64,17 @@ impl Disk for Wal {
 
     fn backend_name(&self) -> String {
         self.backend_kind().to_string()
+    }
+
+    fn start_snapshot(&mut self, slot: u64, data: bytes::Bytes) -> Result<(), WalError> {
+        Wal::start_snapshot(self, slot, data)
+    }
+
+    fn poll_snapshot(&mut self) -> Result<Option<u64>, WalError> {
+        Wal::poll_snapshot(self)
+    }
+
+    fn release_log(&mut self, slot: u64) -> Result<usize, WalError> {
+        Wal::release_segments(self, slot)
     }
 }

@@ -25,7 +25,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::conn::{Conn, ReadStatus};
 use super::metrics::{GroupMetrics, LocalHistogram};
-use super::node::{ConnId, Node, NodeConfig, Output};
+use super::node::{ConnId, Node, NodeConfig, Output, Restored, SnapshotPolicy};
 use super::storage::Storage;
 use super::{Shared, NO_LEADER};
 use crate::net::frame::{access, FrameError, FRAME_PAYLOAD_MAX_BYTES};
@@ -67,6 +67,14 @@ const CONN_INDEX_BITS: u32 = 24;
 /// The clock of every group thread: CLOCK_BOOTTIME, which (unlike CLOCK_MONOTONIC, what
 /// `Instant` reads) keeps counting while the machine or VM is suspended. A lease measured on a
 /// clock that stops would outlive the acceptors' promises, which keep counting on theirs.
+/// Unix time minus [`boottime_ns`], for the leader's clock commands (sessions expire on it).
+fn wall_clock_offset_ns() -> Nanos {
+    let unix_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    unix_ns.saturating_sub(boottime_ns())
+}
+
 pub fn boottime_ns() -> Nanos {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -100,6 +108,7 @@ pub struct GroupSpec {
     pub peer_delay_ns: Vec<Nanos>,
     /// [`crate::server::config::ClusterConfig::settings_digest`]: peers must agree on it.
     pub settings_digest: u64,
+    pub snapshot: SnapshotPolicy,
 }
 
 /// A running group thread.
@@ -227,7 +236,11 @@ impl Group {
                 1u64 << CONN_INDEX_BITS
             ));
         }
-        let (storage, durable, recovered) = Storage::open(spec.wal.clone())?;
+        let (storage, durable, mut recovered) = Storage::open(spec.wal.clone())?;
+        let restored = match recovered.snapshot.take() {
+            Some(snap) => Restored::from_snapshot(snap.slot, snap.data)?,
+            None => Restored::empty(),
+        };
         let report = &recovered.report;
         tracing::info!(
             group = spec.group,
@@ -238,6 +251,8 @@ impl Group {
             promised = %durable.promised,
             accepted = durable.accepted.len(),
             chosen = durable.chosen.len(),
+            snapshot_slot = restored.slot(),
+            keys = restored.kv.len(),
             "WAL recovered"
         );
         for note in &report.notes {
@@ -301,10 +316,19 @@ impl Group {
             backlog_bytes_max: WAL_BACKLOG_BYTES_MAX,
             observe: false,
             inject_ack_before_durable: false,
+            snapshot: spec.snapshot.clone(),
+            wall_clock_offset_ns: wall_clock_offset_ns(),
         };
         // The replica's timers start now, after recovery and binding: a long recovery must not
         // count against the election timeout.
-        let node = Node::new(node_cfg, storage, &durable, boottime_ns(), metrics.clone());
+        let node = Node::new(
+            node_cfg,
+            storage,
+            &durable,
+            restored,
+            boottime_ns(),
+            metrics.clone(),
+        );
         Ok(Group {
             spec_id: spec.replica_id,
             group: spec.group,
@@ -1003,6 +1027,33 @@ impl Group {
                         status,
                     },
                 );
+                true
+            }
+            (Kind::Client, ArchivedClientFrame::Snapshot { id, slot, offset }) => {
+                let frame = match self
+                    .node
+                    .export_snapshot(slot.to_native(), offset.to_native())
+                {
+                    Ok(part) => ServerFrame::Snapshot {
+                        id: id.to_native(),
+                        refused: None,
+                        slot: part.slot,
+                        offset: part.offset,
+                        total_bytes: part.total_bytes,
+                        crc: part.crc,
+                        data: part.data,
+                    },
+                    Err(why) => ServerFrame::Snapshot {
+                        id: id.to_native(),
+                        refused: Some(why),
+                        slot: 0,
+                        offset: 0,
+                        total_bytes: 0,
+                        crc: 0,
+                        data: bytes::Bytes::new(),
+                    },
+                };
+                self.send_client(idx, &frame);
                 true
             }
             (Kind::Client, ArchivedClientFrame::Topology { id }) => {

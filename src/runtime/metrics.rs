@@ -42,6 +42,13 @@ pub struct GroupMetrics {
     pub fast_recovered_total: Counter,
     pub fast_recovery_seconds_total: Counter<f64, AtomicU64>,
     pub fast_mode_switches_total: Counter,
+    /// Snapshots: taken here and durable, installed from a peer; the log floor; slots and
+    /// client sessions held in memory.
+    pub snapshots_total: Counter,
+    pub snapshots_installed_total: Counter,
+    pub log_floor: Gauge,
+    pub log_slots: Gauge,
+    pub sessions: Gauge,
 }
 
 impl GroupMetrics {
@@ -75,8 +82,38 @@ impl GroupMetrics {
             fast_recovered_total: Counter::default(),
             fast_recovery_seconds_total: Counter::default(),
             fast_mode_switches_total: Counter::default(),
+            snapshots_total: Counter::default(),
+            snapshots_installed_total: Counter::default(),
+            log_floor: Gauge::default(),
+            log_slots: Gauge::default(),
+            sessions: Gauge::default(),
         };
         let sub = registry.sub_registry_with_label(("group".into(), group.to_string().into()));
+        sub.register(
+            "snapshots",
+            "Snapshots of the state machine this replica took and made durable",
+            m.snapshots_total.clone(),
+        );
+        sub.register(
+            "snapshots_installed",
+            "Snapshots this replica installed from a peer",
+            m.snapshots_installed_total.clone(),
+        );
+        sub.register(
+            "log_floor",
+            "Log floor: the slot of the newest snapshot; slots up to it are released",
+            m.log_floor.clone(),
+        );
+        sub.register(
+            "log_slots",
+            "Slots held in memory above the log floor",
+            m.log_slots.clone(),
+        );
+        sub.register(
+            "sessions",
+            "Client sessions in the exactly-once table",
+            m.sessions.clone(),
+        );
         sub.register(
             "has_leader",
             "1 if this group knows a leader",

@@ -110,14 +110,23 @@ pub struct Storage<D: Disk> {
 }
 
 /// Rebuilds the protocol's durable state from what the WAL recovered (the server's WAL at
-/// start-up, or the simulator's disk after a crash): one code path for both.
-pub fn replay(promised: wal::Ballot, entries: &[RecoveredEntry]) -> Result<DurableState, String> {
-    let mut durable = DurableState::default();
+/// start-up, or the simulator's disk after a crash): one code path for both. `floor` is the
+/// slot of the snapshot the replica starts from (0: none): entries at or below it are
+/// skipped, so restart work depends on the log since the snapshot, not on history.
+pub fn replay(
+    promised: wal::Ballot,
+    entries: &[RecoveredEntry],
+    floor: Slot,
+) -> Result<DurableState, String> {
+    let mut durable = DurableState {
+        floor,
+        ..DurableState::default()
+    };
     durable.apply(&Write::Promise {
         ballot: Ballot::new(promised.round, promised.replica),
     });
     let mut aligned = rkyv::util::AlignedVec::<16>::new();
-    for e in entries {
+    for e in entries.iter().filter(|e| e.slot_first > floor) {
         aligned.clear();
         aligned.extend_from_slice(&e.body);
         let record = access::<WalRecord>(&aligned).map_err(|err| {
@@ -175,10 +184,12 @@ pub fn decode_value(body: &[u8]) -> Option<(RecordKind, protocol::Value)> {
 }
 
 impl Storage<Wal> {
-    /// Opens the WAL and rebuilds the protocol's durable state from it.
+    /// Opens the WAL and rebuilds the protocol's durable state from it, starting at the
+    /// newest valid snapshot (left in `Recovered::snapshot` for the state machine).
     pub fn open(cfg: WalConfig) -> Result<(Storage<Wal>, DurableState, wal::Recovered), String> {
         let (wal, mut recovered) = Wal::open(cfg).map_err(|e| e.to_string())?;
-        let durable = replay(recovered.superblock.promised, &recovered.entries)?;
+        let floor = recovered.snapshot.as_ref().map_or(0, |s| s.slot);
+        let durable = replay(recovered.superblock.promised, &recovered.entries, floor)?;
         recovered.entries = Vec::new();
         Ok((Storage::new(wal), durable, recovered))
     }
@@ -427,6 +438,21 @@ impl<D: Disk> Storage<D> {
     pub fn flush(&mut self) -> Result<(), WalError> {
         self.disk.flush()
     }
+
+    /// Starts writing a snapshot in the background; see [`Disk::start_snapshot`].
+    pub fn start_snapshot(&mut self, slot: Slot, data: bytes::Bytes) -> Result<(), WalError> {
+        self.disk.start_snapshot(slot, data)
+    }
+
+    /// The slot of a snapshot that became durable since the last call.
+    pub fn poll_snapshot(&mut self) -> Result<Option<Slot>, WalError> {
+        self.disk.poll_snapshot()
+    }
+
+    /// Releases the log below a durable snapshot.
+    pub fn release_log(&mut self, slot: Slot) -> Result<usize, WalError> {
+        self.disk.release_log(slot)
+    }
 }
 #[cfg(test)]
 mod tests {
@@ -511,6 +537,66 @@ mod tests {
             assert!(durable.fast.contains(&4) && !durable.fast.contains(&1));
             assert_eq!(durable, expected);
         }
+    }
+
+    /// A snapshot written through the storage (off-thread) becomes durable, releases the log
+    /// below it, and a reopen starts from it: the floor is its slot and only the entries above
+    /// it are replayed.
+    #[test]
+    fn reopen_starts_from_the_newest_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = WalConfig::new(dir.path(), 5, 0);
+        cfg.backend = BackendChoice::Sync;
+        cfg.segment_bytes = 64 << 10;
+        cfg.max_batch_bytes = 32 << 10;
+        cfg.max_entry_bytes = 16 << 10;
+        let (mut st, _, _) = Storage::open(cfg.clone()).unwrap();
+        let wait = |st: &mut Storage<Wal>, id: protocol::WriteId| {
+            for _ in 0..5000 {
+                if st.poll(0).unwrap().up_to == Some(id) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            panic!("write {id} never became durable");
+        };
+        // Enough chosen slots to fill several segments.
+        for id in 1..=40u64 {
+            let entries = (1..=10).map(|i| ((id - 1) * 10 + i, batch(40))).collect();
+            st.submit(0, vec![(id, Write::Chosen { entries })]).unwrap();
+            wait(&mut st, id);
+        }
+        let segments_before = crate::wal::files::list_dir(dir.path())
+            .unwrap()
+            .segments
+            .len();
+        let image = b"state at slot 300".to_vec();
+        st.start_snapshot(300, bytes::Bytes::from(image.clone()))
+            .unwrap();
+        let mut durable_at = None;
+        for _ in 0..5000 {
+            durable_at = st.poll_snapshot().unwrap();
+            if durable_at.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(durable_at, Some(300));
+        let released = st.release_log(300).unwrap();
+        assert!(released > 0, "no segment released");
+        let segments_after = crate::wal::files::list_dir(dir.path())
+            .unwrap()
+            .segments
+            .len();
+        assert_eq!(segments_after, segments_before - released);
+        drop(st);
+        let (_, durable, recovered) = Storage::open(cfg).unwrap();
+        let snap = recovered.snapshot.expect("the snapshot is found");
+        assert_eq!((snap.slot, snap.data), (300, image));
+        assert_eq!(durable.floor, 300);
+        assert!(durable.chosen.keys().all(|s| *s > 300));
+        assert_eq!(durable.chosen.keys().next_back(), Some(&400));
+        assert_eq!(durable.chosen.len(), 100);
     }
 
     /// Hole: one run of log writes used to become one append, and an append over the WAL's

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{ProtocolMode, ReadMode};
+use crate::runtime::node::SnapshotPolicy;
 use crate::wal::BackendChoice;
 
 /// Where a replica pins its group threads.
@@ -178,7 +179,41 @@ pub struct ClusterConfig {
     /// every replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_holders: Option<Vec<u32>>,
+    /// Each group snapshots its state machine once this many slots were applied since its
+    /// last snapshot (0: never by count); the log below a durable snapshot is released.
+    #[serde(default = "default_snapshot_every_entries")]
+    pub snapshot_every_entries: u64,
+    /// ... or once this many bytes of commands were applied (0: never by size).
+    #[serde(default = "default_snapshot_every_bytes")]
+    pub snapshot_every_bytes: u64,
+    /// Slots kept in the log below a durable snapshot (the log floor trails the snapshot by
+    /// this much), so a follower a little behind catches up from the log instead of a snapshot.
+    #[serde(default = "default_snapshot_trail_slots")]
+    pub snapshot_trail_slots: u64,
+    /// A client session (the exactly-once record of one client id) idle for longer than this
+    /// expires; a later command of that client other than its first is refused with a
+    /// "session expired" error instead of risking a second application. 0: never expire
+    /// (the table then grows with every client id ever seen).
+    #[serde(default = "default_session_idle_ms")]
+    pub session_idle_ms: u64,
     pub replicas: Vec<ReplicaConfig>,
+}
+
+fn default_snapshot_every_entries() -> u64 {
+    SnapshotPolicy::default().every_entries
+}
+
+fn default_snapshot_every_bytes() -> u64 {
+    SnapshotPolicy::default().every_bytes
+}
+
+fn default_snapshot_trail_slots() -> u64 {
+    SnapshotPolicy::default().trail_slots
+}
+
+/// An hour: far above any client's retry window, so only a client gone for good expires.
+fn default_session_idle_ms() -> u64 {
+    3_600_000
 }
 
 fn one() -> u32 {
@@ -442,6 +477,18 @@ impl ClusterConfig {
 
     /// A digest of the settings every replica must share for leases and stickiness to be
     /// sound; peers compare it in their handshake and refuse a mismatch.
+    /// The snapshot and session settings every group runs with.
+    pub fn snapshot_policy(&self) -> SnapshotPolicy {
+        SnapshotPolicy {
+            every_entries: self.snapshot_every_entries,
+            every_bytes: self.snapshot_every_bytes,
+            trail_slots: self.snapshot_trail_slots,
+            session_idle_ms: self.session_idle_ms,
+            clock_every_ms: if self.session_idle_ms > 0 { 1_000 } else { 0 },
+            ..SnapshotPolicy::default()
+        }
+    }
+
     pub fn settings_digest(&self) -> u64 {
         let t = &self.timeouts;
         let fields = [
@@ -529,6 +576,10 @@ impl ClusterConfig {
             protocol: None,
             read_mode: None,
             lease_holders: None,
+            snapshot_every_entries: default_snapshot_every_entries(),
+            snapshot_every_bytes: default_snapshot_every_bytes(),
+            snapshot_trail_slots: default_snapshot_trail_slots(),
+            session_idle_ms: default_session_idle_ms(),
             replicas: (0..replicas)
                 .map(|id| {
                     let base = base_port + id as u16 * stride;

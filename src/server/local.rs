@@ -251,6 +251,10 @@ pub struct ClusterArgs {
     /// `cluster.toml` must agree). Fast Paxos serves reads with read-index rounds.
     #[arg(long, value_enum)]
     pub protocol: Option<crate::protocol::ProtocolMode>,
+    /// Start a new cluster from a file `mpaxos snapshot save` wrote (every replica starts
+    /// from it; the directory must not hold a cluster yet). Its group count is the cluster's.
+    #[arg(long)]
+    pub from_snapshot: Option<PathBuf>,
 }
 
 /// A flag given for a directory that already holds a cluster must say what its cluster.toml
@@ -288,6 +292,24 @@ pub fn run_cluster(args: ClusterArgs) -> std::process::ExitCode {
     use std::process::ExitCode;
     super::init_logging();
     let existing = args.dir.join("cluster.toml");
+    let restore = match &args.from_snapshot {
+        None => None,
+        Some(_) if existing.exists() => {
+            eprintln!(
+                "error: {} already holds a cluster; --from-snapshot starts a new one (use a new --dir)",
+                existing.display()
+            );
+            return ExitCode::from(2);
+        }
+        Some(file) => match super::snapshot_file::read(file) {
+            Ok(parts) => Some(parts),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let groups = args.groups.or(restore.as_ref().map(|p| p.len() as u32));
     let config = if existing.exists() {
         // Restarting a cluster in the same directory keeps its identity and data.
         match ClusterConfig::load(&existing) {
@@ -299,7 +321,7 @@ pub fn run_cluster(args: ClusterArgs) -> std::process::ExitCode {
         }
     } else {
         let base = if args.base_port == 0 {
-            match free_base_port(args.replicas.unwrap_or(3), args.groups.unwrap_or(1)) {
+            match free_base_port(args.replicas.unwrap_or(3), groups.unwrap_or(1)) {
                 Ok(b) => b,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -310,12 +332,8 @@ pub fn run_cluster(args: ClusterArgs) -> std::process::ExitCode {
             args.base_port
         };
         let dir = std::path::absolute(&args.dir).unwrap_or(args.dir.clone());
-        let mut c = ClusterConfig::local(
-            args.replicas.unwrap_or(3),
-            args.groups.unwrap_or(1),
-            &dir,
-            base,
-        );
+        let mut c =
+            ClusterConfig::local(args.replicas.unwrap_or(3), groups.unwrap_or(1), &dir, base);
         c.durability = args.durability.unwrap_or_default();
         // A benchmark cluster is never restarted: memory durability is its to choose.
         c.unsafe_memory_durability = c.durability == crate::wal::BackendChoice::Memory;
@@ -336,6 +354,17 @@ pub fn run_cluster(args: ClusterArgs) -> std::process::ExitCode {
             );
             return ExitCode::from(2);
         }
+    }
+    if let Some(parts) = &restore {
+        if let Err(e) = super::snapshot_file::restore(&config, parts) {
+            eprintln!("error: cannot restore the snapshot: {e}");
+            return ExitCode::from(2);
+        }
+        println!(
+            "restored {} groups from {}",
+            parts.len(),
+            args.from_snapshot.as_ref().expect("given").display()
+        );
     }
     let binary = match std::env::current_exe() {
         Ok(b) => b,

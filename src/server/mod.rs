@@ -2,6 +2,7 @@
 pub mod admin;
 pub mod config;
 pub mod local;
+pub mod snapshot_file;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
@@ -221,6 +222,7 @@ pub fn start(cfg: &ClusterConfig, id: u32) -> Result<Running, String> {
             metrics: GroupMetrics::register(&mut registry, g, cfg.replicas.len() as u32, id),
             peer_delay_ns: delays.clone(),
             settings_digest: cfg.settings_digest(),
+            snapshot: cfg.snapshot_policy(),
         };
         match runtime::spawn(spec) {
             Ok(h) => running.groups.push(h),

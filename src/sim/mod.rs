@@ -29,7 +29,7 @@
 //!
 //! Everything that happens is folded into a trace hash: the same seed gives the same hash.
 
-mod disk;
+pub(crate) mod disk;
 mod network;
 mod runner;
 mod world;

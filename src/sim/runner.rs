@@ -41,6 +41,9 @@ pub struct RangeSummary {
     pub fast_paxos_seeds: u64,
     pub fast_chosen: u64,
     pub fast_collisions: u64,
+    /// Snapshots made durable, and installed from a peer (transfers completed).
+    pub snapshots: u64,
+    pub snapshots_installed: u64,
 }
 
 impl RangeSummary {
@@ -81,6 +84,8 @@ pub fn run_range(range: &SeedRange, on_failure: &(dyn Fn(&SimOutcome) + Sync)) -
                 s.leader_splits += outcome.stats.leader_splits;
                 s.handoffs += outcome.stats.handoffs;
                 s.handoff_second_halves += outcome.stats.handoff_second_halves;
+                s.snapshots += outcome.stats.snapshots;
+                s.snapshots_installed += outcome.stats.snapshots_installed;
                 if outcome.quorum_leases {
                     s.quorum_lease_seeds += 1;
                 }

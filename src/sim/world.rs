@@ -29,7 +29,7 @@ use crate::protocol::{
 };
 use crate::runtime::disk::DiskLimits;
 use crate::runtime::metrics::GroupMetrics;
-use crate::runtime::node::{Node, NodeConfig, Output};
+use crate::runtime::node::{Node, NodeConfig, Output, Restored, SnapshotPolicy};
 use crate::runtime::storage::{self, Storage};
 use crate::server::config::Limits;
 use crate::wal::{self, RecoveredEntry};
@@ -98,6 +98,9 @@ pub struct SimStats {
     pub fast_collisions: u64,
     pub fast_timeouts: u64,
     pub fast_mode_switches: u64,
+    /// Snapshots made durable, and installed from a peer.
+    pub snapshots: u64,
+    pub snapshots_installed: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -152,6 +155,11 @@ enum Event {
         replica: ReplicaId,
         incarnation: u64,
         write_id: u64,
+    },
+    /// The snapshot the replica's disk is writing is durable (tmp, sync, rename, dir sync).
+    SnapshotDone {
+        replica: ReplicaId,
+        incarnation: u64,
     },
     Crash,
     CrashAll,
@@ -362,6 +370,9 @@ struct World {
     hosts: Vec<Host>,
     clients: Vec<Client>,
     replica_cfgs: Vec<Config>,
+    /// Per replica: when it snapshots (small random thresholds, so snapshots, truncation
+    /// and transfers happen all the time), how big its transfer chunks are.
+    snapshot_policies: Vec<SnapshotPolicy>,
     healed_at: Option<Nanos>,
     done: bool,
     output: Output,
@@ -484,7 +495,9 @@ impl World {
                 }
             })
             .collect();
+        let snapshot_policies = random_snapshot_policies(cfg);
         let mut world = World {
+            snapshot_policies,
             cfg: cfg.clone(),
             fast_paxos: protocol_mode(cfg) == ProtocolMode::FastPaxos,
             quorum: QuorumSpec::new(cfg.replicas),
@@ -620,6 +633,10 @@ impl World {
                 incarnation,
                 write_id,
             } => self.disk_done(replica, incarnation, write_id),
+            Event::SnapshotDone {
+                replica,
+                incarnation,
+            } => self.snapshot_done(replica, incarnation),
             Event::Crash => {
                 if !self.healed() {
                     let victims = if self.rng.gen_bool(0.2) {
@@ -818,11 +835,26 @@ impl World {
         host.applied_slot = 0;
         host.applied_commands.clear();
         host.issued_accepts.clear();
-        let durable = {
+        let (durable, restored) = {
             let disk = host.disk.borrow();
             let (promised, entries) = disk.recovered();
-            storage::replay(promised, entries).expect("the simulated disk holds valid records")
+            let restored = match disk.snapshot() {
+                Some((slot, data)) => Restored::from_snapshot(*slot, data.clone())
+                    .expect("the simulated disk holds the snapshot the node wrote"),
+                None => Restored::empty(),
+            };
+            let durable = storage::replay(promised, entries, restored.slot())
+                .expect("the simulated disk holds valid records");
+            (durable, restored)
         };
+        // The snapshot stands for every slot up to its own: the replica applied them.
+        let floor = restored.slot();
+        host.applied_slot = floor;
+        for value in self.learned.range(..=floor).map(|(_, v)| v) {
+            for c in value.commands() {
+                host.applied_commands.insert((c.client_id, c.seq));
+            }
+        }
         let storage = Storage::new(SimDisk(host.disk.clone()));
         let node_cfg = NodeConfig {
             replica_id: id,
@@ -833,6 +865,8 @@ impl World {
             backlog_bytes_max: BACKLOG_BYTES_MAX,
             observe,
             inject_ack_before_durable: inject_ack,
+            snapshot: self.snapshot_policies[id as usize].clone(),
+            wall_clock_offset_ns: 0,
         };
         let metrics = GroupMetrics::register(
             &mut prometheus_client::registry::Registry::default(),
@@ -841,7 +875,9 @@ impl World {
             id,
         );
         let now = host.local(t);
-        host.node = Some(Node::new(node_cfg, storage, &durable, now, metrics));
+        host.node = Some(Node::new(
+            node_cfg, storage, &durable, restored, now, metrics,
+        ));
         self.drive(id);
     }
 
@@ -851,10 +887,14 @@ impl World {
         if down >= self.quorum.classic() as usize {
             return;
         }
+        // Busy: writes in flight, or a snapshot being written (a crash in the middle of it).
         let busy: Vec<ReplicaId> = self
             .hosts
             .iter()
-            .filter(|h| h.up() && h.disk.borrow().in_flight() > 0)
+            .filter(|h| {
+                let disk = h.disk.borrow();
+                h.up() && (disk.in_flight() > 0 || disk.snapshot_in_progress())
+            })
             .map(|h| h.id)
             .collect();
         let all: Vec<ReplicaId> = self.hosts.iter().filter(|h| h.up()).map(|h| h.id).collect();
@@ -889,7 +929,14 @@ impl World {
         host.disk_flush_ends_at = 0;
         host.disk_next_flush_ends_at = None;
         let incarnation = host.incarnation;
-        let restart = self.now + self.rng.gen_range(10..=1_000) * NS_PER_MS;
+        // Some stay down for seconds: long enough that their peers truncate the slots they
+        // miss, so they come back through a snapshot transfer.
+        let down_ms = if self.rng.gen_bool(0.15) {
+            self.rng.gen_range(1_000..=4_000)
+        } else {
+            self.rng.gen_range(10..=1_000)
+        };
+        let restart = self.now + down_ms * NS_PER_MS;
         self.schedule(
             restart,
             Event::Restart {
@@ -1090,6 +1137,24 @@ impl World {
         self.drive(id);
     }
 
+    fn snapshot_done(&mut self, id: ReplicaId, incarnation: u64) {
+        if self.hosts[id as usize].incarnation != incarnation {
+            return; // The crash came first: the snapshot is a leftover tmp file.
+        }
+        self.trace_event(16, u64::from(id), 0);
+        let host = &mut self.hosts[id as usize];
+        host.disk.borrow_mut().complete_snapshot();
+        if host.paused {
+            host.disk_signal = true;
+            return;
+        }
+        let now = host.local(self.now);
+        if let Some(node) = host.node.as_mut() {
+            node.on_disk(now);
+        }
+        self.drive(id);
+    }
+
     fn disk_done(&mut self, id: ReplicaId, incarnation: u64, write_id: u64) {
         if self.hosts[id as usize].incarnation != incarnation {
             return; // The write died with the crash.
@@ -1156,6 +1221,7 @@ impl World {
             }
             done.push((host.disk_flush_end(t, latency), write_id));
         }
+        let snapshot_started = host.disk.borrow_mut().take_snapshot_submitted();
         for (at, write_id) in done {
             self.schedule(
                 at,
@@ -1165,6 +1231,21 @@ impl World {
                     write_id,
                 },
             );
+        }
+        if snapshot_started {
+            // Writing a file, syncing it, renaming it and syncing the directory: a few disk
+            // round trips, sometimes many (a crash then often lands in the middle).
+            let at = t + latency * self.rng.gen_range(2..=40);
+            self.schedule(
+                at,
+                Event::SnapshotDone {
+                    replica: id,
+                    incarnation,
+                },
+            );
+        }
+        if let Some(slot) = output.installed.take() {
+            self.observe_installed(id, slot);
         }
         for envelope in output.self_messages.drain(..) {
             self.observe_vote(id, &envelope);
@@ -1333,6 +1414,30 @@ impl World {
             Some(_) => {}
             None => {
                 self.vote_chosen.insert(slot, value);
+            }
+        }
+    }
+
+    /// Replica `id` installed a peer's snapshot at `slot`: its state jumped over the slots up
+    /// to it. Whether that state is right is for the later checks (applied values, the
+    /// converged states' digests, lost writes, linearizability) to say.
+    fn observe_installed(&mut self, id: ReplicaId, slot: Slot) {
+        self.trace_event(17, u64::from(id), slot);
+        self.stats.snapshots_installed += 1;
+        let host = &mut self.hosts[id as usize];
+        if slot <= host.applied_slot {
+            self.violations.push(Violation {
+                check: "applied-order",
+                detail: format!(
+                    "replica {id} installed a snapshot at slot {slot} after applying slot {}",
+                    host.applied_slot
+                ),
+            });
+        }
+        host.applied_slot = slot;
+        for value in self.learned.range(..=slot).map(|(_, v)| v) {
+            for c in value.commands() {
+                host.applied_commands.insert((c.client_id, c.seq));
             }
         }
     }
@@ -2014,6 +2119,11 @@ impl World {
                 self.stats.fast_mode_switches += c.mode_switches;
             }
         }
+        self.stats.snapshots = self
+            .hosts
+            .iter()
+            .map(|h| h.disk.borrow().snapshots_written)
+            .sum();
         let trace_hash = self.trace.finish();
         self.violations.dedup();
         SimOutcome {
@@ -2032,7 +2142,7 @@ impl World {
 fn oversized(msg: &Message) -> Option<usize> {
     let values: Box<dyn Iterator<Item = &Value>> = match msg {
         Message::Promise { entries, .. } => Box::new(entries.iter().map(|e| &e.value)),
-        Message::CatchupReply { entries } => Box::new(entries.iter().map(|(_, v)| v)),
+        Message::CatchupReply { entries, .. } => Box::new(entries.iter().map(|(_, v)| v)),
         _ => return None,
     };
     let bytes: usize = values
@@ -2219,6 +2329,38 @@ pub fn lease_holders(cfg: &SimConfig) -> VoteSet {
 /// Every replica's protocol configuration. Most seeds draw random knobs; some run exactly
 /// what the server ships for a cluster with a preferred leader (asymmetric election
 /// timeouts, the lease derived from them).
+/// Per replica, snapshot thresholds small enough that snapshots, truncation and transfers
+/// happen many times a run (most seeds), or none at all (some seeds). Drawn from a stream of
+/// their own, so they do not shift the rest of a seed's plan.
+fn random_snapshot_policies(cfg: &SimConfig) -> Vec<SnapshotPolicy> {
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_5a95_0000_0001);
+    let on = rng.gen_bool(0.85);
+    // Cluster-wide, as in `cluster.toml`: a server sends at most its own window per request.
+    let window_bytes = [256 << 10, 4 << 20, 16 << 20][rng.gen_range(0..3)];
+    let clock_every_ms = if rng.gen_bool(0.5) {
+        rng.gen_range(50..=500)
+    } else {
+        0
+    };
+    (0..cfg.replicas)
+        .map(|_| SnapshotPolicy {
+            every_entries: if on { rng.gen_range(2..=64) } else { 0 },
+            every_bytes: if on && rng.gen_bool(0.3) {
+                rng.gen_range(256..=64 << 10)
+            } else {
+                0
+            },
+            trail_slots: [0, 0, 4, 64][rng.gen_range(0..4)],
+            chunk_bytes: [700, 4096, 64 << 10, 1 << 20][rng.gen_range(0..4)],
+            window_bytes,
+            // Clock commands go through the log; sessions never expire within a run (a
+            // simulated client's retry window is seconds, the idle time an hour).
+            session_idle_ms: 3_600_000,
+            clock_every_ms,
+        })
+        .collect()
+}
+
 fn random_replica_configs(rng: &mut ChaCha8Rng, cfg: &SimConfig) -> Vec<Config> {
     let shipped = rng.gen_bool(0.25);
     let preferred = rng.gen_range(0..cfg.replicas);

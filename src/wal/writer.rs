@@ -71,6 +71,8 @@ pub struct Wal {
     durable: Option<WriteId>,
     stopped: Option<String>,
     scratch: Vec<Completion>,
+    /// A snapshot being written on its own thread: (slot, the writer).
+    snapshot_writer: Option<(u64, JoinHandle<Result<(), WalError>>)>,
 }
 
 /// Where a freshly opened WAL's log and superblock stand.
@@ -236,6 +238,7 @@ impl Wal {
             durable: None,
             stopped: None,
             scratch: Vec::with_capacity(8),
+            snapshot_writer: None,
             cfg,
         }
     }
@@ -677,6 +680,53 @@ impl Wal {
             data,
         )?;
         self.release_segments(slot)
+    }
+
+    /// Starts writing a snapshot at `slot` on a thread of its own (tmp file, sync, rename,
+    /// directory sync), so the group's thread does not wait for it; [`Wal::poll_snapshot`]
+    /// says when it is durable. One at a time: a second call while one is being written is a
+    /// caller error. With the memory backend nothing is written and it is "durable" at once.
+    pub fn start_snapshot(&mut self, slot: u64, data: bytes::Bytes) -> Result<(), WalError> {
+        self.check_running()?;
+        assert!(
+            self.snapshot_writer.is_none(),
+            "one snapshot write at a time"
+        );
+        let (dir, cluster_id, group, memory) = (
+            self.cfg.dir.clone(),
+            self.cfg.cluster_id,
+            self.cfg.group,
+            self.memory,
+        );
+        let handle = std::thread::Builder::new()
+            .name(format!("snapshot-g{group}"))
+            .spawn(move || {
+                if memory {
+                    return Ok(());
+                }
+                snapshot::write(&dir, cluster_id, group, slot, &data)
+            })
+            .map_err(|e| WalError::io("starting the snapshot writer", &self.cfg.dir, e))?;
+        self.snapshot_writer = Some((slot, handle));
+        Ok(())
+    }
+
+    /// The slot of the snapshot write that finished since the last call, once it is durable.
+    /// A failed snapshot write is an error (the caller stops the group, as for any WAL error).
+    pub fn poll_snapshot(&mut self) -> Result<Option<u64>, WalError> {
+        let finished = self
+            .snapshot_writer
+            .as_ref()
+            .is_some_and(|(_, h)| h.is_finished());
+        if !finished {
+            return Ok(None);
+        }
+        let (slot, handle) = self.snapshot_writer.take().expect("checked above");
+        match handle.join() {
+            Ok(Ok(())) => Ok(Some(slot)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(WalError::Stopped("the snapshot writer panicked".into())),
+        }
     }
 
     /// Removes the oldest segments while they are not in use and hold no slot above `slot`.
