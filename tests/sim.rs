@@ -245,4 +245,3 @@ fn catches_snapshot_past_applied() {
 fn catches_snapshot_without_client_table() {
     assert_bug_caught(InjectedBug::SnapshotWithoutClientTable);
 }
-

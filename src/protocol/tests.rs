@@ -982,6 +982,7 @@ fn candidate_installs_a_peers_snapshot_before_proposing() {
                     ballot: Ballot::new(1, 0),
                     value: accepted.clone(),
                     chosen: false,
+                    fast: false,
                 }],
                 floor: 10,
             },
