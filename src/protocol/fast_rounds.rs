@@ -148,20 +148,13 @@ impl Replica {
         if self.cfg.protocol != ProtocolMode::FastPaxos || self.reject_below_promise(from, ballot) {
             return;
         }
-        let floor = self.log.floor();
-        if slot <= floor {
-            // Chosen, and only in the snapshot now: never a no-op vote. The leader, behind
-            // this floor, fetches the snapshot.
-            self.send(
-                from,
-                Message::CatchupReply {
-                    entries: Vec::new(),
-                    floor,
-                },
-            );
+        // At or below the floor the slot is chosen and only in the snapshot: never a no-op
+        // vote there; the leader, behind this floor, fetches the snapshot.
+        if self.send_floor_if_truncated(from, slot) {
             return;
         }
         if let Some(value) = self.log.chosen(slot).cloned() {
+            let floor = self.log.floor();
             self.send(
                 from,
                 Message::CatchupReply {

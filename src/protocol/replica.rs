@@ -1339,19 +1339,29 @@ impl Replica {
         2 * self.cfg.heartbeat_ms * NS_PER_MS
     }
 
-    fn on_catchup_request(&mut self, from: ReplicaId, first_slot: Slot, last_slot: Slot) {
+    /// If `slot` is at or below the log floor (only in the snapshot), tells `from` the floor
+    /// (it fetches the snapshot) and returns true.
+    pub(super) fn send_floor_if_truncated(&mut self, from: ReplicaId, slot: Slot) -> bool {
         let floor = self.log.floor();
-        if first_slot <= floor {
-            // Those slots are only in the snapshot: say so, the asker fetches it.
-            self.send(
-                from,
-                Message::CatchupReply {
-                    entries: Vec::new(),
-                    floor,
-                },
-            );
+        if slot > floor {
+            return false;
+        }
+        self.send(
+            from,
+            Message::CatchupReply {
+                entries: Vec::new(),
+                floor,
+            },
+        );
+        true
+    }
+
+    fn on_catchup_request(&mut self, from: ReplicaId, first_slot: Slot, last_slot: Slot) {
+        // Those slots are only in the snapshot: say so, the asker fetches it.
+        if self.send_floor_if_truncated(from, first_slot) {
             return;
         }
+        let floor = self.log.floor();
         let entries = self.log.chosen_in(
             first_slot,
             last_slot,

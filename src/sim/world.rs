@@ -1369,11 +1369,17 @@ impl World {
         if count < self.quorum.fast() {
             return;
         }
+        self.vote_chose(slot, ballot, value, "a fast quorum voted");
+    }
+
+    /// A quorum's votes chose `value` at `slot`: it must be the value chosen there before, if
+    /// any (`how`: which quorum, for the report).
+    fn vote_chose(&mut self, slot: Slot, ballot: Ballot, value: Value, how: &str) {
         match self.vote_chosen.get(&slot) {
             Some(chosen) if *chosen != value => self.violations.push(Violation {
                 check: "agreement",
                 detail: format!(
-                    "slot {slot}: a fast quorum voted {} at ballot {ballot}, but {} was chosen before",
+                    "slot {slot}: {how} {} at ballot {ballot}, but {} was chosen before",
                     describe(&value),
                     describe(chosen)
                 ),
@@ -1402,20 +1408,7 @@ impl World {
         if !self.quorum.is_chosen(entry.1, VoteSet::EMPTY) {
             return;
         }
-        match self.vote_chosen.get(&slot) {
-            Some(chosen) if *chosen != value => self.violations.push(Violation {
-                check: "agreement",
-                detail: format!(
-                    "slot {slot}: a majority accepted {} at ballot {ballot}, but {} was chosen before",
-                    describe(&value),
-                    describe(chosen)
-                ),
-            }),
-            Some(_) => {}
-            None => {
-                self.vote_chosen.insert(slot, value);
-            }
-        }
+        self.vote_chose(slot, ballot, value, "a majority accepted");
     }
 
     /// Replica `id` installed a peer's snapshot at `slot`: its state jumped over the slots up
