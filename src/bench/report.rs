@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::engine::{EngineResult, SEND_LAG_P99_FLAG_US};
 use super::stats::{median, spread, write_hgrm, Percentiles};
@@ -166,7 +166,7 @@ pub fn write_run(
         .filter(|p| p.count > 0)
         .map(|p| p.p50 / floor_rtt_us);
     let mut summary = Summary {
-        run_dir: run_dir.to_path_buf(),
+        run_dir: relative_to(run_dir, &std::env::current_dir().unwrap_or_default()),
         label: spec.label.clone(),
         throughput_ops_s: throughput,
         latency_us,
@@ -209,7 +209,7 @@ pub fn write_run(
         client_ids: result.client_ids,
         floor_rtt_us_samples,
         floor_sync_write_us_samples,
-        floor_sync_write_dir: floors.sync_dir.clone(),
+        floor_sync_write_dir: relative_to(&floors.sync_dir, run_dir),
         floor_sync_write_on_wal_disk: floors.sync_on_wal_disk,
         floor_grpc_rtt_us: median(&floors.grpc_samples()),
         floor_grpc_rtt_us_samples: floors.grpc_samples(),
@@ -271,6 +271,13 @@ pub fn write_run(
     }
     super::html::write(run_dir, &markdown(&summary), &human_title(&summary)).map_err(io)?;
     Ok(summary)
+}
+
+/// `path` relative to `base` when it lies under it (a summary committed to `results/` must not
+/// name the machine it was made on), else `path` itself.
+fn relative_to(path: &Path, base: &Path) -> PathBuf {
+    path.strip_prefix(base)
+        .map_or_else(|_| path.to_path_buf(), Path::to_path_buf)
 }
 
 pub fn csv_header() -> &'static str {
@@ -647,6 +654,24 @@ mod tests {
                             "p999": 90.0, "max": 300.0}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn recorded_paths_are_relative_where_they_can_be() {
+        let run = Path::new("/work/repo/results/runs/r1");
+        assert_eq!(
+            relative_to(&run.join("cluster/replica-0"), run),
+            PathBuf::from("cluster/replica-0")
+        );
+        assert_eq!(
+            relative_to(run, Path::new("/work/repo")),
+            PathBuf::from("results/runs/r1")
+        );
+        // Outside the base (a --data-dir elsewhere): kept as it is.
+        assert_eq!(
+            relative_to(Path::new("/mnt/fast/data"), run),
+            PathBuf::from("/mnt/fast/data")
+        );
     }
 
     #[test]

@@ -428,7 +428,13 @@ fn write_suite_outputs(
     }
     let mut cdf_series = Vec::new();
     for s in best.values() {
-        let hgrm = s.run_dir.join("histograms");
+        // The run's own directory under this suite's `runs/` (the recorded `run_dir` is
+        // relative to where the suite ran from).
+        let run = s
+            .run_dir
+            .file_name()
+            .map_or_else(|| s.run_dir.clone(), |name| dir.join("runs").join(name));
+        let hgrm = run.join("histograms");
         if let Some(h) = load_merged(&hgrm, "put").or_else(|| load_merged(&hgrm, "get")) {
             cdf_series.push((s.label.clone(), h));
         }
