@@ -632,3 +632,34 @@ fn bench_runs_a_fast_paxos_cluster_and_counts_fast_slots() {
     assert!(fast > classic, "fast {fast}, classic {classic}");
     assert_eq!(v["errors"].as_u64(), Some(0), "{text}");
 }
+
+#[test]
+fn progress_shows_live_throughput_and_p99() {
+    // An instant server at a fixed 500 requests/s: the live ops/s must say about 500, and the
+    // live p99 must agree with the final histogram's (at two significant digits).
+    let server = FakeServer::start(None, Duration::ZERO);
+    let mut cfg = config(server.topology());
+    cfg.rate = Some(500.0);
+    cfg.outstanding = 8;
+    cfg.duration = Duration::from_millis(2500);
+    let seen = std::sync::Mutex::new(Vec::new());
+    let result = Engine::new(cfg)
+        .unwrap()
+        .run(&|p| seen.lock().unwrap().push(*p))
+        .unwrap();
+    let seen = seen.into_inner().unwrap();
+    let last = seen
+        .iter()
+        .rev()
+        .find(|p| p.ops_per_s.is_some() && p.p99_us.is_some())
+        .expect("live figures once a second");
+    let rate = last.ops_per_s.unwrap();
+    assert!((400.0..=600.0).contains(&rate), "live ops/s {rate}");
+    let p99 = Percentiles::of(&result.recorder.merged(|k| k.op == "put")).p99;
+    let live = last.p99_us.unwrap();
+    assert!(
+        live <= p99 * 1.5 + 50.0 && live >= p99 / 1.5 - 50.0,
+        "live p99 {live} us vs final {p99} us"
+    );
+    assert!(seen.windows(2).all(|w| w[0].fraction <= w[1].fraction));
+}

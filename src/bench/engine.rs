@@ -345,6 +345,20 @@ pub struct Engine {
     errors_by_kind: std::collections::BTreeMap<String, u64>,
     retries_by_kind: std::collections::BTreeMap<String, u64>,
     client_id_nonce: u64,
+    /// Live figures for the progress bar: every success (warm-up included), and the measured
+    /// latencies at two significant digits (cheap to record and to read once a second).
+    succeeded: u64,
+    live: hdrhistogram::Histogram<u64>,
+}
+
+/// What the progress bar shows while a run is going: how far it is, the ops/s of the last
+/// second and the p99 of the measured requests so far.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Progress {
+    /// Warm-up + measurement done, 0–1.
+    pub fraction: f64,
+    pub ops_per_s: Option<f64>,
+    pub p99_us: Option<f64>,
 }
 
 impl Engine {
@@ -476,6 +490,13 @@ impl Engine {
             errors_by_kind: Default::default(),
             retries_by_kind: Default::default(),
             client_id_nonce,
+            succeeded: 0,
+            live: hdrhistogram::Histogram::new_with_bounds(
+                1,
+                crate::bench::stats::LATENCY_NS_MAX,
+                2,
+            )
+            .expect("valid histogram bounds"),
             cfg,
         })
     }
@@ -823,6 +844,9 @@ impl Engine {
         if error.is_none() && now >= self.measure_start && !self.stopping {
             self.completed_in_window += 1;
         }
+        if error.is_none() {
+            self.succeeded += 1;
+        }
         if busy.measured && error.is_some() {
             self.measured_in_flight -= 1;
             self.errors += 1;
@@ -861,6 +885,7 @@ impl Engine {
                 .entry(busy.kind)
                 .or_insert_with(new_histogram)
                 .saturating_record(latency.max(1));
+            self.live.saturating_record(latency.max(1));
             self.completed += 1;
         }
         self.free.push_back(session);
@@ -1246,7 +1271,7 @@ impl Engine {
     }
 
     /// Runs the whole benchmark: probes, warm-up, the measured window, then the drain.
-    pub fn run(mut self, progress: &dyn Fn(f64)) -> Result<EngineResult, String> {
+    pub fn run(mut self, progress: &dyn Fn(&Progress)) -> Result<EngineResult, String> {
         let mut events = Events::with_capacity(1024);
         let links = if self.cfg.probes_per_link > 0 {
             self.probe_links(&mut events)?
@@ -1271,6 +1296,9 @@ impl Engine {
         let mut drain_deadline = u64::MAX;
         let mut window_end = self.measure_end;
         let mut last_progress = 0;
+        // Live figures: ops/s over the last second, p99 of the measured requests so far.
+        let mut live = Progress::default();
+        let (mut rate_from, mut rate_count) = (t0, 0u64);
         let mut offered = 0u64;
         let mut queue_samples = Vec::new();
         let mut sampled_start = false;
@@ -1333,7 +1361,16 @@ impl Engine {
             if now >= last_progress + 200_000_000 {
                 last_progress = now;
                 let total = (self.measure_end - t0) as f64;
-                progress(((now - t0) as f64 / total).min(1.0));
+                live.fraction = ((now - t0) as f64 / total).min(1.0);
+                if now >= rate_from + 1_000_000_000 {
+                    let secs = (now - rate_from) as f64 / 1e9;
+                    live.ops_per_s = Some((self.succeeded - rate_count) as f64 / secs);
+                    (rate_from, rate_count) = (now, self.succeeded);
+                    if !self.live.is_empty() {
+                        live.p99_us = Some(self.live.value_at_quantile(0.99) as f64 / 1e3);
+                    }
+                }
+                progress(&live);
             }
             self.flush_links(now);
             if self.stopping {

@@ -27,7 +27,7 @@ use crate::net::placement::Placement;
 use crate::server::config::ClusterConfig;
 use crate::server::local::{free_base_port, LocalCluster};
 use crate::wal::BackendChoice;
-use engine::{Engine, EngineConfig};
+use engine::{Engine, EngineConfig, Progress};
 use workload::{Arrival, KeyDist};
 
 /// Every knob of one benchmark run; recorded verbatim in the run's `summary.json`.
@@ -560,7 +560,7 @@ fn measure(
     };
     let engine = Engine::new(cfg)?;
     let probe = UnderLoadProbe::start(spec);
-    let result = engine.run(&|f| phases.progress(spec, f))?;
+    let result = engine.run(&|p| phases.progress(spec, p))?;
     floors.rtt_under_load = probe.stop();
     phases.enter("floor again");
     floors.measure(spec, FLOOR_ROUNDS_AFTER)?;
@@ -742,18 +742,40 @@ impl Phases {
         }
     }
 
-    /// The engine's progress (fraction of warm-up + measurement) as a phase and a position.
-    fn progress(&self, spec: &BenchSpec, f: f64) {
+    /// The engine's progress: the phase, the position, and the live figures on the bar.
+    fn progress(&self, spec: &BenchSpec, p: &Progress) {
         let warm = spec.warmup / (spec.warmup + spec.duration).max(f64::MIN_POSITIVE);
-        self.enter(if f < warm {
+        let phase = if p.fraction < warm {
             "warm-up"
-        } else if f < 1.0 {
+        } else if p.fraction < 1.0 {
             "measuring"
         } else {
             "draining"
-        });
-        self.bar.set_position((f * 1000.0) as u64);
+        };
+        self.enter(phase);
+        let live = live_figures(p);
+        if !live.is_empty() {
+            self.bar
+                .set_message(format!("bench {}: {phase}{live}", self.slug));
+        }
+        self.bar.set_position((p.fraction * 1000.0) as u64);
     }
+}
+
+/// " · 23410 ops/s · p99 1.84 ms" (what is known so far), or "".
+fn live_figures(p: &Progress) -> String {
+    let mut s = String::new();
+    if let Some(r) = p.ops_per_s {
+        s.push_str(&format!(" · {r:.0} ops/s"));
+    }
+    if let Some(us) = p.p99_us {
+        if us >= 1000.0 {
+            s.push_str(&format!(" · p99 {:.2} ms", us / 1000.0));
+        } else {
+            s.push_str(&format!(" · p99 {us:.0} µs"));
+        }
+    }
+    s
 }
 
 /// Writes every key once, from up to 16 clients in parallel.
@@ -1047,5 +1069,27 @@ pub fn run_bench(args: BenchArgs) -> std::process::ExitCode {
             eprintln!("error: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_figures_name_what_is_known() {
+        assert_eq!(live_figures(&Progress::default()), "");
+        let p = Progress {
+            fraction: 0.5,
+            ops_per_s: Some(23410.4),
+            p99_us: Some(1840.0),
+        };
+        assert_eq!(live_figures(&p), " · 23410 ops/s · p99 1.84 ms");
+        let p = Progress {
+            p99_us: Some(412.3),
+            ops_per_s: None,
+            ..p
+        };
+        assert_eq!(live_figures(&p), " · p99 412 µs");
     }
 }

@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 /// Largest latency a histogram holds: 10 minutes.
-const LATENCY_NS_MAX: u64 = 600_000_000_000;
+pub(crate) const LATENCY_NS_MAX: u64 = 600_000_000_000;
 
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).expect("valid histogram bounds")
