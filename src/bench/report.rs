@@ -590,33 +590,53 @@ pub fn table(s: &Summary) -> String {
 
 /// A title a person reads: what ran, how loaded, where, how durable, when.
 pub fn human_title(s: &Summary) -> String {
+    human_title_except(s, &|_| false)
+}
+
+/// `human_title` without the settings a suite varies (`varied(axis)` for "replicas",
+/// "clients", "read_ratio", "placement", "durability", ...): what its cells have in common.
+pub fn human_title_except(s: &Summary, varied: &dyn Fn(&str) -> bool) -> String {
     let c = &s.config;
-    let load = match c.rate {
-        Some(r) => format!("open loop {r:.0}/s"),
-        None => format!(
-            "{} client{} x {}",
-            c.clients,
-            if c.clients == 1 { "" } else { "s" },
-            c.outstanding
-        ),
-    };
-    let place = c
-        .placement
-        .as_ref()
-        .and_then(|p| p.file_stem())
-        .map_or("loopback".to_string(), |x| x.to_string_lossy().to_string());
+    let mut parts = Vec::new();
+    if !varied("replicas") {
+        parts.push(format!("{} replicas", c.replicas));
+    }
+    let load_axes = ["clients", "outstanding", "rate"];
+    if !load_axes.iter().any(|a| varied(a)) {
+        parts.push(match c.rate {
+            Some(r) => format!("open loop {r:.0}/s"),
+            None => format!(
+                "{} client{} x {}",
+                c.clients,
+                if c.clients == 1 { "" } else { "s" },
+                c.outstanding
+            ),
+        });
+    }
+    if !varied("read_ratio") {
+        parts.push(format!("{:.0}% reads", c.read_ratio * 100.0));
+    }
+    if !varied("placement") {
+        parts.push(
+            c.placement
+                .as_ref()
+                .and_then(|p| p.file_stem())
+                .map_or("loopback".to_string(), |x| x.to_string_lossy().to_string()),
+        );
+    }
+    if !varied("durability") {
+        parts.push(format!(
+            "WAL {}",
+            if s.wal_backend.is_empty() {
+                c.durability.clone()
+            } else {
+                s.wal_backend.clone()
+            }
+        ));
+    }
     let (y, m, d) = super::civil_date(s.started_unix_s);
-    let date = format!("{y:04}-{m:02}-{d:02}");
-    format!(
-        "{} replicas, {load}, {:.0}% reads, {place}, WAL {}, {date}",
-        c.replicas,
-        c.read_ratio * 100.0,
-        if s.wal_backend.is_empty() {
-            c.durability.clone()
-        } else {
-            s.wal_backend.clone()
-        }
-    )
+    parts.push(format!("{y:04}-{m:02}-{d:02}"));
+    parts.join(", ")
 }
 
 pub fn markdown(s: &Summary) -> String {

@@ -439,12 +439,24 @@ fn write_suite_outputs(
             cdf_series.push((s.label.clone(), h));
         }
     }
+    // Titles name the suite and what its cells have in common (the axes are in the legends).
+    let common = best.values().next().map_or(String::new(), |s| {
+        let varied = |axis: &str| cells.iter().any(|c| c.axes.contains_key(axis));
+        format!(" ({})", super::report::human_title_except(s, &varied))
+    });
     let mut plots = Vec::new();
     if !cdf_series.is_empty() {
+        plot_percentiles(
+            &cdf_series,
+            &[],
+            &dir.join("latency-percentiles"),
+            &format!("{name}{common}: write latency by percentile"),
+        )?;
+        plots.push("latency-percentiles");
         plot_cdf(
             &cdf_series,
             &dir.join("latency-cdf"),
-            &format!("{name}: write latency CDF"),
+            &format!("{name}{common}: write latency CDF"),
             true,
         )?;
         plots.push("latency-cdf");
@@ -466,7 +478,11 @@ fn write_suite_outputs(
                     .push((s.throughput_ops_s, p.p50, p.p99));
             }
         }
-        plot_throughput_latency(&curves, &dir.join("throughput-latency"), name)?;
+        plot_throughput_latency(
+            &curves,
+            &dir.join("throughput-latency"),
+            &format!("{name}{common}"),
+        )?;
         plots.push("throughput-latency");
     }
     let regional: Vec<&Summary> = best
@@ -475,7 +491,11 @@ fn write_suite_outputs(
         .filter(|s| s.latency_us_by_region.len() > 1)
         .collect();
     if !regional.is_empty() {
-        plot_region_bars(&regional, &dir.join("region-latency"), name)?;
+        plot_region_bars(
+            &regional,
+            &dir.join("region-latency"),
+            &format!("{name}{common}"),
+        )?;
         plots.push("region-latency");
     }
     if !plots.is_empty() {
