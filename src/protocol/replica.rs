@@ -467,6 +467,8 @@ struct Leader {
     fast_from: Option<Slot>,
     /// Fast Paxos: slots being recovered, with the time their first vote was known.
     recovering: BTreeMap<Slot, Nanos>,
+    /// The highest commit index sent to every peer (in an Accept or a heartbeat).
+    commit_sent: Slot,
 }
 
 /// Asking peers whether they would grant a new ballot, before raising one (pre-vote).
@@ -1025,6 +1027,7 @@ impl Replica {
             return Ready::default();
         }
         self.pump_leader(now);
+        self.send_commit_notice();
         let commit = self.log.commit();
         self.tally.forget_through(commit);
         while self.applied < commit {
@@ -1676,6 +1679,7 @@ impl Replica {
             acked_slot: vec![0; n],
             fast_from: None,
             recovering: BTreeMap::new(),
+            commit_sent: 0,
         };
         leader.last_ack[self.cfg.id as usize] = Some(now);
         // Values reported chosen are facts: learn them first (a conflict with one known here
@@ -1715,6 +1719,7 @@ impl Replica {
             unreachable!("only a leader proposes")
         };
         let ballot = leader.ballot;
+        leader.commit_sent = leader.commit_sent.max(commit);
         leader.in_flight_bytes += value.size_bytes();
         let previous = leader.in_flight.insert(
             slot,
@@ -1927,6 +1932,7 @@ impl Replica {
             leader.lease.round_sent(leader.read_round, now, lease_ms);
         }
         leader.heartbeat_due = now + heartbeat_ns;
+        leader.commit_sent = leader.commit_sent.max(commit);
         leader.acked_round[self.cfg.id as usize] = leader.read_round;
         // Holders whose vote a slot has waited for over two retransmission periods (and half
         // an election timeout, which placements scale with the RTT): grantors
@@ -1953,17 +1959,40 @@ impl Replica {
             revoke,
             fast_from: leader.fast_from.unwrap_or(0),
         };
-        for to in 0..self.cfg.replicas {
-            if to != self.cfg.id {
-                self.out.messages.push(Envelope {
-                    from: self.cfg.id,
-                    to,
-                    msg: msg.clone(),
-                });
-            }
-        }
+        self.broadcast_to_peers(msg);
         // The leader is a grantor too.
         self.revoke_grants(now, revoke);
+    }
+
+    /// Quorum leases: a holder's local read waits until it has applied every slot it holds
+    /// (R3), and followers learn commits from the next Accept or heartbeat. When no Accept
+    /// took the new commit index out (the pipeline is idle, or this step proposed nothing),
+    /// the leader sends it now in a heartbeat of the current read round — otherwise a read at
+    /// a holder right after a write waits up to `heartbeat_ms` for the commit (the "commit
+    /// notice" of Bodega). Without quorum leases only the leader serves linearizable reads,
+    /// and followers learn commits when they next hear from it.
+    fn send_commit_notice(&mut self) {
+        if self.qlease.is_none() {
+            return;
+        }
+        let commit = self.log.commit();
+        let Proposer::Leader(leader) = &mut self.proposer else {
+            return;
+        };
+        if commit <= leader.commit_sent {
+            return;
+        }
+        leader.commit_sent = commit;
+        // The read round is the last one sent: an ack to it proves no more than that round's
+        // send time, so leases and read rounds count it as they count the first ack.
+        let msg = Message::Heartbeat {
+            ballot: leader.ballot,
+            commit,
+            read_round: leader.read_round,
+            revoke: VoteSet::EMPTY,
+            fast_from: leader.fast_from.unwrap_or(0),
+        };
+        self.broadcast_to_peers(msg);
     }
 
     /// Cuts batches from the queue while the pipeline has room, and starts a read round if a
@@ -2180,6 +2209,17 @@ impl Replica {
 
     fn broadcast(&mut self, msg: Message) {
         for to in 0..self.cfg.replicas {
+            self.out.messages.push(Envelope {
+                from: self.cfg.id,
+                to,
+                msg: msg.clone(),
+            });
+        }
+    }
+
+    /// To every replica but this one.
+    fn broadcast_to_peers(&mut self, msg: Message) {
+        for to in (0..self.cfg.replicas).filter(|&to| to != self.cfg.id) {
             self.out.messages.push(Envelope {
                 from: self.cfg.id,
                 to,

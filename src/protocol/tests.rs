@@ -598,10 +598,15 @@ fn qlease_follower_reads_locally() {
     assert!(leader_lease.r_mut(2).read_index(300 * MS, 1).is_err());
 }
 
-/// A write commits at the leader; the commit notice to holder 2 has not left yet (it rides on
-/// the next Accept or heartbeat). A read at 2 must wait for the slot it accepted.
+/// A write commits at the leader; the commit notice to holder 2 is still in the network (held
+/// here). A read at 2 must wait for the slot it accepted.
 fn qlease_unapplied_scenario(bug: Option<InjectedBug>) -> Option<(ReadOutcome, Slot)> {
     let mut net = qlease_net(bug);
+    net.hold_if = Some(Box::new(|e: &Envelope| {
+        e.from == 0
+            && e.to == 2
+            && matches!(e.msg, Message::Heartbeat { commit, .. } if commit >= 1)
+    }));
     net.propose(0, 1, 1, Bytes::from_static(b"new"));
     assert_eq!(net.r(0).status().commit, 1, "committed at the leader");
     assert_eq!(net.r(2).status().applied, 0, "2 has not heard the commit");
@@ -610,11 +615,36 @@ fn qlease_unapplied_scenario(bug: Option<InjectedBug>) -> Option<(ReadOutcome, S
     if served.is_some() {
         return served;
     }
+    net.hold_if = None;
+    net.release_held();
     net.run_until(330 * MS);
     net.reads[2]
         .iter()
         .find(|(r, _)| r.id == 9)
         .map(|(r, applied)| (r.outcome, *applied))
+}
+
+#[test]
+fn qlease_leader_sends_a_commit_notice() {
+    // With quorum leases a holder hears of a commit at once (no Accept was going out to carry
+    // it), so a read right after a write does not wait for the next heartbeat.
+    let mut net = qlease_net(None);
+    net.propose(0, 1, 1, Bytes::from_static(b"new"));
+    assert_eq!(net.r(0).status().commit, 1);
+    for id in [1, 2] {
+        assert_eq!(
+            net.r(id).status().applied,
+            1,
+            "replica {id} heard the commit"
+        );
+    }
+    // Without them only the leader reads, and the commit rides on the next heartbeat.
+    let mut plain = Net::new(3);
+    plain.run_until(300 * MS);
+    let leader = plain.leader().expect("a leader");
+    plain.propose(leader, 1, 1, Bytes::from_static(b"new"));
+    let follower = (leader + 1) % 3;
+    assert_eq!(plain.r(follower).status().applied, 0);
 }
 
 #[test]
