@@ -56,8 +56,7 @@ for r in rows:
 }
 load "$WRITE_S" history
 victim=2
-pid=$(for p in $(pgrep -P "$CLUSTER"); do
-  tr '\0' ' ' < "/proc/$p/cmdline" | grep -q -- "--id $victim" && echo "$p"; done | head -1)
+pid=$(pgrep -P "$CLUSTER" -f -- "--id $victim\$" | head -1 || true)
 kill -KILL "$pid"
 if [[ "$DOWN_LOAD" == 1 ]]; then load "$DOWN_S" while-down; else sleep "$DOWN_S"; fi
 history=$(status | field L commit)

@@ -248,6 +248,7 @@ fn config(topology: Topology) -> EngineConfig {
         spin: Duration::ZERO,
         deadline_spin: Duration::from_micros(100),
         client_id_nonce: None,
+        timeline: false,
     }
 }
 

@@ -93,6 +93,8 @@ pub struct EngineConfig {
     /// Mixed into every session's client id. `None`: a fresh random value per run (time, pid
     /// and OS randomness), so two runs with one seed against one cluster never share ids.
     pub client_id_nonce: Option<u64>,
+    /// Keep every measured request's send time and latency (`EngineResult::timeline`).
+    pub timeline: bool,
 }
 
 /// An open-loop run whose send-lag p99 exceeds this many microseconds is flagged: the load
@@ -140,6 +142,8 @@ pub struct EngineResult {
     /// refused); retried requests that then succeeded are successes.
     pub retries_by_kind: std::collections::BTreeMap<String, u64>,
     pub intervals: IntervalLog,
+    /// `--timeline`: every measured request (up to `timeline::TIMELINE_MAX`).
+    pub timeline: Vec<TimelinePoint>,
     pub started: std::time::SystemTime,
     /// Requests scheduled (open) or sent (closed) inside the measured window that completed.
     pub completed: u64,
@@ -158,6 +162,8 @@ pub struct EngineResult {
 }
 
 const BACKOFF_NS: u64 = 5_000_000;
+/// How long reads bypass a nearest replica whose link failed before trying it again.
+const HOME_RETRY_NS: u64 = 1_000_000_000;
 
 /// The replica nearest to a client of `region`: one in that region, else the lowest RTT (ties:
 /// the lowest id). Without a placement, clients are spread over the replicas.
@@ -275,6 +281,10 @@ struct Client {
     leaders: Vec<Option<u32>>,
     /// `ReadFrom::Nearest`: the replica linearizable reads go to first.
     home: Option<u32>,
+    /// Until then reads skip `home` and go to the leader: its link failed (a dead or
+    /// restarting replica), and paying a failed connect and a backoff on every read would
+    /// measure the client's retry policy, not the cluster.
+    home_down_until: u64,
     /// Fast Paxos clusters: the nearest replica, whose answer to a write the client expects.
     fast_home: Option<u32>,
     probe: u32,
@@ -349,6 +359,20 @@ pub struct Engine {
     /// latencies at two significant digits (cheap to record and to read once a second).
     succeeded: u64,
     live: hdrhistogram::Histogram<u64>,
+    /// `--timeline`: every measured request, and the engine's start on its clock.
+    timeline: Vec<TimelinePoint>,
+    t0: u64,
+}
+
+/// One measured request for `--timeline`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TimelinePoint {
+    /// From the engine's start to the send (closed loop) or scheduled send (open loop).
+    pub sent_ns: u64,
+    pub op: &'static str,
+    pub latency_ns: u64,
+    /// Unfinished at the end: `latency_ns` is what it had waited by then.
+    pub censored: bool,
 }
 
 /// What the progress bar shows while a run is going: how far it is, the ops/s of the last
@@ -394,6 +418,7 @@ impl Engine {
         let clients = (0..cfg.clients)
             .map(|c| Client {
                 leaders: cfg.topology.leaders.clone(),
+                home_down_until: 0,
                 home: (cfg.read_from == ReadFrom::Nearest && replicas > 0).then(|| {
                     nearest_replica(
                         cfg.placement.as_ref(),
@@ -491,6 +516,8 @@ impl Engine {
             retries_by_kind: Default::default(),
             client_id_nonce,
             succeeded: 0,
+            timeline: Vec::new(),
+            t0: 0,
             live: hdrhistogram::Histogram::new_with_bounds(
                 1,
                 crate::bench::stats::LATENCY_NS_MAX,
@@ -691,7 +718,10 @@ impl Engine {
         };
         let c = &mut self.clients[client];
         let fast_home = c.fast_home.filter(|_| fast_write);
-        let home = c.home.filter(|_| local_read).or(fast_home);
+        let home = c
+            .home
+            .filter(|_| local_read && now >= c.home_down_until)
+            .or(fast_home);
         let target = match (home, c.leaders[group as usize]) {
             (Some(h), _) => h,
             (None, Some(l)) if l < replicas => l,
@@ -703,6 +733,9 @@ impl Engine {
         let Some(link) = self.link(client, target, group) else {
             // Cannot even connect: treat as a failed attempt.
             self.clients[client].leaders[group as usize] = None;
+            if home == Some(target) {
+                self.clients[client].home_down_until = now + HOME_RETRY_NS;
+            }
             self.retries += 1;
             *self
                 .retries_by_kind
@@ -886,6 +919,14 @@ impl Engine {
                 .or_insert_with(new_histogram)
                 .saturating_record(latency.max(1));
             self.live.saturating_record(latency.max(1));
+            if self.cfg.timeline && self.timeline.len() < super::timeline::TIMELINE_MAX {
+                self.timeline.push(TimelinePoint {
+                    sent_ns: from.saturating_sub(self.t0),
+                    op: busy.kind,
+                    latency_ns: latency,
+                    censored: false,
+                });
+            }
             self.completed += 1;
         }
         self.free.push_back(session);
@@ -898,6 +939,9 @@ impl Engine {
         let _ = self.poll.registry().deregister(&mut link.stream);
         let c = link.client;
         self.clients[c].links.retain(|_, v| *v != idx);
+        if self.clients[c].home == Some(link.replica) {
+            self.clients[c].home_down_until = now + HOME_RETRY_NS;
+        }
         for l in self.clients[c].leaders.iter_mut() {
             if *l == Some(link.replica) {
                 *l = None;
@@ -1280,6 +1324,7 @@ impl Engine {
         };
         let started = std::time::SystemTime::now();
         let t0 = self.now();
+        self.t0 = t0;
         for s in self.sessions.iter_mut() {
             s.free_since = t0;
         }
@@ -1432,6 +1477,15 @@ impl Engine {
                 path: "leader".into(),
             };
             self.censored.record(&key, end.saturating_sub(from));
+            if self.cfg.timeline {
+                let kind = busy.kind;
+                self.timeline.push(TimelinePoint {
+                    sent_ns: from.saturating_sub(t0),
+                    op: kind,
+                    latency_ns: end.saturating_sub(from),
+                    censored: true,
+                });
+            }
         }
         // Backlogged requests were never sent: we do not know which operation they would have
         // been, so they are censored under `all` only (op "unsent").
@@ -1475,6 +1529,7 @@ impl Engine {
             client_id_nonce: self.client_id_nonce,
             client_ids,
             intervals: self.intervals,
+            timeline: std::mem::take(&mut self.timeline),
             started,
             completed: self.completed,
             unfinished,

@@ -488,6 +488,7 @@ pub fn run(
         client_id_nonce: 0,
         client_ids: Vec::new(),
         intervals,
+        timeline: Vec::new(),
         started,
         completed: acc.completed,
         unfinished,

@@ -14,6 +14,7 @@ pub mod html;
 pub mod report;
 pub mod stats;
 pub mod suite;
+pub mod timeline;
 pub mod workload;
 
 use std::path::{Path, PathBuf};
@@ -130,6 +131,12 @@ pub struct BenchSpec {
     #[arg(long, default_value_t = 30)]
     #[serde(default)]
     pub spin_us: u64,
+    /// Keep every measured request's send time and latency: `timeline.csv` and a
+    /// latency-over-time plot in the run directory (`mpaxos bench timeline RUN --mark ...`
+    /// marks events such as a kill and measures the stall around them).
+    #[arg(long)]
+    #[serde(default)]
+    pub timeline: bool,
     /// Wake this long before every deadline of the load generator (a scheduled open-loop
     /// send, a retry, a frame held by the WAN emulation) and spin through the rest, so deadlines
     /// are met within microseconds. Sleeps use a timerfd (ns), not epoll's ms timeouts.
@@ -557,6 +564,7 @@ fn measure(
         spin: Duration::from_micros(spec.spin_us),
         deadline_spin: Duration::from_micros(spec.deadline_spin_us),
         client_id_nonce: None,
+        timeline: spec.timeline,
     };
     let engine = Engine::new(cfg)?;
     let probe = UnderLoadProbe::start(spec);

@@ -269,6 +269,23 @@ pub fn write_run(
     ) {
         tracing::warn!("could not draw the latency percentiles: {e}");
     }
+    if !result.timeline.is_empty() {
+        let start_ns = result
+            .started
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let csv = run_dir.join("timeline.csv");
+        super::timeline::write_csv(&csv, start_ns, &result.timeline).map_err(io)?;
+        let rows = super::timeline::read_csv(&csv)?;
+        if let Err(e) = super::timeline::plot(
+            &rows.1,
+            &[],
+            &run_dir.join("timeline"),
+            &format!("{}: latency over time", human_title(&summary)),
+        ) {
+            tracing::warn!("could not draw the timeline: {e}");
+        }
+    }
     super::html::write(run_dir, &markdown(&summary), &human_title(&summary)).map_err(io)?;
     Ok(summary)
 }
@@ -651,6 +668,12 @@ pub fn markdown(s: &Summary) -> String {
         out,
         "![latency by percentile](latency-percentiles.svg)\n\n![latency CDF](latency-cdf.svg)"
     );
+    if s.config.timeline {
+        let _ = writeln!(
+            out,
+            "\nEvery measured request: `timeline.csv` (send time, operation, latency; `mpaxos bench timeline` marks events on it).\n\n![latency over time](timeline.svg)"
+        );
+    }
     out
 }
 

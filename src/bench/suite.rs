@@ -605,7 +605,7 @@ fn ensure_font() -> bool {
 type PlotResult = Result<(), String>;
 
 /// A chart that can be drawn on any plotters backend.
-trait Plot {
+pub(crate) trait Plot {
     fn draw<DB: DrawingBackend>(
         &self,
         root: &DrawingArea<DB, plotters::coord::Shift>,
@@ -615,6 +615,11 @@ trait Plot {
 }
 
 /// Draws `plot` as `stem.svg` and, with `png`, `stem.png`. Both need a font to lay out text.
+/// `stem.svg` and `stem.png`.
+pub(crate) fn draw_both(plot: &impl Plot, stem: &Path) -> PlotResult {
+    both_backends(plot, stem, true)
+}
+
 fn both_backends(plot: &impl Plot, stem: &Path, png: bool) -> PlotResult {
     if !ensure_font() {
         return Err(

@@ -68,6 +68,9 @@ struct BenchCmd {
 enum BenchSub {
     /// Throughput and percentile deltas between two run or suite directories.
     Compare(mpaxos::bench::compare::CompareArgs),
+    /// Redraw a `--timeline` run's latency over time with events marked, and measure the
+    /// write stall around each one.
+    Timeline(mpaxos::bench::timeline::TimelineArgs),
 }
 
 #[derive(clap::Args)]
@@ -113,6 +116,7 @@ fn main() -> ExitCode {
         }
         Command::Bench(b) => match b.sub {
             Some(BenchSub::Compare(args)) => mpaxos::bench::compare::run_compare(args),
+            Some(BenchSub::Timeline(args)) => mpaxos::bench::timeline::run_timeline(args),
             None => mpaxos::bench::run_bench(b.args),
         },
         Command::Suite(args) => mpaxos::bench::suite::run_suite(args),
