@@ -42,6 +42,19 @@ pub enum SnapshotCommand {
         #[arg(short = 'w', long = "write-out", value_enum, default_value_t)]
         format: OutputFormat,
     },
+    /// Seed one replica's empty data directories from FILE before its first start (a new
+    /// cluster of `mpaxos server` processes: run it for every replica, each with the same
+    /// cluster.toml, then start them). `mpaxos cluster --from-snapshot` does this for a local
+    /// cluster.
+    Restore {
+        file: std::path::PathBuf,
+        /// The cluster's configuration (as for `mpaxos server`).
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// The replica to seed.
+        #[arg(long)]
+        id: u32,
+    },
 }
 
 pub fn encode(groups: &[GroupPart]) -> Vec<u8> {
@@ -234,6 +247,7 @@ pub fn run(cmd: SnapshotCommand) -> ExitCode {
     let result = match cmd {
         SnapshotCommand::Save { file, ep } => save(&file, &ep),
         SnapshotCommand::Status { file, format } => status(&file, format),
+        SnapshotCommand::Restore { file, config, id } => restore_one(&file, &config, id),
     };
     match result {
         Ok(out) => {
@@ -247,10 +261,40 @@ pub fn run(cmd: SnapshotCommand) -> ExitCode {
     }
 }
 
-/// Seeds every replica's data directories of a new cluster with the file's snapshots: each
-/// group starts from its snapshot's slot (its log floor), with nothing in its log. Refuses a
-/// directory that holds a WAL already.
+/// `mpaxos snapshot restore FILE --config C --id N`.
+fn restore_one(file: &Path, config: &Path, id: u32) -> Result<String, String> {
+    let config = ClusterConfig::load(config).map_err(|e| e.to_string())?;
+    if !config.replicas.iter().any(|r| r.id == id) {
+        let ids: Vec<String> = config.replicas.iter().map(|r| r.id.to_string()).collect();
+        return Err(format!(
+            "replica {id} is not in the configuration (its ids: {})",
+            ids.join(", ")
+        ));
+    }
+    let parts = read(file)?;
+    restore_replicas(&config, &parts, &[id])?;
+    Ok(format!(
+        "replica {id}: {} groups restored from {} into {}",
+        parts.len(),
+        file.display(),
+        config.replica_data_dir(id).display()
+    ))
+}
+
+/// Seeds every replica's data directories of a new cluster with the file's snapshots.
 pub fn restore(config: &ClusterConfig, parts: &[GroupPart]) -> Result<(), String> {
+    let ids: Vec<u32> = config.replicas.iter().map(|r| r.id).collect();
+    restore_replicas(config, parts, &ids)
+}
+
+/// Seeds the data directories of replicas `ids` with the file's snapshots: each group starts
+/// from its snapshot's slot (its log floor), with nothing in its log. Refuses a directory that
+/// holds a WAL already.
+fn restore_replicas(
+    config: &ClusterConfig,
+    parts: &[GroupPart],
+    ids: &[u32],
+) -> Result<(), String> {
     if parts.len() != config.groups as usize {
         return Err(format!(
             "the snapshot holds {} groups, the cluster has {}",
@@ -261,9 +305,9 @@ pub fn restore(config: &ClusterConfig, parts: &[GroupPart]) -> Result<(), String
     if config.durability == wal::BackendChoice::Memory {
         return Err("a memory-durability cluster keeps nothing on disk to restore into".into());
     }
-    for r in &config.replicas {
+    for &id in ids {
         for (g, part) in parts.iter().enumerate() {
-            let dir = config.replica_data_dir(r.id).join(format!("group-{g}"));
+            let dir = config.replica_data_dir(id).join(format!("group-{g}"));
             let occupied = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
             if occupied {
                 return Err(format!(
@@ -287,6 +331,42 @@ pub fn restore(config: &ClusterConfig, parts: &[GroupPart]) -> Result<(), String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restore_seeds_one_replica_of_a_server_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ClusterConfig::local(3, 1, &dir.path().join("data"), 20_000);
+        config.durability = wal::BackendChoice::Sync;
+        let config_path = dir.path().join("cluster.toml");
+        std::fs::write(&config_path, config.to_toml()).unwrap();
+        let file = dir.path().join("backup.snap");
+        let kv = crate::kv::KvStore::new();
+        std::fs::write(
+            &file,
+            encode(&[GroupPart {
+                slot: 7,
+                data: kv.encode_snapshot(7),
+            }]),
+        )
+        .unwrap();
+        let out = restore_one(&file, &config_path, 1).unwrap();
+        assert!(out.contains("replica 1: 1 groups restored"), "{out}");
+        let snaps = |id: u32| {
+            std::fs::read_dir(config.replica_data_dir(id).join("group-0"))
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| e.file_name().to_string_lossy().ends_with(".snap"))
+                        .count()
+                })
+                .unwrap_or(0)
+        };
+        assert_eq!((snaps(0), snaps(1), snaps(2)), (0, 1, 0));
+        // Once only: a directory with data is never overwritten.
+        let again = restore_one(&file, &config_path, 1).unwrap_err();
+        assert!(again.contains("holds data already"), "{again}");
+        let unknown = restore_one(&file, &config_path, 7).unwrap_err();
+        assert!(unknown.contains("ids: 0, 1, 2"), "{unknown}");
+    }
 
     #[test]
     fn file_round_trip_and_damage() {
