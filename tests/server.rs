@@ -1656,6 +1656,14 @@ fn snapshot_transfer_save_status_and_restore() {
         "replica {follower} caught up without a snapshot:\n{}",
         tc.log_tails()
     );
+    // The replicas say when they take snapshots (operators look for it in the logs).
+    let leader_log =
+        std::fs::read_to_string(tc.cluster.log_path(leaders_now[0])).unwrap_or_default();
+    assert!(
+        leader_log.contains("snapshot durable"),
+        "the leader's log does not mention its snapshots:\n{}",
+        tc.log_tails()
+    );
     // Its data directory holds snapshots, and it serves a serializable read of a key it
     // never received as a log entry.
     let snaps = std::fs::read_dir(tc.config().replica_data_dir(follower).join("group-0"))

@@ -711,6 +711,7 @@ impl<D: Disk> Node<D> {
         };
         let (written, data) = self.snapshot_writing.take().expect("checked above");
         assert_eq!(written, slot, "the disk finished another snapshot");
+        let bytes = data.len();
         // The floor trails the snapshot: every slot up to it is in the snapshot just made.
         let floor = slot.saturating_sub(self.cfg.snapshot.trail_slots);
         self.replica.compact(floor);
@@ -725,6 +726,13 @@ impl<D: Disk> Node<D> {
             self.snapshot_latest = Some((slot, data));
         }
         self.metrics.snapshots_total.inc();
+        tracing::info!(
+            group = self.cfg.group,
+            slot,
+            bytes,
+            log_floor = floor,
+            "snapshot durable; log and WAL released below the floor"
+        );
         if let Some((slot, data)) = self.snapshot_to_write.take() {
             self.write_snapshot(slot, data);
         }
