@@ -402,6 +402,7 @@ fn write_suite_outputs(
         );
     }
     replication_cost(&mut md, results);
+    md.push_str(&per_region_table(results));
     if !failures.is_empty() {
         let _ = writeln!(md, "\n## Failed runs\n");
         for f in failures {
@@ -507,6 +508,53 @@ fn write_suite_outputs(
     std::fs::write(dir.join("report.md"), &md).map_err(io)?;
     super::html::write(dir, &md, &format!("mpaxos suite {name}")).map_err(io)?;
     Ok(())
+}
+
+/// Runs with clients in several regions: latency per client region (ms, since these are WAN
+/// runs) and the share of reads its nearest replica served, one row per (run, region).
+fn per_region_table(results: &[(usize, u32, Summary)]) -> String {
+    let mut md = String::new();
+    let regional: Vec<&(usize, u32, Summary)> = results
+        .iter()
+        .filter(|(_, _, s)| s.latency_us_by_region.len() > 1)
+        .collect();
+    if regional.is_empty() {
+        return md;
+    }
+    let _ = writeln!(md, "\n## Per client region\n");
+    let _ = writeln!(
+        md,
+        "Latency of the requests sent by clients in each region (ms); `local reads`: the share of reads answered by the client's nearest replica without a redirect (`--read-from nearest`; `-` when clients read from the leader).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| cell | repeat | region | get p50 | get p99 | local reads | put p50 | put p99 |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    for (_, r, s) in regional {
+        for (region, ops) in &s.latency_us_by_region {
+            let ms = |op: &str, f: fn(&super::stats::Percentiles) -> f64| {
+                ops.get(op)
+                    .filter(|p| p.count > 0)
+                    .map_or("-".into(), |p| format!("{:.1}", f(p) / 1e3))
+            };
+            let local = s
+                .local_read_share_by_region
+                .get(region)
+                .map_or("-".into(), |x| format!("{:.0}%", x * 100.0));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {region} | {} | {} | {local} | {} | {} |",
+                s.label,
+                r + 1,
+                ms("get", |p| p.p50),
+                ms("get", |p| p.p99),
+                ms("put", |p| p.p50),
+                ms("put", |p| p.p99),
+            );
+        }
+    }
+    md
 }
 
 /// The cost of replication: the median throughput of each 3-replica cell over the median of
@@ -976,6 +1024,7 @@ mod tests {
             ("placements.toml", 6),
             ("knobs.toml", 6),
             ("fast-paxos.toml", 96),
+            ("leases.toml", 72),
         ] {
             let cells = expand(&dir.join(file)).unwrap().cells;
             assert!(cells.len() >= min_cells, "{file}: {} cells", cells.len());
@@ -986,6 +1035,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn per_region_table_names_regions_and_local_share() {
+        let pct = |p50: f64, count: u64| {
+            serde_json::json!({"count": count, "mean": p50, "p50": p50, "p90": p50, "p99": 2.0 * p50,
+                               "p999": 2.0 * p50, "max": 2.0 * p50})
+        };
+        let mut s: Summary = serde_json::from_value(serde_json::json!({
+            "run_dir": "runs/x", "label": "read_mode=quorum-lease", "throughput_ops_s": 10.0,
+            "latency_us": {}, "floor_rtt_us": 20.0, "floor_sync_write_us": 70.0,
+            "latency_us_by_region": {
+                "eu": {"get": pct(1500.0, 10), "put": pct(80000.0, 0)},
+                "us": {"get": pct(300.0, 10), "put": pct(70000.0, 3)}},
+            "local_read_share_by_region": {"eu": 0.96, "us": 1.0},
+            "completed": 10, "unfinished": 0, "errors": 0, "retries": 0, "redirects": 0,
+            "timeouts": 0, "flagged": false, "flag_reasons": [], "leaders": [],
+            "wal_backend": "memory", "links": [],
+            "config": serde_json::to_value(default_spec()).unwrap(), "started_unix_s": 0
+        }))
+        .unwrap();
+        let md = per_region_table(&[(0, 0, s.clone())]);
+        assert!(
+            md.contains("| read_mode=quorum-lease | 1 | eu | 1.5 | 3.0 | 96% | - | - |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| us | 0.3 | 0.6 | 100% | 70.0 | 140.0 |"),
+            "{md}"
+        );
+        // One region only: no table.
+        s.latency_us_by_region.remove("eu");
+        assert_eq!(per_region_table(&[(0, 0, s)]), "");
     }
 
     #[test]
