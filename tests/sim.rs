@@ -203,6 +203,11 @@ fn catches_qlease_read_after_expiry() {
     assert_bug_caught(InjectedBug::QleaseReadAfterExpiry);
 }
 
+#[test]
+fn catches_qlease_config_drop_early() {
+    assert_bug_caught(InjectedBug::QleaseConfigDropEarly);
+}
+
 // The Fast Paxos bugs, with 3 replicas (qf = 3: a majority of 2 is not a fast quorum) and 5
 // (qf = 4). Every seed runs in Fast Paxos mode; each is caught within the first chunk of 50
 // seeds (docs/internals/protocol.md §11).

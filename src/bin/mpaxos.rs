@@ -195,7 +195,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
         sim::run_range(&range, &report)
     };
     eprintln!(
-        "replicas={} first_seed={} ops_completed={} crashes={} cluster_crashes={} pauses={} disk_stalls={} disk_errors={} quorum_lease_seeds={} fast_paxos_seeds={} fast_chosen={} fast_collisions={} follower_reads={} leader_splits={} handoffs={}/{} snapshots={} snapshots_installed={} elapsed_s={:.1}",
+        "replicas={} first_seed={} ops_completed={} crashes={} cluster_crashes={} pauses={} disk_stalls={} disk_errors={} quorum_lease_seeds={} fast_paxos_seeds={} fast_chosen={} fast_collisions={} follower_reads={} leader_splits={} handoffs={}/{} snapshots={} snapshots_installed={} lease_config_changes={} elapsed_s={:.1}",
         args.replicas,
         args.seed,
         summary.ops_completed,
@@ -214,6 +214,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
         summary.handoffs,
         summary.snapshots,
         summary.snapshots_installed,
+        summary.lease_config_changes,
         started.elapsed().as_secs_f64()
     );
     println!(

@@ -297,9 +297,10 @@ impl QuorumLease {
             }
         }
         if !self.is_holder() {
-            // A holder no more: it stops reading at once (not needed for safety, see the doc)
-            // and asks for no further grants.
-            self.grants = vec![None; self.n as usize];
+            // A holder no more: it asks for no further grants (and takes none answering an
+            // earlier request). The grants it holds stay valid to their end, as their
+            // grantors' obligations do: removal never relies on the removed holder (it may
+            // be cut off and apply the change late), so it is not made to stop at once.
             self.requests.clear();
         }
         true
@@ -539,7 +540,8 @@ mod tests {
         assert!(bug.on_request(2, 1_000 * MS, 147));
         bug.set_configured(set(&[0, 1]), true);
         assert!(!bug.holders(1_001 * MS).contains(2), "the bug");
-        // The removed holder itself stops reading at once and asks for nothing more.
+        // The removed holder asks for nothing more; the grants it holds run to their end
+        // (their grantors still owe it), then it reads locally no more.
         let mut h = QuorumLease::new(3, 2, set(&[1, 2]), 0, 147);
         assert!(h.is_holder());
         let num = h.next_request(1_000 * MS, 120, 20);
@@ -548,7 +550,8 @@ mod tests {
         assert_eq!(h.read_bar(1_010 * MS, 120, &quorum, false), Some(5));
         h.set_configured(set(&[0, 1]), false);
         assert!(!h.is_holder());
-        assert_eq!(h.read_bar(1_010 * MS, 120, &quorum, false), None);
+        assert_eq!(h.read_bar(1_010 * MS, 120, &quorum, false), Some(5));
+        assert_eq!(h.read_bar(1_120 * MS, 120, &quorum, false), None);
         h.on_grant(2, num, 5);
         assert_eq!(
             h.grant(2),

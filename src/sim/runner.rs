@@ -44,6 +44,8 @@ pub struct RangeSummary {
     /// Snapshots made durable, and installed from a peer (transfers completed).
     pub snapshots: u64,
     pub snapshots_installed: u64,
+    /// Quorum leases: lease configuration changes the workload proposed.
+    pub lease_config_changes: u64,
 }
 
 impl RangeSummary {
@@ -86,6 +88,7 @@ pub fn run_range(range: &SeedRange, on_failure: &(dyn Fn(&SimOutcome) + Sync)) -
                 s.handoff_second_halves += outcome.stats.handoff_second_halves;
                 s.snapshots += outcome.stats.snapshots;
                 s.snapshots_installed += outcome.stats.snapshots_installed;
+                s.lease_config_changes += outcome.stats.lease_config_changes;
                 if outcome.quorum_leases {
                     s.quorum_lease_seeds += 1;
                 }
