@@ -28,6 +28,7 @@ fn assert_seeds_pass(replicas: u32, first_seed: u64, seeds: u64) {
         first_seed,
         seeds,
         inject_bug: None,
+        quorum_leases: false,
         jobs: jobs(),
     };
     let summary = sim::run_range(&range, &|_| {});
@@ -91,6 +92,7 @@ fn same_seed_same_trace() {
             replicas,
             seed: 4242,
             inject_bug: None,
+            quorum_leases: false,
         };
         let a = sim::run(&cfg);
         let b = sim::run(&cfg);
@@ -118,6 +120,7 @@ fn first_violation(replicas: u32, bug: InjectedBug, seeds_max: u64) -> Option<u6
             first_seed: first,
             seeds: chunk.min(seeds_max - first),
             inject_bug: Some(bug),
+            quorum_leases: false,
             jobs: jobs(),
         };
         let summary = sim::run_range(&range, &|_| {});

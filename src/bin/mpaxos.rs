@@ -84,6 +84,9 @@ struct SimArgs {
     /// Deliberately break the protocol to show the checks catch it.
     #[arg(long, value_parser = bug_parser())]
     inject_bug: Option<InjectedBug>,
+    /// Run every seed with quorum leases (and Multi-Paxos), instead of 40 % of them.
+    #[arg(long)]
+    quorum_leases: bool,
     /// Worker threads (default: all cores).
     #[arg(long)]
     jobs: Option<usize>,
@@ -147,6 +150,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
         first_seed: args.seed,
         seeds: args.seeds,
         inject_bug: args.inject_bug,
+        quorum_leases: args.quorum_leases,
         jobs,
     };
     let started = Instant::now();
@@ -177,6 +181,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
                 replicas: range.replicas,
                 seed,
                 inject_bug: range.inject_bug,
+                quorum_leases: range.quorum_leases,
             });
             println!(
                 "seed {seed} violations={} trace={:016x} {:?}",

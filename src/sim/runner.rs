@@ -13,6 +13,8 @@ pub struct SeedRange {
     pub first_seed: u64,
     pub seeds: u64,
     pub inject_bug: Option<InjectedBug>,
+    /// Every seed with quorum leases (`SimConfig::quorum_leases`).
+    pub quorum_leases: bool,
     /// Worker threads; seeds are independent, so this changes nothing but the wall time.
     pub jobs: usize,
 }
@@ -72,6 +74,7 @@ pub fn run_range(range: &SeedRange, on_failure: &(dyn Fn(&SimOutcome) + Sync)) -
                     replicas: range.replicas,
                     seed: range.first_seed + i,
                     inject_bug: range.inject_bug,
+                    quorum_leases: range.quorum_leases,
                 });
                 if !outcome.violations.is_empty() {
                     on_failure(&outcome);

@@ -56,6 +56,8 @@ pub struct SimConfig {
     pub replicas: u32,
     pub seed: u64,
     pub inject_bug: Option<InjectedBug>,
+    /// Every seed runs with quorum leases (`mpaxos sim --quorum-leases`), and Multi-Paxos.
+    pub quorum_leases: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -2352,7 +2354,7 @@ fn new_session(
 /// other draws of a seed do not depend on it): 40% quorum leases, 10% read index, the rest
 /// leader leases. An injected quorum-lease bug runs every seed with quorum leases.
 pub fn read_mode(cfg: &SimConfig) -> ReadMode {
-    if cfg.inject_bug.is_some_and(|b| b.needs_quorum_leases()) {
+    if cfg.quorum_leases || cfg.inject_bug.is_some_and(|b| b.needs_quorum_leases()) {
         return ReadMode::QuorumLease;
     }
     if protocol_mode(cfg) == ProtocolMode::FastPaxos {
@@ -2373,6 +2375,9 @@ pub fn read_mode(cfg: &SimConfig) -> ReadMode {
 /// (their read mode is then read-index). An injected Fast Paxos bug runs every seed in Fast
 /// Paxos; any other injected bug none, so the seeds that catch it stay where they were.
 pub fn protocol_mode(cfg: &SimConfig) -> ProtocolMode {
+    if cfg.quorum_leases {
+        return ProtocolMode::MultiPaxos;
+    }
     match cfg.inject_bug {
         Some(b) if b.needs_fast_paxos() => return ProtocolMode::FastPaxos,
         Some(_) => return ProtocolMode::MultiPaxos,
