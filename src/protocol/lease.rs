@@ -210,8 +210,10 @@ pub struct HolderGrant {
     pub latest_accepted: Slot,
 }
 
-/// One replica's quorum-lease state, as holder and as grantor. Every replica holds leases
-/// on the whole key space of its group and grants them to every replica (itself included).
+/// One replica's quorum-lease state, as holder and as grantor. Every holder of the lease
+/// configuration holds leases on the whole key space of its group; every replica grants them
+/// to the holders of the configuration it has applied (itself included). A configuration
+/// change ([`QuorumLease::set_configured`]) never cuts an obligation or a grant short.
 ///
 /// Holder: every `heartbeat_ms` it sends `LeaseRequest { lease_num: now }` to every
 /// replica; a `LeaseGrant` answering it is a grant valid for `lease_ms` from that send time.
@@ -221,7 +223,7 @@ pub struct HolderGrant {
 /// Grantor: on a request it owes the requester, for `grantor_hold_ms` from receipt on its
 /// own clock, a place in the `holders` of every Accepted it sends (so no write commits
 /// without the holder's vote); after a restart it owes every replica that much, since it
-/// forgot whom it promised.
+/// forgot whom it promised (and which configuration it had applied).
 pub(crate) struct QuorumLease {
     me: ReplicaId,
     n: u32,

@@ -886,8 +886,9 @@ impl Replica {
 
     /// Quorum leases: the node applied a lease configuration change (a log entry; the
     /// initial configuration is `Config::lease_holders`). From here on this replica grants
-    /// only to `holders` and asks and reads as a holder only if it is one; grants it gave
-    /// before are kept to their end (docs/internals/protocol.md §8, "Lease configuration").
+    /// only to `holders` and asks for grants only if it is one; grants it gave before are
+    /// owed to their end, and grants it holds stay valid to theirs
+    /// (docs/internals/protocol.md §8, "Lease configuration").
     /// Returns whether the configuration changed. No-op without quorum leases.
     pub fn set_lease_holders(&mut self, holders: VoteSet) -> bool {
         let drop_early = self.cfg.inject_bug == Some(InjectedBug::QleaseConfigDropEarly);
