@@ -207,6 +207,7 @@ fn serve(
                         applied: 0,
                         proposals_pending: 0,
                         wal_backend: "memory".into(),
+                        lease_holders: 0,
                     },
                 },
                 ArchivedClientFrame::Topology { .. } => continue,

@@ -1487,6 +1487,118 @@ fn quorum_lease_kill_9_holder_stalls_writes_briefly() {
     verify_acked(&tc, &res.acked);
 }
 
+/// The lease configuration is a log entry: `mpaxos lease-holders set` removes a follower from
+/// the holders of a running cluster; every replica applies it, the removed follower stops
+/// serving linearizable reads locally once its grants ran out (it redirects them), and writes
+/// go on. Bad ids are refused with a clear message and exit code 2.
+#[test]
+fn quorum_lease_holders_change_through_the_cli() {
+    let tc = TestCluster::start_with(3, 1, |c| {
+        c.durability = BackendChoice::Sync;
+        c.read_mode = Some(mpaxos::protocol::ReadMode::QuorumLease);
+    });
+    let mut writer = tc.client();
+    let leader = wait_leaders(&mut writer, 1, Duration::from_secs(10))[0];
+    let removed = (leader + 1) % 3;
+    let kept: Vec<u32> = (0..3).filter(|&r| r != removed).collect();
+    let eps = tc.cluster.endpoints().join(",");
+    let cli = |args: &[&str]| {
+        let out = Command::new(binary())
+            .args(args)
+            .args(["--endpoints", &eps])
+            .output()
+            .expect("run the CLI");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let reader_at = |r: u32| {
+        let mut opts = ClientOptions::new(tc.cluster.endpoints());
+        opts.read_from = Some(r);
+        Client::connect(opts).unwrap()
+    };
+    writer.put(b"qlc", b"v0").unwrap();
+    let mut reader = reader_at(removed);
+    reader.get(b"qlc", true).unwrap();
+    assert_eq!(
+        reader.stats().redirects,
+        0,
+        "{removed} is a holder at first"
+    );
+    // Bad input: clear errors, exit code 2, nothing proposed.
+    let (code, _, err) = cli(&["lease-holders", "set", "0,7"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("replica 7 does not exist"), "{err}");
+    let (code, _, err) = cli(&["lease-holders", "set", "0,x"]);
+    assert_eq!(code, Some(2), "{err}");
+    // Remove one follower.
+    let set = format!("{},{}", kept[0], kept[1]);
+    let (code, out, err) = cli(&["lease-holders", "set", &set]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains(&format!("OK group=0 lease_holders={set}")),
+        "{out}"
+    );
+    // Every replica applies it (the status carries the configuration in effect).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = statuses(&mut writer)
+            .iter()
+            .all(|s| s.lease_holders == (1 << kept[0]) | (1 << kept[1]));
+        if all {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not applied everywhere");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, out, err) = cli(&["lease-holders", "get"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.matches(&format!(" {set}\n")).count(), 3, "{out}");
+    // Its grants (lease_ms = 120 ms from their request) have run out.
+    std::thread::sleep(Duration::from_millis(400));
+    let local_before = metric(&tc, removed, "mpaxos_lease_reads_local_total");
+    let forwarded_before = metric(&tc, removed, "mpaxos_lease_reads_forwarded_total");
+    for i in 0..10u32 {
+        let v = format!("v{}", i + 1);
+        writer.put(b"qlc", v.as_bytes()).unwrap();
+        let mut reader = reader_at(removed);
+        match reader.get(b"qlc", true) {
+            Ok(Outcome::Get {
+                value: Some(got), ..
+            }) => assert_eq!(got.as_ref(), v.as_bytes()),
+            other => panic!("read through {removed}: {other:?}"),
+        }
+        assert!(reader.stats().redirects >= 1, "{removed} answered itself");
+    }
+    assert_eq!(
+        metric(&tc, removed, "mpaxos_lease_reads_local_total"),
+        local_before,
+        "the removed holder served reads locally"
+    );
+    assert!(metric(&tc, removed, "mpaxos_lease_reads_forwarded_total") >= forwarded_before + 10);
+    // The kept follower still reads locally.
+    let kept_follower = kept.iter().copied().find(|&r| r != leader).unwrap();
+    let mut reader = reader_at(kept_follower);
+    reader.get(b"qlc", true).unwrap();
+    assert_eq!(
+        reader.stats().redirects,
+        0,
+        "{kept_follower} is still a holder"
+    );
+    for r in 0..3 {
+        assert!(
+            metric(&tc, r, "mpaxos_lease_config_changes_total") >= 1,
+            "replica {r}"
+        );
+    }
+    // Back to every replica.
+    let (code, out, err) = cli(&["lease-holders", "set", "all"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("lease_holders=all"), "{out}");
+}
+
 // Fast Paxos on real processes (docs/internals/protocol.md §11): clients send each write to
 // every replica, and it is chosen by the replicas' votes without a hop through the leader.
 

@@ -28,6 +28,7 @@ fn assert_seeds_pass(replicas: u32, first_seed: u64, seeds: u64) {
         first_seed,
         seeds,
         inject_bug: None,
+        quorum_leases: false,
         jobs: jobs(),
     };
     let summary = sim::run_range(&range, &|_| {});
@@ -91,6 +92,7 @@ fn same_seed_same_trace() {
             replicas,
             seed: 4242,
             inject_bug: None,
+            quorum_leases: false,
         };
         let a = sim::run(&cfg);
         let b = sim::run(&cfg);
@@ -118,6 +120,7 @@ fn first_violation(replicas: u32, bug: InjectedBug, seeds_max: u64) -> Option<u6
             first_seed: first,
             seeds: chunk.min(seeds_max - first),
             inject_bug: Some(bug),
+            quorum_leases: false,
             jobs: jobs(),
         };
         let summary = sim::run_range(&range, &|_| {});
@@ -201,6 +204,11 @@ fn catches_qlease_read_unapplied() {
 #[test]
 fn catches_qlease_read_after_expiry() {
     assert_bug_caught(InjectedBug::QleaseReadAfterExpiry);
+}
+
+#[test]
+fn catches_qlease_config_drop_early() {
+    assert_bug_caught(InjectedBug::QleaseConfigDropEarly);
 }
 
 // The Fast Paxos bugs, with 3 replicas (qf = 3: a majority of 2 is not a fast quorum) and 5

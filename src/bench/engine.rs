@@ -30,7 +30,7 @@ use crate::net::frame::{access, FrameEncoder, FrameReader};
 use crate::net::placement::Placement;
 use crate::net::timerfd::{TimerClock, TimerFd};
 use crate::net::wire::{
-    group_of, ClientFrame, Hello, Op, Outcome, Request, ServerFrame, Topology, CLIENT_ID_NONE,
+    ClientFrame, Hello, Op, Outcome, Request, ServerFrame, Topology, CLIENT_ID_NONE,
 };
 
 /// Where a client sends a linearizable read first.
@@ -647,13 +647,7 @@ impl Engine {
     /// Starts a new request on a free session.
     fn start_request(&mut self, session: usize, scheduled_ns: u64) {
         let (op, kind) = self.next_op();
-        let key = match &op {
-            Op::Get { key, .. }
-            | Op::Put { key, .. }
-            | Op::Delete { key }
-            | Op::Cas { key, .. } => key,
-        };
-        let group = group_of(key, self.cfg.topology.groups);
+        let group = op.group(self.cfg.topology.groups);
         let s = &mut self.sessions[session];
         if !matches!(op, Op::Get { .. }) {
             s.seqs[group as usize] += 1;

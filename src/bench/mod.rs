@@ -69,6 +69,11 @@ pub struct BenchSpec {
     #[arg(long, value_enum, default_value_t = crate::protocol::ReadMode::LeaderLease)]
     #[serde(default)]
     pub read_mode: crate::protocol::ReadMode,
+    /// With `--read-mode quorum-lease`: the local cluster's `lease_pending` (a holder waits
+    /// for a slot it must apply, or forwards the read to the leader).
+    #[arg(long, value_enum)]
+    #[serde(default)]
+    pub lease_pending: Option<crate::protocol::LeasePending>,
     /// The local cluster's replication protocol (its `protocol`): with `fast-paxos` clients
     /// send each write to every replica and take the answer of their nearest.
     #[arg(long, value_enum, default_value_t = crate::protocol::ProtocolMode::MultiPaxos)]
@@ -989,6 +994,9 @@ pub fn local_config(
         crate::protocol::ProtocolMode::MultiPaxos => spec.read_mode,
         crate::protocol::ProtocolMode::FastPaxos => crate::protocol::ReadMode::ReadIndex,
     });
+    if cfg.read_mode == Some(crate::protocol::ReadMode::QuorumLease) {
+        cfg.lease_pending = spec.lease_pending;
+    }
     if let Some(p) = placement {
         cfg.placement = Some(std::path::absolute(&p.path).map_err(|e| e.to_string())?);
         for r in cfg.replicas.iter_mut() {

@@ -52,7 +52,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::net::wire::{group_of, Op, Outcome, Request};
+use crate::net::wire::{Op, Outcome, Request};
 
 /// Nanoseconds on the caller's monotonic clock.
 pub type Nanos = u64;
@@ -326,12 +326,6 @@ pub struct Session {
     stats: SessionStats,
 }
 
-fn key_of(op: &Op) -> &[u8] {
-    match op {
-        Op::Get { key, .. } | Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => key,
-    }
-}
-
 impl Session {
     pub fn new(cfg: SessionConfig) -> Session {
         let groups = cfg.groups.max(1) as usize;
@@ -458,7 +452,7 @@ impl Session {
         self.stats.started += 1;
         let write = !matches!(op, Op::Get { .. });
         let state = OpState {
-            group: group_of(key_of(&op), self.cfg.groups),
+            group: op.group(self.cfg.groups),
             op,
             write,
             lane: None,

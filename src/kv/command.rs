@@ -15,6 +15,10 @@ const TAG_DELETE: u8 = 2;
 const TAG_CAS: u8 = 3;
 const TAG_GET: u8 = 4;
 const TAG_CLOCK: u8 = 5;
+const TAG_LEASE_HOLDERS: u8 = 6;
+
+/// `Op::LeaseHolders`: every replica of the group holds a lease.
+pub const LEASE_HOLDERS_ALL: u64 = u64::MAX;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -40,6 +44,12 @@ pub enum Op {
     Clock {
         now_ms: u64,
         session_idle_ms: u64,
+    },
+    /// Quorum leases: the group's lease configuration from this slot on (bit i: replica i
+    /// holds a lease; [`LEASE_HOLDERS_ALL`]: every replica). The node checks it before
+    /// proposing it; the store only records it.
+    LeaseHolders {
+        holders: u64,
     },
 }
 
@@ -77,7 +87,7 @@ impl Op {
             Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } | Op::Get { key } => {
                 Some(key)
             }
-            Op::Clock { .. } => None,
+            Op::Clock { .. } | Op::LeaseHolders { .. } => None,
         }
     }
 
@@ -115,6 +125,10 @@ impl Op {
                 buf.put_u64_le(*now_ms);
                 buf.put_u64_le(*session_idle_ms);
             }
+            Op::LeaseHolders { holders } => {
+                buf.put_u8(TAG_LEASE_HOLDERS);
+                buf.put_u64_le(*holders);
+            }
         }
         buf.freeze()
     }
@@ -125,6 +139,7 @@ impl Op {
             Op::Delete { key } | Op::Get { key } => 4 + key.len(),
             Op::Cas { key, value, .. } => 16 + key.len() + value.len(),
             Op::Clock { .. } => 16,
+            Op::LeaseHolders { .. } => 8,
         }
     }
 
@@ -152,6 +167,9 @@ impl Op {
             TAG_CLOCK => Op::Clock {
                 now_ms: reader.u64()?,
                 session_idle_ms: reader.u64()?,
+            },
+            TAG_LEASE_HOLDERS => Op::LeaseHolders {
+                holders: reader.u64()?,
             },
             tag => return Err(DecodeError::UnknownTag(tag)),
         };
@@ -237,6 +255,7 @@ mod tests {
                 now_ms: 1_700_000_000_000,
                 session_idle_ms: 3_600_000,
             },
+            Op::LeaseHolders { holders: 0b101 },
         ];
         for op in ops {
             assert_eq!(Op::decode(&op.encode()), Ok(op));

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-pub use command::{DecodeError, Op, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+pub use command::{DecodeError, Op, KEY_BYTES_MAX, LEASE_HOLDERS_ALL, VALUE_BYTES_MAX};
 pub use snapshot::{snapshot_info, SnapshotInfo};
 
 /// The client id of commands the cluster itself proposes (the leader's clock); client
@@ -66,6 +66,10 @@ pub enum Reply {
     SessionExpired,
     /// A command of the cluster itself (the leader's clock).
     System,
+    /// The lease configuration was set to `holders` (bit mask; `LEASE_HOLDERS_ALL`: all).
+    LeaseHolders {
+        holders: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -89,6 +93,9 @@ pub struct KvStore {
     session_idle_ms: u64,
     /// Sessions expired so far (statistics).
     sessions_expired: u64,
+    /// Quorum leases: the lease configuration the log set last (bit mask,
+    /// `LEASE_HOLDERS_ALL` for every replica); `None`: the initial one from `cluster.toml`.
+    lease_holders: Option<u64>,
 }
 
 impl KvStore {
@@ -124,6 +131,12 @@ impl KvStore {
         self.sessions_expired
     }
 
+    /// Quorum leases: the lease configuration the log set last (`None`: never set; the
+    /// initial configuration applies).
+    pub fn lease_holders(&self) -> Option<u64> {
+        self.lease_holders
+    }
+
     /// The replicated clock, Unix ms (0 until the first clock command).
     pub fn clock_ms(&self) -> u64 {
         self.clock_ms
@@ -145,6 +158,10 @@ impl KvStore {
                     session_idle_ms,
                 }) => {
                     self.apply_clock(now_ms, session_idle_ms);
+                    Reply::System
+                }
+                Ok(Op::LeaseHolders { holders }) => {
+                    self.set_lease_holders(holders);
                     Reply::System
                 }
                 Ok(_) => Reply::Invalid {
@@ -212,8 +229,16 @@ impl KvStore {
         self.sessions_expired += (before - self.clients.len()) as u64;
     }
 
+    fn set_lease_holders(&mut self, holders: u64) {
+        self.lease_holders = Some(holders);
+    }
+
     fn apply_op(&mut self, op: Op) -> Reply {
         match op {
+            Op::LeaseHolders { holders } => {
+                self.set_lease_holders(holders);
+                Reply::LeaseHolders { holders }
+            }
             Op::Put { key, value } => {
                 let version = self.write(key, value);
                 Reply::Put {

@@ -5,7 +5,7 @@
 //! alone. Layout (`docs/internals/wal.md`, "kv snapshot"):
 //!
 //! ```text
-//! [0..8)   magic "MPXKVS01"
+//! [0..8)   magic "MPXKVS02" (version 1, "MPXKVS01", without the lease configuration, still loads)
 //! [8..12)  crc32c of bytes [16..), little-endian
 //! [12..16) zero
 //! [16..)   rkyv archive of `Image` (validated on load, then checked for the kv invariants)
@@ -18,7 +18,10 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use super::{ClientRecord, KeyState, KvStore, Reply, KEY_BYTES_MAX};
 
-const MAGIC: &[u8; 8] = b"MPXKVS01";
+/// Version 2 adds the lease configuration; version 1 snapshots still load (no lease
+/// configuration set by the log).
+const MAGIC: &[u8; 8] = b"MPXKVS02";
+const MAGIC_V1: &[u8; 8] = b"MPXKVS01";
 const HEADER_BYTES: usize = 16;
 
 #[derive(Archive, Serialize, Deserialize, Debug)]
@@ -48,6 +51,35 @@ struct Image {
     sessions_expired: u64,
     keys: Vec<KeyImage>,
     clients: Vec<ClientImage>,
+    /// Quorum leases: the lease configuration the log set last (`None`: the initial one).
+    lease_holders: Option<u64>,
+}
+
+/// A version 1 snapshot's body (`MPXKVS01`): no lease configuration.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+struct ImageV1 {
+    slot: u64,
+    revision: u64,
+    clock_ms: u64,
+    session_idle_ms: u64,
+    sessions_expired: u64,
+    keys: Vec<KeyImage>,
+    clients: Vec<ClientImage>,
+}
+
+impl From<ImageV1> for Image {
+    fn from(v1: ImageV1) -> Image {
+        Image {
+            slot: v1.slot,
+            revision: v1.revision,
+            clock_ms: v1.clock_ms,
+            session_idle_ms: v1.session_idle_ms,
+            sessions_expired: v1.sessions_expired,
+            keys: v1.keys,
+            clients: v1.clients,
+            lease_holders: None,
+        }
+    }
 }
 
 /// What `snapshot status` reports about a snapshot.
@@ -91,17 +123,25 @@ impl KvStore {
                     last_active_ms: c.last_active_ms,
                 })
                 .collect(),
+            lease_holders: self.lease_holders,
         };
         let body = rkyv::api::high::to_bytes::<rkyv::rancor::Error>(&image)
             .expect("serializing into memory cannot fail");
-        let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-        out.extend_from_slice(&[0; 4]);
-        out.extend_from_slice(&body);
-        out
+        frame(MAGIC, &body)
     }
+}
 
+/// Header + body.
+fn frame(magic: &[u8; 8], body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(body);
+    out
+}
+
+impl KvStore {
     /// Checks and decodes a snapshot: the checksum, the archive's validity, then the kv's own
     /// invariants. Returns the slot it was taken at and the state.
     pub fn decode_snapshot(bytes: &[u8]) -> Result<(u64, KvStore), String> {
@@ -139,6 +179,9 @@ impl KvStore {
                 return Err("the snapshot holds a client twice".into());
             }
         }
+        if image.lease_holders == Some(0) {
+            return Err("the snapshot holds an empty lease configuration".into());
+        }
         let kv = KvStore {
             keys,
             revision: image.revision,
@@ -146,15 +189,17 @@ impl KvStore {
             clock_ms: image.clock_ms,
             session_idle_ms: image.session_idle_ms,
             sessions_expired: image.sessions_expired,
+            lease_holders: image.lease_holders,
         };
         Ok((image.slot, kv))
     }
 }
 
 fn decode_image(bytes: &[u8]) -> Result<Image, String> {
-    if bytes.len() < HEADER_BYTES || &bytes[..8] != MAGIC {
+    if bytes.len() < HEADER_BYTES || (&bytes[..8] != MAGIC && &bytes[..8] != MAGIC_V1) {
         return Err("not an mpaxos kv snapshot (bad magic)".into());
     }
+    let v1 = &bytes[..8] == MAGIC_V1;
     let crc = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     let body = &bytes[HEADER_BYTES..];
     if crc32c::crc32c(body) != crc {
@@ -162,6 +207,13 @@ fn decode_image(bytes: &[u8]) -> Result<Image, String> {
     }
     let mut aligned = rkyv::util::AlignedVec::<16>::new();
     aligned.extend_from_slice(body);
+    if v1 {
+        let archived = crate::net::frame::access::<ImageV1>(&aligned)
+            .map_err(|e| format!("the snapshot does not decode ({e})"))?;
+        return rkyv::deserialize::<ImageV1, rkyv::rancor::Error>(archived)
+            .map(Image::from)
+            .map_err(|e| format!("the snapshot does not decode ({e})"));
+    }
     let archived = crate::net::frame::access::<Image>(&aligned)
         .map_err(|e| format!("the snapshot does not decode ({e})"))?;
     rkyv::deserialize::<Image, rkyv::rancor::Error>(archived)
@@ -188,4 +240,52 @@ pub fn snapshot_info(bytes: &[u8]) -> Result<SnapshotInfo, String> {
 /// The crc32c of a whole snapshot byte string (what a transfer checks at the end).
 pub fn checksum(bytes: &[u8]) -> u32 {
     crc32c::crc32c(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::Op;
+
+    #[test]
+    fn lease_configuration_round_trips_and_v1_snapshots_still_load() {
+        let mut kv = KvStore::new();
+        kv.apply(
+            1,
+            1,
+            &Op::Put {
+                key: Bytes::from_static(b"k"),
+                value: Bytes::from_static(b"v"),
+            }
+            .encode(),
+        );
+        kv.apply(1, 2, &Op::LeaseHolders { holders: 0b101 }.encode());
+        assert_eq!(kv.lease_holders(), Some(0b101));
+        let (slot, back) = KvStore::decode_snapshot(&kv.encode_snapshot(7)).unwrap();
+        assert_eq!((slot, &back), (7, &kv));
+        // A version 1 snapshot: the same state without a lease configuration.
+        let v1 = ImageV1 {
+            slot: 3,
+            revision: 1,
+            clock_ms: 0,
+            session_idle_ms: 0,
+            sessions_expired: 0,
+            keys: vec![KeyImage {
+                key: Bytes::from_static(b"k"),
+                value: Bytes::from_static(b"v"),
+                version: 1,
+                create_revision: 1,
+                mod_revision: 1,
+            }],
+            clients: Vec::new(),
+        };
+        let body = rkyv::api::high::to_bytes::<rkyv::rancor::Error>(&v1).unwrap();
+        let (slot, old) = KvStore::decode_snapshot(&frame(MAGIC_V1, &body)).unwrap();
+        assert_eq!((slot, old.lease_holders(), old.len()), (3, None, 1));
+        // An empty configuration is refused.
+        let mut empty = kv.clone();
+        empty.lease_holders = Some(0);
+        let err = KvStore::decode_snapshot(&empty.encode_snapshot(7)).unwrap_err();
+        assert!(err.contains("empty lease configuration"), "{err}");
+    }
 }

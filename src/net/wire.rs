@@ -229,6 +229,25 @@ pub enum Op {
         expected_version: u64,
         value: Bytes,
     },
+    /// Quorum leases: set group `group`'s lease configuration (bit i: replica i holds a
+    /// lease; `u64::MAX`: every replica) through its log (`mpaxos lease-holders set`).
+    SetLeaseHolders {
+        group: u32,
+        holders: u64,
+    },
+}
+
+impl Op {
+    /// The group the operation belongs to.
+    pub fn group(&self, groups: u32) -> u32 {
+        match self {
+            Op::Get { key, .. }
+            | Op::Put { key, .. }
+            | Op::Delete { key }
+            | Op::Cas { key, .. } => group_of(key, groups),
+            Op::SetLeaseHolders { group, .. } => *group,
+        }
+    }
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -295,6 +314,10 @@ pub enum Outcome {
     Invalid {
         reason: String,
     },
+    /// The lease configuration was set (`Op::SetLeaseHolders`), from the applied slot on.
+    LeaseHolders {
+        holders: u64,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -328,6 +351,9 @@ pub struct GroupStatus {
     pub applied: u64,
     pub proposals_pending: u64,
     pub wal_backend: String,
+    /// Quorum leases: the lease configuration in effect at this replica (bit i: replica i);
+    /// 0 in the other read modes.
+    pub lease_holders: u64,
 }
 
 /// Server → client.
@@ -757,6 +783,7 @@ pub fn outcome_from_reply(reply: crate::kv::Reply) -> Outcome {
         Reply::System => Outcome::Invalid {
             reason: "client id 0 is reserved for the cluster".into(),
         },
+        Reply::LeaseHolders { holders } => Outcome::LeaseHolders { holders },
         Reply::Stale { last_seq } => Outcome::Invalid {
             reason: format!("sequence number is older than this client's last ({last_seq})"),
         },

@@ -71,6 +71,43 @@ impl std::fmt::Display for ReadMode {
     }
 }
 
+/// What a quorum-lease holder does with a linearizable read it may serve locally only after
+/// applying slots it has not applied yet (an accepted write, or one its grantors held).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum LeasePending {
+    /// Keep the read until those slots are applied (the commit notice arrives), then answer.
+    #[default]
+    Wait,
+    /// Redirect the read to the leader at once.
+    Forward,
+}
+
+impl LeasePending {
+    pub fn name(self) -> &'static str {
+        match self {
+            LeasePending::Wait => "wait",
+            LeasePending::Forward => "forward",
+        }
+    }
+}
+
+impl std::fmt::Display for LeasePending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One grant, as its grantee records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Grant {
@@ -173,8 +210,10 @@ pub struct HolderGrant {
     pub latest_accepted: Slot,
 }
 
-/// One replica's quorum-lease state, as holder and as grantor. Every replica holds leases
-/// on the whole key space of its group and grants them to every replica (itself included).
+/// One replica's quorum-lease state, as holder and as grantor. Every holder of the lease
+/// configuration holds leases on the whole key space of its group; every replica grants them
+/// to the holders of the configuration it has applied (itself included). A configuration
+/// change ([`QuorumLease::set_configured`]) never cuts an obligation or a grant short.
 ///
 /// Holder: every `heartbeat_ms` it sends `LeaseRequest { lease_num: now }` to every
 /// replica; a `LeaseGrant` answering it is a grant valid for `lease_ms` from that send time.
@@ -184,7 +223,7 @@ pub struct HolderGrant {
 /// Grantor: on a request it owes the requester, for `grantor_hold_ms` from receipt on its
 /// own clock, a place in the `holders` of every Accepted it sends (so no write commits
 /// without the holder's vote); after a restart it owes every replica that much, since it
-/// forgot whom it promised.
+/// forgot whom it promised (and which configuration it had applied).
 pub(crate) struct QuorumLease {
     me: ReplicaId,
     n: u32,
@@ -196,7 +235,8 @@ pub(crate) struct QuorumLease {
     request_due: Nanos,
     /// Per holder, until when (own clock) it must be named in our Accepteds; 0: never.
     owed_until: Vec<Nanos>,
-    /// After a restart every replica counts as a holder until then.
+    /// After a restart every replica counts as a holder until then (whatever the
+    /// configuration: the one in effect before the crash may be newer than what is known now).
     owe_all_until: Nanos,
     /// Per holder, until when (own clock) its requests go unanswered: the leader said it
     /// keeps writes waiting (`Heartbeat::revoke`). Refusing a grant is always safe.
@@ -227,6 +267,45 @@ impl QuorumLease {
 
     pub(crate) fn request_due(&self) -> Nanos {
         self.request_due
+    }
+
+    /// The lease configuration in effect here.
+    pub(crate) fn configured(&self) -> VoteSet {
+        self.configured
+    }
+
+    /// Whether this replica is a holder in the configuration in effect here.
+    pub(crate) fn is_holder(&self) -> bool {
+        self.configured.contains(self.me)
+    }
+
+    /// A lease configuration change applied here (docs/internals/protocol.md §8, "Lease
+    /// configuration"). It only decides whom new requests are granted to and whether this
+    /// replica asks and reads as a holder; obligations already made are kept to their end, so
+    /// a removed holder is still named in Accepteds until its grants must have expired.
+    /// `drop_early` is the injected bug `QleaseConfigDropEarly`: forget them at once.
+    /// Returns whether the configuration changed.
+    pub(crate) fn set_configured(&mut self, holders: VoteSet, drop_early: bool) -> bool {
+        let holders = VoteSet::from_bits(holders.bits() & VoteSet::all(self.n).bits());
+        if holders == self.configured {
+            return false;
+        }
+        self.configured = holders;
+        if drop_early {
+            for id in 0..self.n {
+                if !holders.contains(id) {
+                    self.owed_until[id as usize] = 0;
+                }
+            }
+        }
+        if !self.is_holder() {
+            // A holder no more: it asks for no further grants (and takes none answering an
+            // earlier request). The grants it holds stay valid to their end, as their
+            // grantors' obligations do: removal never relies on the removed holder (it may
+            // be cut off and apply the change late), so it is not made to stop at once.
+            self.requests.clear();
+        }
+        true
     }
 
     /// Time to renew: records the request and returns its lease number (the send time).
@@ -289,8 +368,7 @@ impl QuorumLease {
     pub(crate) fn holders(&self, now: Nanos) -> VoteSet {
         let mut set = VoteSet::EMPTY;
         for id in 0..self.n {
-            let owed_since_restart = now < self.owe_all_until && self.configured.contains(id);
-            if owed_since_restart || now < self.owed_until[id as usize] {
+            if now < self.owe_all_until || now < self.owed_until[id as usize] {
                 set.insert(id);
             }
         }
@@ -416,14 +494,75 @@ mod tests {
         let mut q = QuorumLease::new(3, 0, holders, 0, 147);
         assert_eq!(
             q.holders(10 * MS),
-            holders,
-            "after a restart: the configured holders"
+            VoteSet::all(3),
+            "after a restart: everyone (the configuration before the crash may be newer)"
         );
         assert!(!q.on_request(1, 200 * MS, 147), "1 is not a holder");
         assert!(q.on_request(2, 200 * MS, 147));
         let mut two = VoteSet::EMPTY;
         two.insert(2);
         assert_eq!(q.holders(210 * MS), two);
+    }
+
+    /// The configuration rule (protocol.md §8, "Lease configuration"): a change decides
+    /// only whom new requests are granted to; a removed holder stays owed (named in every
+    /// Accepted) until its last grant's hold ends, and an added one is owed from its first
+    /// request granted under the new configuration.
+    #[test]
+    fn quorum_lease_config_change_keeps_obligations_until_they_end() {
+        let set = |ids: &[u32]| {
+            let mut s = VoteSet::EMPTY;
+            for &i in ids {
+                s.insert(i);
+            }
+            s
+        };
+        let quorum = QuorumSpec::new(3);
+        // Grantor 0, past its restart hold; holders {1, 2}.
+        let mut g = QuorumLease::new(3, 0, set(&[1, 2]), 0, 147);
+        assert!(g.on_request(2, 1_000 * MS, 147));
+        assert!(!g.on_request(0, 1_000 * MS, 147), "0 is not a holder yet");
+        // Slot c sets the holders to {0, 1}: 2 is removed, 0 added.
+        assert!(g.set_configured(set(&[0, 1]), false));
+        assert!(!g.set_configured(set(&[0, 1]), false), "no change");
+        assert_eq!(g.configured(), set(&[0, 1]));
+        assert!(
+            !g.on_request(2, 1_010 * MS, 147),
+            "no new grant to a removed holder"
+        );
+        assert!(
+            g.holders(1_146 * MS).contains(2),
+            "still owed until the hold ends"
+        );
+        assert!(!g.holders(1_147 * MS).contains(2));
+        assert!(g.on_request(0, 1_010 * MS, 147), "0 is a holder now");
+        assert!(g.holders(1_156 * MS).contains(0));
+        // The injected bug forgets the removed holder at the config slot.
+        let mut bug = QuorumLease::new(3, 0, set(&[1, 2]), 0, 147);
+        assert!(bug.on_request(2, 1_000 * MS, 147));
+        bug.set_configured(set(&[0, 1]), true);
+        assert!(!bug.holders(1_001 * MS).contains(2), "the bug");
+        // The removed holder asks for nothing more; the grants it holds run to their end
+        // (their grantors still owe it), then it reads locally no more.
+        let mut h = QuorumLease::new(3, 2, set(&[1, 2]), 0, 147);
+        assert!(h.is_holder());
+        let num = h.next_request(1_000 * MS, 120, 20);
+        h.on_grant(0, num, 5);
+        h.on_grant(1, num, 5);
+        assert_eq!(h.read_bar(1_010 * MS, 120, &quorum, false), Some(5));
+        h.set_configured(set(&[0, 1]), false);
+        assert!(!h.is_holder());
+        assert_eq!(h.read_bar(1_010 * MS, 120, &quorum, false), Some(5));
+        assert_eq!(h.read_bar(1_120 * MS, 120, &quorum, false), None);
+        h.on_grant(2, num, 5);
+        assert_eq!(
+            h.grant(2),
+            None,
+            "a late grant of an old request is ignored"
+        );
+        // Ids past the group are ignored.
+        assert!(h.set_configured(VoteSet::from_bits(u64::MAX), false));
+        assert_eq!(h.configured(), VoteSet::all(3));
     }
 
     #[test]

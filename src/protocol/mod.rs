@@ -27,7 +27,7 @@ mod tests;
 mod types;
 
 pub use fast::{FastCounters, ProtocolMode};
-pub use lease::{Grant, ReadMode};
+pub use lease::{Grant, LeasePending, ReadMode};
 pub use log::{Entry, Log};
 pub use message::{Envelope, Message, PromiseEntry};
 pub use quorum::{QuorumSpec, VoteSet};

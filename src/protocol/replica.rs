@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::fast::{FastCounters, ProtocolMode, Tally};
-use super::lease::{grantor_hold_ms, LeaderLease, QuorumLease, ReadMode};
+use super::lease::{grantor_hold_ms, LeaderLease, LeasePending, QuorumLease, ReadMode};
 use super::log::Log;
 use super::message::{
     Envelope, Message, PromiseEntry, ENTRY_OVERHEAD_BYTES, MESSAGE_OVERHEAD_BYTES,
@@ -63,6 +63,9 @@ pub enum InjectedBug {
     QleaseReadUnapplied,
     /// Quorum leases: a holder keeps reading on grants whose time is up.
     QleaseReadAfterExpiry,
+    /// Quorum leases: a grantor stops naming a removed holder in its Accepteds at the slot
+    /// that removes it, although the grants it gave that holder are still valid.
+    QleaseConfigDropEarly,
     /// Fast Paxos: learners take a classic majority of matching fast-round votes as chosen
     /// (instead of ⌈3N/4⌉).
     FastQuorumMajority,
@@ -82,7 +85,7 @@ pub enum InjectedBug {
 }
 
 impl InjectedBug {
-    pub const ALL: [InjectedBug; 14] = [
+    pub const ALL: [InjectedBug; 15] = [
         InjectedBug::AckBeforePersist,
         InjectedBug::SkipValueAdoption,
         InjectedBug::StaleLeaderRead,
@@ -92,6 +95,7 @@ impl InjectedBug {
         InjectedBug::QleaseCommitWithoutHolder,
         InjectedBug::QleaseReadUnapplied,
         InjectedBug::QleaseReadAfterExpiry,
+        InjectedBug::QleaseConfigDropEarly,
         InjectedBug::FastQuorumMajority,
         InjectedBug::FastRecoveryAnyValue,
         InjectedBug::FastVoteTwice,
@@ -110,6 +114,7 @@ impl InjectedBug {
             InjectedBug::QleaseCommitWithoutHolder => "qlease-commit-without-holder",
             InjectedBug::QleaseReadUnapplied => "qlease-read-unapplied",
             InjectedBug::QleaseReadAfterExpiry => "qlease-read-after-expiry",
+            InjectedBug::QleaseConfigDropEarly => "qlease-config-drop-early",
             InjectedBug::FastQuorumMajority => "fast-quorum-majority",
             InjectedBug::FastRecoveryAnyValue => "fast-recovery-any-value",
             InjectedBug::FastVoteTwice => "fast-vote-twice",
@@ -135,6 +140,7 @@ impl InjectedBug {
             InjectedBug::QleaseCommitWithoutHolder
                 | InjectedBug::QleaseReadUnapplied
                 | InjectedBug::QleaseReadAfterExpiry
+                | InjectedBug::QleaseConfigDropEarly
         )
     }
 
@@ -182,9 +188,13 @@ pub struct Config {
     /// How linearizable reads are served. `ReadIndex` ignores `lease_ms` (no leases at all);
     /// the lease modes need `lease_ms > 0`.
     pub read_mode: ReadMode,
-    /// Quorum leases: the replicas that hold read leases (the lease configuration; every
-    /// replica by default). Others never ask for grants and are never granted one.
+    /// Quorum leases: the replicas that hold read leases at start (the initial lease
+    /// configuration; every replica by default). Others never ask for grants and are never
+    /// granted one. The log changes it ([`Replica::set_lease_holders`]).
     pub lease_holders: VoteSet,
+    /// Quorum leases: whether a holder keeps a local read that must wait for slots it has
+    /// not applied (`Wait`) or redirects it to the leader at once (`Forward`).
+    pub lease_pending: LeasePending,
     /// The most two replicas' clock rates may differ, percent: sizes the restart blackout.
     pub clock_drift_percent: u64,
     /// Multi-Paxos, or Fast Paxos rounds when a fast quorum is alive (`fast.rs`). Fast Paxos
@@ -214,6 +224,7 @@ impl Config {
             lease_ms: Config::lease_ms_for(150, 10),
             read_mode: ReadMode::LeaderLease,
             lease_holders: VoteSet::all(replicas),
+            lease_pending: LeasePending::Wait,
             clock_drift_percent: 10,
             protocol: ProtocolMode::MultiPaxos,
             inject_bug: None,
@@ -782,10 +793,14 @@ impl Replica {
         } else {
             self.log.commit().max(self.log.last_slot()).max(bar)
         };
-        self.lease_reads.forwarded -= 1;
         if index > self.applied {
+            if self.cfg.lease_pending == LeasePending::Forward {
+                // Counted as forwarded (above): the leader answers it.
+                return Err(NotLeader::Redirect { leader: hint });
+            }
             self.lease_reads.waited += 1;
         }
+        self.lease_reads.forwarded -= 1;
         self.local_reads.push_back(LocalRead {
             id,
             index,
@@ -824,10 +839,10 @@ impl Replica {
     /// Quorum leases: renews this replica's grants (a request to every replica, itself too),
     /// if it is a configured holder.
     fn request_leases(&mut self, now: Nanos) {
-        let holder = self.cfg.lease_holders.contains(self.cfg.id);
         let Some(qlease) = &mut self.qlease else {
             return;
         };
+        let holder = qlease.is_holder();
         if now < qlease.request_due() {
             return;
         }
@@ -869,6 +884,26 @@ impl Replica {
                 qlease.revoke(holders, until);
             }
         }
+    }
+
+    /// Quorum leases: the node applied a lease configuration change (a log entry; the
+    /// initial configuration is `Config::lease_holders`). From here on this replica grants
+    /// only to `holders` and asks for grants only if it is one; grants it gave before are
+    /// owed to their end, and grants it holds stay valid to theirs
+    /// (docs/internals/protocol.md §8, "Lease configuration").
+    /// Returns whether the configuration changed. No-op without quorum leases.
+    pub fn set_lease_holders(&mut self, holders: VoteSet) -> bool {
+        let drop_early = self.cfg.inject_bug == Some(InjectedBug::QleaseConfigDropEarly);
+        self.qlease
+            .as_mut()
+            .is_some_and(|q| q.set_configured(holders, drop_early))
+    }
+
+    /// Quorum leases: the lease configuration in effect here (empty without quorum leases).
+    pub fn lease_holders_configured(&self) -> VoteSet {
+        self.qlease
+            .as_ref()
+            .map_or(VoteSet::EMPTY, |q| q.configured())
     }
 
     /// The holders an Accepted sent now must name (empty without quorum leases).

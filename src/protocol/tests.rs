@@ -815,6 +815,66 @@ fn qlease_restarted_grantor_owes_everyone() {
     assert!(!taken, "2 still reads after the write committed without it");
 }
 
+/// The lease configuration changes from every replica to {0, 1} (a log entry; the node calls
+/// `set_lease_holders` as it applies it). 0 and 1 applied it; 2, cut off from the leader, has
+/// not, and still holds grants from 1 and itself. A write after the change must still wait for
+/// 2 until the grants 1 gave it have run out: 1 keeps its obligation, only refuses to renew.
+fn qlease_config_removal_scenario(bug: Option<InjectedBug>) -> (Net, Option<(ReadOutcome, Slot)>) {
+    let mut net = qlease_net(bug);
+    net.isolate(2, &[0]);
+    let mut new = VoteSet::EMPTY;
+    new.insert(0);
+    new.insert(1);
+    assert!(net.r_mut(0).set_lease_holders(new));
+    assert!(net.r_mut(1).set_lease_holders(new));
+    assert!(!net.r_mut(1).set_lease_holders(new), "applied once");
+    assert_eq!(net.r(1).lease_holders_configured(), new);
+    net.propose(0, 1, 1, Bytes::from_static(b"new"));
+    let (taken, served) = read_at(&mut net, 2, 9);
+    assert!(taken, "2 still holds grants from 1 and itself");
+    (net, served)
+}
+
+#[test]
+fn qlease_removed_holder_is_waited_for_until_its_grants_expire() {
+    let (mut net, served) = qlease_config_removal_scenario(None);
+    let start = net.now;
+    assert_eq!(net.r(0).status().commit, 0, "the write waits for 2");
+    assert_eq!(
+        served,
+        Some((ReadOutcome::Ready, 0)),
+        "nothing committed yet"
+    );
+    while net.r(0).status().commit == 0 {
+        assert!(net.now < start + 400 * MS, "the write never committed");
+        net.run_until(net.now + MS);
+    }
+    let cfg = &net.cfgs[1];
+    let hold_ms = lease::grantor_hold_ms(cfg.lease_ms, cfg.clock_drift_percent);
+    let waited = net.now - start;
+    // 1 refuses 2's renewals from the change on: the wait ends with 1's last obligation.
+    assert!(
+        waited <= (hold_ms + 3 * cfg.heartbeat_ms) * MS,
+        "waited {} ms",
+        waited / MS
+    );
+    let read_id = net.now;
+    let (taken, _) = read_at(&mut net, 2, read_id);
+    assert!(!taken, "2 still reads after the write committed without it");
+    eprintln!("write held {} ms for a removed holder", waited / MS);
+}
+
+#[test]
+fn qlease_config_drop_early_bug_reads_stale() {
+    let (net, served) = qlease_config_removal_scenario(Some(InjectedBug::QleaseConfigDropEarly));
+    assert_eq!(net.r(0).status().commit, 1, "committed without 2");
+    assert_eq!(
+        served,
+        Some((ReadOutcome::Ready, 0)),
+        "stale at removed holder 2"
+    );
+}
+
 /// Lease configuration {0, 1}: 2 holds no lease, redirects linearizable reads, and a write does
 /// not wait for it.
 #[test]
@@ -843,6 +903,53 @@ fn qlease_named_holders_only() {
     net.propose(0, 1, 1, Bytes::from_static(b"new"));
     assert_eq!(net.r(0).status().commit, 1, "no wait for a non-holder");
     assert_eq!(net.r(0).lease_read_counters().writes_held_for_holders, 0);
+    // The log adds 2 (every replica applies the change): once it has grants under the new
+    // configuration, it reads locally and writes wait for it again.
+    net.heal();
+    for id in 0..3 {
+        net.r_mut(id).set_lease_holders(VoteSet::all(3));
+    }
+    net.run_until(net.now + 3 * net.cfgs[0].heartbeat_ms * MS);
+    let (taken, _) = read_at(&mut net, 2, 3);
+    assert!(taken, "2 is a holder now");
+    net.isolate(2, &[0, 1]);
+    net.propose(0, 1, 2, Bytes::from_static(b"newer"));
+    assert_eq!(net.r(0).status().commit, 1, "the write waits for holder 2");
+}
+
+/// Forward mode: a holder redirects a read that would have to wait for an accepted slot.
+#[test]
+fn qlease_forward_mode_redirects_instead_of_waiting() {
+    let mut net = Net::with_configs(
+        (0..3)
+            .map(|id| {
+                let mut cfg = config(id, 3);
+                cfg.read_mode = ReadMode::QuorumLease;
+                cfg.lease_pending = lease::LeasePending::Forward;
+                cfg
+            })
+            .collect(),
+    );
+    net.run_until(300 * MS);
+    assert_eq!(net.leader(), Some(0));
+    // The commit notice to 2 is still in the network.
+    net.hold_if = Some(Box::new(|e: &Envelope| {
+        e.from == 0
+            && e.to == 2
+            && matches!(e.msg, Message::Heartbeat { commit, .. } if commit >= 1)
+    }));
+    net.propose(0, 1, 1, Bytes::from_static(b"new"));
+    assert_eq!(net.r(2).status().applied, 0, "2 has not heard the commit");
+    let (taken, _) = read_at(&mut net, 2, 9);
+    assert!(!taken, "forwarded to the leader");
+    let c = net.r(2).lease_read_counters();
+    assert_eq!((c.local, c.waited, c.forwarded), (0, 0, 1));
+    net.hold_if = None;
+    net.release_held();
+    net.run_until(net.now + 3 * net.cfgs[0].heartbeat_ms * MS);
+    let (taken, served) = read_at(&mut net, 2, 10);
+    assert!(taken, "nothing to wait for: local");
+    assert_eq!(served, Some((ReadOutcome::Ready, 1)));
 }
 
 // ------------------------------------------------------------------ ballot reuse after a crash

@@ -34,6 +34,9 @@ pub struct GroupMetrics {
     pub lease_reads_forwarded_total: Counter,
     pub lease_reads_gave_up_total: Counter,
     pub writes_held_for_lease_holders_total: Counter,
+    /// Lease configuration changes this replica switched to (applied from the log, or from
+    /// an installed or restored snapshot).
+    pub lease_config_changes_total: Counter,
     /// Fast Paxos (`protocol = "fast-paxos"`), counted by the leader.
     pub fast_chosen_total: Counter,
     pub classic_chosen_total: Counter,
@@ -75,6 +78,7 @@ impl GroupMetrics {
             lease_reads_forwarded_total: Counter::default(),
             lease_reads_gave_up_total: Counter::default(),
             writes_held_for_lease_holders_total: Counter::default(),
+            lease_config_changes_total: Counter::default(),
             fast_chosen_total: Counter::default(),
             classic_chosen_total: Counter::default(),
             fast_collisions_total: Counter::default(),
@@ -181,8 +185,13 @@ impl GroupMetrics {
         );
         sub.register(
             "lease_reads_forwarded",
-            "Linearizable reads a non-leader redirected to the leader for want of a quorum lease",
+            "Linearizable reads a non-leader redirected to the leader: no valid quorum lease, or (lease_pending = forward) a slot to apply first",
             m.lease_reads_forwarded_total.clone(),
+        );
+        sub.register(
+            "lease_config_changes",
+            "Quorum-lease configuration changes this replica switched to (from the log or a snapshot)",
+            m.lease_config_changes_total.clone(),
         );
         sub.register(
             "lease_reads_gave_up",

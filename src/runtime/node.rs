@@ -299,7 +299,7 @@ impl<D: Disk> Node<D> {
             storage.inject_ack_before_durable();
         }
         let wal_backend = storage.disk().backend_name();
-        Node {
+        let mut node = Node {
             replica: Replica::new(cfg.protocol.clone(), durable, now),
             kv: restored.kv,
             since_snapshot_slots: 0,
@@ -328,7 +328,11 @@ impl<D: Disk> Node<D> {
             batch_hist: LocalHistogram::new(metrics.batch_size.clone()),
             metrics,
             cfg,
-        }
+        };
+        // The lease configuration of the state restored from a snapshot (the WAL's slots
+        // above it are applied again and may change it further).
+        node.sync_lease_holders();
+        node
     }
 
     pub fn replica(&self) -> &Replica {
@@ -505,6 +509,16 @@ impl<D: Disk> Node<D> {
             | Op::Put { key, .. }
             | Op::Delete { key }
             | Op::Cas { key, .. } => key.clone(),
+            Op::SetLeaseHolders { group, holders } => {
+                match self.check_lease_holders(*group, *holders) {
+                    Ok(()) => {
+                        let op = kv::Op::LeaseHolders { holders: *holders };
+                        self.propose_write(now, waiter, (req.client_id, req.seq), op);
+                    }
+                    Err(reason) => self.answer_now(waiter, Outcome::Invalid { reason }),
+                }
+                return;
+            }
         };
         if key.len() > KEY_BYTES_MAX {
             let reason = format!(
@@ -535,6 +549,7 @@ impl<D: Disk> Node<D> {
                 expected_version,
                 value,
             },
+            Op::SetLeaseHolders { .. } => unreachable!("answered above"),
         };
         if let kv::Op::Put { value, .. } | kv::Op::Cas { value, .. } = &op {
             if value.len() > VALUE_BYTES_MAX {
@@ -546,7 +561,11 @@ impl<D: Disk> Node<D> {
                 return;
             }
         }
-        let id = (req.client_id, req.seq);
+        self.propose_write(now, waiter, (req.client_id, req.seq), op);
+    }
+
+    /// Proposes a client's write (exactly once per `(client id, seq)`).
+    fn propose_write(&mut self, now: Nanos, waiter: Waiter, id: (u64, u64), op: kv::Op) {
         if let Some(w) = self.pending_writes.get_mut(&id) {
             // A retry of a command still in flight here: answer the newest asker only.
             let old = std::mem::replace(w, waiter);
@@ -574,6 +593,70 @@ impl<D: Disk> Node<D> {
                 self.answer_now(waiter, not_leader_outcome(e));
             }
         }
+    }
+
+    /// Whether `holders` (bit mask, `kv::LEASE_HOLDERS_ALL`: every replica) may become
+    /// this group's lease configuration: quorum-lease mode, and at least one replica, each
+    /// an id of this cluster.
+    fn check_lease_holders(&self, group: u32, holders: u64) -> Result<(), String> {
+        let p = &self.cfg.protocol;
+        if group != self.cfg.group {
+            return Err(format!(
+                "group {group} does not exist here (this is group {})",
+                self.cfg.group
+            ));
+        }
+        if p.read_mode != protocol::ReadMode::QuorumLease {
+            return Err(format!(
+                "lease holders need read_mode = \"quorum-lease\" (this cluster runs \"{}\")",
+                p.read_mode
+            ));
+        }
+        let all = protocol::VoteSet::all(p.replicas).bits();
+        if holders != kv::LEASE_HOLDERS_ALL && (holders == 0 || holders & !all != 0) {
+            return Err(format!(
+                "lease holders must be at least one replica id below {} (got {:?})",
+                p.replicas,
+                mask_ids(holders)
+            ));
+        }
+        Ok(())
+    }
+
+    /// The lease configuration the applied state says is in effect: the log's last one, or
+    /// the initial one from the cluster config.
+    fn lease_holders_applied(&self) -> protocol::VoteSet {
+        match self.kv.lease_holders() {
+            Some(bits) => protocol::VoteSet::from_bits(
+                bits & protocol::VoteSet::all(self.cfg.protocol.replicas).bits(),
+            ),
+            None => self.cfg.protocol.lease_holders,
+        }
+    }
+
+    /// Hands the applied lease configuration to the replica (after applying a slot that set
+    /// it, installing a snapshot, or restoring one at start).
+    fn sync_lease_holders(&mut self) {
+        let holders = self.lease_holders_applied();
+        if self.replica.set_lease_holders(holders) {
+            self.metrics.lease_config_changes_total.inc();
+            tracing::info!(
+                group = self.cfg.group,
+                holders = ?mask_ids(holders.bits()),
+                "quorum leases: lease configuration changed"
+            );
+        }
+    }
+
+    /// The simulator's workload: the leader proposes a lease configuration change as a
+    /// command of the cluster itself (client id 0). Returns whether it was taken.
+    pub fn propose_lease_holders(&mut self, now: Nanos, holders: u64) -> bool {
+        let command = Command {
+            client_id: kv::SYSTEM_CLIENT_ID,
+            seq: 0,
+            payload: kv::Op::LeaseHolders { holders }.encode(),
+        };
+        self.replica.propose(now, command).is_ok()
     }
 
     fn start_read(&mut self, now: Nanos, waiter: Waiter, key: Bytes, linearizable: bool) {
@@ -938,6 +1021,7 @@ impl<D: Disk> Node<D> {
             "installed a peer's snapshot"
         );
         self.kv = kv;
+        self.sync_lease_holders();
         self.since_snapshot_slots = 0;
         self.since_snapshot_bytes = 0;
         self.metrics.applied_index.set(slot as i64);
@@ -1002,11 +1086,16 @@ impl<D: Disk> Node<D> {
         if self.last_role == Role::Leader && !cmds.is_empty() {
             self.batch_hist.observe(cmds.len() as f64);
         }
+        let lease_holders = self.kv.lease_holders();
         for cmd in cmds {
             let reply = self.kv.apply(cmd.client_id, cmd.seq, &cmd.payload);
             if let Some(waiter) = self.pending_writes.remove(&(cmd.client_id, cmd.seq)) {
                 self.answer(waiter, wire::outcome_from_reply(reply));
             }
+        }
+        if self.kv.lease_holders() != lease_holders {
+            // Every replica switches at this slot (as it applies it).
+            self.sync_lease_holders();
         }
         self.since_snapshot_slots += 1;
         self.since_snapshot_bytes += value.size_bytes() as u64;
@@ -1164,6 +1253,7 @@ impl<D: Disk> Node<D> {
             applied: st.applied,
             proposals_pending: self.pending_writes.len() as u64,
             wal_backend: self.wal_backend.clone(),
+            lease_holders: self.replica.lease_holders_configured().bits(),
         }
     }
 
@@ -1182,6 +1272,11 @@ impl<D: Disk> Node<D> {
             }
         }
     }
+}
+
+/// The replica ids of a lease-holder bit mask (`kv::LEASE_HOLDERS_ALL`: all 64).
+pub fn mask_ids(bits: u64) -> Vec<u32> {
+    (0..64).filter(|i| bits & (1 << i) != 0).collect()
 }
 
 fn not_leader_outcome(e: NotLeader) -> Outcome {

@@ -179,6 +179,11 @@ pub struct ClusterConfig {
     /// every replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_holders: Option<Vec<u32>>,
+    /// With `read_mode = "quorum-lease"`: what a holder does with a linearizable read that
+    /// must first apply a slot it has not applied yet: `"wait"` (default) for the commit
+    /// notice, or `"forward"` it to the leader at once (docs/internals/protocol.md §8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_pending: Option<crate::protocol::LeasePending>,
     /// Each group snapshots its state machine once this many slots were applied since its
     /// last snapshot (0: never by count); the log below a durable snapshot is released.
     #[serde(default = "default_snapshot_every_entries")]
@@ -408,6 +413,9 @@ impl ClusterConfig {
                 ));
             }
         }
+        if self.lease_pending.is_some() && self.read_mode() != ReadMode::QuorumLease {
+            return Err("lease_pending needs read_mode = \"quorum-lease\"".into());
+        }
         if t.election_timeout_min_ms > t.election_timeout_max_ms {
             return Err("timeouts.election_timeout_min_ms is above election_timeout_max_ms".into());
         }
@@ -576,6 +584,7 @@ impl ClusterConfig {
             protocol: None,
             read_mode: None,
             lease_holders: None,
+            lease_pending: None,
             snapshot_every_entries: default_snapshot_every_entries(),
             snapshot_every_bytes: default_snapshot_every_bytes(),
             snapshot_trail_slots: default_snapshot_trail_slots(),
@@ -726,6 +735,17 @@ mod tests {
         let mut not_q = cfg.clone();
         not_q.lease_holders = Some(vec![0]);
         assert!(not_q.validate().unwrap_err().contains("quorum-lease"));
+        // lease_pending: quorum leases only; parses from its names.
+        let fwd = format!("lease_pending = \"forward\"\n{}", q.to_toml());
+        let fwd: ClusterConfig = toml::from_str(&fwd).unwrap();
+        assert_eq!(
+            fwd.lease_pending,
+            Some(crate::protocol::LeasePending::Forward)
+        );
+        fwd.validate().unwrap();
+        let mut not_q = cfg.clone();
+        not_q.lease_pending = Some(crate::protocol::LeasePending::Wait);
+        assert!(not_q.validate().unwrap_err().contains("lease_pending"));
     }
 
     #[test]

@@ -247,6 +247,11 @@ pub struct ClusterArgs {
     /// directory's `cluster.toml` must agree).
     #[arg(long, value_enum)]
     pub read_mode: Option<crate::protocol::ReadMode>,
+    /// Quorum leases: a holder waits for a slot it must apply before a local read, or
+    /// forwards the read to the leader (a new cluster's `lease_pending`; an existing
+    /// directory's `cluster.toml` must agree).
+    #[arg(long, value_enum)]
+    pub lease_pending: Option<crate::protocol::LeasePending>,
     /// The replication protocol of a new cluster (its `protocol`; an existing directory's
     /// `cluster.toml` must agree). Fast Paxos serves reads with read-index rounds.
     #[arg(long, value_enum)]
@@ -338,6 +343,7 @@ pub fn run_cluster(args: ClusterArgs) -> std::process::ExitCode {
         // A benchmark cluster is never restarted: memory durability is its to choose.
         c.unsafe_memory_durability = c.durability == crate::wal::BackendChoice::Memory;
         c.read_mode = args.read_mode;
+        c.lease_pending = args.lease_pending;
         c.protocol = args.protocol;
         c
     };
@@ -351,6 +357,16 @@ pub fn run_cluster(args: ClusterArgs) -> std::process::ExitCode {
                 "error: {} already holds a cluster with read_mode = \"{}\"; --read-mode {mode} would disagree (edit its cluster.toml, or use a new --dir)",
                 existing.display(),
                 config.read_mode()
+            );
+            return ExitCode::from(2);
+        }
+    }
+    if let Some(pending) = args.lease_pending {
+        if config.lease_pending.unwrap_or_default() != pending {
+            eprintln!(
+                "error: {} already holds a cluster with lease_pending = \"{}\"; --lease-pending {pending} would disagree (edit its cluster.toml, or use a new --dir)",
+                existing.display(),
+                config.lease_pending.unwrap_or_default()
             );
             return ExitCode::from(2);
         }

@@ -71,6 +71,7 @@ pub fn protocol_config(cfg: &ClusterConfig, id: u32, group: u32) -> protocol::Co
     p.protocol = cfg.protocol();
     p.read_mode = cfg.read_mode();
     p.lease_holders = cfg.lease_holder_set();
+    p.lease_pending = cfg.lease_pending.unwrap_or_default();
     p.lease_ms = if cfg.timeouts.lease_reads {
         protocol::Config::lease_ms_for(cluster_min_ms, cfg.timeouts.clock_drift_percent)
     } else {

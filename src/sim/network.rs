@@ -107,6 +107,15 @@ impl Partition {
         Partition::default()
     }
 
+    /// One directed link slowed by `extra` (quorum leases: a holder being removed hears the
+    /// leader late, so it may still read on its grants after the others applied the change).
+    pub fn slow_link(from: ReplicaId, to: ReplicaId, extra: Nanos) -> Self {
+        Partition {
+            blocked: Vec::new(),
+            slowed: vec![(from, to, extra)],
+        }
+    }
+
     pub fn blocks(&self, from: ReplicaId, to: ReplicaId) -> bool {
         from != to && self.blocked.contains(&(from, to))
     }

@@ -13,6 +13,8 @@ pub struct SeedRange {
     pub first_seed: u64,
     pub seeds: u64,
     pub inject_bug: Option<InjectedBug>,
+    /// Every seed with quorum leases (`SimConfig::quorum_leases`).
+    pub quorum_leases: bool,
     /// Worker threads; seeds are independent, so this changes nothing but the wall time.
     pub jobs: usize,
 }
@@ -44,6 +46,8 @@ pub struct RangeSummary {
     /// Snapshots made durable, and installed from a peer (transfers completed).
     pub snapshots: u64,
     pub snapshots_installed: u64,
+    /// Quorum leases: lease configuration changes the workload proposed.
+    pub lease_config_changes: u64,
 }
 
 impl RangeSummary {
@@ -70,6 +74,7 @@ pub fn run_range(range: &SeedRange, on_failure: &(dyn Fn(&SimOutcome) + Sync)) -
                     replicas: range.replicas,
                     seed: range.first_seed + i,
                     inject_bug: range.inject_bug,
+                    quorum_leases: range.quorum_leases,
                 });
                 if !outcome.violations.is_empty() {
                     on_failure(&outcome);
@@ -86,6 +91,7 @@ pub fn run_range(range: &SeedRange, on_failure: &(dyn Fn(&SimOutcome) + Sync)) -
                 s.handoff_second_halves += outcome.stats.handoff_second_halves;
                 s.snapshots += outcome.stats.snapshots;
                 s.snapshots_installed += outcome.stats.snapshots_installed;
+                s.lease_config_changes += outcome.stats.lease_config_changes;
                 if outcome.quorum_leases {
                     s.quorum_lease_seeds += 1;
                 }

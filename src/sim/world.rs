@@ -56,6 +56,8 @@ pub struct SimConfig {
     pub replicas: u32,
     pub seed: u64,
     pub inject_bug: Option<InjectedBug>,
+    /// Every seed runs with quorum leases (`mpaxos sim --quorum-leases`), and Multi-Paxos.
+    pub quorum_leases: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,6 +103,8 @@ pub struct SimStats {
     /// Snapshots made durable, and installed from a peer.
     pub snapshots: u64,
     pub snapshots_installed: u64,
+    /// Quorum leases: lease configuration changes the workload had a leader propose.
+    pub lease_config_changes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -195,6 +199,13 @@ enum Event {
         client: usize,
     },
     ConvergenceCheck,
+    /// Quorum leases: the workload asks the leader to change the lease configuration.
+    LeaseConfig,
+    /// The slowed link to a removed holder (`change_lease_config`) is fast again, unless
+    /// another partition replaced it meanwhile.
+    LeaseLagEnd {
+        partition: Partition,
+    },
 }
 
 struct Scheduled {
@@ -398,6 +409,10 @@ struct World {
     violations: Vec<Violation>,
     trace: std::collections::hash_map::DefaultHasher,
     stats: SimStats,
+    /// Quorum leases: how often the workload changes the lease configuration (none: never),
+    /// and the stream its draws come from (apart from `rng`, so they shift no other draw).
+    lease_config_every_ms: Option<u64>,
+    lease_rng: ChaCha8Rng,
 }
 
 impl World {
@@ -532,11 +547,14 @@ impl World {
             violations: Vec::new(),
             trace: Default::default(),
             stats: SimStats::default(),
+            lease_config_every_ms: lease_config_every_ms(cfg),
+            lease_rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x1ea5_ec0f_0000_0001),
         };
         for id in 0..cfg.replicas {
             world.start_replica(id);
         }
         world.schedule_faults();
+        world.schedule_lease_config();
         for client in 0..world.clients.len() {
             world.schedule(0, Event::ClientNext { client });
         }
@@ -569,6 +587,62 @@ impl World {
         self.schedule_every(self.plan.partition_every_ms, Event::PartitionStart);
         self.schedule_every(self.plan.disk_stall_every_ms, Event::DiskStall);
         self.schedule_every(self.plan.disk_error_every_ms, Event::DiskError);
+    }
+
+    /// The next lease configuration change (quorum-lease seeds that have them).
+    fn schedule_lease_config(&mut self) {
+        if let Some(every_ms) = self.lease_config_every_ms {
+            let at = self.now + self.lease_rng.gen_range(0..=2 * every_ms) * NS_PER_MS;
+            self.schedule(at, Event::LeaseConfig);
+        }
+    }
+
+    /// The workload changes the lease configuration: a random holder set (every replica now
+    /// and then), proposed by the current leader through its log, while writes go on.
+    fn change_lease_config(&mut self) {
+        let all = VoteSet::all(self.cfg.replicas).bits();
+        let holders = if self.lease_rng.gen_bool(0.2) {
+            crate::kv::LEASE_HOLDERS_ALL
+        } else {
+            self.lease_rng.gen_range(1..=all)
+        };
+        let leader = self.hosts.iter().position(|h| {
+            !h.paused
+                && h.node
+                    .as_ref()
+                    .is_some_and(|n| n.replica().role() == crate::protocol::Role::Leader)
+        });
+        let Some(id) = leader else {
+            return;
+        };
+        let host = &mut self.hosts[id];
+        let now = host.local(self.now);
+        let node = host.node.as_mut().expect("a live leader");
+        let before = node.replica().lease_holders_configured();
+        if !node.propose_lease_holders(now, holders) {
+            return;
+        }
+        self.stats.lease_config_changes += 1;
+        self.trace_event(18, id as u64, holders);
+        // Half the time a holder being removed hears the leader late for a while: it may go
+        // on reading on its grants after the others applied the change (removal must not
+        // rely on it keeping up). Only on a link no other partition is using.
+        let removed: Vec<ReplicaId> = (0..self.cfg.replicas)
+            .filter(|&r| r as usize != id && before.contains(r) && holders & (1 << r) == 0)
+            .collect();
+        if !removed.is_empty()
+            && self.partition == Partition::none()
+            && !self.handoff_running
+            && self.lease_rng.gen_bool(0.5)
+        {
+            let victim = removed[self.lease_rng.gen_range(0..removed.len())];
+            let extra = self.lease_rng.gen_range(20..=150) * NS_PER_MS;
+            self.partition = Partition::slow_link(id as ReplicaId, victim, extra);
+            let lasts = self.lease_rng.gen_range(100..=400) * NS_PER_MS;
+            let partition = self.partition.clone();
+            self.schedule(self.now + lasts, Event::LeaseLagEnd { partition });
+        }
+        self.drive(id as ReplicaId);
     }
 
     fn healed(&self) -> bool {
@@ -798,6 +872,17 @@ impl World {
             }
             Event::Heal => self.heal(),
             Event::ClientNext { client } => self.client_next(client),
+            Event::LeaseLagEnd { partition } => {
+                if self.partition == partition {
+                    self.partition = Partition::none();
+                }
+            }
+            Event::LeaseConfig => {
+                if !self.healed() {
+                    self.change_lease_config();
+                    self.schedule_lease_config();
+                }
+            }
             Event::Transmit { to, packet } => self.transmit(to, packet),
             Event::ClientTimer { client } => {
                 let c = &mut self.clients[client];
@@ -2269,7 +2354,7 @@ fn new_session(
 /// other draws of a seed do not depend on it): 40% quorum leases, 10% read index, the rest
 /// leader leases. An injected quorum-lease bug runs every seed with quorum leases.
 pub fn read_mode(cfg: &SimConfig) -> ReadMode {
-    if cfg.inject_bug.is_some_and(|b| b.needs_quorum_leases()) {
+    if cfg.quorum_leases || cfg.inject_bug.is_some_and(|b| b.needs_quorum_leases()) {
         return ReadMode::QuorumLease;
     }
     if protocol_mode(cfg) == ProtocolMode::FastPaxos {
@@ -2290,6 +2375,9 @@ pub fn read_mode(cfg: &SimConfig) -> ReadMode {
 /// (their read mode is then read-index). An injected Fast Paxos bug runs every seed in Fast
 /// Paxos; any other injected bug none, so the seeds that catch it stay where they were.
 pub fn protocol_mode(cfg: &SimConfig) -> ProtocolMode {
+    if cfg.quorum_leases {
+        return ProtocolMode::MultiPaxos;
+    }
     match cfg.inject_bug {
         Some(b) if b.needs_fast_paxos() => return ProtocolMode::FastPaxos,
         Some(_) => return ProtocolMode::MultiPaxos,
@@ -2317,6 +2405,32 @@ pub fn lease_holders(cfg: &SimConfig) -> VoteSet {
         return all;
     }
     VoteSet::from_bits((x >> 1) % all.bits() + 1)
+}
+
+/// With quorum leases, how often the workload changes the lease configuration during the
+/// fault phase (derived from the seed alone): in three of four seeds, every 50–400 ms on
+/// average; every seed when the injected bug is about configuration changes.
+pub fn lease_config_every_ms(cfg: &SimConfig) -> Option<u64> {
+    if read_mode(cfg) != ReadMode::QuorumLease {
+        return None;
+    }
+    let mut x = cfg.seed.wrapping_mul(0x9fb2_1c65_1e98_df25) ^ 0x1ea5_ec0f_ca11_ed00;
+    x = (x ^ (x >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 32;
+    let always = cfg.inject_bug == Some(crate::protocol::InjectedBug::QleaseConfigDropEarly);
+    (always || x % 4 != 0).then_some(50 + (x >> 8) % 351)
+}
+
+/// With quorum leases, what holders do with a read that must wait for a slot (derived from
+/// the seed alone): forward it to the leader in a third of the seeds, else wait.
+pub fn lease_pending(cfg: &SimConfig) -> crate::protocol::LeasePending {
+    use crate::protocol::LeasePending;
+    let x = cfg.seed.wrapping_mul(0xa076_1d64_78bd_642f) >> 40;
+    if read_mode(cfg) == ReadMode::QuorumLease && x % 3 == 0 {
+        LeasePending::Forward
+    } else {
+        LeasePending::Wait
+    }
 }
 
 /// Every replica's protocol configuration. Most seeds draw random knobs; some run exactly
@@ -2394,6 +2508,7 @@ fn random_replica_configs(rng: &mut ChaCha8Rng, cfg: &SimConfig) -> Vec<Config> 
             replica.protocol = protocol_mode(cfg);
             replica.read_mode = read_mode(cfg);
             replica.lease_holders = lease_holders(cfg);
+            replica.lease_pending = lease_pending(cfg);
             replica.pipeline_depth = pipeline_depth;
             replica.batch_max_ops = batch_max_ops;
             replica.batch_delay_us = batch_delay_us;

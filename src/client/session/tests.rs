@@ -61,6 +61,7 @@ impl Fake {
                 expected_version: *expected_version,
                 value: value.clone(),
             },
+            Op::SetLeaseHolders { holders, .. } => kv::Op::LeaseHolders { holders: *holders },
         }
         .encode();
         outcome_from_reply(self.kv.apply(t.request.client_id, t.request.seq, &payload))
