@@ -80,6 +80,27 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
+/// Whether applying the encoded command `payload` may change `key`'s value or version, read
+/// without decoding the whole command (quorum-lease holders ask it for every command they
+/// hold but have not applied, on each local read: protocol.md §8, "Key-narrowed wait").
+/// A payload it cannot read answers true. A command that may change keys it does not name
+/// (none today) must answer true here.
+pub fn may_change_key(payload: &[u8], key: &[u8]) -> bool {
+    match payload.first() {
+        Some(&(TAG_PUT | TAG_DELETE | TAG_CAS)) => {
+            let named = payload
+                .get(1..5)
+                .map(|l| u32::from_le_bytes(l.try_into().expect("4 bytes")) as usize)
+                .and_then(|len| payload.get(5..5usize.checked_add(len)?));
+            named.map_or(true, |named| named == key)
+        }
+        // A read through the log, the replicated clock (session expiry) and the lease
+        // configuration change no key.
+        Some(&(TAG_GET | TAG_CLOCK | TAG_LEASE_HOLDERS)) => false,
+        _ => true,
+    }
+}
+
 impl Op {
     /// The key the command touches (none for a clock command).
     pub fn key(&self) -> Option<&Bytes> {
@@ -234,6 +255,44 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn may_change_key_reads_the_key_without_decoding() {
+        let k = Bytes::from_static(b"alpha");
+        let other = Bytes::from_static(b"beta");
+        let v = Bytes::from_static(b"v");
+        for op in [
+            Op::Put {
+                key: k.clone(),
+                value: v.clone(),
+            },
+            Op::Delete { key: k.clone() },
+            Op::Cas {
+                key: k.clone(),
+                expected_version: 3,
+                value: v.clone(),
+            },
+        ] {
+            let p = op.encode();
+            assert!(may_change_key(&p, b"alpha"), "{op:?}");
+            assert!(!may_change_key(&p, b"beta"), "{op:?}");
+            assert!(!may_change_key(&p, b"alph"), "{op:?}");
+            // Cut short: cannot tell, so yes.
+            assert!(may_change_key(&p[..4], b"beta"), "{op:?}");
+        }
+        for op in [
+            Op::Get { key: other },
+            Op::Clock {
+                now_ms: 1,
+                session_idle_ms: 2,
+            },
+            Op::LeaseHolders { holders: 1 },
+        ] {
+            assert!(!may_change_key(&op.encode(), b"alpha"), "{op:?}");
+        }
+        assert!(may_change_key(&[], b"alpha"));
+        assert!(may_change_key(&[99, 0, 0], b"alpha"));
+    }
 
     #[test]
     fn round_trip_every_op() {

@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-pub use command::{DecodeError, Op, KEY_BYTES_MAX, LEASE_HOLDERS_ALL, VALUE_BYTES_MAX};
+pub use command::{
+    may_change_key, DecodeError, Op, KEY_BYTES_MAX, LEASE_HOLDERS_ALL, VALUE_BYTES_MAX,
+};
 pub use snapshot::{snapshot_info, SnapshotInfo};
 
 /// The client id of commands the cluster itself proposes (the leader's clock); client

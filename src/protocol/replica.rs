@@ -727,6 +727,19 @@ impl Replica {
     /// Starts a linearizable read with caller-chosen `id`. Its outcome appears in a later
     /// `Ready::reads`; the read must then be served after applying that Ready's `committed`.
     pub fn read_index(&mut self, now: Nanos, id: u64) -> Result<(), NotLeader> {
+        self.read_index_for(now, id, &|_| true)
+    }
+
+    /// `read_index` for a read of one key: `may_change(command)` says whether applying a
+    /// command may change what the read returns. A quorum-lease holder then waits only for
+    /// the unapplied slots that hold such a command (or that it does not hold at all), not for
+    /// every slot (docs/internals/protocol.md §8, "Key-narrowed wait").
+    pub fn read_index_for(
+        &mut self,
+        now: Nanos,
+        id: u64,
+        may_change: &dyn Fn(&Command) -> bool,
+    ) -> Result<(), NotLeader> {
         if self.fatal.is_some() {
             return Err(NotLeader::Redirect { leader: None });
         }
@@ -736,7 +749,7 @@ impl Replica {
             _ => false,
         };
         if !matches!(self.proposer, Proposer::Leader(_)) {
-            return self.read_local(now, id);
+            return self.read_local(now, id, may_change);
         }
         let Proposer::Leader(leader) = &mut self.proposer else {
             unreachable!("checked above");
@@ -771,7 +784,12 @@ impl Replica {
 
     /// A linearizable read at a follower: served locally if this replica holds a quorum
     /// lease (docs/internals/protocol.md §8, quorum leases), else redirected to the leader.
-    fn read_local(&mut self, now: Nanos, id: u64) -> Result<(), NotLeader> {
+    fn read_local(
+        &mut self,
+        now: Nanos,
+        id: u64,
+        may_change: &dyn Fn(&Command) -> bool,
+    ) -> Result<(), NotLeader> {
         let hint = self.leader_hint();
         let Some(qlease) = &self.qlease else {
             return Err(NotLeader::Redirect { leader: hint });
@@ -793,6 +811,12 @@ impl Replica {
         } else {
             self.log.commit().max(self.log.last_slot()).max(bar)
         };
+        let index = if index > self.applied && !self.pending_may_change(index, may_change) {
+            // Nothing pending can change what this read returns: serve it now.
+            self.applied
+        } else {
+            index
+        };
         if index > self.applied {
             if self.cfg.lease_pending == LeasePending::Forward {
                 // Counted as forwarded (above): the leader answers it.
@@ -807,6 +831,35 @@ impl Replica {
             arrived: now,
         });
         Ok(())
+    }
+
+    /// Whether a read must wait for the unapplied slots up to `index`: one of them is missing
+    /// here, holds no value, or holds a command `may_change` names. Holding a slot's value
+    /// is enough: a slot chosen before the read arrived holds its chosen value here already
+    /// (a write commits only once every holder voted for it, R2), and a slot chosen later
+    /// is concurrent with the read, as is every slot after it (slots apply in order). At most
+    /// `NARROW_SLOTS_MAX` slots are looked at; a longer backlog waits.
+    fn pending_may_change(&self, index: Slot, may_change: &dyn Fn(&Command) -> bool) -> bool {
+        const NARROW_SLOTS_MAX: u64 = 256;
+        let first = self.applied + 1;
+        if index - self.applied > NARROW_SLOTS_MAX
+            || self.cfg.inject_bug == Some(InjectedBug::QleaseReadUnapplied)
+        {
+            return true;
+        }
+        let mut held = 0;
+        for (_, entry) in self.log.range_from(first).take_while(|(s, _)| **s <= index) {
+            held += 1;
+            let value = match (&entry.chosen, &entry.accepted) {
+                (Some(v), _) => v,
+                (None, Some((_, v))) => v,
+                (None, None) => return true,
+            };
+            if value.commands().iter().any(|c| may_change(c)) {
+                return true;
+            }
+        }
+        held != index - self.applied
     }
 
     /// Serves the local reads whose index is applied; gives up on those that waited longer

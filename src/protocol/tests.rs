@@ -648,6 +648,47 @@ fn qlease_leader_sends_a_commit_notice() {
 }
 
 #[test]
+fn qlease_read_waits_only_for_slots_that_may_change_its_key() {
+    let mut net = qlease_net(None);
+    net.hold_if = Some(Box::new(|e: &Envelope| {
+        e.from == 0
+            && e.to == 2
+            && matches!(e.msg, Message::Heartbeat { commit, .. } if commit >= 1)
+    }));
+    net.propose(0, 1, 1, Bytes::from_static(b"write-a"));
+    assert_eq!(net.r(2).status().applied, 0, "2 has not heard the commit");
+    // A read that slot 1 cannot change is served at once, locally, without waiting.
+    let now = net.now;
+    let other = |c: &Command| c.payload.as_ref() == b"write-b";
+    assert!(net.r_mut(2).read_index_for(now, 20, &other).is_ok());
+    net.drain(2);
+    let served = net.reads[2].iter().find(|(r, _)| r.id == 20).cloned();
+    assert_eq!(
+        served.map(|(r, a)| (r.outcome, a)),
+        Some((ReadOutcome::Ready, 0))
+    );
+    // One it can change waits for slot 1.
+    let same = |c: &Command| c.payload.as_ref() == b"write-a";
+    assert!(net.r_mut(2).read_index_for(now, 21, &same).is_ok());
+    net.drain(2);
+    assert!(
+        net.reads[2].iter().all(|(r, _)| r.id != 21),
+        "served before slot 1 applied"
+    );
+    let c = net.r(2).lease_read_counters();
+    assert_eq!((c.local, c.waited), (1, 1), "one served, one waiting");
+    net.hold_if = None;
+    net.release_held();
+    let served = net.reads[2].iter().find(|(r, _)| r.id == 21).cloned();
+    assert_eq!(
+        served.map(|(r, a)| (r.outcome, a)),
+        Some((ReadOutcome::Ready, 1))
+    );
+    let c = net.r(2).lease_read_counters();
+    assert_eq!((c.local, c.waited, c.forwarded), (2, 1, 0));
+}
+
+#[test]
 fn qlease_read_waits_for_an_accepted_slot() {
     let served = qlease_unapplied_scenario(None);
     assert_eq!(

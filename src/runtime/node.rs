@@ -667,7 +667,8 @@ impl<D: Disk> Node<D> {
         }
         let id = self.next_read_id;
         self.next_read_id += 1;
-        match self.replica.read_index(now, id) {
+        let may_change = |c: &Command| kv::may_change_key(&c.payload, &key);
+        match self.replica.read_index_for(now, id, &may_change) {
             Ok(()) => {
                 self.pending_reads.insert(id, (waiter, key));
                 self.bump_waiting(waiter.conn, 1);
