@@ -855,7 +855,7 @@ impl Replica {
                 (None, Some((_, v))) => v,
                 (None, None) => return true,
             };
-            if value.commands().iter().any(|c| may_change(c)) {
+            if value.commands().iter().any(may_change) {
                 return true;
             }
         }
