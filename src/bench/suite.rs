@@ -1025,6 +1025,7 @@ mod tests {
             ("knobs.toml", 6),
             ("fast-paxos.toml", 96),
             ("leases.toml", 72),
+            ("leases-pending.toml", 8),
         ] {
             let cells = expand(&dir.join(file)).unwrap().cells;
             assert!(cells.len() >= min_cells, "{file}: {} cells", cells.len());
