@@ -767,7 +767,9 @@ fn run_one(
     let beyond_clock = executed.iter().any(|e| {
         matches!(
             e.fault.kind,
-            nemesis::FaultKind::ClockSkewBeyond | nemesis::FaultKind::ClockJump
+            nemesis::FaultKind::ClockSkewBeyond
+                | nemesis::FaultKind::ClockJump
+                | nemesis::FaultKind::ClockSlowIsolated
         )
     });
     let lied = executed

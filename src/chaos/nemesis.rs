@@ -41,6 +41,10 @@ pub enum Nemesis {
     /// Opt-in (not in `all`): an fsync that lies (writes acknowledged, kept in memory), then
     /// kill -9 of the lying replicas; acknowledged writes may be lost, by design.
     DiskLie,
+    /// Opt-in (not in `all`): the leader's clock at 10 % speed while a partition cuts it off
+    /// from the other replicas (clients still reach it): the case a lease exists for, with
+    /// the clock the lease trusts broken. Stale reads are expected. Needs namespaces too.
+    ClockBeyondIsolated,
     /// Opt-in (not in `all`): the target side cannot send to the rest, which can still send
     /// to it.
     PartitionOneWay,
@@ -60,7 +64,7 @@ impl Nemesis {
 
     /// Every name `--nemesis` accepts besides `all` (which is [`Nemesis::ALL`], the issue's
     /// five families; the partition variants below are named one by one).
-    pub const NAMED: [Nemesis; 9] = [
+    pub const NAMED: [Nemesis; 10] = [
         Nemesis::Kill,
         Nemesis::Pause,
         Nemesis::Partition,
@@ -68,6 +72,7 @@ impl Nemesis {
         Nemesis::Disk,
         Nemesis::ClockBeyond,
         Nemesis::DiskLie,
+        Nemesis::ClockBeyondIsolated,
         Nemesis::PartitionOneWay,
         Nemesis::PartitionFlap,
     ];
@@ -76,7 +81,10 @@ impl Nemesis {
     pub fn is_partition(self) -> bool {
         matches!(
             self,
-            Nemesis::Partition | Nemesis::PartitionOneWay | Nemesis::PartitionFlap
+            Nemesis::Partition
+                | Nemesis::PartitionOneWay
+                | Nemesis::PartitionFlap
+                | Nemesis::ClockBeyondIsolated
         )
     }
 
@@ -89,6 +97,7 @@ impl Nemesis {
             Nemesis::Disk => "disk",
             Nemesis::ClockBeyond => "clock-beyond",
             Nemesis::DiskLie => "disk-lie",
+            Nemesis::ClockBeyondIsolated => "clock-beyond-isolated",
             Nemesis::PartitionOneWay => "partition-one-way",
             Nemesis::PartitionFlap => "partition-flap",
         }
@@ -98,7 +107,11 @@ impl Nemesis {
     pub fn needs_fault_injection(self) -> bool {
         matches!(
             self,
-            Nemesis::Clock | Nemesis::Disk | Nemesis::ClockBeyond | Nemesis::DiskLie
+            Nemesis::Clock
+                | Nemesis::Disk
+                | Nemesis::ClockBeyond
+                | Nemesis::DiskLie
+                | Nemesis::ClockBeyondIsolated
         )
     }
 
@@ -128,7 +141,7 @@ pub fn parse_nemeses(list: &str) -> Result<Vec<Nemesis>, String> {
             None => {
                 return Err(format!(
                     "unknown nemesis {word:?}: use kill, pause, partition, clock, disk, all, \
-                     partition-one-way, partition-flap, clock-beyond or disk-lie"
+                     partition-one-way, partition-flap, clock-beyond, clock-beyond-isolated or disk-lie"
                 ))
             }
         }
@@ -179,6 +192,9 @@ pub enum FaultKind {
     DiskEio,
     /// WAL writes fail with ENOSPC; the heal restarts the replica with a good disk.
     DiskEnospc,
+    /// The clock at (1 + `amount`/10⁶) × real speed and a two-way partition of the target
+    /// from the other replicas, both until the heal; beyond the drift bound.
+    ClockSlowIsolated,
     /// fsync lies (writes kept in memory) until the heal, which kill -9s the replica and
     /// restarts it with a truthful disk.
     DiskLie,
@@ -188,7 +204,10 @@ impl FaultKind {
     pub fn is_partition(self) -> bool {
         matches!(
             self,
-            FaultKind::Partition | FaultKind::PartitionOneWay | FaultKind::PartitionFlap
+            FaultKind::Partition
+                | FaultKind::PartitionOneWay
+                | FaultKind::PartitionFlap
+                | FaultKind::ClockSlowIsolated
         )
     }
 
@@ -196,7 +215,10 @@ impl FaultKind {
     pub fn beyond_bound(self) -> bool {
         matches!(
             self,
-            FaultKind::ClockSkewBeyond | FaultKind::ClockJump | FaultKind::DiskLie
+            FaultKind::ClockSkewBeyond
+                | FaultKind::ClockJump
+                | FaultKind::ClockSlowIsolated
+                | FaultKind::DiskLie
         )
     }
 }
@@ -402,6 +424,15 @@ pub fn schedule(
                     amount,
                 }
             }
+            Nemesis::ClockBeyondIsolated => Fault {
+                at_ms: t,
+                kind: FaultKind::ClockSlowIsolated,
+                target: Target::Leader,
+                heal_after_ms: rng.gen_range(1000..=3000),
+                note: "leader clock at 10% speed, cut off from the other replicas".into(),
+                flap_ms: 0,
+                amount: -900_000,
+            },
             Nemesis::Disk => {
                 let target = if rng.gen_bool(0.5) {
                     Target::Leader
@@ -583,7 +614,9 @@ pub fn inject(
                 cluster.signal(r, libc::SIGSTOP);
                 Ok(())
             }
-            FaultKind::ClockSkew | FaultKind::ClockSkewBeyond => control(&|c| c.rate_ppm = amount),
+            FaultKind::ClockSkew | FaultKind::ClockSkewBeyond | FaultKind::ClockSlowIsolated => {
+                control(&|c| c.rate_ppm = amount)
+            }
             FaultKind::ClockJump => control(&|c| c.offset_ns += amount * 1_000_000),
             FaultKind::DiskStall => control(&|c| {
                 c.disk = DiskMode::Stall;
@@ -632,7 +665,7 @@ pub fn heal(
                 }
             }
             FaultKind::Pause => cluster.signal(r, libc::SIGCONT),
-            FaultKind::ClockSkew | FaultKind::ClockSkewBeyond => {
+            FaultKind::ClockSkew | FaultKind::ClockSkewBeyond | FaultKind::ClockSlowIsolated => {
                 if let Err(e) = set_control(cluster, r, &|c| c.rate_ppm = 0) {
                     problems.push(format!("replica {r}: {e}"));
                 }
