@@ -41,6 +41,8 @@ ALL_ROWS=(
   "r3-clock-beyond|--replicas 3 --nemesis clock-beyond"
   "r3-clock-beyond-ri|--replicas 3 --nemesis clock-beyond --read-mode read-index"
   "r3-disk-lie|--replicas 3 --nemesis disk-lie"
+  "r3-clock-beyond-iso|--replicas 3 --nemesis clock-beyond-isolated"
+  "r3-clock-beyond-iso-ri|--replicas 3 --nemesis clock-beyond-isolated --read-mode read-index"
 )
 
 if [[ "$BUILD" == 1 ]]; then
