@@ -9,6 +9,7 @@ pub mod bench;
 pub mod chaos;
 pub mod check;
 pub mod client;
+pub mod fault;
 pub mod kv;
 pub mod net;
 pub mod protocol;

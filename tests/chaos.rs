@@ -1,6 +1,7 @@
 //! The short form of `mpaxos chaos` that CI runs: three real replicas under kill -9, SIGSTOP
 //! and network partitions (network namespaces; skipped with a printed reason where the kernel
-//! or user does not allow them) for about 12 s, the history checked for linearizability and lost writes. It fails
+//! or user does not allow them) for about 12 s, clock and disk faults when built with
+//! `--features fault-injection` (CI runs this file with and without it), the history checked for linearizability and lost writes. It fails
 //! when the checker finds a violation, an acknowledged write is lost, a write reported not
 //! applied was applied, or the cluster stays unavailable past the recovery bound after a fault.
 //! Long campaigns are README commands, not tests.
@@ -131,22 +132,119 @@ fn quorum_lease_reads_at_followers_stay_linearizable_under_kill_and_pause() {
     );
 }
 
+/// Clock and disk faults within what the protocol promises to survive (issue 14): a clock
+/// 2-10 % fast or slow (the drift bound is 10 %), WAL completions stalled, and EIO on a
+/// follower's and then the leader's WAL (the replica stops its group; the heal restarts it on a
+/// good disk). Seed 1's 12 s schedule (`--dry-run`): a follower's clock at -6.1 %, EIO on a
+/// follower, a 446 ms stall on a follower, EIO on the leader.
+///
+/// They need servers built with the test-only `fault-injection` feature (CI runs this file
+/// again with `cargo test --features fault-injection --test chaos`). In a default build the
+/// same command must skip both with the reason, and this test checks that instead.
 #[test]
-fn unimplemented_nemeses_are_skipped_with_a_reason() {
+fn clock_and_disk_faults_within_bounds_keep_the_history_linearizable() {
     let dir = tempfile::tempdir().unwrap();
-    // Nothing but unimplemented nemeses: a run without faults, and each one says why not.
+    if !cfg!(feature = "fault-injection") {
+        let (ok, stdout) = chaos(
+            dir.path(),
+            &["--duration", "2", "--nemesis", "clock,disk", "--seed", "2"],
+        );
+        for n in ["clock", "disk"] {
+            assert!(
+                stdout.contains(&format!(
+                    "nemesis {n}: skipped: this mpaxos binary was built without the fault-injection feature"
+                )),
+                "{stdout}"
+            );
+        }
+        assert!(ok, "{stdout}");
+        assert_eq!(stdout.lines().last(), Some("runs=1 anomalies=0 lost=0"));
+        eprintln!(
+            "clock and disk faults not run: this build lacks the fault-injection feature \
+             (cargo test --features fault-injection --test chaos runs them)"
+        );
+        return;
+    }
     let (ok, stdout) = chaos(
         dir.path(),
-        &["--duration", "2", "--nemesis", "clock,disk", "--seed", "2"],
+        &[
+            "--replicas",
+            "3",
+            "--duration",
+            "12",
+            "--nemesis",
+            "clock,disk",
+            "--seed",
+            "1",
+        ],
     );
-    for n in ["clock", "disk"] {
+    assert_eq!(
+        stdout.lines().last(),
+        Some("runs=1 anomalies=0 lost=0"),
+        "{stdout}"
+    );
+    assert!(ok, "{stdout}");
+    let run = stdout
+        .lines()
+        .find(|l| l.starts_with("run 1/1"))
+        .expect("a run line");
+    assert!(
+        field(run, "ops").unwrap().parse::<u64>().unwrap() >= 300,
+        "{run}"
+    );
+    assert_eq!(field(run, "faults").as_deref(), Some("4"), "{run}");
+    let kept = dir.path().join("seed-1");
+    let executed = std::fs::read_to_string(kept.join("nemesis.jsonl")).unwrap();
+    for kind in ["clock-skew", "disk-eio", "disk-stall"] {
+        assert!(executed.contains(&format!("\"{kind}\"")), "{executed}");
+    }
+    // The replicas really obeyed: their logs say so.
+    let logs: String = (0..3)
+        .map(|i| std::fs::read_to_string(kept.join(format!("replica-{i}.log"))).unwrap())
+        .collect();
+    assert!(logs.contains("fault injection: clock changed"), "{logs}");
+    assert!(
+        logs.contains("this group stops taking part: injected fault"),
+        "{logs}"
+    );
+}
+
+/// An fsync that lies (`disk-lie`, opt-in): every replica acknowledges writes it only holds in
+/// memory, then all are killed with SIGKILL (seed 2, 8 s: twice). Acknowledged writes can be
+/// lost and the registers stop being linearizable — by design, so the run reports them as
+/// expected, keeps its directory, and does not count them: the command succeeds. By hand the
+/// run lost 231 acknowledged write-once keys and was not linearizable.
+#[test]
+fn a_lying_fsync_loses_writes_and_the_run_says_it_was_expected() {
+    if !cfg!(feature = "fault-injection") {
+        eprintln!("disk-lie not run: this build lacks the fault-injection feature");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, stdout) = chaos(
+        dir.path(),
+        &["--duration", "8", "--nemesis", "disk-lie", "--seed", "2"],
+    );
+    assert!(ok, "{stdout}");
+    assert_eq!(
+        stdout.lines().last(),
+        Some("runs=1 anomalies=0 lost=0"),
+        "{stdout}"
+    );
+    let run = stdout
+        .lines()
+        .find(|l| l.starts_with("run 1/1"))
+        .expect("a run line");
+    let lost: u64 = field(run, "lost").unwrap().parse().unwrap();
+    if lost > 0 || field(run, "linearizable").as_deref() == Some("NO") {
         assert!(
-            stdout.contains(&format!("nemesis {n}: skipped: not implemented")),
+            stdout.contains("expected (faults beyond what the protocol promises to survive"),
             "{stdout}"
         );
+        assert!(dir.path().join("seed-2/data").exists(), "{stdout}");
     }
-    assert!(ok, "{stdout}");
-    assert_eq!(stdout.lines().last(), Some("runs=1 anomalies=0 lost=0"));
+    let executed = std::fs::read_to_string(dir.path().join("seed-2/nemesis.jsonl")).unwrap();
+    assert!(executed.contains("\"disk-lie\""), "{executed}");
 }
 
 /// The harness can fail on real processes: with `skip-value-adoption` injected (a new leader

@@ -274,6 +274,7 @@ mod tests {
                 heal_after_ms: 200,
                 note: String::new(),
                 flap_ms: 0,
+                amount: 0,
             },
             replicas: vec![0],
             leader_seen: Some(0),

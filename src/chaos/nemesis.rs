@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::netns::NetNs;
 use crate::client::{Client, ClientOptions};
+use crate::fault::{Control, DiskMode};
 use crate::server::local::LocalCluster;
 
 /// A nemesis family, as named on the command line.
@@ -28,8 +29,22 @@ pub enum Nemesis {
     /// Cut the network between one side and the rest (the leader alone, one follower, or a
     /// minority), then heal it; needs network namespaces (`netns.rs`).
     Partition,
+    /// A replica's clock runs fast or slow, within the configured drift bound
+    /// (`timeouts.clock_drift_percent`); needs the `fault-injection` build.
     Clock,
+    /// Stall, EIO or ENOSPC on a replica's WAL; needs the `fault-injection` build.
     Disk,
+    /// Opt-in (not in `all`): clock faults beyond the drift bound (a much faster or slower
+    /// clock, forward jumps, backward jumps that stop the clock); with leases, stale reads are
+    /// expected to be possible.
+    ClockBeyond,
+    /// Opt-in (not in `all`): an fsync that lies (writes acknowledged, kept in memory), then
+    /// kill -9 of the lying replicas; acknowledged writes may be lost, by design.
+    DiskLie,
+    /// Opt-in (not in `all`): the leader's clock at 10 % speed while a partition cuts it off
+    /// from the other replicas (clients still reach it): the case a lease exists for, with
+    /// the clock the lease trusts broken. Stale reads are expected. Needs namespaces too.
+    ClockBeyondIsolated,
     /// Opt-in (not in `all`): the target side cannot send to the rest, which can still send
     /// to it.
     PartitionOneWay,
@@ -49,12 +64,15 @@ impl Nemesis {
 
     /// Every name `--nemesis` accepts besides `all` (which is [`Nemesis::ALL`], the issue's
     /// five families; the partition variants below are named one by one).
-    pub const NAMED: [Nemesis; 7] = [
+    pub const NAMED: [Nemesis; 10] = [
         Nemesis::Kill,
         Nemesis::Pause,
         Nemesis::Partition,
         Nemesis::Clock,
         Nemesis::Disk,
+        Nemesis::ClockBeyond,
+        Nemesis::DiskLie,
+        Nemesis::ClockBeyondIsolated,
         Nemesis::PartitionOneWay,
         Nemesis::PartitionFlap,
     ];
@@ -63,7 +81,10 @@ impl Nemesis {
     pub fn is_partition(self) -> bool {
         matches!(
             self,
-            Nemesis::Partition | Nemesis::PartitionOneWay | Nemesis::PartitionFlap
+            Nemesis::Partition
+                | Nemesis::PartitionOneWay
+                | Nemesis::PartitionFlap
+                | Nemesis::ClockBeyondIsolated
         )
     }
 
@@ -74,28 +95,36 @@ impl Nemesis {
             Nemesis::Partition => "partition",
             Nemesis::Clock => "clock",
             Nemesis::Disk => "disk",
+            Nemesis::ClockBeyond => "clock-beyond",
+            Nemesis::DiskLie => "disk-lie",
+            Nemesis::ClockBeyondIsolated => "clock-beyond-isolated",
             Nemesis::PartitionOneWay => "partition-one-way",
             Nemesis::PartitionFlap => "partition-flap",
         }
     }
 
-    /// Why this nemesis cannot run yet (None: it can).
+    /// Whether it needs the `fault-injection` build (servers that obey a control file).
+    pub fn needs_fault_injection(self) -> bool {
+        matches!(
+            self,
+            Nemesis::Clock
+                | Nemesis::Disk
+                | Nemesis::ClockBeyond
+                | Nemesis::DiskLie
+                | Nemesis::ClockBeyondIsolated
+        )
+    }
+
+    /// Why this nemesis cannot run with this binary (None: it can).
     pub fn unsupported(self) -> Option<&'static str> {
-        match self {
-            Nemesis::Kill
-            | Nemesis::Pause
-            | Nemesis::Partition
-            | Nemesis::PartitionOneWay
-            | Nemesis::PartitionFlap => None,
-            Nemesis::Clock => Some(
-                "not implemented yet: needs a test-only clock offset/skew hook in the server \
-                 (docs/internals/chaos.md)",
-            ),
-            Nemesis::Disk => Some(
-                "not implemented yet: needs a test-only fault-injecting WAL backend \
-                 (docs/internals/chaos.md)",
-            ),
+        if self.needs_fault_injection() && !crate::fault::ENABLED {
+            return Some(
+                "this mpaxos binary was built without the fault-injection feature, so its \
+                 servers cannot fault their clock or disk; run the test build: \
+                 cargo run --features fault-injection -- chaos ...",
+            );
         }
+        None
     }
 }
 
@@ -112,7 +141,7 @@ pub fn parse_nemeses(list: &str) -> Result<Vec<Nemesis>, String> {
             None => {
                 return Err(format!(
                     "unknown nemesis {word:?}: use kill, pause, partition, clock, disk, all, \
-                     partition-one-way or partition-flap"
+                     partition-one-way, partition-flap, clock-beyond, clock-beyond-isolated or disk-lie"
                 ))
             }
         }
@@ -149,13 +178,47 @@ pub enum FaultKind {
     PartitionOneWay,
     /// A two-way partition, healed and cut again every `flap_ms`.
     PartitionFlap,
+    /// The clock runs at (1 + `amount`/10⁶) × real speed until the heal, within the drift
+    /// bound.
+    ClockSkew,
+    /// The same, beyond the drift bound.
+    ClockSkewBeyond,
+    /// The clock jumps by `amount` ms at the start (backward: it stands still that long);
+    /// beyond the drift bound. The heal changes nothing.
+    ClockJump,
+    /// WAL completions reported `amount` ms late until the heal.
+    DiskStall,
+    /// WAL writes fail with EIO; the heal restarts the replica with a good disk.
+    DiskEio,
+    /// WAL writes fail with ENOSPC; the heal restarts the replica with a good disk.
+    DiskEnospc,
+    /// The clock at (1 + `amount`/10⁶) × real speed and a two-way partition of the target
+    /// from the other replicas, both until the heal; beyond the drift bound.
+    ClockSlowIsolated,
+    /// fsync lies (writes kept in memory) until the heal, which kill -9s the replica and
+    /// restarts it with a truthful disk.
+    DiskLie,
 }
 
 impl FaultKind {
     pub fn is_partition(self) -> bool {
         matches!(
             self,
-            FaultKind::Partition | FaultKind::PartitionOneWay | FaultKind::PartitionFlap
+            FaultKind::Partition
+                | FaultKind::PartitionOneWay
+                | FaultKind::PartitionFlap
+                | FaultKind::ClockSlowIsolated
+        )
+    }
+
+    /// Faults outside what the protocol promises to survive.
+    pub fn beyond_bound(self) -> bool {
+        matches!(
+            self,
+            FaultKind::ClockSkewBeyond
+                | FaultKind::ClockJump
+                | FaultKind::ClockSlowIsolated
+                | FaultKind::DiskLie
         )
     }
 }
@@ -173,9 +236,16 @@ pub struct Fault {
     /// For a flapping partition: how long each cut and each heal lasts.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub flap_ms: u64,
+    /// Clock and disk faults: the rate in ppm, the jump in ms, the stall in ms.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub amount: i64,
 }
 
 fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn is_zero_i64(v: &i64) -> bool {
     *v == 0
 }
 
@@ -185,6 +255,7 @@ pub struct Timing {
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     pub lease_ms: u64,
+    pub clock_drift_percent: u64,
 }
 
 /// The first fault starts this long after the workload (a baseline of healthy operations).
@@ -230,6 +301,7 @@ pub fn schedule(
                     heal_after_ms: rng.gen_range(200..=2000),
                     note: "kill -9, then restart".into(),
                     flap_ms: 0,
+                    amount: 0,
                 }
             }
             Nemesis::Partition => {
@@ -245,6 +317,7 @@ pub fn schedule(
                     heal_after_ms: rng.gen_range(300..=3000),
                     note: "partition: the target against the rest".into(),
                     flap_ms: 0,
+                    amount: 0,
                 }
             }
             Nemesis::PartitionOneWay | Nemesis::PartitionFlap => {
@@ -269,9 +342,153 @@ pub fn schedule(
                         "flapping partition: the target against the rest, on and off".into()
                     },
                     flap_ms: if one_way { 0 } else { rng.gen_range(50..=400) },
+                    amount: 0,
                 }
             }
-            _ => {
+            Nemesis::Clock => {
+                // Rate differences up to the bound: one replica's clock against the rest.
+                let bound = timing.clock_drift_percent as i64 * 10_000;
+                let mag = rng.gen_range(bound / 5..=bound);
+                let rate = if rng.gen_bool(0.5) { mag } else { -mag };
+                Fault {
+                    at_ms: t,
+                    kind: FaultKind::ClockSkew,
+                    target: if rng.gen_bool(0.5) {
+                        Target::Leader
+                    } else {
+                        follower
+                    },
+                    heal_after_ms: rng.gen_range(1000..=4000),
+                    note: format!(
+                        "clock rate {:+.1}% (bound {}%)",
+                        rate as f64 / 1e4,
+                        timing.clock_drift_percent
+                    ),
+                    flap_ms: 0,
+                    amount: rate,
+                }
+            }
+            Nemesis::ClockBeyond => {
+                let (kind, target, amount, heal_after_ms, note) = match rng.gen_range(0..4) {
+                    0 => {
+                        let r = -rng.gen_range(500_000..=900_000);
+                        (
+                            FaultKind::ClockSkewBeyond,
+                            Target::Leader,
+                            r,
+                            rng.gen_range(1000..=4000),
+                            format!("leader clock at {:.0}% speed: its lease outlasts the others' promises", 100.0 + r as f64 / 1e4),
+                        )
+                    }
+                    1 => {
+                        let r = rng.gen_range(1_000_000..=3_000_000);
+                        (
+                            FaultKind::ClockSkewBeyond,
+                            follower,
+                            r,
+                            rng.gen_range(1000..=4000),
+                            format!(
+                                "follower clock at {:.0}% speed: its promises expire early",
+                                100.0 + r as f64 / 1e4
+                            ),
+                        )
+                    }
+                    2 => {
+                        let j = rng.gen_range(100..=2000);
+                        (
+                            FaultKind::ClockJump,
+                            follower,
+                            j,
+                            500,
+                            format!("follower clock jumps {j} ms forward"),
+                        )
+                    }
+                    _ => {
+                        let j: i64 = rng.gen_range(100..=2000);
+                        (
+                            FaultKind::ClockJump,
+                            Target::Leader,
+                            -j,
+                            j as u64 + 200,
+                            format!("leader clock jumps {j} ms back (stands still {j} ms)"),
+                        )
+                    }
+                };
+                Fault {
+                    at_ms: t,
+                    kind,
+                    target,
+                    heal_after_ms,
+                    note,
+                    flap_ms: 0,
+                    amount,
+                }
+            }
+            Nemesis::ClockBeyondIsolated => Fault {
+                at_ms: t,
+                kind: FaultKind::ClockSlowIsolated,
+                target: Target::Leader,
+                heal_after_ms: rng.gen_range(1000..=3000),
+                note: "leader clock at 10% speed, cut off from the other replicas".into(),
+                flap_ms: 0,
+                amount: -900_000,
+            },
+            Nemesis::Disk => {
+                let target = if rng.gen_bool(0.5) {
+                    Target::Leader
+                } else {
+                    follower
+                };
+                let (kind, amount, heal_after_ms, note) = match rng.gen_range(0..4) {
+                    0 | 1 => {
+                        let ms = rng.gen_range(20..=500);
+                        (
+                            FaultKind::DiskStall,
+                            ms,
+                            rng.gen_range(1000..=4000),
+                            format!("WAL completions {ms} ms late"),
+                        )
+                    }
+                    2 => (
+                        FaultKind::DiskEio,
+                        0,
+                        rng.gen_range(500..=3000),
+                        "WAL writes fail with EIO, then restart on a good disk".to_string(),
+                    ),
+                    _ => (
+                        FaultKind::DiskEnospc,
+                        0,
+                        rng.gen_range(500..=3000),
+                        "WAL writes fail with ENOSPC, then restart on a good disk".to_string(),
+                    ),
+                };
+                Fault {
+                    at_ms: t,
+                    kind,
+                    target,
+                    heal_after_ms,
+                    note,
+                    flap_ms: 0,
+                    amount,
+                }
+            }
+            Nemesis::DiskLie => {
+                let target = match rng.gen_range(0..4) {
+                    0 | 1 => Target::All,
+                    2 => Target::Leader,
+                    _ => follower,
+                };
+                Fault {
+                    at_ms: t,
+                    kind: FaultKind::DiskLie,
+                    target,
+                    heal_after_ms: rng.gen_range(300..=2000),
+                    note: "fsync lies, then kill -9 and restart with a truthful disk".into(),
+                    flap_ms: 0,
+                    amount: 0,
+                }
+            }
+            Nemesis::Pause => {
                 let target = if rng.gen_bool(0.6) {
                     Target::Leader
                 } else {
@@ -298,6 +515,7 @@ pub fn schedule(
                     heal_after_ms,
                     note,
                     flap_ms: 0,
+                    amount: 0,
                 }
             }
         };
@@ -364,19 +582,53 @@ pub fn resolve(target: Target, replicas: u32, leader: Option<u32>) -> Vec<u32> {
     }
 }
 
+/// Rewrites replica `r`'s fault control file (its clock and disk faults, test builds only).
+fn set_control(
+    cluster: &LocalCluster,
+    r: u32,
+    change: &dyn Fn(&mut Control),
+) -> Result<(), String> {
+    let dir = cluster.config.replica_data_dir(r);
+    let mut control = crate::fault::read_control(&dir)?;
+    change(&mut control);
+    crate::fault::write_control(&dir, &control)
+}
+
 /// Starts `fault` on `who`; returns what went wrong.
 pub fn inject(
     cluster: &mut LocalCluster,
     net: Option<&NetNs>,
     kind: FaultKind,
+    amount: i64,
     who: &[u32],
 ) -> Vec<String> {
     let mut problems = Vec::new();
     for &r in who {
-        match kind {
-            FaultKind::Kill => cluster.signal(r, libc::SIGKILL),
-            FaultKind::Pause => cluster.signal(r, libc::SIGSTOP),
-            _ => {}
+        let control = |f: &dyn Fn(&mut Control)| set_control(cluster, r, f);
+        let done = match kind {
+            FaultKind::Kill => {
+                cluster.signal(r, libc::SIGKILL);
+                Ok(())
+            }
+            FaultKind::Pause => {
+                cluster.signal(r, libc::SIGSTOP);
+                Ok(())
+            }
+            FaultKind::ClockSkew | FaultKind::ClockSkewBeyond | FaultKind::ClockSlowIsolated => {
+                control(&|c| c.rate_ppm = amount)
+            }
+            FaultKind::ClockJump => control(&|c| c.offset_ns += amount * 1_000_000),
+            FaultKind::DiskStall => control(&|c| {
+                c.disk = DiskMode::Stall;
+                c.stall_ms = amount.max(0) as u64;
+            }),
+            FaultKind::DiskEio => control(&|c| c.disk = DiskMode::Eio),
+            FaultKind::DiskEnospc => control(&|c| c.disk = DiskMode::Enospc),
+            FaultKind::DiskLie => control(&|c| c.disk = DiskMode::Lie),
+            FaultKind::Partition | FaultKind::PartitionOneWay | FaultKind::PartitionFlap => Ok(()),
+        };
+        if let Err(e) = done {
+            problems.push(format!("replica {r}: {e}"));
         }
     }
     if kind.is_partition() {
@@ -413,7 +665,39 @@ pub fn heal(
                 }
             }
             FaultKind::Pause => cluster.signal(r, libc::SIGCONT),
-            _ => {}
+            FaultKind::ClockSkew | FaultKind::ClockSkewBeyond | FaultKind::ClockSlowIsolated => {
+                if let Err(e) = set_control(cluster, r, &|c| c.rate_ppm = 0) {
+                    problems.push(format!("replica {r}: {e}"));
+                }
+            }
+            FaultKind::DiskStall => {
+                if let Err(e) = set_control(cluster, r, &|c| c.disk = DiskMode::Ok) {
+                    problems.push(format!("replica {r}: {e}"));
+                }
+            }
+            FaultKind::DiskEio | FaultKind::DiskEnospc | FaultKind::DiskLie => {
+                // The operator's fix: a good disk and a restart (which recovers from what is
+                // durable; with a lying disk, the writes it held in memory are gone).
+                cluster.signal(r, libc::SIGKILL);
+                if let Err(e) = set_control(cluster, r, &|c| c.disk = DiskMode::Ok) {
+                    problems.push(format!("replica {r}: {e}"));
+                }
+            }
+            FaultKind::ClockJump
+            | FaultKind::Partition
+            | FaultKind::PartitionOneWay
+            | FaultKind::PartitionFlap => {}
+        }
+    }
+    if matches!(
+        kind,
+        FaultKind::DiskEio | FaultKind::DiskEnospc | FaultKind::DiskLie
+    ) {
+        std::thread::sleep(Duration::from_millis(200));
+        for &r in who {
+            if let Err(e) = cluster.start(r) {
+                problems.push(format!("replica {r} did not restart: {e}"));
+            }
         }
     }
     if kind.is_partition() {
@@ -432,6 +716,7 @@ mod tests {
         election_timeout_min_ms: 150,
         election_timeout_max_ms: 300,
         lease_ms: 120,
+        clock_drift_percent: 10,
     };
 
     #[test]
@@ -459,7 +744,11 @@ mod tests {
 
     #[test]
     fn unsupported_nemeses_schedule_nothing() {
-        assert!(schedule(1, &[Nemesis::Clock, Nemesis::Disk], 3, 30_000, TIMING).is_empty());
+        // Clock and disk faults need the fault-injection build.
+        assert_eq!(
+            schedule(1, &[Nemesis::Clock, Nemesis::Disk], 3, 30_000, TIMING).is_empty(),
+            !crate::fault::ENABLED
+        );
         assert!(!schedule(1, &[Nemesis::Partition], 3, 30_000, TIMING).is_empty());
         assert_eq!(
             parse_nemeses("pause,kill,kill").unwrap(),
@@ -471,6 +760,30 @@ mod tests {
             vec![Nemesis::PartitionOneWay, Nemesis::PartitionFlap]
         );
         assert!(parse_nemeses("flood").is_err());
+        assert_eq!(
+            parse_nemeses("clock-beyond,disk-lie").unwrap(),
+            vec![Nemesis::ClockBeyond, Nemesis::DiskLie]
+        );
+    }
+
+    #[test]
+    fn clock_faults_stay_within_the_drift_bound_unless_beyond() {
+        for seed in 0..50 {
+            for f in schedule(seed, &[Nemesis::Clock], 3, 60_000, TIMING) {
+                assert_eq!(f.kind, FaultKind::ClockSkew);
+                assert!(f.amount.abs() <= 100_000 && f.amount != 0, "{f:?}");
+                assert!(!f.kind.beyond_bound());
+            }
+            for f in schedule(
+                seed,
+                &[Nemesis::ClockBeyond, Nemesis::DiskLie],
+                3,
+                60_000,
+                TIMING,
+            ) {
+                assert!(f.kind.beyond_bound(), "{f:?}");
+            }
+        }
     }
 
     #[test]

@@ -84,7 +84,33 @@ pub fn boottime_ns() -> Nanos {
     // this runs on (2.6.39+).
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) failed");
-    ts.tv_sec as Nanos * 1_000_000_000 + ts.tv_nsec as Nanos
+    let raw = ts.tv_sec as Nanos * 1_000_000_000 + ts.tv_nsec as Nanos;
+    #[cfg(feature = "fault-injection")]
+    let raw = crate::fault::clock::now(raw);
+    raw
+}
+
+/// The instant of the raw CLOCK_BOOTTIME (what the timerfd counts) at which [`boottime_ns`]
+/// reads `at`: the same instant unless a test build's clock fault is on.
+fn timer_instant(at: Nanos) -> Nanos {
+    #[cfg(feature = "fault-injection")]
+    let at = crate::fault::clock::to_raw(at);
+    at
+}
+
+/// The node's disk: the WAL, wrapped by the disk-fault injector in test builds.
+#[cfg(not(feature = "fault-injection"))]
+type GroupDisk = Wal;
+#[cfg(feature = "fault-injection")]
+type GroupDisk = crate::fault::disk::FaultDisk<Wal>;
+
+#[cfg(not(feature = "fault-injection"))]
+fn group_disk(storage: Storage<Wal>) -> Storage<GroupDisk> {
+    storage
+}
+#[cfg(feature = "fault-injection")]
+fn group_disk(storage: Storage<Wal>) -> Storage<GroupDisk> {
+    storage.map_disk(crate::fault::disk::FaultDisk::new)
 }
 
 /// Everything one group thread needs, decided by the server before it starts.
@@ -219,7 +245,7 @@ struct Group {
     peers: Vec<PeerLink>,
     encoder: FrameEncoder,
 
-    node: Node<Wal>,
+    node: Node<GroupDisk>,
     output: Output,
     /// What was last published in `shared` for this group.
     published_leader: Option<ReplicaId>,
@@ -237,6 +263,8 @@ impl Group {
             ));
         }
         let (storage, durable, mut recovered) = Storage::open(spec.wal.clone())?;
+        let wal_eventfd = storage.wal().eventfd();
+        let storage = group_disk(storage);
         let restored = match recovered.snapshot.take() {
             Some(snap) => Restored::from_snapshot(snap.slot, snap.data)?,
             None => Restored::empty(),
@@ -279,13 +307,7 @@ impl Group {
         let reg = poll.registry();
         reg.register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE)
             .and_then(|_| reg.register(&mut peer_listener, PEER_LISTENER, Interest::READABLE))
-            .and_then(|_| {
-                reg.register(
-                    &mut SourceFd(&storage.wal().eventfd()),
-                    WAL_EVENTS,
-                    Interest::READABLE,
-                )
-            })
+            .and_then(|_| reg.register(&mut SourceFd(&wal_eventfd), WAL_EVENTS, Interest::READABLE))
             .map_err(|e| format!("cannot register with the event loop: {e}"))?;
         let timer = TimerFd::new(TimerClock::Boottime)
             .map_err(|e| format!("cannot create a timerfd: {e}"))?;
@@ -385,7 +407,7 @@ impl Group {
             };
             // epoll rounds its timeout up to whole milliseconds; the timerfd wakes us at the
             // deadline itself (sub-millisecond batching delays and WAN emulation queues).
-            self.timer.arm_at(before + timeout);
+            self.timer.arm_at(timer_instant(before + timeout));
             let interrupted = match self
                 .poll
                 .poll(&mut events, Some(Duration::from_nanos(timeout)))

@@ -228,6 +228,13 @@ impl<D: Disk> Storage<D> {
         &self.disk
     }
 
+    /// The same storage on a wrapper of its disk (test builds inject disk faults this way);
+    /// only before any write was handed over.
+    pub fn map_disk<E: Disk>(self, wrap: impl FnOnce(D) -> E) -> Storage<E> {
+        assert!(self.pending() == 0, "map_disk with writes in flight");
+        Storage::new(wrap(self.disk))
+    }
+
     /// Writes not yet durable (handed to the WAL or held back).
     pub fn pending(&self) -> usize {
         self.in_flight.len() + self.backlog.len()

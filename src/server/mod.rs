@@ -163,6 +163,8 @@ pub fn start(cfg: &ClusterConfig, id: u32) -> Result<Running, String> {
             data_dir.display()
         )
     })?;
+    #[cfg(feature = "fault-injection")]
+    crate::fault::watch::start(&data_dir)?;
     let host_cores = core_affinity::get_core_ids().map_or(1, |c| c.len());
     let cores = match cfg.cores_for(id, host_cores) {
         Ok(c) => Some(c),
