@@ -784,6 +784,15 @@ fn percentile_label(x: f64) -> String {
     format!("{p:.digits$}%")
 }
 
+/// A latency axis label: "250 us", "1.5 ms".
+pub(crate) fn latency_label(us: &f64) -> String {
+    if *us >= 1000.0 {
+        format!("{} ms", *us / 1000.0)
+    } else {
+        format!("{us} us")
+    }
+}
+
 /// A horizontal reference line: (label, latency in µs).
 pub type FloorLine = (String, f64);
 
@@ -823,13 +832,7 @@ impl Plot for PercentilePlot<'_> {
             .x_desc("percentile")
             .y_desc("latency (log scale)")
             .x_label_formatter(&|x| percentile_label(*x))
-            .y_label_formatter(&|us| {
-                if *us >= 1000.0 {
-                    format!("{} ms", *us / 1000.0)
-                } else {
-                    format!("{us} us")
-                }
-            })
+            .y_label_formatter(&latency_label)
             .draw()
             .map_err(err)?;
         for (i, (label, h)) in series.iter().enumerate() {

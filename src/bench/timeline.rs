@@ -179,13 +179,7 @@ impl super::suite::Plot for TimelinePlot<'_> {
             .configure_mesh()
             .x_desc("seconds since the run started (by send time)")
             .y_desc("latency (log scale)")
-            .y_label_formatter(&|us| {
-                if *us >= 1000.0 {
-                    format!("{} ms", *us / 1000.0)
-                } else {
-                    format!("{us} us")
-                }
-            })
+            .y_label_formatter(&super::suite::latency_label)
             .draw()
             .map_err(e)?;
         let buckets = 600usize;

@@ -598,15 +598,20 @@ fn qlease_follower_reads_locally() {
     assert!(leader_lease.r_mut(2).read_index(300 * MS, 1).is_err());
 }
 
-/// A write commits at the leader; the commit notice to holder 2 is still in the network (held
-/// here). A read at 2 must wait for the slot it accepted.
-fn qlease_unapplied_scenario(bug: Option<InjectedBug>) -> Option<(ReadOutcome, Slot)> {
-    let mut net = qlease_net(bug);
+/// Parks the leader 0's commit notices (heartbeats carrying a commit index) to replica 2.
+fn hold_commit_notices_to_2(net: &mut Net) {
     net.hold_if = Some(Box::new(|e: &Envelope| {
         e.from == 0
             && e.to == 2
             && matches!(e.msg, Message::Heartbeat { commit, .. } if commit >= 1)
     }));
+}
+
+/// A write commits at the leader; the commit notice to holder 2 is still in the network (held
+/// here). A read at 2 must wait for the slot it accepted.
+fn qlease_unapplied_scenario(bug: Option<InjectedBug>) -> Option<(ReadOutcome, Slot)> {
+    let mut net = qlease_net(bug);
+    hold_commit_notices_to_2(&mut net);
     net.propose(0, 1, 1, Bytes::from_static(b"new"));
     assert_eq!(net.r(0).status().commit, 1, "committed at the leader");
     assert_eq!(net.r(2).status().applied, 0, "2 has not heard the commit");
@@ -650,11 +655,7 @@ fn qlease_leader_sends_a_commit_notice() {
 #[test]
 fn qlease_read_waits_only_for_slots_that_may_change_its_key() {
     let mut net = qlease_net(None);
-    net.hold_if = Some(Box::new(|e: &Envelope| {
-        e.from == 0
-            && e.to == 2
-            && matches!(e.msg, Message::Heartbeat { commit, .. } if commit >= 1)
-    }));
+    hold_commit_notices_to_2(&mut net);
     net.propose(0, 1, 1, Bytes::from_static(b"write-a"));
     assert_eq!(net.r(2).status().applied, 0, "2 has not heard the commit");
     // A read that slot 1 cannot change is served at once, locally, without waiting.
@@ -974,11 +975,7 @@ fn qlease_forward_mode_redirects_instead_of_waiting() {
     net.run_until(300 * MS);
     assert_eq!(net.leader(), Some(0));
     // The commit notice to 2 is still in the network.
-    net.hold_if = Some(Box::new(|e: &Envelope| {
-        e.from == 0
-            && e.to == 2
-            && matches!(e.msg, Message::Heartbeat { commit, .. } if commit >= 1)
-    }));
+    hold_commit_notices_to_2(&mut net);
     net.propose(0, 1, 1, Bytes::from_static(b"new"));
     assert_eq!(net.r(2).status().applied, 0, "2 has not heard the commit");
     let (taken, _) = read_at(&mut net, 2, 9);
