@@ -179,8 +179,12 @@ fn nearest_replica(placement: Option<&Placement>, region: &str, client: usize, n
             p.rtt_ms(region, rr).unwrap_or(f64::MAX)
         }
     };
+    // Among equally near replicas (several in the client's region, or a one-region placement),
+    // clients take turns, so their reads spread over those replicas instead of all landing on
+    // the lowest id.
+    let turn = |r: u32| (r + n - client as u32 % n) % n;
     (0..n)
-        .min_by(|a, b| rtt(*a).total_cmp(&rtt(*b)).then(a.cmp(b)))
+        .min_by(|a, b| rtt(*a).total_cmp(&rtt(*b)).then(turn(*a).cmp(&turn(*b))))
         .unwrap_or(0)
 }
 
@@ -1535,5 +1539,40 @@ impl Engine {
             links,
             leaders,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equally_near_replicas_take_turns() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("rtt.csv"),
+            "from,to,rtt_avg_ms\nnear,far,40\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("p.toml"),
+            "name = \"t\"\nrtt_csv = \"rtt.csv\"\nregions = [\"near\", \"far\"]\nreplicas = [\"near\", \"far\"]\nclients = [\"near\", \"far\"]\n",
+        )
+        .unwrap();
+        let p = Placement::load(&dir.path().join("p.toml")).unwrap();
+        // 4 replicas: 0 and 2 in "near", 1 and 3 in "far".
+        let homes: Vec<u32> = (0..4)
+            .map(|c| nearest_replica(Some(&p), "near", c, 4))
+            .collect();
+        assert_eq!(homes, [0, 2, 2, 0]);
+        let homes: Vec<u32> = (0..4)
+            .map(|c| nearest_replica(Some(&p), "far", c, 4))
+            .collect();
+        assert_eq!(homes, [1, 1, 3, 3]);
+        // No placement: round robin.
+        let homes: Vec<u32> = (0..4)
+            .map(|c| nearest_replica(None, "local", c, 3))
+            .collect();
+        assert_eq!(homes, [0, 1, 2, 0]);
     }
 }

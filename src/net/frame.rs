@@ -363,6 +363,10 @@ mod peer_tests {
             Message::LeaseGrant {
                 lease_num: 123_456_789,
                 latest_accepted: 42,
+                promised: Ballot {
+                    round: 7,
+                    replica: 2,
+                },
             },
         ];
         for m in msgs {

@@ -187,6 +187,7 @@ pub enum WMessage {
     LeaseGrant {
         lease_num: u64,
         latest_accepted: u64,
+        promised: WBallot,
     },
     Voted {
         ballot: WBallot,
@@ -565,9 +566,11 @@ pub fn message_to_wire(m: &Message) -> WMessage {
         Message::LeaseGrant {
             lease_num,
             latest_accepted,
+            promised,
         } => WMessage::LeaseGrant {
             lease_num: *lease_num,
             latest_accepted: *latest_accepted,
+            promised: (*promised).into(),
         },
         Message::Voted {
             ballot,
@@ -716,9 +719,11 @@ pub fn message_from_archived(m: &ArchivedWMessage) -> Message {
         ArchivedWMessage::LeaseGrant {
             lease_num,
             latest_accepted,
+            promised,
         } => Message::LeaseGrant {
             lease_num: lease_num.to_native(),
             latest_accepted: latest_accepted.to_native(),
+            promised: promised.into(),
         },
         ArchivedWMessage::Voted {
             ballot,

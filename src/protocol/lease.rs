@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 
 use super::quorum::{QuorumSpec, VoteSet};
-use super::types::{Nanos, ReplicaId, Slot};
+use super::types::{Ballot, Nanos, ReplicaId, Slot};
 
 pub(crate) const NS_PER_MS: u64 = 1_000_000;
 
@@ -208,6 +208,8 @@ impl LeaderLease {
 pub struct HolderGrant {
     pub grant: Grant,
     pub latest_accepted: Slot,
+    /// The grantor's promised ballot when it granted.
+    pub promised: Ballot,
 }
 
 /// One replica's quorum-lease state, as holder and as grantor. Every holder of the lease
@@ -345,7 +347,13 @@ impl QuorumLease {
 
     /// As holder: `from` granted the request numbered `lease_num`. A grant for a request we
     /// did not send (or sent too long ago to matter) is ignored.
-    pub(crate) fn on_grant(&mut self, from: ReplicaId, lease_num: Nanos, latest_accepted: Slot) {
+    pub(crate) fn on_grant(
+        &mut self,
+        from: ReplicaId,
+        lease_num: Nanos,
+        latest_accepted: Slot,
+        promised: Ballot,
+    ) {
         if self.requests.binary_search(&lease_num).is_err() {
             return;
         }
@@ -361,6 +369,7 @@ impl QuorumLease {
                 granted_at: lease_num,
             },
             latest_accepted,
+            promised,
         });
     }
 
@@ -395,6 +404,20 @@ impl QuorumLease {
             }
         }
         quorum.is_phase1_quorum(live).then_some(bar)
+    }
+
+    /// As holder: the highest ballot any grantor had promised when it made a grant valid at
+    /// `now`. A value this replica holds for an unapplied slot at a lower ballot may not be the
+    /// one chosen there (protocol.md §8, R3′).
+    pub(crate) fn grants_ballot(&self, now: Nanos, lease_ms: u64) -> Ballot {
+        let lease_ns = lease_ms * NS_PER_MS;
+        self.grants
+            .iter()
+            .flatten()
+            .filter(|g| now < g.grant.granted_at + lease_ns)
+            .map(|g| g.promised)
+            .max()
+            .unwrap_or(Ballot::ZERO)
     }
 
     /// The newest grant from `grantor`, if any.
@@ -446,9 +469,9 @@ mod tests {
         assert_eq!(num, 200 * MS);
         assert_eq!(q.request_due(), 220 * MS);
         // A grant for a request never sent (a stale one from before a restart) is ignored.
-        q.on_grant(0, 190 * MS, 9);
+        q.on_grant(0, 190 * MS, 9, Ballot::ZERO);
         assert_eq!(q.grant(0), None);
-        q.on_grant(0, num, 4);
+        q.on_grant(0, num, 4, Ballot::ZERO);
         let g = q.grant(0).unwrap();
         assert_eq!((g.grant.grantor, g.grant.grantee), (0, 1));
         assert_eq!((g.grant.lease_num, g.grant.granted_at), (num, 200 * MS));
@@ -457,7 +480,7 @@ mod tests {
             None,
             "one of three"
         );
-        q.on_grant(1, num, 7);
+        q.on_grant(1, num, 7, Ballot::ZERO);
         assert_eq!(q.read_bar(210 * MS, 120, &quorum, false), Some(7));
         // Valid for lease_ms from the send, however late the grant arrived.
         assert_eq!(q.read_bar(319 * MS, 120, &quorum, false), Some(7));
@@ -547,14 +570,14 @@ mod tests {
         let mut h = QuorumLease::new(3, 2, set(&[1, 2]), 0, 147);
         assert!(h.is_holder());
         let num = h.next_request(1_000 * MS, 120, 20);
-        h.on_grant(0, num, 5);
-        h.on_grant(1, num, 5);
+        h.on_grant(0, num, 5, Ballot::ZERO);
+        h.on_grant(1, num, 5, Ballot::ZERO);
         assert_eq!(h.read_bar(1_010 * MS, 120, &quorum, false), Some(5));
         h.set_configured(set(&[0, 1]), false);
         assert!(!h.is_holder());
         assert_eq!(h.read_bar(1_010 * MS, 120, &quorum, false), Some(5));
         assert_eq!(h.read_bar(1_120 * MS, 120, &quorum, false), None);
-        h.on_grant(2, num, 5);
+        h.on_grant(2, num, 5, Ballot::ZERO);
         assert_eq!(
             h.grant(2),
             None,

@@ -132,10 +132,14 @@ pub enum Message {
     LeaseRequest { lease_num: Nanos },
     /// Quorum leases, grantor → holder: the promise. The grantor counts the holder in every
     /// Accepted it sends until `grantor_hold_ms` after it received the request; `latest_accepted`
-    /// is the highest slot it held (accepted or chosen) when it answered. Not durable.
+    /// is the highest slot it held (accepted or chosen) when it answered, and `promised` its
+    /// promised ballot then (a holder trusts a value it holds for an unapplied slot only if
+    /// it was accepted at or above every valid grant's `promised`: protocol.md §8, R3′).
+    /// Not durable.
     LeaseGrant {
         lease_num: Nanos,
         latest_accepted: Slot,
+        promised: Ballot,
     },
 }
 

@@ -811,12 +811,14 @@ impl Replica {
         } else {
             self.log.commit().max(self.log.last_slot()).max(bar)
         };
-        let index = if index > self.applied && !self.pending_may_change(index, may_change) {
-            // Nothing pending can change what this read returns: serve it now.
-            self.applied
-        } else {
-            index
-        };
+        let trusted_from = qlease.grants_ballot(now, self.cfg.lease_ms);
+        let index =
+            if index > self.applied && !self.pending_may_change(index, trusted_from, may_change) {
+                // Nothing pending can change what this read returns: serve it now.
+                self.applied
+            } else {
+                index
+            };
         if index > self.applied {
             if self.cfg.lease_pending == LeasePending::Forward {
                 // Counted as forwarded (above): the leader answers it.
@@ -834,12 +836,18 @@ impl Replica {
     }
 
     /// Whether a read must wait for the unapplied slots up to `index`: one of them is missing
-    /// here, holds no value, or holds a command `may_change` names. Holding a slot's value
-    /// is enough: a slot chosen before the read arrived holds its chosen value here already
-    /// (a write commits only once every holder voted for it, R2), and a slot chosen later
-    /// is concurrent with the read, as is every slot after it (slots apply in order). At most
-    /// `NARROW_SLOTS_MAX` slots are looked at; a longer backlog waits.
-    fn pending_may_change(&self, index: Slot, may_change: &dyn Fn(&Command) -> bool) -> bool {
+    /// here, holds no value, holds a value accepted below `trusted_from` (the highest ballot
+    /// a valid grantor had promised when it granted), or holds a command `may_change` names.
+    /// A value accepted at or above `trusted_from` is the chosen one if the slot was chosen
+    /// before the read arrived (protocol.md §8, R3′); a slot chosen later is concurrent with
+    /// the read, as is every slot after it (slots apply in order). At most `NARROW_SLOTS_MAX`
+    /// slots are looked at; a longer backlog waits.
+    fn pending_may_change(
+        &self,
+        index: Slot,
+        trusted_from: Ballot,
+        may_change: &dyn Fn(&Command) -> bool,
+    ) -> bool {
         const NARROW_SLOTS_MAX: u64 = 256;
         let first = self.applied + 1;
         if index - self.applied > NARROW_SLOTS_MAX
@@ -852,8 +860,8 @@ impl Replica {
             held += 1;
             let value = match (&entry.chosen, &entry.accepted) {
                 (Some(v), _) => v,
-                (None, Some((_, v))) => v,
-                (None, None) => return true,
+                (None, Some((ballot, v))) if *ballot >= trusted_from && !entry.accepted_fast => v,
+                _ => return true,
             };
             if value.commands().iter().any(may_change) {
                 return true;
@@ -919,11 +927,13 @@ impl Replica {
             return;
         }
         let latest_accepted = self.log.commit().max(self.log.last_slot());
+        let promised = self.promised;
         self.send(
             from,
             Message::LeaseGrant {
                 lease_num,
                 latest_accepted,
+                promised,
             },
         );
     }
@@ -1101,9 +1111,10 @@ impl Replica {
             Message::LeaseGrant {
                 lease_num,
                 latest_accepted,
+                promised,
             } => {
                 if let Some(qlease) = &mut self.qlease {
-                    qlease.on_grant(from, lease_num, latest_accepted);
+                    qlease.on_grant(from, lease_num, latest_accepted, promised);
                 }
             }
         }

@@ -689,6 +689,63 @@ fn qlease_read_waits_only_for_slots_that_may_change_its_key() {
     assert_eq!((c.local, c.waited, c.forwarded), (2, 1, 0));
 }
 
+/// A holder must not trust a value it accepted under an older leader (found by review): 0
+/// leads, accepts its own write at slot s, loses its Accepts and is cut off; 1 or 2 leads at a
+/// higher ballot and commits a write of key `a` at s without 0 (once the obligations to 0
+/// ran out). After the heal 0 holds fresh grants (promised at the new ballot) but not the
+/// chosen value (catch-up replies are lost): a read of `a` at 0 must wait, although the value 0
+/// holds at s (its own, accepted at the old ballot) does not touch `a`.
+#[test]
+fn qlease_read_does_not_trust_a_value_accepted_under_an_older_leader() {
+    let mut net = qlease_net(None);
+    let s = net.r(0).status().commit + 1;
+    net.drop_if = Some(Box::new(|e: &Envelope| {
+        e.from == 0 && matches!(e.msg, Message::Accept { .. })
+    }));
+    net.propose(0, 1, 1, Bytes::from_static(b"write-x"));
+    net.isolate(0, &[1, 2]);
+    net.drop_if = None;
+    let start = net.now;
+    let new_leader = loop {
+        net.run_until(net.now + MS);
+        if let Some(l) = [1, 2]
+            .into_iter()
+            .find(|&id| net.r(id).role() == Role::Leader)
+        {
+            break l;
+        }
+        assert!(net.now < start + 2_000 * MS, "no new leader");
+    };
+    net.propose(new_leader, 2, 1, Bytes::from_static(b"write-a"));
+    while net.r(new_leader).status().commit < s {
+        assert!(net.now < start + 3_000 * MS, "the write never committed");
+        net.run_until(net.now + MS);
+    }
+    // Heal, but 0 never receives the chosen value for s.
+    net.drop_if = Some(Box::new(|e: &Envelope| {
+        e.to == 0 && matches!(e.msg, Message::CatchupReply { .. } | Message::Accept { .. })
+    }));
+    net.heal();
+    net.run_until(net.now + 400 * MS);
+    assert!(
+        net.r(0).status().applied < s,
+        "0 applied s without the chosen value"
+    );
+    let now = net.now;
+    let a = |c: &Command| c.payload.as_ref() == b"write-a";
+    // 0 holds fresh grants: the read is taken (a local read), and must wait.
+    assert!(
+        net.r_mut(0).read_index_for(now, 77, &a).is_ok(),
+        "0 holds a lease"
+    );
+    net.drain(0);
+    let served = net.reads[0].iter().find(|(r, _)| r.id == 77).cloned();
+    assert!(
+        !matches!(served, Some((ReadResult { outcome: ReadOutcome::Ready, .. }, applied)) if applied < s),
+        "0 read `a` before applying slot {s}, where `a` was written: {served:?}"
+    );
+}
+
 #[test]
 fn qlease_read_waits_for_an_accepted_slot() {
     let served = qlease_unapplied_scenario(None);
