@@ -1493,6 +1493,8 @@ fn quorum_lease_kill_9_holder_stalls_writes_briefly() {
 /// go on. Bad ids are refused with a clear message and exit code 2.
 #[test]
 fn quorum_lease_holders_change_through_the_cli() {
+    // Serialized with the fault tests: its load would skew their timing bounds on 2 cores.
+    let _serial = fault_lock();
     let tc = TestCluster::start_with(3, 1, |c| {
         c.durability = BackendChoice::Sync;
         c.read_mode = Some(mpaxos::protocol::ReadMode::QuorumLease);
@@ -1623,6 +1625,10 @@ fn wait_fast_rounds(tc: &TestCluster) -> u32 {
 
 #[test]
 fn fast_paxos_cluster_serves_puts_and_gets_through_every_replica() {
+    // Serialized with the fault tests (its load skews their timing bounds on 2 cores). Run in
+    // parallel with them it once left a write pending at every replica for over 10 s (a Fast
+    // Paxos liveness problem under CPU starvation, not yet understood: issue 13's notes).
+    let _serial = fault_lock();
     let tc = fast_paxos_cluster();
     let leader = wait_fast_rounds(&tc);
     let endpoints = tc.cluster.endpoints();
