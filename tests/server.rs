@@ -1625,9 +1625,10 @@ fn wait_fast_rounds(tc: &TestCluster) -> u32 {
 
 #[test]
 fn fast_paxos_cluster_serves_puts_and_gets_through_every_replica() {
-    // Serialized with the fault tests (its load skews their timing bounds on 2 cores). Run in
-    // parallel with them it once left a write pending at every replica for over 10 s (a Fast
-    // Paxos liveness problem under CPU starvation, not yet understood: issue 13's notes).
+    // Serialized with the fault tests (its load skews their timing bounds on 2 cores). In two
+    // CI runs it left a write pending at every replica for over 10 s: a command whose fast vote
+    // was lost was never voted again, since a client's retry only re-attached to the pending
+    // write. A retry now votes for it again (node.rs `propose_write`).
     let _serial = fault_lock();
     let tc = fast_paxos_cluster();
     let leader = wait_fast_rounds(&tc);

@@ -571,6 +571,20 @@ impl<D: Disk> Node<D> {
             let old = std::mem::replace(w, waiter);
             self.bump_waiting(old.conn, -1);
             self.bump_waiting(waiter.conn, 1);
+            // Fast Paxos: a vote that lost a collision, or one no promiser reported to a new
+            // leader, may leave the command in no slot at all, and nothing but this retry would
+            // propose it again. Vote for it again: if both votes end up chosen, the
+            // exactly-once table applies it once.
+            if self.cfg.protocol.protocol == protocol::ProtocolMode::FastPaxos {
+                let command = Command {
+                    client_id: id.0,
+                    seq: id.1,
+                    payload: op.encode(),
+                };
+                if self.replica.propose(now, command).is_err() {
+                    self.metrics.proposals_failed_total.inc();
+                }
+            }
             return;
         }
         if self.storage.backlog_bytes() > self.cfg.backlog_bytes_max {
