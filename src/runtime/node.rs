@@ -566,6 +566,11 @@ impl<D: Disk> Node<D> {
 
     /// Proposes a client's write (exactly once per `(client id, seq)`).
     fn propose_write(&mut self, now: Nanos, waiter: Waiter, id: (u64, u64), op: kv::Op) {
+        let command = Command {
+            client_id: id.0,
+            seq: id.1,
+            payload: op.encode(),
+        };
         if let Some(w) = self.pending_writes.get_mut(&id) {
             // A retry of a command still in flight here: answer the newest asker only.
             let old = std::mem::replace(w, waiter);
@@ -575,15 +580,10 @@ impl<D: Disk> Node<D> {
             // leader, may leave the command in no slot at all, and nothing but this retry would
             // propose it again. Vote for it again: if both votes end up chosen, the
             // exactly-once table applies it once.
-            if self.cfg.protocol.protocol == protocol::ProtocolMode::FastPaxos {
-                let command = Command {
-                    client_id: id.0,
-                    seq: id.1,
-                    payload: op.encode(),
-                };
-                if self.replica.propose(now, command).is_err() {
-                    self.metrics.proposals_failed_total.inc();
-                }
+            if self.cfg.protocol.protocol == protocol::ProtocolMode::FastPaxos
+                && self.replica.propose(now, command).is_err()
+            {
+                self.metrics.proposals_failed_total.inc();
             }
             return;
         }
@@ -592,11 +592,6 @@ impl<D: Disk> Node<D> {
             self.answer_now(waiter, Outcome::Busy);
             return;
         }
-        let command = Command {
-            client_id: id.0,
-            seq: id.1,
-            payload: op.encode(),
-        };
         match self.replica.propose(now, command) {
             Ok(()) => {
                 self.pending_writes.insert(id, waiter);
