@@ -210,7 +210,9 @@ fn serve(
                         lease_holders: 0,
                     },
                 },
-                ArchivedClientFrame::Topology { .. } => continue,
+                ArchivedClientFrame::Topology { .. } | ArchivedClientFrame::TracedRequest(_) => {
+                    continue
+                }
             };
             out.clear();
             enc.encode(&reply, &mut out);
@@ -250,6 +252,7 @@ fn config(topology: Topology) -> EngineConfig {
         deadline_spin: Duration::from_micros(100),
         client_id_nonce: None,
         timeline: false,
+        anatomy_every: 0,
     }
 }
 
@@ -633,6 +636,99 @@ fn bench_runs_a_fast_paxos_cluster_and_counts_fast_slots() {
     // Two clients at a time collide now and then, but most slots are fast-chosen.
     assert!(fast > classic, "fast {fast}, classic {classic}");
     assert_eq!(v["errors"].as_u64(), Some(0), "{text}");
+}
+
+/// `mpaxos bench --anatomy`: a real 3-replica cluster stamps traced requests at every stage;
+/// `summary.json` has the put and get chains in path order, each stage's mean adds up to the
+/// sampled requests' end-to-end mean, and on one host no stage runs backwards.
+#[test]
+fn bench_anatomy_stages_add_up_in_path_order() {
+    let out = tempfile::tempdir().unwrap();
+    let res = std::process::Command::new(env!("CARGO_BIN_EXE_mpaxos"))
+        .args([
+            "bench",
+            "--anatomy",
+            "--anatomy-every",
+            "2",
+            "--duration",
+            "1.5",
+            "--warmup",
+            "0.5",
+            "--clients",
+            "2",
+            "--read-ratio",
+            "0.3",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "{stderr}");
+    let run = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("summary.json").exists())
+        .expect("a run directory");
+    let text = std::fs::read_to_string(run.join("summary.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let meta = &v["anatomy"];
+    assert_eq!(meta["same_host"], true, "{text}");
+    // The typed summary keeps the stages in path order (a JSON value would sort them).
+    let summary: mpaxos::bench::Summary = serde_json::from_str(&text).unwrap();
+    for (stages, op, first, last) in [
+        (
+            &summary.anatomy_us,
+            "put",
+            "client → leader",
+            "leader → client",
+        ),
+        (
+            &summary.anatomy_us_get,
+            "get",
+            "client → replica",
+            "replica → client",
+        ),
+    ] {
+        let samples = meta[format!("samples_{op}")].as_u64().unwrap();
+        assert!(samples > 10, "{op}: {text}");
+        let names: Vec<&str> = stages.0.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names[0], "load generator: queue", "{names:?}");
+        assert_eq!(names[1], first, "{names:?}");
+        assert_eq!(*names.last().unwrap(), last, "{names:?}");
+        let mut sum = 0.0;
+        for (name, st) in &stages.0 {
+            assert_eq!(st.count, samples, "{name}");
+            assert!(st.p50 >= -1.0, "{name} runs backwards: {st:?}");
+            sum += st.mean;
+        }
+        let e2e = meta[format!("end_to_end_mean_us_{op}")].as_f64().unwrap();
+        assert!(e2e > 0.0);
+        assert!(
+            (sum - e2e).abs() < 0.01 * e2e,
+            "{op}: stages {sum} vs {e2e}"
+        );
+    }
+    let put: Vec<&String> = v["anatomy_us"].as_object().unwrap().keys().collect();
+    for stage in [
+        "leader: batching",
+        "leader → follower",
+        "follower: WAL write + sync",
+        "follower → leader",
+        "leader: until chosen",
+    ] {
+        assert!(put.iter().any(|n| *n == stage), "{stage} missing: {put:?}");
+    }
+    assert!(v["anatomy_parallel_us"]["leader WAL: write + sync"].is_object());
+    // CPU per operation of the three servers and the load generator.
+    let cpu = &v["cpu"];
+    assert_eq!(cpu["processes"].as_array().unwrap().len(), 4, "{text}");
+    assert!(cpu["servers_per_op"]["cpu_us"].as_f64().unwrap() > 0.0);
+    assert!(cpu["load_generator_per_op"]["cpu_us"].as_f64().unwrap() > 0.0);
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(report.contains("## Latency anatomy"), "{report}");
+    assert!(report.contains("## CPU per operation"), "{report}");
+    assert!(run.join("anatomy.svg").exists());
 }
 
 #[test]

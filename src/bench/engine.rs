@@ -95,6 +95,8 @@ pub struct EngineConfig {
     pub client_id_nonce: Option<u64>,
     /// Keep every measured request's send time and latency (`EngineResult::timeline`).
     pub timeline: bool,
+    /// `--anatomy`: trace one measured request in this many (0: none); see `bench::anatomy`.
+    pub anatomy_every: u32,
 }
 
 /// An open-loop run whose send-lag p99 exceeds this many microseconds is flagged: the load
@@ -144,6 +146,10 @@ pub struct EngineResult {
     pub intervals: IntervalLog,
     /// `--timeline`: every measured request (up to `timeline::TIMELINE_MAX`).
     pub timeline: Vec<TimelinePoint>,
+    /// `--anatomy`: the traced requests that succeeded at their first attempt.
+    pub anatomy: Vec<super::anatomy::Sample>,
+    /// The measured window on the monotonic clock (for samplers running beside the engine).
+    pub window: (Instant, Instant),
     pub started: std::time::SystemTime,
     /// Requests scheduled (open) or sent (closed) inside the measured window that completed.
     pub completed: u64,
@@ -267,6 +273,8 @@ struct InFlight {
     /// Fast Paxos: the current attempt of this write went to every replica (the nearest as
     /// `target`); the first definite answer from any of them completes it.
     fanned_out: bool,
+    /// `--anatomy`: the current attempt is traced (only ever a first attempt).
+    traced: bool,
 }
 
 struct Session {
@@ -366,6 +374,13 @@ pub struct Engine {
     /// `--timeline`: every measured request, and the engine's start on its clock.
     timeline: Vec<TimelinePoint>,
     t0: u64,
+    /// `--anatomy`: requests counted for sampling, the samples, the stamps of the traced
+    /// reply being handled, and what to add to this engine's clock to get the servers'
+    /// (CLOCK_BOOTTIME).
+    traced_counter: u64,
+    anatomy: Vec<super::anatomy::Sample>,
+    reply_stamps: Option<Vec<u64>>,
+    server_clock_offset: u64,
 }
 
 /// One measured request for `--timeline`.
@@ -480,6 +495,11 @@ impl Engine {
                 None
             }
         };
+        // The servers stamp traced requests on CLOCK_BOOTTIME; this engine's clock is the time
+        // since `epoch` (CLOCK_MONOTONIC). Both tick at one rate, so one offset converts.
+        let epoch = Instant::now();
+        let server_clock_offset =
+            crate::runtime::group::boottime_ns().wrapping_sub(epoch.elapsed().as_nanos() as u64);
         Ok(Engine {
             poll,
             encoder: FrameEncoder::new(),
@@ -496,7 +516,7 @@ impl Engine {
             keys,
             value: Bytes::from(vec![b'x'; cfg.value_bytes]),
             key_buf: Vec::new(),
-            epoch: Instant::now(),
+            epoch,
             regions,
             recorder: Recorder::default(),
             interval: HashMap::new(),
@@ -522,6 +542,10 @@ impl Engine {
             succeeded: 0,
             timeline: Vec::new(),
             t0: 0,
+            traced_counter: 0,
+            anatomy: Vec::new(),
+            reply_stamps: None,
+            server_clock_offset,
             live: hdrhistogram::Histogram::new_with_bounds(
                 1,
                 crate::bench::stats::LATENCY_NS_MAX,
@@ -685,6 +709,7 @@ impl Engine {
             tried_home: false,
             at_home: false,
             fanned_out: false,
+            traced: false,
         });
         self.send_attempt(session, now);
     }
@@ -746,18 +771,34 @@ impl Engine {
         let req_id = self.next_req;
         self.next_req += 1;
         let busy = self.sessions[session].busy.as_mut().expect("busy");
+        let first_attempt = busy.req_id == 0;
+        // `--anatomy`: a measured request's first attempt, one in `anatomy_every`; never a
+        // fanned-out Fast Paxos write (its answer comes from whichever replica applies first).
+        busy.traced = self.cfg.anatomy_every > 0
+            && first_attempt
+            && busy.measured
+            && fast_home.is_none()
+            && {
+                self.traced_counter += 1;
+                self.traced_counter % u64::from(self.cfg.anatomy_every) == 0
+            };
         busy.req_id = req_id;
         busy.link = Some(link);
         busy.target = target;
         busy.at_home = home.is_some();
         busy.fanned_out = fast_home.is_some();
         busy.tried_home |= fast_home.is_some();
-        let frame = ClientFrame::Request(Request {
+        let request = Request {
             id: req_id,
             client_id,
             seq: busy.seq,
             op: busy.op.clone(),
-        });
+        };
+        let frame = if busy.traced {
+            ClientFrame::TracedRequest(request)
+        } else {
+            ClientFrame::Request(request)
+        };
         self.links[link]
             .as_mut()
             .expect("live link")
@@ -862,6 +903,21 @@ impl Engine {
     /// an error is neither, only a count by kind.
     fn complete(&mut self, session: usize, now: u64, error: Option<&'static str>) {
         let busy = self.sessions[session].busy.take().expect("busy");
+        if let (true, None, Some(stamps)) = (busy.traced, error, self.reply_stamps.take()) {
+            let at = |t: u64| t.wrapping_add(self.server_clock_offset);
+            let closed = self.cfg.rate.is_none();
+            self.anatomy.push(super::anatomy::Sample {
+                op: busy.kind,
+                scheduled: at(if closed {
+                    busy.sent_ns
+                } else {
+                    busy.scheduled_ns
+                }),
+                send: at(busy.sent_ns),
+                recv: at(now),
+                stamps,
+            });
+        }
         self.sessions[session].free_since = now;
         if error.is_some() && !matches!(busy.op, Op::Get { .. }) {
             // A write that was not applied: the store may hold no record of its number, and it
@@ -1021,7 +1077,9 @@ impl Engine {
 
     fn on_frame(&mut self, link: usize, frame: ServerFrame, now: u64, delay: u64) {
         match &frame {
-            ServerFrame::Reply { .. } | ServerFrame::Status { .. } => {}
+            ServerFrame::Reply { .. }
+            | ServerFrame::TracedReply { .. }
+            | ServerFrame::Status { .. } => {}
             ServerFrame::Welcome(_)
             | ServerFrame::Topology { .. }
             | ServerFrame::Snapshot { .. } => return,
@@ -1054,6 +1112,15 @@ impl Engine {
     fn deliver(&mut self, link: usize, frame: ServerFrame, now: u64) {
         match frame {
             ServerFrame::Reply { id, outcome } => self.on_reply(link, id, outcome, now),
+            ServerFrame::TracedReply {
+                id,
+                outcome,
+                stamps,
+            } => {
+                self.reply_stamps = Some(stamps);
+                self.on_reply(link, id, outcome, now);
+                self.reply_stamps = None;
+            }
             ServerFrame::Status { id, .. } => {
                 if let Some((l, sent)) = self.probes.remove(&id) {
                     let (client, replica) = match &self.links[l] {
@@ -1520,6 +1587,10 @@ impl Engine {
             send_lag: self.send_lag,
             completed_in_window: self.completed_in_window,
             elapsed_s: window_end.saturating_sub(self.measure_start) as f64 / 1e9,
+            window: (
+                self.epoch + Duration::from_nanos(self.measure_start),
+                self.epoch + Duration::from_nanos(window_end.max(self.measure_start)),
+            ),
             offered,
             queue_samples,
             errors_by_kind: self.errors_by_kind,
@@ -1528,6 +1599,7 @@ impl Engine {
             client_ids,
             intervals: self.intervals,
             timeline: std::mem::take(&mut self.timeline),
+            anatomy: std::mem::take(&mut self.anatomy),
             started,
             completed: self.completed,
             unfinished,

@@ -292,6 +292,8 @@ pub fn run(
     let duration = Duration::from_secs_f64(spec.duration);
     let deadline_spin = Duration::from_micros(spec.deadline_spin_us);
     let started = std::time::SystemTime::now();
+    // The measured window on the monotonic clock, for the CPU sampler beside the driver.
+    let window_start = std::time::Instant::now() + warmup;
     let acc = Arc::new(Mutex::new(Acc::default()));
     let (unfinished, offered, queue_samples) = rt.block_on(async {
         // etcd's client does not retry: the attempt timeout is its request timeout.
@@ -489,6 +491,8 @@ pub fn run(
         client_ids: Vec::new(),
         intervals,
         timeline: Vec::new(),
+        anatomy: Vec::new(),
+        window: (window_start, window_start + duration),
         started,
         completed: acc.completed,
         unfinished,

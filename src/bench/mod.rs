@@ -3,9 +3,11 @@
 //! Speaks only the wire protocol; starts a local cluster through [`crate::server::local`] when
 //! no `--endpoints` are given.
 
+pub mod anatomy;
 pub mod compare;
 #[cfg(feature = "etcd")]
 pub mod compare_etcd;
+pub mod cpu;
 pub mod engine;
 #[cfg(feature = "etcd")]
 pub mod etcd;
@@ -166,6 +168,20 @@ pub struct BenchSpec {
     /// Free-form label stored with the run (suites set it).
     #[arg(long, default_value = "")]
     pub label: String,
+    /// Latency anatomy: trace one measured request in `--anatomy-every` through every stage of
+    /// its path (the servers stamp it) and add a per-stage table and plot to the run
+    /// (`anatomy_us` and `anatomy_us_get` in summary.json; docs/internals/bench.md).
+    #[arg(long)]
+    #[serde(default)]
+    pub anatomy: bool,
+    /// With `--anatomy`: trace one measured request in this many.
+    #[arg(long, default_value_t = 16)]
+    #[serde(default = "default_anatomy_every")]
+    pub anatomy_every: u32,
+}
+
+fn default_anatomy_every() -> u32 {
+    16
 }
 
 fn default_deadline_spin_us() -> u64 {
@@ -278,6 +294,14 @@ impl BenchSpec {
                 }
             }
             other => return Err(format!("unknown --target {other:?}; use mpaxos or etcd")),
+        }
+        if self.anatomy && self.target != "mpaxos" {
+            return Err(
+                "--anatomy needs the mpaxos target (its servers stamp the requests)".into(),
+            );
+        }
+        if self.anatomy && self.anatomy_every == 0 {
+            return Err("--anatomy-every must be at least 1".into());
         }
         if self.endpoints.is_some() && self.placement.is_some() && self.target == "mpaxos" {
             return Err("--placement emulates a WAN inside a local cluster's servers; against --endpoints only the client side would be delayed. Use netem on real hosts (docs/deploy.md)".into());
@@ -407,6 +431,23 @@ pub struct Summary {
     pub floor_sync_write_dir: PathBuf,
     #[serde(default)]
     pub floor_sync_write_on_wal_disk: bool,
+    /// `--anatomy`: per stage of a put's path, in order, `{mean, p50, p99, count}` in µs;
+    /// the means add up to the sampled puts' end-to-end mean (`anatomy`).
+    #[serde(default, skip_serializing_if = "anatomy::Stages::is_empty")]
+    pub anatomy_us: anatomy::Stages,
+    /// The same for gets (in the run's read mode).
+    #[serde(default, skip_serializing_if = "anatomy::Stages::is_empty")]
+    pub anatomy_us_get: anatomy::Stages,
+    /// Stages beside the put chain (the leader's own WAL write).
+    #[serde(default, skip_serializing_if = "anatomy::Stages::is_empty")]
+    pub anatomy_parallel_us: anatomy::Stages,
+    /// How the anatomy was sampled and what it covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anatomy: Option<anatomy::Meta>,
+    /// CPU time and context switches per operation, per process and thread (a local
+    /// cluster's servers and the load generator; `bench::cpu`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<cpu::CpuReport>,
     /// `--target etcd`: the gRPC echo floor (etcd's client stack against a KV server that
     /// answers at once), p50 of each measurement and their median; beside `floor_rtt_us`, the
     /// same for mpaxos's transport, it shows each side's client cost.
@@ -470,13 +511,24 @@ pub fn run_one(spec: &BenchSpec, out: &Path, quiet: bool) -> Result<Summary, Str
     };
     std::fs::write(run_dir.join("commands.txt"), &commands).map_err(|e| e.to_string())?;
     let local_config = local.as_ref().map(|c: &LocalCluster| c.config.clone());
+    // The local servers, for CPU per operation.
+    let watched: Vec<cpu::Watched> = local.as_ref().map_or_else(Vec::new, |c| {
+        (0..spec.replicas)
+            .filter_map(|id| {
+                c.pid(id).map(|pid| cpu::Watched {
+                    label: format!("replica {id}"),
+                    pid,
+                })
+            })
+            .collect()
+    });
     let result = measure(
         spec,
         &run_dir,
         &data_parent,
         endpoints,
         placement,
-        local_config.as_ref(),
+        (local_config.as_ref(), watched),
         quiet,
     );
     if let Some(mut cluster) = local {
@@ -500,7 +552,7 @@ fn measure(
     data_parent: &Path,
     endpoints: Vec<String>,
     placement: Option<Placement>,
-    local: Option<&ClusterConfig>,
+    (local, watched): (Option<&ClusterConfig>, Vec<cpu::Watched>),
     quiet: bool,
 ) -> Result<Summary, String> {
     let bar = progress_bar(spec, quiet);
@@ -570,10 +622,25 @@ fn measure(
         deadline_spin: Duration::from_micros(spec.deadline_spin_us),
         client_id_nonce: None,
         timeline: spec.timeline,
+        anatomy_every: if spec.anatomy { spec.anatomy_every } else { 0 },
     };
     let engine = Engine::new(cfg)?;
+    let sampler = cpu::Sampler::start(watched);
     let probe = UnderLoadProbe::start(spec);
     let result = engine.run(&|p| phases.progress(spec, p))?;
+    let window_ops_s = result.completed_in_window as f64 / result.elapsed_s.max(1e-9);
+    let mut cpu = sampler.finish(result.window, window_ops_s);
+    if let Some(c) = cpu.as_mut() {
+        for p in &mut c.processes {
+            let id = p
+                .label
+                .strip_prefix("replica ")
+                .and_then(|i| i.parse().ok());
+            if id.is_some() && result.leaders.contains(&id) {
+                p.label.push_str(" (leader)");
+            }
+        }
+    }
     floors.rtt_under_load = probe.stop();
     phases.enter("floor again");
     floors.measure(spec, FLOOR_ROUNDS_AFTER)?;
@@ -587,7 +654,7 @@ fn measure(
         floors,
         wal_backend,
         peer_links,
-        counts,
+        (counts, cpu),
     )
 }
 
@@ -845,7 +912,11 @@ fn measure_etcd(
     };
     floors.measure(spec, FLOOR_ROUNDS_BEFORE)?;
     grpc_floor(&mut floors, FLOOR_ROUNDS_BEFORE)?;
+    // The etcd members on this host (a local comparison), and this driver.
+    let sampler = cpu::Sampler::start(cpu::processes_named("etcd"));
     let result = etcd::run(spec, endpoints, &|f| bar.set_position((f * 1000.0) as u64))?;
+    let window_ops_s = result.completed_in_window as f64 / result.elapsed_s.max(1e-9);
+    let cpu = sampler.finish(result.window, window_ops_s);
     bar.finish_and_clear();
     floors.measure(spec, FLOOR_ROUNDS_AFTER)?;
     grpc_floor(&mut floors, FLOOR_ROUNDS_AFTER)?;
@@ -856,7 +927,7 @@ fn measure_etcd(
         floors,
         "etcd".into(),
         Vec::new(),
-        ProtocolCounts::default(),
+        (ProtocolCounts::default(), cpu),
     )
 }
 

@@ -82,7 +82,7 @@ pub fn write_run(
     floors: Floors,
     wal_backend: String,
     peer_links: Vec<super::PeerLinkRtt>,
-    counts: super::ProtocolCounts,
+    (counts, cpu): (super::ProtocolCounts, Option<super::cpu::CpuReport>),
 ) -> Result<Summary, String> {
     let io = |e: std::io::Error| format!("writing the run directory: {e}");
     let hist_dir = run_dir.join("histograms");
@@ -214,7 +214,19 @@ pub fn write_run(
         floor_grpc_rtt_us: median(&floors.grpc_samples()),
         floor_grpc_rtt_us_samples: floors.grpc_samples(),
         floor_rtt_us_under_load_samples: floors.rtt_under_load_samples(),
+        anatomy_us: Default::default(),
+        anatomy_us_get: Default::default(),
+        anatomy_parallel_us: Default::default(),
+        anatomy: None,
+        cpu,
     };
+    if spec.anatomy {
+        let a = super::anatomy::analyze(&result.anatomy, spec.anatomy_every, same_host(spec));
+        summary.anatomy_us = a.put;
+        summary.anatomy_us_get = a.get;
+        summary.anatomy_parallel_us = a.parallel;
+        summary.anatomy = Some(a.meta);
+    }
     summary.flag_reasons = flag_reasons(&summary);
     summary.flagged = !summary.flag_reasons.is_empty();
     let summary = summary;
@@ -286,8 +298,35 @@ pub fn write_run(
             tracing::warn!("could not draw the timeline: {e}");
         }
     }
+    if let Some(meta) = &summary.anatomy {
+        let a = super::anatomy::Anatomy {
+            meta: meta.clone(),
+            put: summary.anatomy_us.clone(),
+            get: summary.anatomy_us_get.clone(),
+            parallel: summary.anatomy_parallel_us.clone(),
+        };
+        if !a.put.is_empty() || !a.get.is_empty() {
+            let title = format!("{}: where the time goes", human_title(&summary));
+            if let Err(e) = super::anatomy::plot(&a, &run_dir.join("anatomy"), &title) {
+                tracing::warn!("could not draw the latency anatomy: {e}");
+            }
+        }
+    }
     super::html::write(run_dir, &markdown(&summary), &human_title(&summary)).map_err(io)?;
     Ok(summary)
+}
+
+/// Whether the servers' stamps are on the load generator's host clock: a local cluster, or
+/// endpoints that are all loopback addresses.
+fn same_host(spec: &BenchSpec) -> bool {
+    use std::net::ToSocketAddrs;
+    spec.endpoints.as_ref().map_or(true, |eps| {
+        eps.iter().all(|e| {
+            e.to_socket_addrs()
+                .map(|mut a| a.all(|a| a.ip().is_loopback()))
+                .unwrap_or(false)
+        })
+    })
 }
 
 /// `path` relative to `base` when it lies under it (a summary committed to `results/` must not
@@ -668,6 +707,21 @@ pub fn markdown(s: &Summary) -> String {
         out,
         "![latency by percentile](latency-percentiles.svg)\n\n![latency CDF](latency-cdf.svg)"
     );
+    if let Some(meta) = &s.anatomy {
+        let a = super::anatomy::Anatomy {
+            meta: meta.clone(),
+            put: s.anatomy_us.clone(),
+            get: s.anatomy_us_get.clone(),
+            parallel: s.anatomy_parallel_us.clone(),
+        };
+        out.push_str(&super::anatomy::markdown(&a));
+        if !a.put.is_empty() || !a.get.is_empty() {
+            let _ = writeln!(out, "\n![latency anatomy](anatomy.svg)");
+        }
+    }
+    if let Some(cpu) = &s.cpu {
+        out.push_str(&super::cpu::markdown(cpu));
+    }
     if s.config.timeline {
         let _ = writeln!(
             out,

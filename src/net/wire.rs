@@ -209,6 +209,13 @@ pub enum PeerFrame {
     Hello(Hello),
     Msg(WMessage),
     Error(WireError),
+    /// A message of a slot a sampled client request is traced through (`mpaxos bench
+    /// --anatomy`, `runtime::anatomy`): an Accept (no stamps), or a follower's Accepted with
+    /// its stamps (received, WAL submitted, WAL durable, sent).
+    Traced {
+        msg: WMessage,
+        stamps: Vec<u64>,
+    },
 }
 
 /// One client operation. `client_id` + `seq` make writes exactly-once across retries.
@@ -279,6 +286,9 @@ pub enum ClientFrame {
         slot: u64,
         offset: u64,
     },
+    /// A request whose path the server stamps (`mpaxos bench --anatomy`): answered with a
+    /// [`ServerFrame::TracedReply`].
+    TracedRequest(Request),
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -385,6 +395,13 @@ pub enum ServerFrame {
         data: Bytes,
     },
     Error(WireError),
+    /// The reply to a [`ClientFrame::TracedRequest`]: `stamps` on the server's clock, indexed
+    /// as `runtime::anatomy::stamp` says (0: not stamped).
+    TracedReply {
+        id: u64,
+        outcome: Outcome,
+        stamps: Vec<u64>,
+    },
 }
 
 // ---- conversions between protocol types and their wire mirrors ----

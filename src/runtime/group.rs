@@ -23,6 +23,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::anatomy;
 use super::conn::{Conn, ReadStatus};
 use super::metrics::{GroupMetrics, LocalHistogram};
 use super::node::{ConnId, Node, NodeConfig, Output, Restored, SnapshotPolicy};
@@ -252,6 +253,8 @@ struct Group {
     published_failed: bool,
     /// The last peer message encoded, and its frame bytes.
     last_peer_frame: Option<(Message, Vec<u8>)>,
+    /// Traced slots whose Accept was queued this turn: stamped once flushed.
+    accepts_traced: Vec<protocol::Slot>,
 }
 
 impl Group {
@@ -343,7 +346,7 @@ impl Group {
         };
         // The replica's timers start now, after recovery and binding: a long recovery must not
         // count against the election timeout.
-        let node = Node::new(
+        let mut node = Node::new(
             node_cfg,
             storage,
             &durable,
@@ -351,6 +354,7 @@ impl Group {
             boottime_ns(),
             metrics.clone(),
         );
+        *node.tracer() = anatomy::Tracer::new(Some(boottime_ns));
         Ok(Group {
             spec_id: spec.replica_id,
             group: spec.group,
@@ -382,6 +386,7 @@ impl Group {
             published_leader: None,
             published_failed: false,
             last_peer_frame: None,
+            accepts_traced: Vec::new(),
         })
     }
 
@@ -491,6 +496,12 @@ impl Group {
         let mut output = std::mem::take(&mut self.output);
         self.node.take_output(&mut output);
         for env in output.messages.drain(..) {
+            if self.node.tracer().active() {
+                if let Some(stamps) = self.peer_trace(&env) {
+                    self.send_peer_traced(now, env, stamps);
+                    continue;
+                }
+            }
             self.send_peer(now, env);
         }
         for reply in output.replies.drain(..) {
@@ -500,15 +511,24 @@ impl Group {
                 .get(idx)
                 .and_then(|s| s.as_ref())
                 .is_some_and(|s| s.id(idx) == reply.conn);
-            if live {
-                self.send_client(
-                    idx,
-                    &ServerFrame::Reply {
+            if !live {
+                continue;
+            }
+            let frame = match reply.trace {
+                None => ServerFrame::Reply {
+                    id: reply.req_id,
+                    outcome: reply.outcome,
+                },
+                Some(mut stamps) => {
+                    stamps[anatomy::stamp::REPLY_SENT] = self.now();
+                    ServerFrame::TracedReply {
                         id: reply.req_id,
                         outcome: reply.outcome,
-                    },
-                );
-            }
+                        stamps: stamps.to_vec(),
+                    }
+                }
+            };
+            self.send_client(idx, &frame);
         }
         self.output = output;
     }
@@ -528,6 +548,50 @@ impl Group {
     }
 
     // ---- peers ----
+
+    /// Whether `env` belongs to a traced slot (`runtime::anatomy`), and the stamps it
+    /// carries: a leader's Accept (none; the follower stamps its side), a follower's Accepted
+    /// (its stamps).
+    fn peer_trace(&mut self, env: &Envelope) -> Option<Vec<u64>> {
+        match &env.msg {
+            Message::Accept { slot, .. } if self.node.tracer().is_traced(*slot) => {
+                self.accepts_traced.push(*slot);
+                Some(Vec::new())
+            }
+            Message::Accepted { slot, .. } if self.node.tracer().is_traced(*slot) => {
+                let now = self.now();
+                self.node
+                    .tracer()
+                    .follower_stamps(*slot, now)
+                    .map(|s| s.to_vec())
+            }
+            _ => None,
+        }
+    }
+
+    /// Sends a traced slot's message (never cached: it is one of few).
+    fn send_peer_traced(&mut self, now: Nanos, env: Envelope, stamps: Vec<u64>) {
+        let to = env.to as usize;
+        let Some(link) = self.peers.get_mut(to) else {
+            return;
+        };
+        let Some(conn) = link.conn.as_mut() else {
+            return;
+        };
+        let frame = PeerFrame::Traced {
+            msg: wire::message_to_wire(&env.msg),
+            stamps,
+        };
+        let mut bytes = Vec::new();
+        if self.encoder.encode(&frame, &mut bytes) == 0 {
+            return;
+        }
+        if link.delay_ns > 0 {
+            link.delayed.push_back((now + link.delay_ns, bytes));
+        } else {
+            conn.out().extend_from_slice(&bytes);
+        }
+    }
 
     fn send_peer(&mut self, now: Nanos, env: Envelope) {
         let to = env.to as usize;
@@ -972,6 +1036,23 @@ impl Group {
                 }
                 true
             }
+            (Some(Kind::Peer(from)), ArchivedPeerFrame::Traced { msg, stamps }) => {
+                let env = wire::envelope_from_archived(from, self.spec_id, msg);
+                let tracer = self.node.tracer();
+                match (&env.msg, stamps.len()) {
+                    (Message::Accept { slot, .. }, _) => tracer.accept_received(*slot, now),
+                    (Message::Accepted { slot, .. }, anatomy::FOLLOWER_STAMPS) => {
+                        let mut s = [0; anatomy::FOLLOWER_STAMPS];
+                        for (d, v) in s.iter_mut().zip(stamps.iter()) {
+                            *d = v.to_native();
+                        }
+                        tracer.accepted(from, *slot, s, now);
+                    }
+                    _ => {}
+                }
+                self.node.on_peer(now, env);
+                true
+            }
             (Some(Kind::Peer(from)), ArchivedPeerFrame::Msg(m)) => {
                 let env = wire::envelope_from_archived(from, self.spec_id, m);
                 if let Message::HeartbeatAck { read_round, .. } = &env.msg {
@@ -1028,7 +1109,9 @@ impl Group {
                 }
                 true
             }
-            (Kind::Client, ArchivedClientFrame::Request(req)) => {
+            (Kind::Client, ArchivedClientFrame::Request(req))
+            | (Kind::Client, ArchivedClientFrame::TracedRequest(req)) => {
+                let traced = matches!(frame, ArchivedClientFrame::TracedRequest(_));
                 let req = match rkyv::deserialize::<wire::Request, rkyv::rancor::Error>(req) {
                     Ok(r) => r,
                     Err(e) => {
@@ -1037,7 +1120,11 @@ impl Group {
                     }
                 };
                 let conn = (gen << CONN_INDEX_BITS) | idx as u64;
-                self.node.on_request(now, conn, req);
+                if traced {
+                    self.node.on_traced_request(now, conn, req);
+                } else {
+                    self.node.on_request(now, conn, req);
+                }
                 true
             }
             (Kind::Client, ArchivedClientFrame::Status { id }) => {
@@ -1140,6 +1227,11 @@ impl Group {
         }
         self.dirty = dirty;
         let now = self.now();
+        // A traced Accept is stamped as its writes start: a follower on another core may read
+        // it before the last peer's write returns.
+        for slot in self.accepts_traced.drain(..) {
+            self.node.tracer().accept_sent(slot, now);
+        }
         for id in 0..self.peers.len() {
             if self.peers[id].conn.as_ref().is_some_and(|c| c.unsent() > 0) {
                 self.flush_peer(id, now);

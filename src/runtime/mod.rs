@@ -3,6 +3,7 @@
 //!
 //! Owns nothing but the wiring: the protocol decides, the WAL persists, `net` frames bytes.
 
+pub mod anatomy;
 mod conn;
 pub mod disk;
 pub mod group;

@@ -34,6 +34,7 @@ use bytes::Bytes;
 
 use crate::protocol::{InjectedBug, Message};
 
+use super::anatomy::{stamp, Stamps, Tracer};
 use super::disk::Disk;
 use super::metrics::{GroupMetrics, LocalHistogram};
 use super::storage::Storage;
@@ -41,7 +42,7 @@ use crate::kv::{self, KvStore, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use crate::net::wire::{self, group_of, GroupStatus, Op, Outcome, Request};
 use crate::protocol::{
     self, Command, DurableState, Envelope, FastCounters, LeaseReadCounters, Nanos, NotLeader,
-    ReadOutcome, Replica, ReplicaId, Role, Slot, Value,
+    ReadOutcome, Replica, ReplicaId, Role, Slot, Value, Write,
 };
 use crate::server::config::Limits;
 
@@ -175,6 +176,8 @@ pub struct ClientReply {
     pub conn: ConnId,
     pub req_id: u64,
     pub outcome: Outcome,
+    /// A traced request's stamps (`runtime::anatomy`); the shell adds the reply's.
+    pub trace: Option<Box<Stamps>>,
 }
 
 /// What the shell must do after [`Node::drive`].
@@ -215,6 +218,8 @@ impl Output {
 struct Waiter {
     conn: ConnId,
     req_id: u64,
+    /// A traced request: when it arrived (0: not traced).
+    traced_at: Nanos,
 }
 
 pub struct Node<D: Disk> {
@@ -260,6 +265,8 @@ pub struct Node<D: Disk> {
     clock_due: Nanos,
     /// The snapshot `mpaxos snapshot save` is reading (one at a time per group).
     export: Option<(Slot, Bytes)>,
+    /// Traced requests and slots (`mpaxos bench --anatomy`).
+    tracer: Tracer,
 }
 
 /// Bytes of an export snapshot per client frame.
@@ -311,6 +318,7 @@ impl<D: Disk> Node<D> {
             serving: BTreeMap::new(),
             clock_due: 0,
             export: None,
+            tracer: Tracer::default(),
             storage,
             wal_backend,
             failed: None,
@@ -468,6 +476,10 @@ impl<D: Disk> Node<D> {
                     self.fsync_hist.observe(*s);
                 }
                 if let Some(id) = durable.up_to {
+                    if self.tracer.active() {
+                        let at = self.tracer.stamp(now);
+                        self.tracer.durable(id, &durable.submitted, at);
+                    }
                     self.replica.persisted(now, id);
                 }
             }
@@ -491,9 +503,25 @@ impl<D: Disk> Node<D> {
     /// A client request. `now` must be read after the request's bytes were read (a lease
     /// check must not use a time before the read arrived).
     pub fn on_request(&mut self, now: Nanos, conn: ConnId, req: Request) {
+        self.request(now, conn, req, false);
+    }
+
+    /// A client request whose path is traced (`ClientFrame::TracedRequest`): its reply
+    /// carries the stamps of its stages.
+    pub fn on_traced_request(&mut self, now: Nanos, conn: ConnId, req: Request) {
+        self.request(now, conn, req, true);
+    }
+
+    /// The tracer (the shell stamps what only it sees: frames sent and received).
+    pub fn tracer(&mut self) -> &mut Tracer {
+        &mut self.tracer
+    }
+
+    fn request(&mut self, now: Nanos, conn: ConnId, req: Request, traced: bool) {
         let waiter = Waiter {
             conn,
             req_id: req.id,
+            traced_at: if traced { now } else { 0 },
         };
         if self.waiting(conn) >= self.cfg.limits.requests_per_connection_max {
             self.answer_now(waiter, Outcome::Busy);
@@ -594,6 +622,9 @@ impl<D: Disk> Node<D> {
         }
         match self.replica.propose(now, command) {
             Ok(()) => {
+                if waiter.traced_at != 0 {
+                    self.tracer.add_pending(id);
+                }
                 self.pending_writes.insert(id, waiter);
                 self.bump_waiting(waiter.conn, 1);
             }
@@ -671,7 +702,8 @@ impl<D: Disk> Node<D> {
     fn start_read(&mut self, now: Nanos, waiter: Waiter, key: Bytes, linearizable: bool) {
         if !linearizable {
             let reply = self.kv.get(&key);
-            self.answer_now(waiter, wire::outcome_from_reply(reply));
+            let outcome = wire::outcome_from_reply(reply);
+            self.answer_traced(waiter, outcome, |s| s[stamp::READ_READY] = now);
             return;
         }
         let id = self.next_read_id;
@@ -707,8 +739,13 @@ impl<D: Disk> Node<D> {
             if ready.is_empty() && self.self_msgs.is_empty() {
                 break;
             }
+            if self.tracer.active() {
+                self.trace_ready(now, &ready);
+            }
             if !ready.writes.is_empty() {
-                if let Err(e) = self.storage.submit(now, ready.writes) {
+                // Traced: the WAL's submission time is a stamp, read as it happens.
+                let at = self.tracer.stamp_if_active(now);
+                if let Err(e) = self.storage.submit(at, ready.writes) {
                     self.fail(e.to_string());
                     return;
                 }
@@ -724,7 +761,7 @@ impl<D: Disk> Node<D> {
                 }
             }
             for (slot, value) in ready.committed {
-                self.apply(slot, value);
+                self.apply(now, slot, value);
             }
             for read in ready.reads {
                 let Some((waiter, key)) = self.pending_reads.remove(&read.id) else {
@@ -734,7 +771,12 @@ impl<D: Disk> Node<D> {
                     ReadOutcome::Ready => wire::outcome_from_reply(self.kv.get(&key)),
                     ReadOutcome::NotLeader { leader } => Outcome::NotLeader { leader },
                 };
-                self.answer(waiter, outcome);
+                let at = if waiter.traced_at != 0 {
+                    self.tracer.stamp(now)
+                } else {
+                    0
+                };
+                self.answer_with(waiter, outcome, |s| s[stamp::READ_READY] = at);
             }
             for d in ready.dropped {
                 if let Some(waiter) = self.pending_writes.remove(&(d.client_id, d.seq)) {
@@ -1091,17 +1133,33 @@ impl<D: Disk> Node<D> {
         std::mem::swap(into, &mut self.out);
     }
 
-    fn apply(&mut self, slot: Slot, value: Value) {
+    fn apply(&mut self, now: Nanos, slot: Slot, value: Value) {
         let cmds = value.commands();
         if self.last_role == Role::Leader && !cmds.is_empty() {
             self.batch_hist.observe(cmds.len() as f64);
+        }
+        let traced = self.tracer.is_traced(slot);
+        if traced {
+            let at = self.tracer.stamp(now);
+            self.tracer.chosen(slot, at);
         }
         let lease_holders = self.kv.lease_holders();
         for cmd in cmds {
             let reply = self.kv.apply(cmd.client_id, cmd.seq, &cmd.payload);
             if let Some(waiter) = self.pending_writes.remove(&(cmd.client_id, cmd.seq)) {
-                self.answer(waiter, wire::outcome_from_reply(reply));
+                let outcome = wire::outcome_from_reply(reply);
+                if waiter.traced_at != 0 {
+                    let at = self.tracer.stamp(now);
+                    let tracer = std::mem::take(&mut self.tracer);
+                    self.answer_with(waiter, outcome, |s| tracer.fill_write(slot, s, at));
+                    self.tracer = tracer;
+                } else {
+                    self.answer(waiter, outcome);
+                }
             }
+        }
+        if traced {
+            self.tracer.applied(slot);
         }
         if self.kv.lease_holders() != lease_holders {
             // Every replica switches at this slot (as it applies it).
@@ -1232,16 +1290,57 @@ impl<D: Disk> Node<D> {
 
     /// Answers a request that was never counted as waiting.
     fn answer_now(&mut self, w: Waiter, outcome: Outcome) {
+        self.answer_traced(w, outcome, |_| {});
+    }
+
+    /// Answers `w`; a traced request's reply carries its stamps (`fill` adds the stages it
+    /// went through besides its arrival).
+    fn answer_traced(&mut self, w: Waiter, outcome: Outcome, fill: impl FnOnce(&mut Stamps)) {
+        let trace = (w.traced_at != 0).then(|| {
+            let mut s = Box::new([0; stamp::COUNT]);
+            s[stamp::RECV] = w.traced_at;
+            fill(&mut s);
+            s
+        });
         self.out.replies.push(ClientReply {
             conn: w.conn,
             req_id: w.req_id,
             outcome,
+            trace,
         });
+    }
+
+    /// Stamps what the protocol just produced for traced slots: a traced write placed in a
+    /// slot (the leader's proposal), and the WAL write that holds a traced slot.
+    fn trace_ready(&mut self, now: Nanos, ready: &protocol::Ready) {
+        let leader = self.replica.role() == Role::Leader;
+        let mut at = 0;
+        for (id, write) in &ready.writes {
+            let Write::Accept { slot, value, .. } = write else {
+                continue;
+            };
+            if leader {
+                for cmd in value.commands() {
+                    if self.tracer.take_pending((cmd.client_id, cmd.seq)) {
+                        if at == 0 {
+                            at = self.tracer.stamp(now);
+                        }
+                        self.tracer.proposed(*slot, at);
+                    }
+                }
+            }
+            self.tracer.wal_write(*slot, *id);
+        }
     }
 
     fn answer(&mut self, w: Waiter, outcome: Outcome) {
         self.bump_waiting(w.conn, -1);
         self.answer_now(w, outcome);
+    }
+
+    fn answer_with(&mut self, w: Waiter, outcome: Outcome, fill: impl FnOnce(&mut Stamps)) {
+        self.bump_waiting(w.conn, -1);
+        self.answer_traced(w, outcome, fill);
     }
 
     // ---------------------------------------------------------------- status

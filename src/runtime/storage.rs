@@ -65,6 +65,9 @@ pub struct Durable {
     pub up_to: Option<protocol::WriteId>,
     /// Seconds each completed WAL write took from hand-off to durable.
     pub write_seconds: Vec<f64>,
+    /// For each completed disk write that finished a protocol write: that write, and when the
+    /// disk write went to the disk (the latency anatomy's "WAL submitted").
+    pub submitted: Vec<(protocol::WriteId, Nanos)>,
 }
 
 /// One unit the WAL takes: a log entry, or the superblock.
@@ -429,8 +432,9 @@ impl<D: Disk> Storage<D> {
                 break;
             }
             self.in_flight.pop_front();
-            if pid.is_some() {
+            if let Some(p) = pid {
                 out.up_to = pid.max(out.up_to);
+                out.submitted.push((p, at));
             }
             out.write_seconds
                 .push((now.saturating_sub(at)) as f64 / 1e9);
