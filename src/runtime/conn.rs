@@ -27,6 +27,10 @@ pub struct Conn {
 pub enum ReadStatus {
     /// Read something (maybe frames to take); the socket may have more.
     Data,
+    /// Read something, and the socket had no more (the read came back short): under
+    /// edge-triggered polling the next arrival raises a new event, so asking again now would
+    /// only be a system call that says `EAGAIN` (the same rule nginx follows).
+    Drained,
     /// Nothing more for now.
     WouldBlock,
     /// The other side will send nothing more (it closed, or shut down its sending half).
@@ -50,11 +54,13 @@ impl Conn {
     /// One read into the frame buffer.
     pub fn read_some(&mut self) -> ReadStatus {
         let stream = &mut self.stream;
-        match self
-            .reader
-            .read_from(READ_CHUNK_BYTES, |buf| stream.read(buf))
-        {
+        let mut offered = 0;
+        match self.reader.read_from(READ_CHUNK_BYTES, |buf| {
+            offered = buf.len();
+            stream.read(buf)
+        }) {
             Ok(0) => ReadStatus::Eof,
+            Ok(n) if n < offered => ReadStatus::Drained,
             Ok(_) => ReadStatus::Data,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => ReadStatus::WouldBlock,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => ReadStatus::Data,

@@ -58,6 +58,9 @@ const CLIENT_OUT_MAX_BYTES: usize = 64 << 20;
 const RECONNECT_MIN_MS: u64 = 20;
 const RECONNECT_MAX_MS: u64 = 1000;
 const METRICS_FLUSH_NS: Nanos = 100_000_000;
+/// While WAL writes are in flight the loop waits at most this long (their eventfd should wake
+/// it first).
+const DISK_FALLBACK_NS: Nanos = 1_000_000;
 /// A wait that ends this much later than asked for means the thread was paused.
 const PAUSE_NS: Nanos = 50_000_000;
 /// Client writes are refused with `Busy` while this many bytes wait for the WAL.
@@ -343,6 +346,7 @@ impl Group {
             inject_ack_before_durable: false,
             snapshot: spec.snapshot.clone(),
             wall_clock_offset_ns: wall_clock_offset_ns(),
+            send_before_disk: true,
         };
         // The replica's timers start now, after recovery and binding: a long recovery must not
         // count against the election timeout.
@@ -405,25 +409,36 @@ impl Group {
                 break;
             }
             let before = self.now();
-            let timeout = if recheck {
+            let due = self.next_deadline(before);
+            // epoll rounds its timeout up to whole milliseconds; the timerfd wakes us at the
+            // deadline itself (sub-millisecond batching delays and WAN emulation queues). It is
+            // armed only when the deadline changes: not for a recheck, nor for the disk's
+            // fallback poll below, which would re-arm it on every write.
+            self.timer.arm_at(timer_instant(due));
+            let mut timeout = if recheck {
                 0
             } else {
-                self.next_deadline(before).saturating_sub(before)
+                due.saturating_sub(before)
             };
-            // epoll rounds its timeout up to whole milliseconds; the timerfd wakes us at the
-            // deadline itself (sub-millisecond batching delays and WAN emulation queues).
-            self.timer.arm_at(timer_instant(before + timeout));
-            let interrupted = match self
+            if self.node.disk_busy() {
+                // Completions of a backend without a usable eventfd edge are still picked up
+                // (epoll's millisecond timeout is fine for that).
+                timeout = timeout.min(DISK_FALLBACK_NS);
+            }
+            match self
                 .poll
                 .poll(&mut events, Some(Duration::from_nanos(timeout)))
             {
-                Ok(()) => false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+                Ok(()) => {}
+                // io_uring interrupts the wait to run its completion work (one per WAL write):
+                // no events were returned, and the turn below collects the completion. A
+                // SIGSTOP/SIGCONT also ends here; the clock tells it apart.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     tracing::error!(group = self.group, "event loop failed: {e}");
                     break;
                 }
-            };
+            }
             let woke = self.now();
             for event in events.iter() {
                 match event.token() {
@@ -438,12 +453,12 @@ impl Group {
                 }
             }
             // The thread was paused (SIGSTOP/SIGCONT, a VM or scheduler stall): the wait ended
-            // late or was interrupted, and what it returned may predate the pause. Input that
+            // late, and what it returned may predate the pause. Input that
             // arrived meanwhile (the leader's heartbeats) must be read before the timers that
             // expired meanwhile run, or a follower deposes a healthy leader: poll again, without
             // waiting, before this turn's timers. Once, so that a loaded host that always wakes
             // late still makes progress.
-            let paused = interrupted || woke.saturating_sub(before) > timeout + PAUSE_NS;
+            let paused = woke.saturating_sub(before) > timeout + PAUSE_NS;
             if paused && !recheck {
                 recheck = true;
                 continue;
@@ -468,10 +483,6 @@ impl Group {
                 due = due.min(*at);
             }
         }
-        // Completions of a backend without a usable eventfd edge are still picked up.
-        if self.node.disk_busy() {
-            due = due.min(now + 1_000_000);
-        }
         due
     }
 
@@ -489,6 +500,12 @@ impl Group {
             self.metrics_flush_at = now + METRICS_FLUSH_NS;
         }
         self.flush_all();
+        // The disk writes start once the messages are on the wire (`send_before_disk`); a
+        // disk that fails now leaves answers for the waiting clients.
+        if self.node.submit_disk(self.now()) {
+            self.send_output(now);
+            self.flush_all();
+        }
     }
 
     /// Sends what the node asked for: peer messages, and replies to connections still open.
@@ -740,8 +757,9 @@ impl Group {
         }
         // The listener side sends nothing but an error frame before closing.
         loop {
-            match conn.read_some() {
-                ReadStatus::Data => {
+            let status = conn.read_some();
+            match status {
+                ReadStatus::Data | ReadStatus::Drained => {
                     if let Ok(Some(payload)) = conn.reader.next_payload() {
                         if let Ok(ArchivedPeerFrame::Error(e)) = access::<PeerFrame>(payload) {
                             tracing::warn!(
@@ -758,6 +776,9 @@ impl Group {
                     self.drop_peer_link(id, now);
                     return;
                 }
+            }
+            if matches!(status, ReadStatus::Drained) {
+                break;
             }
         }
         if self.peers[id].conn.as_ref().is_some_and(|c| c.unsent() > 0) {
@@ -870,7 +891,7 @@ impl Group {
             }
             match status {
                 ReadStatus::Data => continue,
-                ReadStatus::WouldBlock => {
+                ReadStatus::Drained | ReadStatus::WouldBlock => {
                     self.mark_dirty(idx);
                     return;
                 }

@@ -70,6 +70,12 @@ pub struct NodeConfig {
     pub snapshot: SnapshotPolicy,
     /// Added to the monotonic `now` to get Unix time (ns) for the leader's clock commands.
     pub wall_clock_offset_ns: u64,
+    /// Keep the WAL writes of a `drive` until [`Node::submit_disk`], so the shell can put
+    /// the turn's messages on the wire first: a leader's Accepts then leave before the system
+    /// call that starts its own disk write (which runs beside its followers' anyway). Safe:
+    /// nothing a replica sends before its write is durable depends on that write (Promise and
+    /// Accepted are held by the replica until it is).
+    pub send_before_disk: bool,
 }
 
 /// When to take snapshots and how to send them.
@@ -267,6 +273,8 @@ pub struct Node<D: Disk> {
     export: Option<(Slot, Bytes)>,
     /// Traced requests and slots (`mpaxos bench --anatomy`).
     tracer: Tracer,
+    /// [`NodeConfig::send_before_disk`]: this turn's writes, not yet handed to the WAL.
+    deferred_writes: Vec<(protocol::WriteId, Write)>,
 }
 
 /// Bytes of an export snapshot per client frame.
@@ -319,6 +327,7 @@ impl<D: Disk> Node<D> {
             clock_due: 0,
             export: None,
             tracer: Tracer::default(),
+            deferred_writes: Vec::new(),
             storage,
             wal_backend,
             failed: None,
@@ -742,7 +751,9 @@ impl<D: Disk> Node<D> {
             if self.tracer.active() {
                 self.trace_ready(now, &ready);
             }
-            if !ready.writes.is_empty() {
+            if self.cfg.send_before_disk {
+                self.deferred_writes.extend(ready.writes);
+            } else if !ready.writes.is_empty() {
                 // Traced: the WAL's submission time is a stamp, read as it happens.
                 let at = self.tracer.stamp_if_active(now);
                 if let Err(e) = self.storage.submit(at, ready.writes) {
@@ -794,6 +805,24 @@ impl<D: Disk> Node<D> {
         }
         self.maybe_snapshot();
         self.observe_status();
+    }
+
+    /// With [`NodeConfig::send_before_disk`]: hands the writes `drive` kept to the WAL (call
+    /// once the turn's output is on the wire, before waiting). Returns true if the disk failed
+    /// now (the node stopped; its output has the answers to its waiting clients).
+    pub fn submit_disk(&mut self, now: Nanos) -> bool {
+        if self.deferred_writes.is_empty() || self.failed.is_some() {
+            return false;
+        }
+        let writes = std::mem::take(&mut self.deferred_writes);
+        let at = self.tracer.stamp_if_active(now);
+        match self.storage.submit(at, writes) {
+            Ok(()) => false,
+            Err(e) => {
+                self.fail(e.to_string());
+                true
+            }
+        }
     }
 
     // ---------------------------------------------------------------- snapshots
@@ -1429,6 +1458,7 @@ mod tests {
                 ..SnapshotPolicy::default()
             },
             wall_clock_offset_ns: 0,
+            send_before_disk: false,
         };
         let durable = DurableState {
             floor: restored.slot(),

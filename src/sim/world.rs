@@ -952,6 +952,8 @@ impl World {
             inject_ack_before_durable: inject_ack,
             snapshot: self.snapshot_policies[id as usize].clone(),
             wall_clock_offset_ns: 0,
+            // As the server runs (its messages leave before its disk writes start).
+            send_before_disk: true,
         };
         let metrics = GroupMetrics::register(
             &mut prometheus_client::registry::Registry::default(),
@@ -1275,6 +1277,13 @@ impl World {
         node.drive(now);
         let mut output = std::mem::take(&mut self.output);
         node.take_output(&mut output);
+        // The shell's order: the output goes out, then the disk writes start.
+        if node.submit_disk(now) {
+            let mut more = Output::default();
+            node.take_output(&mut more);
+            output.messages.append(&mut more.messages);
+            output.replies.append(&mut more.replies);
+        }
         let newly_failed = match node.failed() {
             Some(why) if !was_failed => Some(why.to_string()),
             _ => None,
