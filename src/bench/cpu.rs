@@ -4,8 +4,10 @@
 //!
 //! A sampler thread reads `/proc/PID/task/TID/schedstat` (time on CPU, ns) and `.../status`
 //! (voluntary and involuntary context switches) of every watched process a few times a
-//! second. The figures cover the samples nearest inside the measured window; operations in
-//! that span are the window's throughput times its length.
+//! second, and where the kernel lets it (root, or `perf_event_paranoid` low enough) a perf
+//! counter of system calls (the `raw_syscalls:sys_enter` tracepoint) on each thread that
+//! existed when sampling started. The figures cover the samples nearest inside the measured
+//! window; operations in that span are the window's throughput times its length.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +30,115 @@ struct ThreadCounters {
     cpu_ns: u64,
     voluntary: u64,
     involuntary: u64,
+    syscalls: u64,
+}
+
+/// A perf counter of one thread's system calls.
+struct SyscallCounter {
+    fd: std::os::fd::OwnedFd,
+}
+
+/// `struct perf_event_attr` as of its first version (`PERF_ATTR_SIZE_VER0`, 64 bytes): the
+/// kernel accepts it and zero-extends the rest.
+#[repr(C)]
+struct PerfEventAttr {
+    type_: u32,
+    size: u32,
+    config: u64,
+    sample_period: u64,
+    sample_type: u64,
+    read_format: u64,
+    flags: u64,
+    wakeup_events: u32,
+    bp_type: u32,
+    config1: u64,
+}
+
+const PERF_TYPE_TRACEPOINT: u32 = 2;
+const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
+
+impl SyscallCounter {
+    /// Counts the system calls of thread `tid` from now on.
+    fn open(tracepoint: u64, tid: u32) -> std::io::Result<SyscallCounter> {
+        use std::os::fd::FromRawFd;
+        let attr = PerfEventAttr {
+            type_: PERF_TYPE_TRACEPOINT,
+            size: std::mem::size_of::<PerfEventAttr>() as u32,
+            config: tracepoint,
+            sample_period: 0,
+            sample_type: 0,
+            read_format: 0,
+            flags: 0,
+            wakeup_events: 0,
+            bp_type: 0,
+            config1: 0,
+        };
+        // SAFETY: perf_event_open reads one attr we own; it returns a new descriptor or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_perf_event_open,
+                &attr as *const PerfEventAttr,
+                tid as libc::pid_t,
+                -1 as libc::c_int,
+                -1 as libc::c_int,
+                PERF_FLAG_FD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        Ok(SyscallCounter {
+            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) },
+        })
+    }
+
+    fn read(&self) -> Option<u64> {
+        use std::os::fd::AsRawFd;
+        let mut n: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from a perf counter descriptor.
+        let r = unsafe { libc::read(self.fd.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+        (r == 8).then_some(n)
+    }
+}
+
+/// The id of the `raw_syscalls:sys_enter` tracepoint, or why it cannot be counted.
+fn syscall_tracepoint() -> Result<u64, String> {
+    for base in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        if let Ok(id) = std::fs::read_to_string(format!("{base}/events/raw_syscalls/sys_enter/id"))
+        {
+            return id.trim().parse().map_err(|e| format!("tracepoint id: {e}"));
+        }
+    }
+    Err("no tracefs with raw_syscalls events (mount tracefs, or run as root)".into())
+}
+
+/// Opens a syscall counter on every thread of the watched processes; the reason if none.
+fn open_counters(watched: &[Watched]) -> (BTreeMap<(usize, u32), SyscallCounter>, Option<String>) {
+    let id = match syscall_tracepoint() {
+        Ok(id) => id,
+        Err(why) => return (BTreeMap::new(), Some(why)),
+    };
+    let mut out = BTreeMap::new();
+    let mut err = None;
+    for (i, w) in watched.iter().enumerate() {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/task", w.pid)) else {
+            continue;
+        };
+        for tid in dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        {
+            match SyscallCounter::open(id, tid) {
+                Ok(c) => {
+                    out.insert((i, tid), c);
+                }
+                Err(e) => err = Some(format!("perf_event_open: {e}")),
+            }
+        }
+    }
+    let why = if out.is_empty() { err } else { None };
+    (out, why)
 }
 
 struct Snapshot {
@@ -57,11 +168,12 @@ fn read_thread(pid: u32, tid: u32) -> Option<(String, ThreadCounters)> {
             cpu_ns,
             voluntary: field("voluntary_ctxt_switches:"),
             involuntary: field("nonvoluntary_ctxt_switches:"),
+            syscalls: 0,
         },
     ))
 }
 
-fn snapshot(watched: &[Watched]) -> Snapshot {
+fn snapshot(watched: &[Watched], counters: &BTreeMap<(usize, u32), SyscallCounter>) -> Snapshot {
     let at = Instant::now();
     let mut threads = BTreeMap::new();
     for (i, w) in watched.iter().enumerate() {
@@ -72,7 +184,10 @@ fn snapshot(watched: &[Watched]) -> Snapshot {
             let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            if let Some(t) = read_thread(w.pid, tid) {
+            if let Some(mut t) = read_thread(w.pid, tid) {
+                if let Some(n) = counters.get(&(i, tid)).and_then(SyscallCounter::read) {
+                    t.1.syscalls = n;
+                }
                 threads.insert((i, tid), t);
             }
         }
@@ -102,6 +217,8 @@ pub fn processes_named(name: &str) -> Vec<Watched> {
 
 pub struct Sampler {
     watched: Vec<Watched>,
+    /// Why system calls are not counted (None: they are).
+    syscalls_unavailable: Option<String>,
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<Vec<Snapshot>>,
 }
@@ -112,6 +229,9 @@ pub struct PerOp {
     pub cpu_us: f64,
     pub voluntary_switches: f64,
     pub involuntary_switches: f64,
+    /// System calls (absent where they cannot be counted: `syscalls_unavailable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syscalls: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -134,6 +254,9 @@ pub struct CpuReport {
     pub servers_per_op: PerOp,
     pub load_generator_per_op: PerOp,
     pub processes: Vec<ProcessCpu>,
+    /// Why `syscalls` is absent (no tracefs, no permission).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syscalls_unavailable: Option<String>,
 }
 
 impl Sampler {
@@ -146,19 +269,21 @@ impl Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let w = watched.clone();
+        let (counters, syscalls_unavailable) = open_counters(&watched);
         let thread = std::thread::Builder::new()
             .name("cpu-sampler".into())
             .spawn(move || {
-                let mut out = vec![snapshot(&w)];
+                let mut out = vec![snapshot(&w, &counters)];
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(PERIOD);
-                    out.push(snapshot(&w));
+                    out.push(snapshot(&w, &counters));
                 }
                 out
             })
             .expect("spawn the CPU sampler");
         Sampler {
             watched,
+            syscalls_unavailable,
             stop,
             thread,
         }
@@ -174,7 +299,17 @@ impl Sampler {
         if span <= 0.0 || ops_per_s <= 0.0 {
             return None;
         }
-        Some(report(&self.watched, first, last, span, ops_per_s * span))
+        let mut r = report(&self.watched, first, last, span, ops_per_s * span);
+        if let Some(why) = self.syscalls_unavailable {
+            for p in r.processes.iter_mut() {
+                p.per_op.syscalls = None;
+                p.threads.values_mut().for_each(|t| t.syscalls = None);
+            }
+            r.servers_per_op.syscalls = None;
+            r.load_generator_per_op.syscalls = None;
+            r.syscalls_unavailable = Some(why);
+        }
+        Some(r)
     }
 }
 
@@ -185,11 +320,13 @@ fn report(watched: &[Watched], a: &Snapshot, b: &Snapshot, span: f64, ops: f64) 
         cpu_us: c.cpu_ns as f64 / 1e3 / ops,
         voluntary_switches: c.voluntary as f64 / ops,
         involuntary_switches: c.involuntary as f64 / ops,
+        syscalls: Some(c.syscalls as f64 / ops),
     };
     let add = |x: &mut ThreadCounters, y: &ThreadCounters| {
         x.cpu_ns += y.cpu_ns;
         x.voluntary += y.voluntary;
         x.involuntary += y.involuntary;
+        x.syscalls += y.syscalls;
     };
     let mut processes = Vec::new();
     let (mut servers, mut loadgen) = (ThreadCounters::default(), ThreadCounters::default());
@@ -203,6 +340,7 @@ fn report(watched: &[Watched], a: &Snapshot, b: &Snapshot, span: f64, ops: f64) 
                 cpu_ns: end.cpu_ns.saturating_sub(start.cpu_ns),
                 voluntary: end.voluntary.saturating_sub(start.voluntary),
                 involuntary: end.involuntary.saturating_sub(start.involuntary),
+                syscalls: end.syscalls.saturating_sub(start.syscalls),
             };
             add(&mut total, &d);
             add(by_name.entry(name.clone()).or_default(), &d);
@@ -228,41 +366,55 @@ fn report(watched: &[Watched], a: &Snapshot, b: &Snapshot, span: f64, ops: f64) 
         servers_per_op: per_op(&servers),
         load_generator_per_op: per_op(&loadgen),
         processes,
+        syscalls_unavailable: None,
     }
 }
 
 /// The run report's CPU section.
 pub fn markdown(r: &CpuReport) -> String {
+    let sc = |p: &PerOp| p.syscalls.map_or("—".to_string(), |n| format!("{n:.2}"));
     let mut s = format!(
         "\n## CPU per operation\n\nOver {:.1} s of the measured window (≈{:.0} operations; \
-         `/proc/PID/task/*/schedstat` and context switches from `status`). Servers together: \
-         **{:.1} µs CPU per operation**, {:.2} voluntary + {:.2} involuntary context switches; \
-         load generator: {:.1} µs, {:.2} + {:.2}.\n\n",
+         `/proc/PID/task/*/schedstat`, context switches from `status`, system calls from a \
+         perf counter{}). Servers together: **{:.1} µs CPU per operation**, {:.2} voluntary + \
+         {:.2} involuntary context switches, {} system calls; load generator: {:.1} µs, \
+         {:.2} + {:.2}, {}.\n\n",
         r.span_s,
         r.ops,
+        r.syscalls_unavailable
+            .as_ref()
+            .map_or(String::new(), |w| format!(": not counted, {w}")),
         r.servers_per_op.cpu_us,
         r.servers_per_op.voluntary_switches,
         r.servers_per_op.involuntary_switches,
+        sc(&r.servers_per_op),
         r.load_generator_per_op.cpu_us,
         r.load_generator_per_op.voluntary_switches,
         r.load_generator_per_op.involuntary_switches,
+        sc(&r.load_generator_per_op),
     );
-    s.push_str("| process | thread | CPU µs/op | voluntary cs/op | involuntary cs/op |\n");
-    s.push_str("|---|---|---|---|---|\n");
+    s.push_str(
+        "| process | thread | CPU µs/op | voluntary cs/op | involuntary cs/op | syscalls/op |\n",
+    );
+    s.push_str("|---|---|---|---|---|---|\n");
     for p in &r.processes {
         s.push_str(&format!(
-            "| {} ({:.2} cores) | all | {:.1} | {:.2} | {:.2} |\n",
+            "| {} ({:.2} cores) | all | {:.1} | {:.2} | {:.2} | {} |\n",
             p.label,
             p.cores,
             p.per_op.cpu_us,
             p.per_op.voluntary_switches,
-            p.per_op.involuntary_switches
+            p.per_op.involuntary_switches,
+            sc(&p.per_op)
         ));
         for (name, t) in &p.threads {
             if t.cpu_us >= 0.05 {
                 s.push_str(&format!(
-                    "| | {name} | {:.1} | {:.2} | {:.2} |\n",
-                    t.cpu_us, t.voluntary_switches, t.involuntary_switches
+                    "| | {name} | {:.1} | {:.2} | {:.2} | {} |\n",
+                    t.cpu_us,
+                    t.voluntary_switches,
+                    t.involuntary_switches,
+                    sc(t)
                 ));
             }
         }
@@ -282,6 +434,10 @@ mod tests {
         let mut x = 0u64;
         while start.elapsed() < Duration::from_millis(700) {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            if x % 1024 == 0 {
+                // A system call now and then, for the syscall counter to see.
+                let _ = std::fs::metadata("/");
+            }
         }
         std::hint::black_box(x);
         let r = s
@@ -291,7 +447,12 @@ mod tests {
         assert_eq!(r.processes.len(), 1);
         assert_eq!(r.processes[0].label, LOAD_GENERATOR);
         assert!(r.load_generator_per_op.cpu_us > 0.0, "{r:?}");
-        assert_eq!(r.servers_per_op, PerOp::default());
+        assert_eq!(r.servers_per_op.cpu_us, 0.0);
         assert!(r.processes[0].cores > 0.0, "{r:?}");
+        // As root (CI, this VM) the perf counter works; elsewhere it says why not.
+        match &r.syscalls_unavailable {
+            None => assert!(r.load_generator_per_op.syscalls.unwrap() > 0.0, "{r:?}"),
+            Some(why) => assert!(!why.is_empty()),
+        }
     }
 }
