@@ -16,6 +16,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::runtime::anatomy::stamp;
 
+/// Samples kept at most per run (a long fast run at 1 in 16 stops adding past it).
+pub const SAMPLES_MAX: usize = 1_000_000;
+
 /// One traced request that succeeded at its first attempt.
 #[derive(Clone, Debug)]
 pub struct Sample {

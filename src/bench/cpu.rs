@@ -31,6 +31,9 @@ struct ThreadCounters {
     voluntary: u64,
     involuntary: u64,
     syscalls: u64,
+    /// Threads summed here with and without a system call counter.
+    counted: u32,
+    uncounted: u32,
 }
 
 /// A perf counter of one thread's system calls.
@@ -169,6 +172,8 @@ fn read_thread(pid: u32, tid: u32) -> Option<(String, ThreadCounters)> {
             voluntary: field("voluntary_ctxt_switches:"),
             involuntary: field("nonvoluntary_ctxt_switches:"),
             syscalls: 0,
+            counted: 0,
+            uncounted: 1,
         },
     ))
 }
@@ -187,6 +192,7 @@ fn snapshot(watched: &[Watched], counters: &BTreeMap<(usize, u32), SyscallCounte
             if let Some(mut t) = read_thread(w.pid, tid) {
                 if let Some(n) = counters.get(&(i, tid)).and_then(SyscallCounter::read) {
                     t.1.syscalls = n;
+                    (t.1.counted, t.1.uncounted) = (1, 0);
                 }
                 threads.insert((i, tid), t);
             }
@@ -229,7 +235,9 @@ pub struct PerOp {
     pub cpu_us: f64,
     pub voluntary_switches: f64,
     pub involuntary_switches: f64,
-    /// System calls (absent where they cannot be counted: `syscalls_unavailable`).
+    /// System calls (absent where they cannot be counted: `syscalls_unavailable`; a thread
+    /// born after sampling started has no counter, and a process's figure sums the threads
+    /// that have one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub syscalls: Option<f64>,
 }
@@ -315,18 +323,25 @@ impl Sampler {
 
 const LOAD_GENERATOR: &str = "load generator";
 
+/// Threads of the measuring tool itself (this sampler, the bench's under-load RTT probe):
+/// listed, but not in the load generator's totals.
+const TOOL_THREADS: [&str; 2] = ["cpu-sampler", "floor-probe"];
+
 fn report(watched: &[Watched], a: &Snapshot, b: &Snapshot, span: f64, ops: f64) -> CpuReport {
-    let per_op = |c: &ThreadCounters| PerOp {
+    // `strict`: a figure for threads that all had a counter; else the sum of those that did.
+    let per_op = |c: &ThreadCounters, strict: bool| PerOp {
         cpu_us: c.cpu_ns as f64 / 1e3 / ops,
         voluntary_switches: c.voluntary as f64 / ops,
         involuntary_switches: c.involuntary as f64 / ops,
-        syscalls: Some(c.syscalls as f64 / ops),
+        syscalls: (c.counted > 0 && !(strict && c.uncounted > 0)).then(|| c.syscalls as f64 / ops),
     };
     let add = |x: &mut ThreadCounters, y: &ThreadCounters| {
         x.cpu_ns += y.cpu_ns;
         x.voluntary += y.voluntary;
         x.involuntary += y.involuntary;
         x.syscalls += y.syscalls;
+        x.counted += y.counted;
+        x.uncounted += y.uncounted;
     };
     let mut processes = Vec::new();
     let (mut servers, mut loadgen) = (ThreadCounters::default(), ThreadCounters::default());
@@ -341,8 +356,12 @@ fn report(watched: &[Watched], a: &Snapshot, b: &Snapshot, span: f64, ops: f64) 
                 voluntary: end.voluntary.saturating_sub(start.voluntary),
                 involuntary: end.involuntary.saturating_sub(start.involuntary),
                 syscalls: end.syscalls.saturating_sub(start.syscalls),
+                counted: end.counted,
+                uncounted: end.uncounted,
             };
-            add(&mut total, &d);
+            if !TOOL_THREADS.contains(&name.as_str()) {
+                add(&mut total, &d);
+            }
             add(by_name.entry(name.clone()).or_default(), &d);
         }
         if w.label == LOAD_GENERATOR {
@@ -353,18 +372,18 @@ fn report(watched: &[Watched], a: &Snapshot, b: &Snapshot, span: f64, ops: f64) 
         processes.push(ProcessCpu {
             label: w.label.clone(),
             cores: total.cpu_ns as f64 / 1e9 / span,
-            per_op: per_op(&total),
+            per_op: per_op(&total, false),
             threads: by_name
                 .iter()
-                .map(|(n, c)| (n.clone(), per_op(c)))
+                .map(|(n, c)| (n.clone(), per_op(c, true)))
                 .collect(),
         });
     }
     CpuReport {
         span_s: span,
         ops,
-        servers_per_op: per_op(&servers),
-        load_generator_per_op: per_op(&loadgen),
+        servers_per_op: per_op(&servers, false),
+        load_generator_per_op: per_op(&loadgen, false),
         processes,
         syscalls_unavailable: None,
     }

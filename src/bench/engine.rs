@@ -903,7 +903,10 @@ impl Engine {
     /// an error is neither, only a count by kind.
     fn complete(&mut self, session: usize, now: u64, error: Option<&'static str>) {
         let busy = self.sessions[session].busy.take().expect("busy");
-        if let (true, None, Some(stamps)) = (busy.traced, error, self.reply_stamps.take()) {
+        let room = self.anatomy.len() < super::anatomy::SAMPLES_MAX;
+        if let (true, true, None, Some(stamps)) =
+            (busy.traced, room, error, self.reply_stamps.take())
+        {
             let at = |t: u64| t.wrapping_add(self.server_clock_offset);
             let closed = self.cfg.rate.is_none();
             self.anatomy.push(super::anatomy::Sample {

@@ -292,10 +292,8 @@ pub fn run(
     let duration = Duration::from_secs_f64(spec.duration);
     let deadline_spin = Duration::from_micros(spec.deadline_spin_us);
     let started = std::time::SystemTime::now();
-    // The measured window on the monotonic clock, for the CPU sampler beside the driver.
-    let window_start = std::time::Instant::now() + warmup;
     let acc = Arc::new(Mutex::new(Acc::default()));
-    let (unfinished, offered, queue_samples) = rt.block_on(async {
+    let (unfinished, offered, queue_samples, window_start) = rt.block_on(async {
         // etcd's client does not retry: the attempt timeout is its request timeout.
         let conns = connect(
             endpoints,
@@ -457,7 +455,13 @@ pub fn run(
             };
             *a.errors_by_kind.entry(k.to_string()).or_default() += 1;
         }
-        Ok::<_, String>((left.len() as u64, offered, queue_samples))
+        // The measured window on the monotonic clock, for the CPU sampler beside the driver.
+        Ok::<_, String>((
+            left.len() as u64,
+            offered,
+            queue_samples,
+            measure_start.into_std(),
+        ))
     })?;
     drop(rt);
     let acc = std::mem::take(&mut *acc.lock().expect("lock"));

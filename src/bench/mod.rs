@@ -981,22 +981,25 @@ impl UnderLoadProbe {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let (value_size, spin) = (spec.value_size, Duration::from_micros(spec.spin_us));
-        let thread = std::thread::spawn(move || {
-            let mut samples = Vec::new();
-            let mut next = Instant::now() + Duration::from_secs(1);
-            loop {
-                while Instant::now() < next {
-                    if flag.load(std::sync::atomic::Ordering::Relaxed) {
-                        return samples;
+        let thread = std::thread::Builder::new()
+            .name("floor-probe".into())
+            .spawn(move || {
+                let mut samples = Vec::new();
+                let mut next = Instant::now() + Duration::from_secs(1);
+                loop {
+                    while Instant::now() < next {
+                        if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                            return samples;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
                     }
-                    std::thread::sleep(Duration::from_millis(20));
+                    if let Ok(p) = floor::loopback_rtt(value_size, UNDER_LOAD_ROUND_TRIPS, spin) {
+                        samples.push(p);
+                    }
+                    next += Duration::from_secs(1);
                 }
-                if let Ok(p) = floor::loopback_rtt(value_size, UNDER_LOAD_ROUND_TRIPS, spin) {
-                    samples.push(p);
-                }
-                next += Duration::from_secs(1);
-            }
-        });
+            })
+            .expect("spawn the under-load floor probe");
         UnderLoadProbe { stop, thread }
     }
 

@@ -17,7 +17,7 @@ use crate::protocol::{
 pub const MAGIC: u32 = u32::from_le_bytes(*b"MPAX");
 /// Bumped on any incompatible change of these types; a peer or client with another version is
 /// refused with [`ErrorCode::Version`].
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// The group a key belongs to: FNV-1a 64 of the key, modulo the group count. Clients and
 /// servers must agree on this function; changing it is a protocol version bump.
 pub fn group_of(key: &[u8], groups: u32) -> u32 {

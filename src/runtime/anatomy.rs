@@ -57,6 +57,9 @@ pub const FOLLOWER_STAMPS: usize = 4;
 /// change) must not accumulate.
 const SLOTS_MAX: usize = 4096;
 
+/// A traced slot this far below the newest applied one is not waited for any more.
+const STALE_SLOTS: Slot = 10_000;
+
 #[derive(Clone, Debug, Default)]
 struct SlotTrace {
     /// This replica's Accept write of the slot.
@@ -111,11 +114,23 @@ impl Tracer {
     }
 
     pub fn add_pending(&mut self, id: (u64, u64)) {
+        if self.pending.len() >= SLOTS_MAX {
+            // Writes that were never placed (a lost leadership not noticed yet): drop the
+            // oldest rather than grow.
+            self.pending.pop_first();
+        }
         self.pending.insert(id);
     }
 
     pub fn forget_pending(&mut self, id: (u64, u64)) {
-        self.pending.remove(&id);
+        if !self.pending.is_empty() {
+            self.pending.remove(&id);
+        }
+    }
+
+    /// This node gave up on every write it was asked for (it lost leadership).
+    pub fn clear_pending(&mut self) {
+        self.pending.clear();
     }
 
     /// Whether `id` is a traced write not yet placed in a slot.
@@ -249,10 +264,20 @@ impl Tracer {
     }
 
     /// `slot` was applied: a slot this replica proposed is done (its traced replies were
-    /// made); one it traces as a follower waits for its Accepted.
+    /// made); one it traces as a follower waits for its Accepted. Traces of slots far below it
+    /// (an Accept rejected, a slot applied elsewhere) are dropped, so a finished benchmark
+    /// leaves the tracer empty.
     pub fn applied(&mut self, slot: Slot) {
         if self.slots.get(&slot).is_some_and(|t| t.proposed != 0) {
             self.slots.remove(&slot);
+        }
+        let stale = slot.saturating_sub(STALE_SLOTS);
+        while self
+            .slots
+            .first_key_value()
+            .is_some_and(|(s, _)| *s < stale)
+        {
+            self.slots.pop_first();
         }
     }
 }

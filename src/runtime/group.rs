@@ -102,6 +102,13 @@ fn timer_instant(at: Nanos) -> Nanos {
     at
 }
 
+/// Whether a readiness event says the peer closed its side or the socket failed: the data and
+/// the end of the stream may have arrived together, and a short read then does not mean there
+/// is nothing more to read (nginx's `pending_eof`).
+fn closed_hint(event: &mio::event::Event) -> bool {
+    event.is_read_closed() || event.is_error()
+}
+
 /// The node's disk: the WAL, wrapped by the disk-fault injector in test builds.
 #[cfg(not(feature = "fault-injection"))]
 type GroupDisk = Wal;
@@ -425,20 +432,20 @@ impl Group {
                 // (epoll's millisecond timeout is fine for that).
                 timeout = timeout.min(DISK_FALLBACK_NS);
             }
-            match self
+            let interrupted = match self
                 .poll
                 .poll(&mut events, Some(Duration::from_nanos(timeout)))
             {
-                Ok(()) => {}
+                Ok(()) => false,
                 // io_uring interrupts the wait to run its completion work (one per WAL write):
                 // no events were returned, and the turn below collects the completion. A
-                // SIGSTOP/SIGCONT also ends here; the clock tells it apart.
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // SIGCONT also ends here; the clock tells them apart (below).
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
                 Err(e) => {
                     tracing::error!(group = self.group, "event loop failed: {e}");
                     break;
                 }
-            }
+            };
             let woke = self.now();
             for event in events.iter() {
                 match event.token() {
@@ -447,9 +454,9 @@ impl Group {
                     WAL_EVENTS | WAKER => {}
                     TIMER => self.timer.clear(),
                     Token(t) if (PEER_OUT_BASE..CONN_BASE).contains(&t) => {
-                        self.on_peer_link_event(t - PEER_OUT_BASE, woke)
+                        self.on_peer_link_event(t - PEER_OUT_BASE, woke, closed_hint(event))
                     }
-                    Token(t) => self.on_conn_readable(t - CONN_BASE),
+                    Token(t) => self.on_conn_readable(t - CONN_BASE, closed_hint(event)),
                 }
             }
             // The thread was paused (SIGSTOP/SIGCONT, a VM or scheduler stall): the wait ended
@@ -458,7 +465,11 @@ impl Group {
             // expired meanwhile run, or a follower deposes a healthy leader: poll again, without
             // waiting, before this turn's timers. Once, so that a loaded host that always wakes
             // late still makes progress.
-            let paused = woke.saturating_sub(before) > timeout + PAUSE_NS;
+            // An interrupted wait that ran past a deadline is a pause too (a short stop): its
+            // timers must not run before the input that arrived meanwhile is read. An io_uring
+            // completion rarely lands past a deadline, so it does not pay for a recheck.
+            let paused =
+                woke.saturating_sub(before) > timeout + PAUSE_NS || (interrupted && woke >= due);
             if paused && !recheck {
                 recheck = true;
                 continue;
@@ -504,6 +515,7 @@ impl Group {
         // disk that fails now leaves answers for the waiting clients.
         if self.node.submit_disk(self.now()) {
             self.send_output(now);
+            self.publish();
             self.flush_all();
         }
     }
@@ -571,10 +583,7 @@ impl Group {
     /// (its stamps).
     fn peer_trace(&mut self, env: &Envelope) -> Option<Vec<u64>> {
         match &env.msg {
-            Message::Accept { slot, .. } if self.node.tracer().is_traced(*slot) => {
-                self.accepts_traced.push(*slot);
-                Some(Vec::new())
-            }
+            Message::Accept { slot, .. } if self.node.tracer().is_traced(*slot) => Some(Vec::new()),
             Message::Accepted { slot, .. } if self.node.tracer().is_traced(*slot) => {
                 let now = self.now();
                 self.node
@@ -586,7 +595,8 @@ impl Group {
         }
     }
 
-    /// Sends a traced slot's message (never cached: it is one of few).
+    /// Sends a traced slot's message (never cached: it is one of few), under the same limits
+    /// as [`Group::send_peer`].
     fn send_peer_traced(&mut self, now: Nanos, env: Envelope, stamps: Vec<u64>) {
         let to = env.to as usize;
         let Some(link) = self.peers.get_mut(to) else {
@@ -595,18 +605,31 @@ impl Group {
         let Some(conn) = link.conn.as_mut() else {
             return;
         };
+        if conn.unsent() > PEER_OUT_MAX_BYTES {
+            return;
+        }
         let frame = PeerFrame::Traced {
             msg: wire::message_to_wire(&env.msg),
             stamps,
         };
         let mut bytes = Vec::new();
         if self.encoder.encode(&frame, &mut bytes) == 0 {
+            tracing::warn!(
+                group = self.group,
+                kind = env.msg.kind(),
+                "dropping a peer message over the frame limit"
+            );
             return;
         }
         if link.delay_ns > 0 {
             link.delayed.push_back((now + link.delay_ns, bytes));
         } else {
             conn.out().extend_from_slice(&bytes);
+        }
+        if let Message::Accept { slot, .. } = env.msg {
+            if self.accepts_traced.last() != Some(&slot) {
+                self.accepts_traced.push(slot);
+            }
         }
     }
 
@@ -729,7 +752,7 @@ impl Group {
         link.backoff_ms = (link.backoff_ms * 2).min(RECONNECT_MAX_MS);
     }
 
-    fn on_peer_link_event(&mut self, id: usize, now: Nanos) {
+    fn on_peer_link_event(&mut self, id: usize, now: Nanos, closed: bool) {
         let Some(link) = self.peers.get_mut(id) else {
             return;
         };
@@ -777,7 +800,7 @@ impl Group {
                     return;
                 }
             }
-            if matches!(status, ReadStatus::Drained) {
+            if matches!(status, ReadStatus::Drained) && !closed {
                 break;
             }
         }
@@ -872,7 +895,9 @@ impl Group {
         }
     }
 
-    fn on_conn_readable(&mut self, idx: usize) {
+    /// `closed`: the event said the other side closed (or the socket failed): read until the
+    /// end of the stream even after a short read, or the close is never seen.
+    fn on_conn_readable(&mut self, idx: usize, closed: bool) {
         loop {
             let Some(slot) = self.conns.get_mut(idx).and_then(|s| s.as_mut()) else {
                 return;
@@ -891,6 +916,7 @@ impl Group {
             }
             match status {
                 ReadStatus::Data => continue,
+                ReadStatus::Drained if closed => continue,
                 ReadStatus::Drained | ReadStatus::WouldBlock => {
                     self.mark_dirty(idx);
                     return;

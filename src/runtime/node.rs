@@ -790,6 +790,7 @@ impl<D: Disk> Node<D> {
                 self.answer_with(waiter, outcome, |s| s[stamp::READ_READY] = at);
             }
             for d in ready.dropped {
+                self.tracer.forget_pending((d.client_id, d.seq));
                 if let Some(waiter) = self.pending_writes.remove(&(d.client_id, d.seq)) {
                     self.metrics.proposals_failed_total.inc();
                     self.answer(waiter, Outcome::NotLeader { leader: d.leader });
@@ -1178,6 +1179,7 @@ impl<D: Disk> Node<D> {
             if let Some(waiter) = self.pending_writes.remove(&(cmd.client_id, cmd.seq)) {
                 let outcome = wire::outcome_from_reply(reply);
                 if waiter.traced_at != 0 {
+                    self.tracer.forget_pending((cmd.client_id, cmd.seq));
                     let at = self.tracer.stamp(now);
                     let tracer = std::mem::take(&mut self.tracer);
                     self.answer_with(waiter, outcome, |s| tracer.fill_write(slot, s, at));
@@ -1187,7 +1189,7 @@ impl<D: Disk> Node<D> {
                 }
             }
         }
-        if traced {
+        if self.tracer.active() {
             self.tracer.applied(slot);
         }
         if self.kv.lease_holders() != lease_holders {
@@ -1295,6 +1297,8 @@ impl<D: Disk> Node<D> {
     fn fail_waiting(&mut self, leader: Option<ReplicaId>) {
         let writes = std::mem::take(&mut self.pending_writes);
         let reads = std::mem::take(&mut self.pending_reads);
+        // Traced writes this node will not place in a slot any more.
+        self.tracer.clear_pending();
         for w in writes
             .into_values()
             .chain(reads.into_values().map(|(w, _)| w))
