@@ -520,7 +520,7 @@ pub fn table(s: &Summary) -> String {
     }
     let _ = writeln!(
         out,
-        "\nphysical floor (same run): loopback round trip p50 {:.1} us, 4 KiB O_DIRECT write+datasync p50 {:.1} us",
+        "\nphysical floor (same run): loopback round trip p50 {:.1} us, 4 KiB O_DIRECT durable write p50 {:.1} us",
         s.floor_rtt_us, s.floor_sync_write_us
     );
     if let Some(g) = s.floor_grpc_rtt_us {

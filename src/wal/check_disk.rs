@@ -1,6 +1,7 @@
 //! `mpaxos check disk`: what a durable commit costs on this disk (like `etcdctl check perf`).
 //!
-//! Owns: measuring the physical floor (one 4 KiB O_DIRECT write + fdatasync) and the WAL's
+//! Owns: measuring the physical floor (one 4 KiB O_DIRECT durable write, as `write` +
+//! `fdatasync` and as one `pwritev2(RWF_DSYNC)`, the faster of the two) and the WAL's
 //! group-commit latency and throughput for batches of 1/8/64/512 entries of 64 B and 1 KiB,
 //! through the backend `auto` picks (or the one asked for). Percentiles come from HdrHistograms.
 
@@ -194,8 +195,15 @@ pub struct DiskReport {
     pub backend: String,
     pub backend_reason: String,
     pub direct_io: bool,
+    /// The faster of the two ways to make a 4 KiB write durable (below), by p50.
     pub floor_sync_write_us_p50: u64,
     pub floor_sync_write_us_p99: u64,
+    /// `"write+fdatasync"` or `"pwritev2 RWF_DSYNC"`: which one the floor is.
+    pub floor_method: String,
+    /// Both, measured interleaved: `write` then `fdatasync`; one `pwritev2` with `RWF_DSYNC`
+    /// (what the WAL's io_uring backend does; FUA where the device has it).
+    pub floor_write_fdatasync_us_p50: u64,
+    pub floor_rwf_dsync_us_p50: u64,
     pub floor_iterations: u32,
     pub batches: Vec<BatchResult>,
     pub amortization_ratio: f64,
@@ -230,7 +238,8 @@ pub fn run(dir: &Path, opts: &DiskOptions) -> Result<DiskReport, WalError> {
 }
 
 /// The physical floor of a durable write on the disk under `dir`: one 4 KiB O_DIRECT (where
-/// supported) write + datasync at a time, `iterations` times. Latencies in microseconds.
+/// supported) durable write at a time, `iterations` times each as write + fdatasync and as
+/// `pwritev2(RWF_DSYNC)`, interleaved; the faster by p50. Latencies in microseconds.
 pub fn floor_sync_write(dir: &Path, iterations: u32) -> Result<Histogram<u64>, WalError> {
     let work = dir.join(format!("mpaxos-floor-{}", std::process::id()));
     let _ = fs::remove_dir_all(&work);
@@ -241,12 +250,15 @@ pub fn floor_sync_write(dir: &Path, iterations: u32) -> Result<Histogram<u64>, W
     let result = files::probe_direct_io(&work, DirectIo::Auto, false)
         .and_then(|direct| floor(&work, direct, iterations));
     let _ = fs::remove_dir_all(&work);
-    result.map(|(h, _)| h)
+    result.map(|f| f.faster().1.clone())
 }
 
 fn measure(dir: &Path, work: &Path, opts: &DiskOptions) -> Result<DiskReport, WalError> {
     let direct = files::probe_direct_io(work, DirectIo::Auto, false)?;
-    let (floor, floor_iters) = floor(work, direct, opts.iterations)?;
+    let floors = floor(work, direct, opts.iterations)?;
+    let floor_iters = floors.iterations;
+    let (floor_method, floor) = floors.faster();
+    let floor = floor.clone();
     let (backend, reason, batches) = wal_batches(work, opts.backend, opts.iterations)?;
     let mut by_backend = Vec::new();
     if opts.all_backends {
@@ -296,6 +308,9 @@ fn measure(dir: &Path, work: &Path, opts: &DiskOptions) -> Result<DiskReport, Wa
         direct_io: direct,
         floor_sync_write_us_p50: floor_p50,
         floor_sync_write_us_p99: floor.value_at_quantile(0.99),
+        floor_method: floor_method.to_string(),
+        floor_write_fdatasync_us_p50: floors.fdatasync.value_at_quantile(0.5),
+        floor_rwf_dsync_us_p50: floors.rwf_dsync.value_at_quantile(0.5),
         floor_iterations: floor_iters,
         amortization_ratio,
         targets,
@@ -305,7 +320,26 @@ fn measure(dir: &Path, work: &Path, opts: &DiskOptions) -> Result<DiskReport, Wa
 }
 
 /// One 4 KiB write + fdatasync at a time, at increasing offsets of a preallocated file.
-fn floor(work: &Path, direct: bool, iterations: u32) -> Result<(Histogram<u64>, u32), WalError> {
+/// The floor measured both ways (µs).
+struct Floors {
+    fdatasync: Histogram<u64>,
+    rwf_dsync: Histogram<u64>,
+    iterations: u32,
+}
+
+impl Floors {
+    /// The faster way by p50, and its name.
+    fn faster(&self) -> (&'static str, &Histogram<u64>) {
+        if self.rwf_dsync.value_at_quantile(0.5) < self.fdatasync.value_at_quantile(0.5) {
+            ("pwritev2 RWF_DSYNC", &self.rwf_dsync)
+        } else {
+            ("write+fdatasync", &self.fdatasync)
+        }
+    }
+}
+
+fn floor(work: &Path, direct: bool, iterations: u32) -> Result<Floors, WalError> {
+    use std::os::fd::AsRawFd;
     const SECTORS: u64 = 1024;
     let path = work.join("floor.dat");
     {
@@ -317,18 +351,54 @@ fn floor(work: &Path, direct: bool, iterations: u32) -> Result<(Histogram<u64>, 
     let mut buf = AlignedBuf::new(SECTOR_BYTES);
     buf.as_full_mut().fill(0x5A);
     buf.set_len(SECTOR_BYTES);
-    let mut h = histogram();
+    let (mut fdatasync, mut rwf_dsync) = (histogram(), histogram());
+    let dsync_write = |offset: u64| -> std::io::Result<()> {
+        let iov = libc::iovec {
+            iov_base: buf.as_slice().as_ptr() as *mut libc::c_void,
+            iov_len: SECTOR_BYTES,
+        };
+        // SAFETY: one iovec over a live, aligned buffer we own, on an open descriptor.
+        let n = unsafe {
+            libc::pwritev2(
+                f.as_raw_fd(),
+                &iov,
+                1,
+                offset as libc::off_t,
+                libc::RWF_DSYNC,
+            )
+        };
+        match n {
+            n if n == SECTOR_BYTES as isize => Ok(()),
+            n if n < 0 => Err(std::io::Error::last_os_error()),
+            _ => Err(std::io::ErrorKind::WriteZero.into()),
+        }
+    };
     for i in 0..iterations as u64 + 10 {
+        // Interleaved, on separate halves of the file, so both see the same disk moment.
+        let a = (i % (SECTORS / 2)) * SECTOR_BYTES as u64;
+        let b = a + (SECTORS / 2) * SECTOR_BYTES as u64;
         let t = Instant::now();
-        f.write_all_at(buf.as_slice(), (i % SECTORS) * SECTOR_BYTES as u64)
+        f.write_all_at(buf.as_slice(), a)
             .and_then(|()| f.sync_data())
             .map_err(|e| io_err("writing", &path, e))?;
+        let t_fdatasync = t.elapsed();
+        let t = Instant::now();
+        dsync_write(b).map_err(|e| io_err("writing (RWF_DSYNC)", &path, e))?;
+        let t_dsync = t.elapsed();
         if i >= 10 {
-            h.record(t.elapsed().as_micros().max(1) as u64)
+            fdatasync
+                .record(t_fdatasync.as_micros().max(1) as u64)
+                .expect("in range");
+            rwf_dsync
+                .record(t_dsync.as_micros().max(1) as u64)
                 .expect("in range");
         }
     }
-    Ok((h, iterations))
+    Ok(Floors {
+        fdatasync,
+        rwf_dsync,
+        iterations,
+    })
 }
 
 fn iterations_for(batch_bytes: u64, iterations: u32) -> u32 {
@@ -419,8 +489,13 @@ pub fn render_table(r: &DiskReport) -> String {
     );
     let _ = writeln!(
         s,
-        "floor (4 KiB write + fdatasync): p50 {} us, p99 {} us ({} writes)",
-        r.floor_sync_write_us_p50, r.floor_sync_write_us_p99, r.floor_iterations
+        "floor (4 KiB durable write, {}): p50 {} us, p99 {} us ({} writes each way; write+fdatasync p50 {} us, pwritev2 RWF_DSYNC p50 {} us)",
+        r.floor_method,
+        r.floor_sync_write_us_p50,
+        r.floor_sync_write_us_p99,
+        r.floor_iterations,
+        r.floor_write_fdatasync_us_p50,
+        r.floor_rwf_dsync_us_p50
     );
     let mut table = |title: &str, batches: &[BatchResult]| {
         let _ = writeln!(s, "\n{title}");
