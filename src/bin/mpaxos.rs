@@ -204,7 +204,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
         sim::run_range(&range, &report)
     };
     eprintln!(
-        "replicas={} first_seed={} ops_completed={} crashes={} cluster_crashes={} pauses={} disk_stalls={} disk_errors={} quorum_lease_seeds={} fast_paxos_seeds={} fast_chosen={} fast_collisions={} follower_reads={} leader_splits={} handoffs={}/{} snapshots={} snapshots_installed={} lease_config_changes={} elapsed_s={:.1}",
+        "replicas={} first_seed={} ops_completed={} crashes={} cluster_crashes={} pauses={} disk_stalls={} disk_errors={} quorum_lease_seeds={} fast_paxos_seeds={} fast_chosen={} fast_collisions={} fast_held={} fast_late={} follower_reads={} leader_splits={} handoffs={}/{} snapshots={} snapshots_installed={} lease_config_changes={} elapsed_s={:.1}",
         args.replicas,
         args.seed,
         summary.ops_completed,
@@ -217,6 +217,8 @@ fn run_sim(args: SimArgs) -> ExitCode {
         summary.fast_paxos_seeds,
         summary.fast_chosen,
         summary.fast_collisions,
+        summary.fast_held,
+        summary.fast_late,
         summary.follower_reads,
         summary.leader_splits,
         summary.handoff_second_halves,

@@ -17,7 +17,7 @@ use crate::protocol::{
 pub const MAGIC: u32 = u32::from_le_bytes(*b"MPAX");
 /// Bumped on any incompatible change of these types; a peer or client with another version is
 /// refused with [`ErrorCode::Version`].
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// The group a key belongs to: FNV-1a 64 of the key, modulo the group count. Clients and
 /// servers must agree on this function; changing it is a protocol version bump.
 pub fn group_of(key: &[u8], groups: u32) -> u32 {
@@ -258,6 +258,11 @@ pub struct Request {
     pub client_id: u64,
     pub seq: u64,
     pub op: Op,
+    /// Fast Paxos writes: when the client expects this request at its `Qf`-th nearest replica,
+    /// in ns on CLOCK_BOOTTIME (the servers' clock; on one host all processes share it). An
+    /// acceptor holds the write until then and votes held writes in deadline order
+    /// (docs/internals/protocol.md §11, "Ordering proposals"). 0: none (vote at arrival).
+    pub fast_deadline_ns: u64,
 }
 
 /// Client → server.

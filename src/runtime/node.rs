@@ -513,7 +513,7 @@ impl<D: Disk> Node<D> {
                 match self.check_lease_holders(*group, *holders) {
                     Ok(()) => {
                         let op = kv::Op::LeaseHolders { holders: *holders };
-                        self.propose_write(now, waiter, (req.client_id, req.seq), op);
+                        self.propose_write(now, waiter, (req.client_id, req.seq), op, 0);
                     }
                     Err(reason) => self.answer_now(waiter, Outcome::Invalid { reason }),
                 }
@@ -561,11 +561,20 @@ impl<D: Disk> Node<D> {
                 return;
             }
         }
-        self.propose_write(now, waiter, (req.client_id, req.seq), op);
+        let deadline = req.fast_deadline_ns;
+        self.propose_write(now, waiter, (req.client_id, req.seq), op, deadline);
     }
 
-    /// Proposes a client's write (exactly once per `(client id, seq)`).
-    fn propose_write(&mut self, now: Nanos, waiter: Waiter, id: (u64, u64), op: kv::Op) {
+    /// Proposes a client's write (exactly once per `(client id, seq)`). `deadline`: the
+    /// request's Fast Paxos deadline (`Replica::propose_by`; 0: none).
+    fn propose_write(
+        &mut self,
+        now: Nanos,
+        waiter: Waiter,
+        id: (u64, u64),
+        op: kv::Op,
+        deadline: Nanos,
+    ) {
         let command = Command {
             client_id: id.0,
             seq: id.1,
@@ -581,7 +590,7 @@ impl<D: Disk> Node<D> {
             // propose it again. Vote for it again: if both votes end up chosen, the
             // exactly-once table applies it once.
             if self.cfg.protocol.protocol == protocol::ProtocolMode::FastPaxos
-                && self.replica.propose(now, command).is_err()
+                && self.replica.propose_by(now, command, deadline).is_err()
             {
                 self.metrics.proposals_failed_total.inc();
             }
@@ -592,7 +601,7 @@ impl<D: Disk> Node<D> {
             self.answer_now(waiter, Outcome::Busy);
             return;
         }
-        match self.replica.propose(now, command) {
+        match self.replica.propose_by(now, command, deadline) {
             Ok(()) => {
                 self.pending_writes.insert(id, waiter);
                 self.bump_waiting(waiter.conn, 1);
@@ -1154,6 +1163,8 @@ impl<D: Disk> Node<D> {
                 .inc_by(f.recovery_ns_total.saturating_sub(last.recovery_ns_total) as f64 / 1e9);
             m.fast_mode_switches_total
                 .inc_by(f.mode_switches.saturating_sub(last.mode_switches));
+            m.fast_held_total.inc_by(f.held.saturating_sub(last.held));
+            m.fast_late_total.inc_by(f.late.saturating_sub(last.late));
             if f.mode_switches != last.mode_switches {
                 // Opened: this leader's fast round is open now. Closed: it is re-running phase 1
                 // for classic rounds (fewer than a fast quorum answered).

@@ -184,6 +184,17 @@ pub struct ClusterConfig {
     /// notice, or `"forward"` it to the leader at once (docs/internals/protocol.md §8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_pending: Option<crate::protocol::LeasePending>,
+    /// With `protocol = "fast-paxos"`: how acceptors order concurrent client writes:
+    /// `"deadline"` (default; hold each until the deadline its client stamped, then vote in
+    /// deadline order, so acceptors agree on slots) or `"arrival"` (vote at once; concurrent
+    /// writes collide when acceptors receive them in different orders). Performance only
+    /// (docs/internals/protocol.md §11, "Ordering proposals").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_order: Option<crate::protocol::FastOrder>,
+    /// With `fast_order = "deadline"`: a held write is voted this many µs after its deadline
+    /// (absorbs delivery and scheduling jitter). Unset: 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_order_margin_us: Option<u64>,
     /// Each group snapshots its state machine once this many slots were applied since its
     /// last snapshot (0: never by count); the log below a durable snapshot is released.
     #[serde(default = "default_snapshot_every_entries")]
@@ -413,6 +424,13 @@ impl ClusterConfig {
                 ));
             }
         }
+        if (self.fast_order.is_some() || self.fast_order_margin_us.is_some())
+            && self.protocol() != ProtocolMode::FastPaxos
+        {
+            return Err(
+                "fast_order and fast_order_margin_us need protocol = \"fast-paxos\"".into(),
+            );
+        }
         if self.lease_pending.is_some() && self.read_mode() != ReadMode::QuorumLease {
             return Err("lease_pending needs read_mode = \"quorum-lease\"".into());
         }
@@ -499,7 +517,7 @@ impl ClusterConfig {
 
     pub fn settings_digest(&self) -> u64 {
         let t = &self.timeouts;
-        let fields = [
+        let mut fields = vec![
             t.heartbeat_ms,
             t.election_timeout_min_ms,
             t.election_timeout_max_ms,
@@ -511,6 +529,12 @@ impl ClusterConfig {
             self.lease_holder_set().bits(),
             self.protocol().code(),
         ];
+        if self.protocol() == ProtocolMode::FastPaxos {
+            // Acceptors must order alike for the ordering to help (never for safety).
+            let p = crate::protocol::Config::new(0, 1);
+            fields.push(self.fast_order.unwrap_or(p.fast_order).code());
+            fields.push(self.fast_order_margin_us.unwrap_or(p.fast_order_margin_us));
+        }
         // FNV-1a: stable across builds and platforms, unlike std's hasher.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for f in fields {
@@ -585,6 +609,8 @@ impl ClusterConfig {
             read_mode: None,
             lease_holders: None,
             lease_pending: None,
+            fast_order: None,
+            fast_order_margin_us: None,
             snapshot_every_entries: default_snapshot_every_entries(),
             snapshot_every_bytes: default_snapshot_every_bytes(),
             snapshot_trail_slots: default_snapshot_trail_slots(),

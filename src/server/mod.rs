@@ -69,6 +69,12 @@ pub fn protocol_config(cfg: &ClusterConfig, id: u32, group: u32) -> protocol::Co
     }
     p.clock_drift_percent = cfg.timeouts.clock_drift_percent;
     p.protocol = cfg.protocol();
+    if let Some(order) = cfg.fast_order {
+        p.fast_order = order;
+    }
+    if let Some(margin) = cfg.fast_order_margin_us {
+        p.fast_order_margin_us = margin;
+    }
     p.read_mode = cfg.read_mode();
     p.lease_holders = cfg.lease_holder_set();
     p.lease_pending = cfg.lease_pending.unwrap_or_default();

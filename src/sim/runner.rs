@@ -43,6 +43,9 @@ pub struct RangeSummary {
     pub fast_paxos_seeds: u64,
     pub fast_chosen: u64,
     pub fast_collisions: u64,
+    /// Fast Paxos client proposals held until their deadline, and voted past it.
+    pub fast_held: u64,
+    pub fast_late: u64,
     /// Snapshots made durable, and installed from a peer (transfers completed).
     pub snapshots: u64,
     pub snapshots_installed: u64,
@@ -100,6 +103,8 @@ pub fn run_range(range: &SeedRange, on_failure: &(dyn Fn(&SimOutcome) + Sync)) -
                 }
                 s.fast_chosen += outcome.stats.fast_chosen;
                 s.fast_collisions += outcome.stats.fast_collisions;
+                s.fast_held += outcome.stats.fast_held;
+                s.fast_late += outcome.stats.fast_late;
                 s.disk_stalls += outcome.stats.disk_stalls;
                 s.disk_errors += outcome.stats.disk_errors;
                 if !outcome.violations.is_empty() {
