@@ -196,6 +196,7 @@ pub enum WMessage {
     },
     FastPropose {
         command: WCommand,
+        deadline: u64,
     },
     FastFill {
         ballot: WBallot,
@@ -586,12 +587,13 @@ pub fn message_to_wire(m: &Message) -> WMessage {
             slot: *slot,
             value: value_to_wire(value),
         },
-        Message::FastPropose { command } => WMessage::FastPropose {
+        Message::FastPropose { command, deadline } => WMessage::FastPropose {
             command: WCommand {
                 client_id: command.client_id,
                 seq: command.seq,
                 payload: command.payload.clone(),
             },
+            deadline: *deadline,
         },
         Message::FastFill { ballot, slot } => WMessage::FastFill {
             ballot: (*ballot).into(),
@@ -739,12 +741,13 @@ pub fn message_from_archived(m: &ArchivedWMessage) -> Message {
             slot: slot.to_native(),
             value: value_from_archived(value),
         },
-        ArchivedWMessage::FastPropose { command } => Message::FastPropose {
+        ArchivedWMessage::FastPropose { command, deadline } => Message::FastPropose {
             command: Command {
                 client_id: command.client_id.to_native(),
                 seq: command.seq.to_native(),
                 payload: Bytes::copy_from_slice(command.payload.as_slice()),
             },
+            deadline: deadline.to_native(),
         },
         ArchivedWMessage::FastFill { ballot, slot } => Message::FastFill {
             ballot: ballot.into(),

@@ -11,7 +11,7 @@
 //! as the slots it missed are decided (they enter its log).
 
 use super::{InjectedBug, NotLeader, Proposer, Replica, NS_PER_MS};
-use crate::protocol::fast::{self, ProtocolMode};
+use crate::protocol::fast::{self, FastOrder, ProtocolMode};
 use crate::protocol::message::{Message, PromiseEntry};
 use crate::protocol::types::{Ballot, Command, Nanos, ReplicaId, Slot, Value, Write};
 
@@ -60,6 +60,14 @@ impl Replica {
         self.fast_counters.held += 1;
         self.fast_held.insert(key, command);
         Ok(())
+    }
+
+    /// The deadline this replica stamps on a `FastPropose` sent now (0 with `Arrival`).
+    pub(super) fn fast_propose_deadline(&self, now: Nanos) -> Nanos {
+        match self.cfg.fast_order {
+            FastOrder::Deadline => now + self.cfg.fast_propose_ahead_us * super::NS_PER_US,
+            FastOrder::Arrival => 0,
+        }
     }
 
     /// When the first held proposal is due (deadline + margin).
@@ -362,8 +370,9 @@ impl Replica {
         self.fast_counters.mode_switches += 1;
         let queued: Vec<Command> = self.queue.drain(..).map(|(_, c)| c).collect();
         self.queue_bytes = 0;
+        let deadline = self.fast_propose_deadline(now);
         for command in queued {
-            self.broadcast(Message::FastPropose { command });
+            self.broadcast(Message::FastPropose { command, deadline });
         }
         self.send_heartbeats(now);
     }
@@ -448,8 +457,9 @@ impl Replica {
             .into_iter()
             .filter(|c| !self.tally.votes_elsewhere(slot, c, undecided))
             .collect();
+        let deadline = self.fast_propose_deadline(now);
         for command in resend {
-            self.broadcast(Message::FastPropose { command });
+            self.broadcast(Message::FastPropose { command, deadline });
         }
     }
 }

@@ -209,6 +209,11 @@ pub struct Config {
     /// deadline (it absorbs the jitter of delivery and processing; every acceptor uses the
     /// same value, so it does not change the order).
     pub fast_order_margin_us: u64,
+    /// Fast Paxos, `FastOrder::Deadline`: how far ahead this replica stamps the deadline of
+    /// a `FastPropose` (its own commands, the losers of a collision): its estimate of the
+    /// one-way delay to its `Qf`-th nearest acceptor, itself included (the server derives it
+    /// from the placement; 0 without one).
+    pub fast_propose_ahead_us: u64,
     pub inject_bug: Option<InjectedBug>,
 }
 
@@ -237,6 +242,7 @@ impl Config {
             protocol: ProtocolMode::MultiPaxos,
             fast_order: FastOrder::Deadline,
             fast_order_margin_us: 1_000,
+            fast_propose_ahead_us: 0,
             inject_bug: None,
         }
     }
@@ -764,6 +770,18 @@ impl Replica {
         self.propose(now, command)
     }
 
+    /// A command of this replica's own (the leader's clock, a lease configuration): with the
+    /// fast round open it goes to every acceptor as a `FastPropose` (itself included), like a
+    /// client's write, so they all vote for it; otherwise as [`Replica::propose`].
+    pub fn propose_own(&mut self, now: Nanos, command: Command) -> Result<(), NotLeader> {
+        if self.fatal.is_none() && self.fast_open_now().is_some() {
+            let deadline = self.fast_propose_deadline(now);
+            self.broadcast(Message::FastPropose { command, deadline });
+            return Ok(());
+        }
+        self.propose(now, command)
+    }
+
     /// Starts a linearizable read with caller-chosen `id`. Its outcome appears in a later
     /// `Ready::reads`; the read must then be served after applying that Ready's `committed`.
     pub fn read_index(&mut self, now: Nanos, id: u64) -> Result<(), NotLeader> {
@@ -1132,10 +1150,10 @@ impl Replica {
                 slot,
                 value,
             } => self.on_voted(now, from, ballot, slot, value),
-            Message::FastPropose { command } => {
+            Message::FastPropose { command, deadline } => {
                 // A refusal (fast rounds closed here, or the window full) drops it: the
                 // client's own copy or retry carries the command on.
-                let _ = self.propose(now, command);
+                let _ = self.propose_by(now, command, deadline);
             }
             Message::FastFill { ballot, slot } => self.on_fast_fill(now, from, ballot, slot),
             Message::CatchupRequest {
