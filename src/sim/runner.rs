@@ -15,6 +15,8 @@ pub struct SeedRange {
     pub inject_bug: Option<InjectedBug>,
     /// Every seed with quorum leases (`SimConfig::quorum_leases`).
     pub quorum_leases: bool,
+    /// Every seed with this protocol (`SimConfig::protocol`).
+    pub protocol: Option<crate::protocol::ProtocolMode>,
     /// Worker threads; seeds are independent, so this changes nothing but the wall time.
     pub jobs: usize,
 }
@@ -78,6 +80,7 @@ pub fn run_range(range: &SeedRange, on_failure: &(dyn Fn(&SimOutcome) + Sync)) -
                     seed: range.first_seed + i,
                     inject_bug: range.inject_bug,
                     quorum_leases: range.quorum_leases,
+                    protocol: range.protocol,
                 });
                 if !outcome.violations.is_empty() {
                     on_failure(&outcome);

@@ -58,6 +58,9 @@ pub struct SimConfig {
     pub inject_bug: Option<InjectedBug>,
     /// Every seed runs with quorum leases (`mpaxos sim --quorum-leases`), and Multi-Paxos.
     pub quorum_leases: bool,
+    /// Every seed runs this protocol (`mpaxos sim --protocol`); `None`: a quarter of the seeds
+    /// run Fast Paxos (derived from the seed). `quorum_leases` and an injected bug win.
+    pub protocol: Option<ProtocolMode>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -2412,6 +2415,9 @@ pub fn protocol_mode(cfg: &SimConfig) -> ProtocolMode {
         Some(b) if b.needs_fast_paxos() => return ProtocolMode::FastPaxos,
         Some(_) => return ProtocolMode::MultiPaxos,
         None => {}
+    }
+    if let Some(p) = cfg.protocol {
+        return p;
     }
     let mut x = cfg.seed ^ 0x2545_f491_4f6c_dd1d;
     x = (x ^ (x >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
