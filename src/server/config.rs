@@ -775,6 +775,38 @@ mod tests {
     }
 
     #[test]
+    fn fast_order_parses_needs_fast_paxos_and_is_in_the_digest() {
+        let cfg = ClusterConfig::local(3, 1, Path::new("/tmp/x"), 7000);
+        let text = cfg.to_toml();
+        let fast: ClusterConfig =
+            toml::from_str(&format!("protocol = \"fast-paxos\"\n{text}")).unwrap();
+        let arrival: ClusterConfig = toml::from_str(&format!(
+            "protocol = \"fast-paxos\"\nfast_order = \"arrival\"\nfast_order_margin_us = 500\n{text}"
+        ))
+        .unwrap();
+        assert_eq!(
+            arrival.fast_order,
+            Some(crate::protocol::FastOrder::Arrival)
+        );
+        arrival.validate().unwrap();
+        // Acceptors must order alike: the digest differs.
+        assert_ne!(arrival.settings_digest(), fast.settings_digest());
+        let mut explicit = fast.clone();
+        explicit.fast_order = Some(crate::protocol::FastOrder::Deadline);
+        assert_eq!(
+            explicit.settings_digest(),
+            fast.settings_digest(),
+            "the default"
+        );
+        let p = crate::server::protocol_config(&arrival, 0, 0);
+        assert_eq!(p.fast_order, crate::protocol::FastOrder::Arrival);
+        assert_eq!(p.fast_order_margin_us, 500);
+        let mut multi = cfg.clone();
+        multi.fast_order = Some(crate::protocol::FastOrder::Arrival);
+        assert!(multi.validate().unwrap_err().contains("fast_order"));
+    }
+
+    #[test]
     fn protocol_parses_and_is_in_the_digest() {
         let cfg = ClusterConfig::local(3, 1, Path::new("/tmp/x"), 7000);
         assert_eq!(cfg.protocol(), ProtocolMode::MultiPaxos);
