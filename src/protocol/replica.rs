@@ -760,6 +760,10 @@ impl Replica {
         command: Command,
         deadline: Nanos,
     ) -> Result<(), NotLeader> {
+        // Held writes already due go first: a write voted at once (late, or without a
+        // deadline) must not overtake them (a thread that was not scheduled for a while reads
+        // requests before it runs its timers).
+        self.release_fast_held(now);
         if self.fatal.is_none()
             && deadline > 0
             && self.cfg.fast_order == FastOrder::Deadline
