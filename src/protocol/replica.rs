@@ -774,7 +774,7 @@ impl Replica {
         self.propose(now, command)
     }
 
-    /// A command of this replica's own (the leader's clock, a lease configuration): with the
+    /// A command of this replica's own (the leader's clock command): with the
     /// fast round open it goes to every acceptor as a `FastPropose` (itself included), like a
     /// client's write, so they all vote for it; otherwise as [`Replica::propose`].
     pub fn propose_own(&mut self, now: Nanos, command: Command) -> Result<(), NotLeader> {
