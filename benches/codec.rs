@@ -67,6 +67,7 @@ fn put_request() -> ClientFrame {
             key: key(0),
             value: value(),
         },
+        fast_deadline_ns: 0,
     })
 }
 

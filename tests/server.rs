@@ -695,6 +695,7 @@ fn half_closed_client_gets_its_answers() {
             client_id: 0xfeed,
             seq,
             op,
+            fast_deadline_ns: 0,
         }))
     };
     let mut bytes = encode_frame(&ClientFrame::Hello(Hello::new(0, CLIENT_ID_NONE, 0)));

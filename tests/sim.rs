@@ -29,6 +29,7 @@ fn assert_seeds_pass(replicas: u32, first_seed: u64, seeds: u64) {
         seeds,
         inject_bug: None,
         quorum_leases: false,
+        protocol: None,
         jobs: jobs(),
     };
     let summary = sim::run_range(&range, &|_| {});
@@ -93,6 +94,7 @@ fn same_seed_same_trace() {
             seed: 4242,
             inject_bug: None,
             quorum_leases: false,
+            protocol: None,
         };
         let a = sim::run(&cfg);
         let b = sim::run(&cfg);
@@ -121,6 +123,7 @@ fn first_violation(replicas: u32, bug: InjectedBug, seeds_max: u64) -> Option<u6
             seeds: chunk.min(seeds_max - first),
             inject_bug: Some(bug),
             quorum_leases: false,
+            protocol: None,
             jobs: jobs(),
         };
         let summary = sim::run_range(&range, &|_| {});

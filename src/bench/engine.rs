@@ -714,6 +714,24 @@ impl Engine {
         self.send_attempt(session, now);
     }
 
+    /// Fast Paxos: the deadline a write sent now carries (`Request::fast_deadline_ns`, on
+    /// CLOCK_BOOTTIME, the servers' clock): now + the placement's one-way delay from this
+    /// client to its `Qf`-th nearest replica (0 without a placement: on loopback the servers'
+    /// `fast_order_margin_us` alone orders).
+    fn fast_deadline_ns(&self, client: usize) -> u64 {
+        let replicas = self.cfg.topology.replicas.len();
+        let mut one_way: Vec<u64> = match &self.cfg.placement {
+            Some(p) => (0..replicas)
+                .map(|r| p.one_way_ns(&self.clients[client].region, p.replica_region(r)))
+                .collect(),
+            None => vec![0; replicas],
+        };
+        one_way.sort_unstable();
+        let qf = crate::protocol::QuorumSpec::new(replicas.max(1) as u32).fast() as usize;
+        let est = one_way.get(qf.saturating_sub(1)).copied().unwrap_or(0);
+        crate::client::boottime_ns() + est
+    }
+
     fn send_attempt(&mut self, session: usize, now: u64) {
         let client = self.sessions[session].client;
         let (group, client_id) = {
@@ -788,11 +806,18 @@ impl Engine {
         busy.at_home = home.is_some();
         busy.fanned_out = fast_home.is_some();
         busy.tried_home |= fast_home.is_some();
+        let fast_deadline_ns = if fast_home.is_some() {
+            self.fast_deadline_ns(client)
+        } else {
+            0
+        };
+        let busy = self.sessions[session].busy.as_ref().expect("busy");
         let request = Request {
             id: req_id,
             client_id,
             seq: busy.seq,
             op: busy.op.clone(),
+            fast_deadline_ns,
         };
         let frame = if busy.traced {
             ClientFrame::TracedRequest(request)

@@ -76,6 +76,7 @@ pub fn loopback_rtt(
                     key: Bytes::from_static(b"k000000000000001"),
                     value: value.clone(),
                 },
+                fast_deadline_ns: 0,
             }),
             &mut out,
         );

@@ -81,6 +81,11 @@ pub struct BenchSpec {
     #[arg(long, value_enum, default_value_t = crate::protocol::ProtocolMode::MultiPaxos)]
     #[serde(default)]
     pub protocol: crate::protocol::ProtocolMode,
+    /// With `--protocol fast-paxos`: the local cluster's `fast_order` (acceptors vote
+    /// concurrent writes in client-deadline order, or at arrival). Unset: the default.
+    #[arg(long, value_enum)]
+    #[serde(default)]
+    pub fast_order: Option<crate::protocol::FastOrder>,
     /// Where clients send linearizable reads first: the leader, or their nearest replica
     /// (which serves them locally with quorum leases, else redirects to the leader).
     #[arg(long, value_enum, default_value_t = engine::ReadFrom::Leader)]
@@ -1070,6 +1075,9 @@ pub fn local_config(
     });
     if cfg.read_mode == Some(crate::protocol::ReadMode::QuorumLease) {
         cfg.lease_pending = spec.lease_pending;
+    }
+    if spec.protocol == crate::protocol::ProtocolMode::FastPaxos {
+        cfg.fast_order = spec.fast_order;
     }
     if let Some(p) = placement {
         cfg.placement = Some(std::path::absolute(&p.path).map_err(|e| e.to_string())?);

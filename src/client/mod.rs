@@ -218,6 +218,20 @@ const DISCOVERY_FIRST_PASS: Duration = Duration::from_millis(100);
 /// Status requests use ids of their own (the session's start at 1).
 const STATUS_ID_BASE: u64 = 1 << 63;
 
+/// CLOCK_BOOTTIME in ns, the clock of the servers' group threads (`runtime::group`), without
+/// a test build's clock fault: Fast Paxos deadlines are stamped on it.
+pub fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own; CLOCK_BOOTTIME exists on every Linux
+    // this runs on (2.6.39+).
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) failed");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 pub struct Client {
     opts: ClientOptions,
     topology: Topology,
@@ -225,6 +239,8 @@ pub struct Client {
     session: Session,
     /// The session's clock: nanoseconds since this instant.
     epoch: Instant,
+    /// CLOCK_BOOTTIME at `epoch`: Fast Paxos deadlines go out on the servers' clock.
+    epoch_boottime_ns: u64,
     next_status_id: u64,
     encoder: FrameEncoder,
     /// Retries made (a redirect, a timeout, a busy server), for the load generator.
@@ -330,6 +346,7 @@ impl Client {
             links: HashMap::new(),
             session: Session::new(SessionConfig::new(client_id, 1, 1)),
             epoch: Instant::now(),
+            epoch_boottime_ns: boottime_ns(),
             next_status_id: STATUS_ID_BASE,
             encoder,
             retries: 0,
@@ -444,7 +461,11 @@ impl Client {
         while let Some(t) = self.session.poll_transmit() {
             let budget = self.handshake_budget(t.replica);
             let request_id = t.request.id;
-            let frame = ClientFrame::Request(t.request);
+            let mut request = t.request;
+            if request.fast_deadline_ns > 0 {
+                request.fast_deadline_ns += self.epoch_boottime_ns;
+            }
+            let frame = ClientFrame::Request(request);
             let mut enc = std::mem::take(&mut self.encoder);
             let sent = match self.link(t.replica, t.group, budget) {
                 Err(e) => Err((false, e)),

@@ -100,7 +100,8 @@ pub struct SessionConfig {
     /// other replica (they vote for it in the fast round), and the first attempt's primary is
     /// this replica — the nearest, whose answer the client expects first. Any definite answer
     /// completes the write (every replica applies the same log; replies of the others are
-    /// usually later). `None`: writes go to the leader only.
+    /// usually later). `None`: writes go to the leader only. Each such attempt carries a
+    /// deadline ([`Session::fast_deadline`]) by which acceptors order concurrent writes.
     pub fast_write_via: Option<u32>,
     /// Seeds the backoff jitter.
     pub seed: u64,
@@ -202,6 +203,9 @@ pub struct SessionStats {
 struct Rtt {
     srtt: Nanos,
     rttvar: Nanos,
+    /// The least round trip seen (Fast Paxos deadlines: the network part of a round trip,
+    /// without the server's queueing or a write's consensus).
+    min: Nanos,
     samples: u64,
     /// RTO doublings since the last sample (consecutive timeouts).
     shift: u32,
@@ -212,7 +216,9 @@ impl Rtt {
         if self.samples == 0 {
             self.srtt = r;
             self.rttvar = r / 2;
+            self.min = r;
         } else {
+            self.min = self.min.min(r);
             self.rttvar = (3 * self.rttvar + self.srtt.abs_diff(r)) / 4;
             self.srtt = (7 * self.srtt + r) / 8;
         }
@@ -424,6 +430,35 @@ impl Session {
             .max(1)
     }
 
+    /// Fast Paxos: the deadline a write sent at `now` carries (`Request::fast_deadline_ns`, on
+    /// the caller's clock): `now` + the estimated one-way delay to the `Qf`-th nearest replica,
+    /// each replica's being half the least round trip observed to it (a replica not heard from
+    /// counts as the nearest one heard from; before any answer, 0). Acceptors hold a write
+    /// until then and vote held writes in deadline order (docs/internals/protocol.md §11).
+    pub fn fast_deadline(&self, now: Nanos) -> Nanos {
+        let known = self
+            .replicas
+            .iter()
+            .filter(|r| r.rtt.samples > 0)
+            .map(|r| r.rtt.min)
+            .min();
+        let mut one_way: Vec<Nanos> = self
+            .replicas
+            .iter()
+            .map(|r| {
+                if r.rtt.samples > 0 {
+                    r.rtt.min / 2
+                } else {
+                    known.unwrap_or(0) / 2
+                }
+            })
+            .collect();
+        one_way.sort_unstable();
+        let qf = crate::protocol::QuorumSpec::new(self.cfg.replicas.max(1)).fast() as usize;
+        let est = one_way.get(qf.saturating_sub(1)).copied().unwrap_or(0);
+        now.saturating_add(est).max(1)
+    }
+
     fn hedge_delay(&self, replica: u32) -> Nanos {
         let st = self.replicas[replica as usize].rtt;
         let est = if st.samples > 0 { st } else { self.global };
@@ -584,6 +619,11 @@ impl Session {
         self.next_request += 1;
         let rto = self.rto_ns(target);
         let hedge_delay = self.hedge_delay(target);
+        let fast_deadline_ns = if fast_write {
+            self.fast_deadline(now)
+        } else {
+            0
+        };
         let op = self.ops.get_mut(&id).expect("pending op");
         if !op.attempts.is_empty() && hedge_of.is_none() {
             self.stats.retries += 1;
@@ -614,6 +654,7 @@ impl Session {
                 client_id: op.client_id,
                 seq: op.seq,
                 op: op.op.clone(),
+                fast_deadline_ns,
             },
         });
         if fast_write {
@@ -639,6 +680,7 @@ impl Session {
                         client_id: op.client_id,
                         seq: op.seq,
                         op: op.op.clone(),
+                        fast_deadline_ns,
                     },
                 });
             }

@@ -196,6 +196,7 @@ pub enum WMessage {
     },
     FastPropose {
         command: WCommand,
+        deadline: u64,
     },
     FastFill {
         ballot: WBallot,
@@ -265,6 +266,11 @@ pub struct Request {
     pub client_id: u64,
     pub seq: u64,
     pub op: Op,
+    /// Fast Paxos writes: when the client expects this request at its `Qf`-th nearest replica,
+    /// in ns on CLOCK_BOOTTIME (the servers' clock; on one host all processes share it). An
+    /// acceptor holds the write until then and votes held writes in deadline order
+    /// (docs/internals/protocol.md §11, "Ordering proposals"). 0: none (vote at arrival).
+    pub fast_deadline_ns: u64,
 }
 
 /// Client → server.
@@ -598,12 +604,13 @@ pub fn message_to_wire(m: &Message) -> WMessage {
             slot: *slot,
             value: value_to_wire(value),
         },
-        Message::FastPropose { command } => WMessage::FastPropose {
+        Message::FastPropose { command, deadline } => WMessage::FastPropose {
             command: WCommand {
                 client_id: command.client_id,
                 seq: command.seq,
                 payload: command.payload.clone(),
             },
+            deadline: *deadline,
         },
         Message::FastFill { ballot, slot } => WMessage::FastFill {
             ballot: (*ballot).into(),
@@ -751,12 +758,13 @@ pub fn message_from_archived(m: &ArchivedWMessage) -> Message {
             slot: slot.to_native(),
             value: value_from_archived(value),
         },
-        ArchivedWMessage::FastPropose { command } => Message::FastPropose {
+        ArchivedWMessage::FastPropose { command, deadline } => Message::FastPropose {
             command: Command {
                 client_id: command.client_id.to_native(),
                 seq: command.seq.to_native(),
                 payload: Bytes::copy_from_slice(command.payload.as_slice()),
             },
+            deadline: deadline.to_native(),
         },
         ArchivedWMessage::FastFill { ballot, slot } => Message::FastFill {
             ballot: ballot.into(),

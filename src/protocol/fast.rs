@@ -68,6 +68,61 @@ impl std::fmt::Display for ProtocolMode {
     }
 }
 
+/// How an acceptor orders the fast-round proposals it receives (`fast_order` in
+/// `cluster.toml`, `--fast-order`; `docs/internals/protocol.md` §11, "Ordering proposals").
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum FastOrder {
+    /// Hold a proposal until its client-stamped deadline (+ `fast_order_margin_us`), then
+    /// vote the held ones in (deadline, client id, seq) order: acceptors that received a set
+    /// of proposals before their deadlines vote them into the same slots.
+    #[default]
+    Deadline,
+    /// Vote for a proposal as soon as it arrives (concurrent writes collide whenever
+    /// acceptors receive them in different orders).
+    Arrival,
+}
+
+impl FastOrder {
+    pub const ALL: [FastOrder; 2] = [FastOrder::Deadline, FastOrder::Arrival];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            FastOrder::Deadline => "deadline",
+            FastOrder::Arrival => "arrival",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<FastOrder> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// A stable number for settings digests.
+    pub fn code(self) -> u64 {
+        match self {
+            FastOrder::Deadline => 1,
+            FastOrder::Arrival => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for FastOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Fast Paxos counters of this incarnation (they restart at 0 with the replica).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FastCounters {
@@ -90,6 +145,11 @@ pub struct FastCounters {
     pub recovered: u64,
     /// Leader: fast rounds opened or closed.
     pub mode_switches: u64,
+    /// Client proposals this acceptor held until their deadline (`FastOrder::Deadline`).
+    pub held: u64,
+    /// Client proposals with a deadline that arrived after it (or after a later deadline was
+    /// already released): voted at once, in arrival order.
+    pub late: u64,
 }
 
 /// The votes known for one slot, at the highest ballot whose fast round voted there.

@@ -11,7 +11,7 @@
 //! as the slots it missed are decided (they enter its log).
 
 use super::{InjectedBug, NotLeader, Proposer, Replica, NS_PER_MS};
-use crate::protocol::fast::{self, ProtocolMode};
+use crate::protocol::fast::{self, FastOrder, ProtocolMode};
 use crate::protocol::message::{Message, PromiseEntry};
 use crate::protocol::types::{Ballot, Command, Nanos, ReplicaId, Slot, Value, Write};
 
@@ -27,6 +27,85 @@ impl Replica {
             return None;
         }
         self.fast_open.filter(|(b, _)| *b == self.ballot_floor())
+    }
+
+    fn fast_order_margin_ns(&self) -> Nanos {
+        self.cfg.fast_order_margin_us * super::NS_PER_US
+    }
+
+    /// Holds a client proposal until its deadline (`Replica::propose_by`), or votes for it at
+    /// once if it is late: past its deadline (+ margin), or below a proposal already released
+    /// (voting it now may collide; recovery handles that). A deadline further ahead than
+    /// `fast_timeout` (a client whose clock is ahead) is taken as now + `fast_timeout`.
+    pub(super) fn hold_fast(
+        &mut self,
+        now: Nanos,
+        command: Command,
+        deadline: Nanos,
+    ) -> Result<(), NotLeader> {
+        let deadline = deadline.min(now.saturating_add(self.cfg.fast_timeout_ns()));
+        let key = (deadline, command.client_id, command.seq);
+        if deadline.saturating_add(self.fast_order_margin_ns()) <= now || key <= self.fast_released
+        {
+            self.fast_counters.late += 1;
+            return self.propose(now, command);
+        }
+        let id = (command.client_id, command.seq);
+        if self.fast_held.values().any(|c| (c.client_id, c.seq) == id) {
+            return Ok(()); // a retry of a command still held: it is voted at its first deadline
+        }
+        if self.fast_held.len() >= self.cfg.proposal_queue_max {
+            return Err(NotLeader::QueueFull);
+        }
+        self.fast_counters.held += 1;
+        self.fast_held.insert(key, command);
+        Ok(())
+    }
+
+    /// The deadline this replica stamps on a `FastPropose` sent now (0 with `Arrival`).
+    pub(super) fn fast_propose_deadline(&self, now: Nanos) -> Nanos {
+        match self.cfg.fast_order {
+            FastOrder::Deadline => now + self.cfg.fast_propose_ahead_us * super::NS_PER_US,
+            FastOrder::Arrival => 0,
+        }
+    }
+
+    /// When the first held proposal is due (deadline + margin).
+    pub(super) fn fast_release_due(&self) -> Option<Nanos> {
+        let margin = self.fast_order_margin_ns();
+        self.fast_held
+            .keys()
+            .next()
+            .map(|(deadline, _, _)| deadline.saturating_add(margin))
+    }
+
+    /// Votes for the held proposals whose deadline (+ margin) passed, in deadline order. One
+    /// that cannot be voted any more (the fast round closed here and this replica does not
+    /// lead) goes back to its client through `Ready::dropped`.
+    pub(super) fn release_fast_held(&mut self, now: Nanos) {
+        if self.fatal.is_some() {
+            return;
+        }
+        let margin = self.fast_order_margin_ns();
+        while let Some(first) = self.fast_held.first_entry() {
+            if first.key().0.saturating_add(margin) > now {
+                break;
+            }
+            let (key, command) = first.remove_entry();
+            self.fast_released = key;
+            let (client_id, seq) = (command.client_id, command.seq);
+            if let Err(e) = self.propose(now, command) {
+                let leader = match e {
+                    NotLeader::Redirect { leader } => leader,
+                    NotLeader::QueueFull => self.leader_hint(),
+                };
+                self.out.dropped.push(super::DroppedProposal {
+                    client_id,
+                    seq,
+                    leader,
+                });
+            }
+        }
     }
 
     fn fast_window(&self) -> u64 {
@@ -291,8 +370,9 @@ impl Replica {
         self.fast_counters.mode_switches += 1;
         let queued: Vec<Command> = self.queue.drain(..).map(|(_, c)| c).collect();
         self.queue_bytes = 0;
+        let deadline = self.fast_propose_deadline(now);
         for command in queued {
-            self.broadcast(Message::FastPropose { command });
+            self.broadcast(Message::FastPropose { command, deadline });
         }
         self.send_heartbeats(now);
     }
@@ -377,8 +457,9 @@ impl Replica {
             .into_iter()
             .filter(|c| !self.tally.votes_elsewhere(slot, c, undecided))
             .collect();
+        let deadline = self.fast_propose_deadline(now);
         for command in resend {
-            self.broadcast(Message::FastPropose { command });
+            self.broadcast(Message::FastPropose { command, deadline });
         }
     }
 }

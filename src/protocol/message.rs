@@ -121,8 +121,10 @@ pub enum Message {
         value: Value,
     },
     /// Fast Paxos: a command to vote for in the receiver's next free slot, as if a client had
-    /// sent it (the leader re-proposes the commands that lost a collision this way).
-    FastPropose { command: Command },
+    /// sent it (the leader re-proposes the commands that lost a collision this way, and
+    /// proposes its own). `deadline`: on the sender's clock, as a client's (0: none), so
+    /// acceptors order it among the clients' writes (§11, "Ordering proposals").
+    FastPropose { command: Command, deadline: Nanos },
     /// Fast Paxos, leader → acceptors: "report your vote in the fast round of `ballot` at
     /// `slot`, or vote a no-op there if you have none", so coordinated recovery has votes
     /// from a classic quorum.
@@ -158,7 +160,7 @@ impl Message {
                 .map(|e| e.value.size_bytes() + ENTRY_OVERHEAD_BYTES)
                 .sum(),
             Message::Accept { value, .. } | Message::Voted { value, .. } => value.size_bytes(),
-            Message::FastPropose { command } => command.size_bytes(),
+            Message::FastPropose { command, .. } => command.size_bytes(),
             Message::CatchupReply { entries, .. } => entries
                 .iter()
                 .map(|(_, v)| v.size_bytes() + ENTRY_OVERHEAD_BYTES)

@@ -26,7 +26,7 @@ mod replica;
 mod tests;
 mod types;
 
-pub use fast::{FastCounters, ProtocolMode};
+pub use fast::{FastCounters, FastOrder, ProtocolMode};
 pub use lease::{Grant, LeasePending, ReadMode};
 pub use log::{Entry, Log};
 pub use message::{Envelope, Message, PromiseEntry};

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, VecDeque};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::fast::{FastCounters, ProtocolMode, Tally};
+use super::fast::{FastCounters, FastOrder, ProtocolMode, Tally};
 use super::lease::{grantor_hold_ms, LeaderLease, LeasePending, QuorumLease, ReadMode};
 use super::log::Log;
 use super::message::{
@@ -201,6 +201,19 @@ pub struct Config {
     /// needs `read_mode = ReadIndex`: a slot may be chosen by votes the leader has not seen,
     /// so the leader cannot serve a read without asking a quorum how far their votes go.
     pub protocol: ProtocolMode,
+    /// Fast Paxos: hold client proposals until their deadline and vote them in deadline order
+    /// (`Deadline`), or vote at arrival (`Arrival`). Performance only: safety never depends
+    /// on the order of votes.
+    pub fast_order: FastOrder,
+    /// Fast Paxos, `FastOrder::Deadline`: a held proposal is voted this long after its
+    /// deadline (it absorbs the jitter of delivery and processing; every acceptor uses the
+    /// same value, so it does not change the order).
+    pub fast_order_margin_us: u64,
+    /// Fast Paxos, `FastOrder::Deadline`: how far ahead this replica stamps the deadline of
+    /// a `FastPropose` (its own commands, the losers of a collision): its estimate of the
+    /// one-way delay to its `Qf`-th nearest acceptor, itself included (the server derives it
+    /// from the placement; 0 without one).
+    pub fast_propose_ahead_us: u64,
     pub inject_bug: Option<InjectedBug>,
 }
 
@@ -227,6 +240,9 @@ impl Config {
             lease_pending: LeasePending::Wait,
             clock_drift_percent: 10,
             protocol: ProtocolMode::MultiPaxos,
+            fast_order: FastOrder::Deadline,
+            fast_order_margin_us: 1_000,
+            fast_propose_ahead_us: 0,
             inject_bug: None,
         }
     }
@@ -541,6 +557,11 @@ pub struct Replica {
     /// Fast Paxos: the votes heard for slots not yet known chosen (every replica learns).
     tally: Tally,
     fast_counters: FastCounters,
+    /// Fast Paxos, `FastOrder::Deadline`: client proposals held until their deadline, by
+    /// (deadline, client id, seq), the order they are voted in.
+    fast_held: BTreeMap<(Nanos, u64, u64), Command>,
+    /// The key of the last held proposal released: one arriving below it is late.
+    fast_released: (Nanos, u64, u64),
 
     proposer: Proposer,
     queue: VecDeque<(Nanos, Command)>,
@@ -594,6 +615,8 @@ impl Replica {
             fast_open: None,
             tally: Tally::new(cfg.replicas),
             fast_counters: FastCounters::default(),
+            fast_held: BTreeMap::new(),
+            fast_released: (0, 0, 0),
             proposer: Proposer::Idle,
             queue: VecDeque::new(),
             queue_bytes: 0,
@@ -722,6 +745,45 @@ impl Replica {
         self.queue_bytes += command.size_bytes();
         self.queue.push_back((now, command));
         Ok(())
+    }
+
+    /// A client write that carries a Fast Paxos deadline: the instant, on this replica's
+    /// clock, at which its client expects it to have reached its `Qf`-th nearest acceptor (0:
+    /// none). With the fast round open and `FastOrder::Deadline`, one that arrives before its
+    /// deadline is held and voted at deadline + `fast_order_margin_us`, in (deadline, client
+    /// id, seq) order (docs/internals/protocol.md §11, "Ordering proposals"); anything else is
+    /// [`Replica::propose`]. A held proposal that cannot be voted when released (the fast
+    /// round closed here) comes back in `Ready::dropped`.
+    pub fn propose_by(
+        &mut self,
+        now: Nanos,
+        command: Command,
+        deadline: Nanos,
+    ) -> Result<(), NotLeader> {
+        // Held writes already due go first: a write voted at once (late, or without a
+        // deadline) must not overtake them (a thread that was not scheduled for a while reads
+        // requests before it runs its timers).
+        self.release_fast_held(now);
+        if self.fatal.is_none()
+            && deadline > 0
+            && self.cfg.fast_order == FastOrder::Deadline
+            && self.fast_open_now().is_some()
+        {
+            return self.hold_fast(now, command, deadline);
+        }
+        self.propose(now, command)
+    }
+
+    /// A command of this replica's own (the leader's clock command): with the
+    /// fast round open it goes to every acceptor as a `FastPropose` (itself included), like a
+    /// client's write, so they all vote for it; otherwise as [`Replica::propose`].
+    pub fn propose_own(&mut self, now: Nanos, command: Command) -> Result<(), NotLeader> {
+        if self.fatal.is_none() && self.fast_open_now().is_some() {
+            let deadline = self.fast_propose_deadline(now);
+            self.broadcast(Message::FastPropose { command, deadline });
+            return Ok(());
+        }
+        self.propose(now, command)
     }
 
     /// Starts a linearizable read with caller-chosen `id`. Its outcome appears in a later
@@ -1001,6 +1063,9 @@ impl Replica {
         if let Some(qlease) = &self.qlease {
             due = due.min(qlease.request_due());
         }
+        if let Some(at) = self.fast_release_due() {
+            due = due.min(at);
+        }
         due
     }
 
@@ -1016,6 +1081,7 @@ impl Replica {
         }
         self.maybe_catch_up(now);
         self.request_leases(now);
+        self.release_fast_held(now);
     }
 
     /// A write up to `write_id` is durable (writes complete in order).
@@ -1088,10 +1154,10 @@ impl Replica {
                 slot,
                 value,
             } => self.on_voted(now, from, ballot, slot, value),
-            Message::FastPropose { command } => {
+            Message::FastPropose { command, deadline } => {
                 // A refusal (fast rounds closed here, or the window full) drops it: the
                 // client's own copy or retry carries the command on.
-                let _ = self.propose(now, command);
+                let _ = self.propose_by(now, command, deadline);
             }
             Message::FastFill { ballot, slot } => self.on_fast_fill(now, from, ballot, slot),
             Message::CatchupRequest {
@@ -1125,6 +1191,7 @@ impl Replica {
         if self.fatal.is_some() {
             return Ready::default();
         }
+        self.release_fast_held(now);
         self.pump_leader(now);
         self.send_commit_notice();
         let commit = self.log.commit();

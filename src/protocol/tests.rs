@@ -30,6 +30,8 @@ struct Net {
     hold_if: Option<Filter>,
     committed: Vec<Vec<(Slot, Value)>>,
     reads: Vec<Vec<(ReadResult, Slot)>>,
+    /// Proposals handed back (`Ready::dropped`): (replica, proposal).
+    dropped: Vec<(ReplicaId, DroppedProposal)>,
     /// Every message sent, for size checks.
     sent_log: bool,
     sent: Vec<Envelope>,
@@ -67,6 +69,7 @@ impl Net {
             hold_if: None,
             committed: vec![Vec::new(); n],
             reads: vec![Vec::new(); n],
+            dropped: Vec::new(),
             sent_log: false,
             sent: Vec::new(),
             max_message: (0, ""),
@@ -142,6 +145,8 @@ impl Net {
             for read in ready.reads {
                 self.reads[id as usize].push((read, applied));
             }
+            self.dropped
+                .extend(ready.dropped.into_iter().map(|d| (id, d)));
         }
     }
 

@@ -216,3 +216,173 @@ fn a_read_at_the_leader_waits_for_a_slot_chosen_by_votes_it_has_not_seen() {
     assert_eq!(served, Some((ReadOutcome::Ready, 1)));
     assert_eq!(net.committed_ids(0), vec![(1, 1)]);
 }
+
+fn fast_net_ordered(n: u32, order: FastOrder) -> Net {
+    Net::with_configs(
+        (0..n)
+            .map(|id| {
+                let mut cfg = config(id, n);
+                cfg.protocol = ProtocolMode::FastPaxos;
+                cfg.read_mode = ReadMode::ReadIndex;
+                cfg.fast_order = order;
+                cfg
+            })
+            .collect(),
+    )
+}
+
+impl Net {
+    /// A client's command with Fast Paxos `deadline` reaching each replica in `order`.
+    fn fast_propose_by(&mut self, order: &[ReplicaId], command: Command, deadline: Nanos) {
+        let now = self.now;
+        for &id in order {
+            self.r_mut(id)
+                .propose_by(now, command.clone(), deadline)
+                .expect("the fast round takes it");
+            self.drain(id);
+        }
+    }
+}
+
+/// Two concurrent writes reach the acceptors in opposite orders (0 sees a then b, 1 and 2 see
+/// b then a), all before their deadlines. Ordered by deadline, every acceptor votes a then b
+/// into the same slots: both are chosen by fast quorums, nothing collides. Voted at arrival
+/// (the control), the same deliveries collide.
+fn opposite_orders(order: FastOrder) -> (Net, ReplicaId) {
+    let mut net = fast_net_ordered(3, order);
+    net.run_until(400 * MS);
+    let leader = net.leader().expect("a leader");
+    assert!(net.fast_open_everywhere());
+    let t = net.now;
+    let (a, b) = (cmd(1, 1), cmd(2, 1));
+    net.fast_propose_by(&[0], a.clone(), t + 2 * MS);
+    net.fast_propose_by(&[1, 2, 0], b.clone(), t + 3 * MS);
+    net.fast_propose_by(&[1, 2], a, t + 2 * MS);
+    net.deliver_all();
+    net.run_until(t + 200 * MS);
+    (net, leader)
+}
+
+#[test]
+fn deadline_order_makes_opposite_arrival_orders_agree() {
+    let (net, leader) = opposite_orders(FastOrder::Deadline);
+    for id in 0..3 {
+        assert_eq!(net.committed_ids(id), vec![(1, 1), (2, 1)], "replica {id}");
+        let c = net.r(id).fast_counters();
+        assert_eq!((c.held, c.late), (2, 0), "replica {id}: {c:?}");
+    }
+    let c = net.r(leader).fast_counters();
+    assert_eq!(c.fast_chosen, 2, "{c:?}");
+    assert_eq!(
+        (c.collisions, c.timeouts, c.classic_chosen),
+        (0, 0, 0),
+        "{c:?}"
+    );
+}
+
+#[test]
+fn arrival_order_collides_on_the_same_deliveries() {
+    let (net, leader) = opposite_orders(FastOrder::Arrival);
+    let ids = net.committed_ids(leader);
+    assert!(ids.contains(&(1, 1)) && ids.contains(&(2, 1)), "{ids:?}");
+    let c = net.r(leader).fast_counters();
+    assert!(c.collisions >= 1, "{c:?}");
+    assert_eq!(c.held, 0);
+}
+
+/// A proposal that reaches an acceptor past its deadline is voted at once: a (deadline +2 ms)
+/// reaches everyone in time, b (+3 ms) 0 and 1 in time and 2 only at +8 ms. 2 votes b on
+/// arrival, in the slot after a, like the others did: both are chosen by fast quorums.
+#[test]
+fn a_late_proposal_is_voted_at_once() {
+    let mut net = fast_net_ordered(3, FastOrder::Deadline);
+    net.run_until(400 * MS);
+    let leader = net.leader().expect("a leader");
+    assert!(net.fast_open_everywhere());
+    let t = net.now;
+    let (a, b) = (cmd(1, 1), cmd(2, 1));
+    net.fast_propose_by(&[0, 1, 2], a, t + 2 * MS);
+    net.fast_propose_by(&[0, 1], b.clone(), t + 3 * MS);
+    net.run_until(t + 8 * MS);
+    net.fast_propose_by(&[2], b, t + 3 * MS);
+    net.deliver_all();
+    for id in 0..3 {
+        assert_eq!(net.committed_ids(id), vec![(1, 1), (2, 1)], "replica {id}");
+    }
+    assert_eq!(net.r(2).fast_counters().late, 1);
+    let c = net.r(leader).fast_counters();
+    assert_eq!(
+        (c.fast_chosen, c.collisions, c.timeouts),
+        (2, 0, 0),
+        "{c:?}"
+    );
+}
+
+/// Late proposals that were ordered differently collide and are recovered. a (deadline +2
+/// ms) reaches everyone in time, b (+3 ms) only 0 and 1, c (+4 ms) only 2: 0 and 1 vote a, b;
+/// 2 votes a, c — slot 2 has b, b, c, a collision (N = 3 needs all three). The late copies
+/// (c at 0 and 1, b at 2) are voted at once in later slots. Every command is chosen, in one
+/// order everywhere.
+#[test]
+fn late_proposals_that_collide_are_recovered() {
+    let mut net = fast_net_ordered(3, FastOrder::Deadline);
+    net.run_until(400 * MS);
+    let leader = net.leader().expect("a leader");
+    assert!(net.fast_open_everywhere());
+    let t = net.now;
+    let (a, b, c) = (cmd(1, 1), cmd(2, 1), cmd(3, 1));
+    net.fast_propose_by(&[0, 1, 2], a, t + 2 * MS);
+    net.fast_propose_by(&[0, 1], b.clone(), t + 3 * MS);
+    net.fast_propose_by(&[2], c.clone(), t + 4 * MS);
+    net.run_until(t + 10 * MS);
+    net.fast_propose_by(&[0, 1], c, t + 4 * MS);
+    net.fast_propose_by(&[2], b, t + 3 * MS);
+    net.deliver_all();
+    net.run_until(t + 400 * MS);
+    let ids = net.committed_ids(leader);
+    for want in [(1, 1), (2, 1), (3, 1)] {
+        assert!(ids.contains(&want), "{want:?} not chosen: {ids:?}");
+    }
+    for id in 0..3 {
+        assert_eq!(net.committed[id as usize], net.committed[leader as usize]);
+    }
+    let c = net.r(leader).fast_counters();
+    assert!(c.collisions >= 1, "{c:?}");
+}
+
+/// A held proposal whose fast round closes before its deadline (no fast quorum any more: the
+/// leader re-runs phase 1) is not lost: released at its deadline it takes the classic path
+/// (queued at the leader, or handed back to its client as dropped, with a redirect).
+#[test]
+fn a_held_proposal_outlives_the_fast_round_closing() {
+    let mut net = fast_net_ordered(3, FastOrder::Deadline);
+    net.run_until(400 * MS);
+    let leader = net.leader().expect("a leader");
+    let other = (leader + 1) % 3;
+    let t = net.now;
+    // The third replica is cut off; the write is held at the other two until t + 79 ms
+    // (just under the fast timeout, the longest a deadline may be ahead).
+    net.isolate((leader + 2) % 3, &[leader, other]);
+    net.fast_propose_by(&[leader, other], cmd(1, 1), t + 79 * MS);
+    net.run_until(t + 78 * MS);
+    assert!(
+        net.r(leader).status().fast_open.is_none(),
+        "the fast round closed before the deadline"
+    );
+    assert!(net.committed_ids(leader).is_empty(), "still held");
+    net.run_until(t + 400 * MS);
+    let chosen = net.committed_ids(leader).contains(&(1, 1));
+    let redirected: Vec<ReplicaId> = net
+        .dropped
+        .iter()
+        .filter(|(_, d)| d.client_id == 1)
+        .map(|(id, _)| *id)
+        .collect();
+    assert!(
+        chosen || !redirected.is_empty(),
+        "the held write was lost: leader log {:?}",
+        net.committed_ids(leader)
+    );
+    // Where it was not proposed, it came back to its client.
+    assert!(chosen || redirected.contains(&leader), "{redirected:?}");
+}

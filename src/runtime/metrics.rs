@@ -45,6 +45,9 @@ pub struct GroupMetrics {
     pub fast_recovered_total: Counter,
     pub fast_recovery_seconds_total: Counter<f64, AtomicU64>,
     pub fast_mode_switches_total: Counter,
+    /// Fast Paxos: client writes held until their deadline, and voted past it.
+    pub fast_held_total: Counter,
+    pub fast_late_total: Counter,
     /// Snapshots: taken here and durable, installed from a peer; the log floor; slots and
     /// client sessions held in memory.
     pub snapshots_total: Counter,
@@ -86,6 +89,8 @@ impl GroupMetrics {
             fast_recovered_total: Counter::default(),
             fast_recovery_seconds_total: Counter::default(),
             fast_mode_switches_total: Counter::default(),
+            fast_held_total: Counter::default(),
+            fast_late_total: Counter::default(),
             snapshots_total: Counter::default(),
             snapshots_installed_total: Counter::default(),
             log_floor: Gauge::default(),
@@ -237,6 +242,16 @@ impl GroupMetrics {
             "fast_mode_switches",
             "Fast Paxos, leader: fast rounds opened or closed (closed when no fast quorum answers)",
             m.fast_mode_switches_total.clone(),
+        );
+        sub.register(
+            "fast_held",
+            "Fast Paxos: client writes held until their deadline (fast_order = deadline)",
+            m.fast_held_total.clone(),
+        );
+        sub.register(
+            "fast_late",
+            "Fast Paxos: client writes that arrived past their deadline (voted at once)",
+            m.fast_late_total.clone(),
         );
         for (peer, h) in m.peer_round_trip_time_seconds.iter().enumerate() {
             if peer as u32 == me {

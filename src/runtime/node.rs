@@ -550,7 +550,7 @@ impl<D: Disk> Node<D> {
                 match self.check_lease_holders(*group, *holders) {
                     Ok(()) => {
                         let op = kv::Op::LeaseHolders { holders: *holders };
-                        self.propose_write(now, waiter, (req.client_id, req.seq), op);
+                        self.propose_write(now, waiter, (req.client_id, req.seq), op, 0);
                     }
                     Err(reason) => self.answer_now(waiter, Outcome::Invalid { reason }),
                 }
@@ -598,11 +598,20 @@ impl<D: Disk> Node<D> {
                 return;
             }
         }
-        self.propose_write(now, waiter, (req.client_id, req.seq), op);
+        let deadline = req.fast_deadline_ns;
+        self.propose_write(now, waiter, (req.client_id, req.seq), op, deadline);
     }
 
-    /// Proposes a client's write (exactly once per `(client id, seq)`).
-    fn propose_write(&mut self, now: Nanos, waiter: Waiter, id: (u64, u64), op: kv::Op) {
+    /// Proposes a client's write (exactly once per `(client id, seq)`). `deadline`: the
+    /// request's Fast Paxos deadline (`Replica::propose_by`; 0: none).
+    fn propose_write(
+        &mut self,
+        now: Nanos,
+        waiter: Waiter,
+        id: (u64, u64),
+        op: kv::Op,
+        deadline: Nanos,
+    ) {
         let command = Command {
             client_id: id.0,
             seq: id.1,
@@ -618,7 +627,7 @@ impl<D: Disk> Node<D> {
             // propose it again. Vote for it again: if both votes end up chosen, the
             // exactly-once table applies it once.
             if self.cfg.protocol.protocol == protocol::ProtocolMode::FastPaxos
-                && self.replica.propose(now, command).is_err()
+                && self.replica.propose_by(now, command, deadline).is_err()
             {
                 self.metrics.proposals_failed_total.inc();
             }
@@ -629,7 +638,7 @@ impl<D: Disk> Node<D> {
             self.answer_now(waiter, Outcome::Busy);
             return;
         }
-        match self.replica.propose(now, command) {
+        match self.replica.propose_by(now, command, deadline) {
             Ok(()) => {
                 if waiter.traced_at != 0 {
                     self.tracer.add_pending(id);
@@ -1153,8 +1162,9 @@ impl<D: Disk> Node<D> {
             }
             .encode(),
         };
-        // A full queue skips a tick; the next one carries a later time anyway.
-        let _ = self.replica.propose(now, command);
+        // A full queue skips a tick; the next one carries a later time anyway. With Fast Paxos
+        // rounds open it goes to every acceptor, ordered like a client's write.
+        let _ = self.replica.propose_own(now, command);
     }
 
     /// Moves everything the shell must do into `into` (which is cleared first).
@@ -1243,6 +1253,8 @@ impl<D: Disk> Node<D> {
                 .inc_by(f.recovery_ns_total.saturating_sub(last.recovery_ns_total) as f64 / 1e9);
             m.fast_mode_switches_total
                 .inc_by(f.mode_switches.saturating_sub(last.mode_switches));
+            m.fast_held_total.inc_by(f.held.saturating_sub(last.held));
+            m.fast_late_total.inc_by(f.late.saturating_sub(last.late));
             if f.mode_switches != last.mode_switches {
                 // Opened: this leader's fast round is open now. Closed: it is re-running phase 1
                 // for classic rounds (fewer than a fast quorum answered).
@@ -1488,6 +1500,169 @@ mod tests {
         let mut out = Output::default();
         n.take_output(&mut out);
         out
+    }
+
+    /// Three Fast Paxos nodes on simulated disks that complete every write at once, wired by
+    /// hand: `step` runs every node's timers and moves messages (minus those `drop` matches)
+    /// and disk completions until nothing is left at this instant; client replies are kept.
+    struct FastCluster {
+        nodes: Vec<Node<SimDisk>>,
+        disks: Vec<Rc<RefCell<DiskState>>>,
+        replies: Vec<(ReplicaId, ClientReply)>,
+    }
+
+    impl FastCluster {
+        fn new() -> FastCluster {
+            let limits = DiskLimits {
+                entry_bytes_max: 1 << 20,
+                append_bytes_max: 4 << 20,
+            };
+            let mut nodes = Vec::new();
+            let mut disks = Vec::new();
+            for id in 0..3 {
+                let disk = Rc::new(RefCell::new(DiskState::new(limits, 64)));
+                let mut protocol = protocol::Config::new(id, 3);
+                protocol.seed = 1;
+                protocol.protocol = protocol::ProtocolMode::FastPaxos;
+                protocol.read_mode = protocol::ReadMode::ReadIndex;
+                let cfg = NodeConfig {
+                    replica_id: id,
+                    group: 0,
+                    groups: 1,
+                    protocol,
+                    limits: Limits::default(),
+                    backlog_bytes_max: 1 << 20,
+                    observe: false,
+                    inject_ack_before_durable: false,
+                    snapshot: SnapshotPolicy::default(),
+                    wall_clock_offset_ns: 0,
+                    send_before_disk: false,
+                };
+                let metrics = GroupMetrics::register(
+                    &mut prometheus_client::registry::Registry::default(),
+                    0,
+                    3,
+                    id,
+                );
+                nodes.push(Node::new(
+                    cfg,
+                    Storage::new(SimDisk(disk.clone())),
+                    &DurableState::default(),
+                    Restored::empty(),
+                    0,
+                    metrics,
+                ));
+                disks.push(disk);
+            }
+            FastCluster {
+                nodes,
+                disks,
+                replies: Vec::new(),
+            }
+        }
+
+        fn step(&mut self, now: Nanos, drop: &dyn Fn(&Envelope) -> bool) {
+            for n in &mut self.nodes {
+                n.tick(now);
+            }
+            loop {
+                let mut mail = Vec::new();
+                for (id, n) in self.nodes.iter_mut().enumerate() {
+                    n.drive(now);
+                    let done: Vec<u64> = self.disks[id]
+                        .borrow_mut()
+                        .take_submitted()
+                        .into_iter()
+                        .map(|(w, _)| w)
+                        .collect();
+                    for w in done {
+                        self.disks[id].borrow_mut().complete(w);
+                    }
+                    n.on_disk(now);
+                    n.drive(now);
+                    let out = take(n);
+                    mail.extend(out.messages);
+                    self.replies
+                        .extend(out.replies.into_iter().map(|r| (id as ReplicaId, r)));
+                }
+                if mail.is_empty() {
+                    return;
+                }
+                for env in mail.into_iter().filter(|e| !drop(e)) {
+                    let to = env.to as usize;
+                    self.nodes[to].on_peer(now, env);
+                }
+            }
+        }
+
+        fn run(&mut self, from: Nanos, to: Nanos, drop: &dyn Fn(&Envelope) -> bool) {
+            let mut now = from;
+            while now < to {
+                now += MS;
+                self.step(now, drop);
+            }
+        }
+    }
+
+    /// A Fast Paxos write whose only vote never reached anyone sits in no slot while its node
+    /// still waits for it (the leader filled the slot with a no-op and never saw the command,
+    /// so nobody re-proposes it). The client's retry must make that node vote for it again
+    /// (`propose_write`); before the fix the retry only re-attached to the waiting write, and
+    /// the write hung.
+    #[test]
+    fn a_fast_paxos_retry_of_a_pending_write_votes_again() {
+        let mut c = FastCluster::new();
+        let none = |_: &Envelope| false;
+        c.run(0, 1_000 * MS, &none);
+        assert!(
+            c.nodes
+                .iter()
+                .all(|n| n.replica().status().fast_open.is_some()),
+            "fast rounds open"
+        );
+        let mut now = 1_000 * MS;
+        let put = |id: u64| Request {
+            id,
+            client_id: 9,
+            seq: 1,
+            op: Op::Put {
+                key: Bytes::from_static(b"k"),
+                value: Bytes::from_static(b"v"),
+            },
+            fast_deadline_ns: 0,
+        };
+        // Only follower `x` gets the write (the copies to the others are lost), and its votes
+        // are lost on the way: the leader's FastFill has the others vote no-ops there, and the
+        // no-op is chosen.
+        let leader = c.nodes[0].leader().expect("a leader") as usize;
+        let x = (leader + 1) % 3;
+        c.nodes[x].on_request(now, 77, put(1));
+        let lose_votes =
+            |e: &Envelope| e.from as usize == x && matches!(e.msg, Message::Voted { .. });
+        c.run(now, now + 1_000 * MS, &lose_votes);
+        now += 1_000 * MS;
+        assert!(
+            c.replies.is_empty(),
+            "the write is in no slot: {:?}",
+            c.replies
+        );
+        assert_eq!(c.nodes[x].waiting(77), 1, "node {x} still waits for it");
+        // The client's retry reaches `x` only.
+        c.nodes[x].on_request(now, 77, put(2));
+        c.run(now, now + 1_000 * MS, &none);
+        let answered: Vec<&Outcome> = c
+            .replies
+            .iter()
+            .filter(|(_, r)| r.conn == 77 && r.req_id == 2)
+            .map(|(_, r)| &r.outcome)
+            .collect();
+        assert!(
+            matches!(answered.as_slice(), [Outcome::Put { .. }]),
+            "the retry was not voted again: {answered:?}"
+        );
+        for n in &c.nodes {
+            assert_eq!(n.kv().digest(), c.nodes[x].kv().digest());
+        }
     }
 
     /// A follower behind a peer's floor fetches the snapshot in chunks; a lost chunk is asked

@@ -184,6 +184,17 @@ pub struct ClusterConfig {
     /// notice, or `"forward"` it to the leader at once (docs/internals/protocol.md §8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_pending: Option<crate::protocol::LeasePending>,
+    /// With `protocol = "fast-paxos"`: how acceptors order concurrent client writes:
+    /// `"deadline"` (default; hold each until the deadline its client stamped, then vote in
+    /// deadline order, so acceptors agree on slots) or `"arrival"` (vote at once; concurrent
+    /// writes collide when acceptors receive them in different orders). Performance only
+    /// (docs/internals/protocol.md §11, "Ordering proposals").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_order: Option<crate::protocol::FastOrder>,
+    /// With `fast_order = "deadline"`: a held write is voted this many µs after its deadline
+    /// (absorbs delivery and scheduling jitter). Unset: 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_order_margin_us: Option<u64>,
     /// Each group snapshots its state machine once this many slots were applied since its
     /// last snapshot (0: never by count); the log below a durable snapshot is released.
     #[serde(default = "default_snapshot_every_entries")]
@@ -413,6 +424,13 @@ impl ClusterConfig {
                 ));
             }
         }
+        if (self.fast_order.is_some() || self.fast_order_margin_us.is_some())
+            && self.protocol() != ProtocolMode::FastPaxos
+        {
+            return Err(
+                "fast_order and fast_order_margin_us need protocol = \"fast-paxos\"".into(),
+            );
+        }
         if self.lease_pending.is_some() && self.read_mode() != ReadMode::QuorumLease {
             return Err("lease_pending needs read_mode = \"quorum-lease\"".into());
         }
@@ -499,7 +517,7 @@ impl ClusterConfig {
 
     pub fn settings_digest(&self) -> u64 {
         let t = &self.timeouts;
-        let fields = [
+        let mut fields = vec![
             t.heartbeat_ms,
             t.election_timeout_min_ms,
             t.election_timeout_max_ms,
@@ -511,6 +529,12 @@ impl ClusterConfig {
             self.lease_holder_set().bits(),
             self.protocol().code(),
         ];
+        if self.protocol() == ProtocolMode::FastPaxos {
+            // Acceptors must order alike for the ordering to help (never for safety).
+            let p = crate::protocol::Config::new(0, 1);
+            fields.push(self.fast_order.unwrap_or(p.fast_order).code());
+            fields.push(self.fast_order_margin_us.unwrap_or(p.fast_order_margin_us));
+        }
         // FNV-1a: stable across builds and platforms, unlike std's hasher.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for f in fields {
@@ -585,6 +609,8 @@ impl ClusterConfig {
             read_mode: None,
             lease_holders: None,
             lease_pending: None,
+            fast_order: None,
+            fast_order_margin_us: None,
             snapshot_every_entries: default_snapshot_every_entries(),
             snapshot_every_bytes: default_snapshot_every_bytes(),
             snapshot_trail_slots: default_snapshot_trail_slots(),
@@ -746,6 +772,38 @@ mod tests {
         let mut not_q = cfg.clone();
         not_q.lease_pending = Some(crate::protocol::LeasePending::Wait);
         assert!(not_q.validate().unwrap_err().contains("lease_pending"));
+    }
+
+    #[test]
+    fn fast_order_parses_needs_fast_paxos_and_is_in_the_digest() {
+        let cfg = ClusterConfig::local(3, 1, Path::new("/tmp/x"), 7000);
+        let text = cfg.to_toml();
+        let fast: ClusterConfig =
+            toml::from_str(&format!("protocol = \"fast-paxos\"\n{text}")).unwrap();
+        let arrival: ClusterConfig = toml::from_str(&format!(
+            "protocol = \"fast-paxos\"\nfast_order = \"arrival\"\nfast_order_margin_us = 500\n{text}"
+        ))
+        .unwrap();
+        assert_eq!(
+            arrival.fast_order,
+            Some(crate::protocol::FastOrder::Arrival)
+        );
+        arrival.validate().unwrap();
+        // Acceptors must order alike: the digest differs.
+        assert_ne!(arrival.settings_digest(), fast.settings_digest());
+        let mut explicit = fast.clone();
+        explicit.fast_order = Some(crate::protocol::FastOrder::Deadline);
+        assert_eq!(
+            explicit.settings_digest(),
+            fast.settings_digest(),
+            "the default"
+        );
+        let p = crate::server::protocol_config(&arrival, 0, 0);
+        assert_eq!(p.fast_order, crate::protocol::FastOrder::Arrival);
+        assert_eq!(p.fast_order_margin_us, 500);
+        let mut multi = cfg.clone();
+        multi.fast_order = Some(crate::protocol::FastOrder::Arrival);
+        assert!(multi.validate().unwrap_err().contains("fast_order"));
     }
 
     #[test]

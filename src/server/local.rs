@@ -256,6 +256,9 @@ pub struct ClusterArgs {
     /// `cluster.toml` must agree). Fast Paxos serves reads with read-index rounds.
     #[arg(long, value_enum)]
     pub protocol: Option<crate::protocol::ProtocolMode>,
+    /// Fast Paxos: how acceptors order concurrent writes (a new cluster's `fast_order`).
+    #[arg(long, value_enum)]
+    pub fast_order: Option<crate::protocol::FastOrder>,
     /// Start a new cluster from a file `mpaxos snapshot save` wrote (every replica starts
     /// from it; the directory must not hold a cluster yet). Its group count is the cluster's.
     #[arg(long)]
@@ -345,6 +348,7 @@ pub fn run_cluster(args: ClusterArgs) -> std::process::ExitCode {
         c.read_mode = args.read_mode;
         c.lease_pending = args.lease_pending;
         c.protocol = args.protocol;
+        c.fast_order = args.fast_order;
         c
     };
     if let Err(e) = flags_agree(&args, &config) {

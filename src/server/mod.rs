@@ -37,6 +37,15 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// Fast Paxos: how far ahead this replica stamps its own `FastPropose`s — the emulated
+/// one-way delay to its `Qf`-th nearest replica, itself included (0 without a placement).
+fn fast_propose_ahead_us(delays_ns: &[u64]) -> u64 {
+    let mut d = delays_ns.to_vec();
+    d.sort_unstable();
+    let qf = protocol::QuorumSpec::new(d.len().max(1) as u32).fast() as usize;
+    d.get(qf.saturating_sub(1)).copied().unwrap_or(0) / 1_000
+}
+
 /// The protocol knobs of replica `id` from the config.
 pub fn protocol_config(cfg: &ClusterConfig, id: u32, group: u32) -> protocol::Config {
     let mut p = protocol::Config::new(id, cfg.replicas.len() as u32);
@@ -69,6 +78,12 @@ pub fn protocol_config(cfg: &ClusterConfig, id: u32, group: u32) -> protocol::Co
     }
     p.clock_drift_percent = cfg.timeouts.clock_drift_percent;
     p.protocol = cfg.protocol();
+    if let Some(order) = cfg.fast_order {
+        p.fast_order = order;
+    }
+    if let Some(margin) = cfg.fast_order_margin_us {
+        p.fast_order_margin_us = margin;
+    }
     p.read_mode = cfg.read_mode();
     p.lease_holders = cfg.lease_holder_set();
     p.lease_pending = cfg.lease_pending.unwrap_or_default();
@@ -217,7 +232,11 @@ pub fn start(cfg: &ClusterConfig, id: u32) -> Result<Running, String> {
             peer_listen: resolve(listen_host, me.peer_port + g as u16)?,
             peer_addrs,
             replicas: infos.clone(),
-            protocol: protocol_config(cfg, id, g),
+            protocol: {
+                let mut p = protocol_config(cfg, id, g);
+                p.fast_propose_ahead_us = fast_propose_ahead_us(&delays);
+                p
+            },
             wal,
             core: cores.as_ref().map(|c| c[g as usize]),
             limits: cfg.limits.clone(),

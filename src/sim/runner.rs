@@ -15,6 +15,8 @@ pub struct SeedRange {
     pub inject_bug: Option<InjectedBug>,
     /// Every seed with quorum leases (`SimConfig::quorum_leases`).
     pub quorum_leases: bool,
+    /// Every seed with this protocol (`SimConfig::protocol`).
+    pub protocol: Option<crate::protocol::ProtocolMode>,
     /// Worker threads; seeds are independent, so this changes nothing but the wall time.
     pub jobs: usize,
 }
@@ -43,6 +45,9 @@ pub struct RangeSummary {
     pub fast_paxos_seeds: u64,
     pub fast_chosen: u64,
     pub fast_collisions: u64,
+    /// Fast Paxos client proposals held until their deadline, and voted past it.
+    pub fast_held: u64,
+    pub fast_late: u64,
     /// Snapshots made durable, and installed from a peer (transfers completed).
     pub snapshots: u64,
     pub snapshots_installed: u64,
@@ -75,6 +80,7 @@ pub fn run_range(range: &SeedRange, on_failure: &(dyn Fn(&SimOutcome) + Sync)) -
                     seed: range.first_seed + i,
                     inject_bug: range.inject_bug,
                     quorum_leases: range.quorum_leases,
+                    protocol: range.protocol,
                 });
                 if !outcome.violations.is_empty() {
                     on_failure(&outcome);
@@ -100,6 +106,8 @@ pub fn run_range(range: &SeedRange, on_failure: &(dyn Fn(&SimOutcome) + Sync)) -
                 }
                 s.fast_chosen += outcome.stats.fast_chosen;
                 s.fast_collisions += outcome.stats.fast_collisions;
+                s.fast_held += outcome.stats.fast_held;
+                s.fast_late += outcome.stats.fast_late;
                 s.disk_stalls += outcome.stats.disk_stalls;
                 s.disk_errors += outcome.stats.disk_errors;
                 if !outcome.violations.is_empty() {

@@ -24,8 +24,8 @@ use crate::client::{OpId, Session, SessionConfig, SessionError};
 use crate::kv::Op as KvOp;
 use crate::net::wire::{Op, Outcome, Request};
 use crate::protocol::{
-    Ballot, Command, Config, Envelope, InjectedBug, Message, Nanos, ProtocolMode, QuorumSpec,
-    ReadMode, ReplicaId, Slot, Value, VoteSet,
+    Ballot, Command, Config, Envelope, FastOrder, InjectedBug, Message, Nanos, ProtocolMode,
+    QuorumSpec, ReadMode, ReplicaId, Slot, Value, VoteSet,
 };
 use crate::runtime::disk::DiskLimits;
 use crate::runtime::metrics::GroupMetrics;
@@ -58,6 +58,9 @@ pub struct SimConfig {
     pub inject_bug: Option<InjectedBug>,
     /// Every seed runs with quorum leases (`mpaxos sim --quorum-leases`), and Multi-Paxos.
     pub quorum_leases: bool,
+    /// Every seed runs this protocol (`mpaxos sim --protocol`); `None`: a quarter of the seeds
+    /// run Fast Paxos (derived from the seed). `quorum_leases` and an injected bug win.
+    pub protocol: Option<ProtocolMode>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,6 +103,9 @@ pub struct SimStats {
     pub fast_collisions: u64,
     pub fast_timeouts: u64,
     pub fast_mode_switches: u64,
+    /// Fast Paxos client proposals held until their deadline, and voted late (past it).
+    pub fast_held: u64,
+    pub fast_late: u64,
     /// Snapshots made durable, and installed from a peer.
     pub snapshots: u64,
     pub snapshots_installed: u64,
@@ -486,7 +492,15 @@ impl World {
                 disk_flush_ends_at: 0,
                 disk_next_flush_ends_at: None,
                 disk_stalled_until: 0,
-                clock_offset_ns: rng.gen_range(0..=1_000) * NS_PER_MS,
+                // Fast Paxos deadlines are stamped on the clients' clock (the simulator's
+                // global one): some seeds keep the replicas' clocks within 2 ms of it, so
+                // proposals are held and ordered; the others (up to 1 s ahead) see every
+                // deadline in the past and vote at arrival. Scaled, not drawn anew, so the
+                // seed's other draws stay put.
+                clock_offset_ns: match fast_order_mix(cfg) {
+                    (_, true) => rng.gen_range(0..=1_000) * NS_PER_MS / 500,
+                    (_, false) => rng.gen_range(0..=1_000) * NS_PER_MS,
+                },
                 clock_ppm: rng.gen_range(-drift_ppm_max..=drift_ppm_max),
                 applied_slot: 0,
                 applied_commands: BTreeSet::new(),
@@ -2204,6 +2218,8 @@ impl World {
                 self.stats.fast_collisions += c.collisions;
                 self.stats.fast_timeouts += c.timeouts;
                 self.stats.fast_mode_switches += c.mode_switches;
+                self.stats.fast_held += c.held;
+                self.stats.fast_late += c.late;
             }
         }
         self.stats.snapshots = self
@@ -2359,6 +2375,23 @@ fn new_session(
     Session::new(session_cfg)
 }
 
+/// Fast Paxos seeds, derived from the seed alone: the acceptors' `fast_order` (three in four
+/// `deadline`) and whether the replicas' clocks are within 2 ms of the clients' (half of the
+/// deadline seeds; else up to 1 s apart, when deadlines look past and only order nothing).
+pub fn fast_order_mix(cfg: &SimConfig) -> (FastOrder, bool) {
+    if protocol_mode(cfg) != ProtocolMode::FastPaxos {
+        return (FastOrder::default(), false);
+    }
+    let mut x = cfg.seed ^ 0x6a09_e667_f3bc_c908;
+    x = (x ^ (x >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 29;
+    match x % 8 {
+        0 | 1 => (FastOrder::Arrival, false),
+        2..=4 => (FastOrder::Deadline, false),
+        _ => (FastOrder::Deadline, true),
+    }
+}
+
 /// The seed's read mode, derived from the seed alone (not drawn from the world's RNG, so the
 /// other draws of a seed do not depend on it): 40% quorum leases, 10% read index, the rest
 /// leader leases. An injected quorum-lease bug runs every seed with quorum leases.
@@ -2391,6 +2424,9 @@ pub fn protocol_mode(cfg: &SimConfig) -> ProtocolMode {
         Some(b) if b.needs_fast_paxos() => return ProtocolMode::FastPaxos,
         Some(_) => return ProtocolMode::MultiPaxos,
         None => {}
+    }
+    if let Some(p) = cfg.protocol {
+        return p;
     }
     let mut x = cfg.seed ^ 0x2545_f491_4f6c_dd1d;
     x = (x ^ (x >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
@@ -2522,6 +2558,8 @@ fn random_replica_configs(rng: &mut ChaCha8Rng, cfg: &SimConfig) -> Vec<Config> 
             replica.batch_max_ops = batch_max_ops;
             replica.batch_delay_us = batch_delay_us;
             replica.catchup_batch_max = catchup_batch_max;
+            let (order, _) = fast_order_mix(cfg);
+            replica.fast_order = order;
             // Every fourth seed cuts Promise reports and catch-up replies after a few hundred
             // bytes, so paging runs under faults (the 8 MiB default is reached only by the
             // preloaded 70 MiB logs). Derived from the seed, not drawn.

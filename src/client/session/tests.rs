@@ -812,3 +812,30 @@ fn fast_paxos_write_given_up_with_copies_out_is_unknown() {
         "copies were delivered, so the outcome is unknown: {r:?}"
     );
 }
+
+#[test]
+fn fast_paxos_write_copies_carry_one_deadline_at_the_qf_th_nearest_one_way_delay() {
+    let mut c = cfg(5);
+    c.fast_write_via = Some(0);
+    let mut s = Session::new(c);
+    // Before any answer: no estimate, the deadline is the send time.
+    assert_eq!(s.fast_deadline(1_000), 1_000);
+    // Least round trips 2, 10, 30, 80 ms; replica 4 not heard from counts as the nearest
+    // heard from (2 ms). Qf = 4 of 5: the 4th smallest one-way delay is 30 / 2 = 15 ms.
+    for (r, rtt) in [(0, 2), (1, 10), (2, 30), (3, 80)] {
+        s.observe_rtt(r, rtt * MS);
+        s.observe_rtt(r, 3 * rtt * MS); // a slower sample: the least one counts
+    }
+    assert_eq!(s.fast_deadline(1_000), 1_000 + 15 * MS);
+    s.start(
+        7 * MS,
+        Op::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+        },
+    );
+    let deadlines: Vec<u64> = std::iter::from_fn(|| s.poll_transmit())
+        .map(|t| t.request.fast_deadline_ns)
+        .collect();
+    assert_eq!(deadlines, vec![22 * MS; 5], "every copy, the same deadline");
+}
