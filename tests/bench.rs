@@ -593,14 +593,33 @@ fn bench_prints_its_phases_when_not_on_a_terminal() {
     );
 }
 
+/// Runs `mpaxos bench ARGS --out OUT` on a local cluster; its run directory and summary.json.
+fn bench_run(args: &[&str], out: &Path) -> (std::path::PathBuf, String) {
+    let res = std::process::Command::new(env!("CARGO_BIN_EXE_mpaxos"))
+        .arg("bench")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "{stderr}");
+    let run = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("summary.json").exists())
+        .expect("a run directory");
+    let text = std::fs::read_to_string(run.join("summary.json")).unwrap();
+    (run, text)
+}
+
 /// `mpaxos bench --protocol fast-paxos`: a real 3-replica Fast Paxos cluster under a short
 /// load; the writes take the fast path and `summary.json` says how the slots were chosen.
 #[test]
 fn bench_runs_a_fast_paxos_cluster_and_counts_fast_slots() {
     let out = tempfile::tempdir().unwrap();
-    let res = std::process::Command::new(env!("CARGO_BIN_EXE_mpaxos"))
-        .args([
-            "bench",
+    let (_, text) = bench_run(
+        &[
             "--protocol",
             "fast-paxos",
             "--duration",
@@ -613,19 +632,9 @@ fn bench_runs_a_fast_paxos_cluster_and_counts_fast_slots() {
             "0.2",
             "--durability",
             "memory",
-            "--out",
-        ])
-        .arg(out.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(res.status.success(), "{stderr}");
-    let run = std::fs::read_dir(out.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.join("summary.json").exists())
-        .expect("a run directory");
-    let text = std::fs::read_to_string(run.join("summary.json")).unwrap();
+        ],
+        out.path(),
+    );
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["protocol"], "fast-paxos");
     let fast = v["fast_chosen"].as_u64().unwrap();
@@ -644,9 +653,8 @@ fn bench_runs_a_fast_paxos_cluster_and_counts_fast_slots() {
 #[test]
 fn bench_anatomy_stages_add_up_in_path_order() {
     let out = tempfile::tempdir().unwrap();
-    let res = std::process::Command::new(env!("CARGO_BIN_EXE_mpaxos"))
-        .args([
-            "bench",
+    let (run, text) = bench_run(
+        &[
             "--anatomy",
             "--anatomy-every",
             "2",
@@ -658,19 +666,9 @@ fn bench_anatomy_stages_add_up_in_path_order() {
             "2",
             "--read-ratio",
             "0.3",
-            "--out",
-        ])
-        .arg(out.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(res.status.success(), "{stderr}");
-    let run = std::fs::read_dir(out.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.join("summary.json").exists())
-        .expect("a run directory");
-    let text = std::fs::read_to_string(run.join("summary.json")).unwrap();
+        ],
+        out.path(),
+    );
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let meta = &v["anatomy"];
     assert_eq!(meta["same_host"], true, "{text}");

@@ -499,7 +499,7 @@ impl Engine {
         // since `epoch` (CLOCK_MONOTONIC). Both tick at one rate, so one offset converts.
         let epoch = Instant::now();
         let server_clock_offset =
-            crate::runtime::group::boottime_ns().wrapping_sub(epoch.elapsed().as_nanos() as u64);
+            crate::client::boottime_ns().wrapping_sub(epoch.elapsed().as_nanos() as u64);
         Ok(Engine {
             poll,
             encoder: FrameEncoder::new(),

@@ -221,15 +221,7 @@ const STATUS_ID_BASE: u64 = 1 << 63;
 /// CLOCK_BOOTTIME in ns, the clock of the servers' group threads (`runtime::group`), without
 /// a test build's clock fault: Fast Paxos deadlines are stamped on it.
 pub fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own; CLOCK_BOOTTIME exists on every Linux
-    // this runs on (2.6.39+).
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) failed");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    crate::net::timerfd::boottime_raw_ns()
 }
 
 pub struct Client {

@@ -8,14 +8,7 @@ use super::{read_control, Control, ARMED_FILE};
 
 /// CLOCK_BOOTTIME, unfaulted.
 pub fn raw_boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) failed");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    crate::net::timerfd::boottime_raw_ns()
 }
 
 fn apply(c: &Control) {

@@ -4,6 +4,10 @@
 use super::*;
 
 fn fast_net(n: u32, bug: Option<InjectedBug>) -> Net {
+    fast_net_with(n, bug, FastOrder::default())
+}
+
+fn fast_net_with(n: u32, bug: Option<InjectedBug>, order: FastOrder) -> Net {
     Net::with_configs(
         (0..n)
             .map(|id| {
@@ -11,6 +15,7 @@ fn fast_net(n: u32, bug: Option<InjectedBug>) -> Net {
                 cfg.protocol = ProtocolMode::FastPaxos;
                 cfg.read_mode = ReadMode::ReadIndex;
                 cfg.inject_bug = bug;
+                cfg.fast_order = order;
                 cfg
             })
             .collect(),
@@ -218,17 +223,7 @@ fn a_read_at_the_leader_waits_for_a_slot_chosen_by_votes_it_has_not_seen() {
 }
 
 fn fast_net_ordered(n: u32, order: FastOrder) -> Net {
-    Net::with_configs(
-        (0..n)
-            .map(|id| {
-                let mut cfg = config(id, n);
-                cfg.protocol = ProtocolMode::FastPaxos;
-                cfg.read_mode = ReadMode::ReadIndex;
-                cfg.fast_order = order;
-                cfg
-            })
-            .collect(),
-    )
+    fast_net_with(n, None, order)
 }
 
 impl Net {

@@ -80,15 +80,7 @@ fn wall_clock_offset_ns() -> Nanos {
 }
 
 pub fn boottime_ns() -> Nanos {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own; CLOCK_BOOTTIME exists on every Linux
-    // this runs on (2.6.39+).
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) failed");
-    let raw = ts.tv_sec as Nanos * 1_000_000_000 + ts.tv_nsec as Nanos;
+    let raw = crate::net::timerfd::boottime_raw_ns();
     #[cfg(feature = "fault-injection")]
     let raw = crate::fault::clock::now(raw);
     raw
@@ -262,7 +254,8 @@ struct Group {
     published_leader: Option<ReplicaId>,
     published_failed: bool,
     /// The last peer message encoded, and its frame bytes.
-    last_peer_frame: Option<(Message, Vec<u8>)>,
+    /// The last peer frame encoded: its message, whether traced, and its bytes.
+    last_peer_frame: Option<(Message, bool, Vec<u8>)>,
     /// Traced slots whose Accept was queued this turn: stamped once flushed.
     accepts_traced: Vec<protocol::Slot>,
 }
@@ -525,13 +518,12 @@ impl Group {
         let mut output = std::mem::take(&mut self.output);
         self.node.take_output(&mut output);
         for env in output.messages.drain(..) {
-            if self.node.tracer().active() {
-                if let Some(stamps) = self.peer_trace(&env) {
-                    self.send_peer_traced(now, env, stamps);
-                    continue;
-                }
-            }
-            self.send_peer(now, env);
+            let trace = if self.node.tracer().active() {
+                self.peer_trace(&env)
+            } else {
+                None
+            };
+            self.send_peer(now, env, trace);
         }
         for reply in output.replies.drain(..) {
             let idx = conn_index(reply.conn);
@@ -595,45 +587,10 @@ impl Group {
         }
     }
 
-    /// Sends a traced slot's message (never cached: it is one of few), under the same limits
-    /// as [`Group::send_peer`].
-    fn send_peer_traced(&mut self, now: Nanos, env: Envelope, stamps: Vec<u64>) {
-        let to = env.to as usize;
-        let Some(link) = self.peers.get_mut(to) else {
-            return;
-        };
-        let Some(conn) = link.conn.as_mut() else {
-            return;
-        };
-        if conn.unsent() > PEER_OUT_MAX_BYTES {
-            return;
-        }
-        let frame = PeerFrame::Traced {
-            msg: wire::message_to_wire(&env.msg),
-            stamps,
-        };
-        let mut bytes = Vec::new();
-        if self.encoder.encode(&frame, &mut bytes) == 0 {
-            tracing::warn!(
-                group = self.group,
-                kind = env.msg.kind(),
-                "dropping a peer message over the frame limit"
-            );
-            return;
-        }
-        if link.delay_ns > 0 {
-            link.delayed.push_back((now + link.delay_ns, bytes));
-        } else {
-            conn.out().extend_from_slice(&bytes);
-        }
-        if let Message::Accept { slot, .. } = env.msg {
-            if self.accepts_traced.last() != Some(&slot) {
-                self.accepts_traced.push(slot);
-            }
-        }
-    }
-
-    fn send_peer(&mut self, now: Nanos, env: Envelope) {
+    /// Queues `env` on its peer link (after the link's emulated delay). `trace`: the message
+    /// belongs to a traced slot (`runtime::anatomy`) and goes as a `PeerFrame::Traced` with
+    /// these stamps.
+    fn send_peer(&mut self, now: Nanos, env: Envelope, trace: Option<Vec<u64>>) {
         let to = env.to as usize;
         if to >= self.peers.len() {
             return;
@@ -651,17 +608,26 @@ impl Group {
         if conn.unsent() > PEER_OUT_MAX_BYTES {
             return;
         }
+        let traced_accept = match (&trace, &env.msg) {
+            (Some(_), Message::Accept { slot, .. }) => Some(*slot),
+            _ => None,
+        };
+        let traced = trace.is_some();
         // The leader sends the same Accept (or heartbeat) to every peer: encode it once.
         let cached = self
             .last_peer_frame
             .as_ref()
-            .is_some_and(|(msg, _)| *msg == env.msg);
+            .is_some_and(|(msg, t, _)| *t == traced && *msg == env.msg);
         if !cached {
             let mut bytes = std::mem::take(&mut self.last_peer_frame)
-                .map(|(_, b)| b)
+                .map(|(_, _, b)| b)
                 .unwrap_or_default();
             bytes.clear();
-            let frame = PeerFrame::Msg(wire::message_to_wire(&env.msg));
+            let msg = wire::message_to_wire(&env.msg);
+            let frame = match trace {
+                None => PeerFrame::Msg(msg),
+                Some(stamps) => PeerFrame::Traced { msg, stamps },
+            };
             if self.encoder.encode(&frame, &mut bytes) == 0 {
                 tracing::warn!(
                     group = self.group,
@@ -670,15 +636,20 @@ impl Group {
                 );
                 return;
             }
-            self.last_peer_frame = Some((env.msg, bytes));
+            self.last_peer_frame = Some((env.msg, traced, bytes));
         }
-        let bytes = &self.last_peer_frame.as_ref().expect("just cached").1;
+        let bytes = &self.last_peer_frame.as_ref().expect("just cached").2;
         let link = &mut self.peers[to];
         let conn = link.conn.as_mut().expect("checked above");
         if link.delay_ns > 0 {
             link.delayed.push_back((now + link.delay_ns, bytes.clone()));
         } else {
             conn.out().extend_from_slice(bytes);
+        }
+        if let Some(slot) = traced_accept {
+            if self.accepts_traced.last() != Some(&slot) {
+                self.accepts_traced.push(slot);
+            }
         }
     }
 
