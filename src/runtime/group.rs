@@ -61,6 +61,8 @@ const METRICS_FLUSH_NS: Nanos = 100_000_000;
 /// While WAL writes are in flight the loop waits at most this long (their eventfd should wake
 /// it first).
 const DISK_FALLBACK_NS: Nanos = 1_000_000;
+/// An interrupted wait that ends this long after a deadline it should have met was a pause.
+const SHORT_PAUSE_NS: Nanos = 5_000_000;
 /// A wait that ends this much later than asked for means the thread was paused.
 const PAUSE_NS: Nanos = 50_000_000;
 /// Client writes are refused with `Busy` while this many bytes wait for the WAL.
@@ -458,11 +460,12 @@ impl Group {
             // expired meanwhile run, or a follower deposes a healthy leader: poll again, without
             // waiting, before this turn's timers. Once, so that a loaded host that always wakes
             // late still makes progress.
-            // An interrupted wait that ran past a deadline is a pause too (a short stop): its
-            // timers must not run before the input that arrived meanwhile is read. An io_uring
-            // completion rarely lands past a deadline, so it does not pay for a recheck.
-            let paused =
-                woke.saturating_sub(before) > timeout + PAUSE_NS || (interrupted && woke >= due);
+            // An interrupted wait that ran well past a deadline is a pause too (a short stop):
+            // its timers must not run before the input that arrived meanwhile is read. A busy
+            // loop's deadlines are often just behind it when an io_uring completion interrupts
+            // the wait; those do not pay for a recheck.
+            let paused = woke.saturating_sub(before) > timeout + PAUSE_NS
+                || (interrupted && woke > due + SHORT_PAUSE_NS);
             if paused && !recheck {
                 recheck = true;
                 continue;
@@ -503,14 +506,16 @@ impl Group {
             self.flush_metrics();
             self.metrics_flush_at = now + METRICS_FLUSH_NS;
         }
-        self.flush_all();
-        // The disk writes start once the messages are on the wire (`send_before_disk`); a
-        // disk that fails now leaves answers for the waiting clients.
+        // Peers first: the Accepts are on the wire before the disk write starts
+        // (`send_before_disk`), and the disk write starts before the replies of this turn are
+        // written (with many clients, a flush of tens of connections). A disk that fails now
+        // leaves answers for the waiting clients.
+        self.flush_peers();
         if self.node.submit_disk(self.now()) {
             self.send_output(now);
             self.publish();
-            self.flush_all();
         }
+        self.flush_all();
     }
 
     /// Sends what the node asked for: peer messages, and replies to connections still open.
@@ -1227,7 +1232,13 @@ impl Group {
         self.dirty.push(idx);
     }
 
+    /// Writes every connection with output: clients, then peer links.
     fn flush_all(&mut self) {
+        self.flush_clients();
+        self.flush_peers();
+    }
+
+    fn flush_clients(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();
@@ -1244,6 +1255,9 @@ impl Group {
             }
         }
         self.dirty = dirty;
+    }
+
+    fn flush_peers(&mut self) {
         let now = self.now();
         // A traced Accept is stamped as its writes start: a follower on another core may read
         // it before the last peer's write returns.
