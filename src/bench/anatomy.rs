@@ -115,6 +115,13 @@ pub struct Anatomy {
     pub parallel: Stages,
 }
 
+impl Anatomy {
+    /// No sample formed a chain (nothing to tabulate or plot).
+    pub fn is_empty(&self) -> bool {
+        self.put.is_empty() && self.get.is_empty()
+    }
+}
+
 /// (stamp index or a client point, stage name ending at it). `SEND`/`RECV` are the client's.
 const SCHEDULED: usize = usize::MAX - 2;
 const SEND: usize = usize::MAX - 1;
@@ -366,7 +373,7 @@ pub fn table(title: &str, stages: &Stages, e2e: f64, samples: u64) -> String {
 
 /// The run report's anatomy section (empty without samples).
 pub fn markdown(a: &Anatomy) -> String {
-    if a.put.is_empty() && a.get.is_empty() {
+    if a.is_empty() {
         return String::new();
     }
     let mut s = format!(

@@ -298,14 +298,8 @@ pub fn write_run(
             tracing::warn!("could not draw the timeline: {e}");
         }
     }
-    if let Some(meta) = &summary.anatomy {
-        let a = super::anatomy::Anatomy {
-            meta: meta.clone(),
-            put: summary.anatomy_us.clone(),
-            get: summary.anatomy_us_get.clone(),
-            parallel: summary.anatomy_parallel_us.clone(),
-        };
-        if !a.put.is_empty() || !a.get.is_empty() {
+    if let Some(a) = anatomy_of(&summary) {
+        if !a.is_empty() {
             let title = format!("{}: where the time goes", human_title(&summary));
             if let Err(e) = super::anatomy::plot(&a, &run_dir.join("anatomy"), &title) {
                 tracing::warn!("could not draw the latency anatomy: {e}");
@@ -314,6 +308,16 @@ pub fn write_run(
     }
     super::html::write(run_dir, &markdown(&summary), &human_title(&summary)).map_err(io)?;
     Ok(summary)
+}
+
+/// The run's latency anatomy as recorded in its summary (`--anatomy` runs only).
+fn anatomy_of(s: &Summary) -> Option<super::anatomy::Anatomy> {
+    s.anatomy.as_ref().map(|meta| super::anatomy::Anatomy {
+        meta: meta.clone(),
+        put: s.anatomy_us.clone(),
+        get: s.anatomy_us_get.clone(),
+        parallel: s.anatomy_parallel_us.clone(),
+    })
 }
 
 /// Whether the servers' stamps are on the load generator's host clock: a local cluster, or
@@ -707,15 +711,9 @@ pub fn markdown(s: &Summary) -> String {
         out,
         "![latency by percentile](latency-percentiles.svg)\n\n![latency CDF](latency-cdf.svg)"
     );
-    if let Some(meta) = &s.anatomy {
-        let a = super::anatomy::Anatomy {
-            meta: meta.clone(),
-            put: s.anatomy_us.clone(),
-            get: s.anatomy_us_get.clone(),
-            parallel: s.anatomy_parallel_us.clone(),
-        };
+    if let Some(a) = anatomy_of(s) {
         out.push_str(&super::anatomy::markdown(&a));
-        if !a.put.is_empty() || !a.get.is_empty() {
+        if !a.is_empty() {
             let _ = writeln!(out, "\n![latency anatomy](anatomy.svg)");
         }
     }

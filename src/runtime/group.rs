@@ -258,7 +258,7 @@ struct Group {
     /// The last peer message encoded, and its frame bytes.
     /// The last peer frame encoded: its message, whether traced, and its bytes.
     last_peer_frame: Option<(Message, bool, Vec<u8>)>,
-    /// Traced slots whose Accept was queued this turn: stamped once flushed.
+    /// Traced slots whose Accept was queued this turn: stamped as the peer links are flushed.
     accepts_traced: Vec<protocol::Slot>,
 }
 

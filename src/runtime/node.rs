@@ -1451,31 +1451,36 @@ mod tests {
 
     const MS: Nanos = 1_000_000;
 
-    fn node(id: ReplicaId, restored: Restored) -> Node<SimDisk> {
+    fn test_disk() -> Rc<RefCell<DiskState>> {
         let limits = DiskLimits {
             entry_bytes_max: 1 << 20,
             append_bytes_max: 4 << 20,
         };
-        let disk = Rc::new(RefCell::new(DiskState::new(limits, 64)));
-        let mut protocol = protocol::Config::new(id, 3);
-        protocol.seed = 1;
-        let cfg = NodeConfig {
+        Rc::new(RefCell::new(DiskState::new(limits, 64)))
+    }
+
+    /// A node of a 3-replica group on a simulated disk, with `protocol`'s replica id.
+    fn test_node(
+        protocol: protocol::Config,
+        disk: Rc<RefCell<DiskState>>,
+        restored: Restored,
+        adjust: impl FnOnce(&mut NodeConfig),
+    ) -> Node<SimDisk> {
+        let id = protocol.id;
+        let mut cfg = NodeConfig {
             replica_id: id,
             group: 0,
             groups: 1,
             protocol,
             limits: Limits::default(),
             backlog_bytes_max: 1 << 20,
-            observe: true,
+            observe: false,
             inject_ack_before_durable: false,
-            snapshot: SnapshotPolicy {
-                chunk_bytes: 100,
-                window_bytes: 400,
-                ..SnapshotPolicy::default()
-            },
+            snapshot: SnapshotPolicy::default(),
             wall_clock_offset_ns: 0,
             send_before_disk: false,
         };
+        adjust(&mut cfg);
         let durable = DurableState {
             floor: restored.slot(),
             ..DurableState::default()
@@ -1496,6 +1501,19 @@ mod tests {
         )
     }
 
+    fn node(id: ReplicaId, restored: Restored) -> Node<SimDisk> {
+        let mut protocol = protocol::Config::new(id, 3);
+        protocol.seed = 1;
+        test_node(protocol, test_disk(), restored, |cfg| {
+            cfg.observe = true;
+            cfg.snapshot = SnapshotPolicy {
+                chunk_bytes: 100,
+                window_bytes: 400,
+                ..SnapshotPolicy::default()
+            };
+        })
+    }
+
     fn take(n: &mut Node<SimDisk>) -> Output {
         let mut out = Output::default();
         n.take_output(&mut out);
@@ -1513,45 +1531,15 @@ mod tests {
 
     impl FastCluster {
         fn new() -> FastCluster {
-            let limits = DiskLimits {
-                entry_bytes_max: 1 << 20,
-                append_bytes_max: 4 << 20,
-            };
             let mut nodes = Vec::new();
             let mut disks = Vec::new();
             for id in 0..3 {
-                let disk = Rc::new(RefCell::new(DiskState::new(limits, 64)));
+                let disk = test_disk();
                 let mut protocol = protocol::Config::new(id, 3);
                 protocol.seed = 1;
                 protocol.protocol = protocol::ProtocolMode::FastPaxos;
                 protocol.read_mode = protocol::ReadMode::ReadIndex;
-                let cfg = NodeConfig {
-                    replica_id: id,
-                    group: 0,
-                    groups: 1,
-                    protocol,
-                    limits: Limits::default(),
-                    backlog_bytes_max: 1 << 20,
-                    observe: false,
-                    inject_ack_before_durable: false,
-                    snapshot: SnapshotPolicy::default(),
-                    wall_clock_offset_ns: 0,
-                    send_before_disk: false,
-                };
-                let metrics = GroupMetrics::register(
-                    &mut prometheus_client::registry::Registry::default(),
-                    0,
-                    3,
-                    id,
-                );
-                nodes.push(Node::new(
-                    cfg,
-                    Storage::new(SimDisk(disk.clone())),
-                    &DurableState::default(),
-                    Restored::empty(),
-                    0,
-                    metrics,
-                ));
+                nodes.push(test_node(protocol, disk.clone(), Restored::empty(), |_| {}));
                 disks.push(disk);
             }
             FastCluster {
