@@ -7,8 +7,10 @@
 #
 #   scripts/anatomy-ab.sh A_BIN B_BIN                 # two builds, both with --anatomy
 #   OVERHEAD=1 scripts/anatomy-ab.sh BIN BIN          # A without --anatomy, B with it
+#   B_FLAGS="--conns 8" scripts/anatomy-ab.sh BIN BIN  # one build, a bench flag on B only
 #
-# Environment: OUT (default anatomy-ab), ROUNDS (3), DURATION (8), CLIENTS ("1 64").
+# Environment: OUT (default anatomy-ab), ROUNDS (3), DURATION (8), CLIENTS ("1 64"), A_FLAGS and
+# B_FLAGS (extra bench flags of each side, split on spaces).
 # Copy the binaries aside first: the bench starts its servers from its own path.
 set -euo pipefail
 A=${1:?A binary}
@@ -18,14 +20,16 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
 CLIENTS=${CLIENTS:-"1 64"}
 OVERHEAD=${OVERHEAD:-0}
+read -r -a a_flags <<< "${A_FLAGS:-}"
+read -r -a b_flags <<< "${B_FLAGS:-}"
 mkdir -p "$OUT"
 for round in $(seq 1 "$ROUNDS"); do
   for c in $CLIENTS; do
     for side in A B; do
       bin=$A
-      flags=(--anatomy)
-      if [[ $side == B ]]; then bin=$B; fi
-      if [[ $OVERHEAD == 1 && $side == A ]]; then flags=(); fi
+      flags=(--anatomy "${a_flags[@]}")
+      if [[ $side == B ]]; then bin=$B; flags=(--anatomy "${b_flags[@]}"); fi
+      if [[ $OVERHEAD == 1 && $side == A ]]; then flags=("${a_flags[@]}"); fi
       echo "round $round, $c clients, $side: $bin bench ${flags[*]} --clients $c --read-ratio 0 --duration $DURATION"
       "$bin" bench "${flags[@]}" --clients "$c" --read-ratio 0 --warmup 1 --duration "$DURATION" \
         --label "$side-c$c" --out "$OUT/$side-c$c" >/dev/null 2>>"$OUT/stderr.log"

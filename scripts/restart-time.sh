@@ -4,7 +4,8 @@
 # SIGKILL, stopped for DOWN_S seconds (more writes meanwhile if DOWN_LOAD=1) and started again.
 # Prints, as one CSV line appended to OUT/restart.csv:
 #   history_slots,down_s,recover_s,caught_up_s,snapshot_slot,installed
-# recover_s: start to "replica started" (WAL + snapshot recovery); caught_up_s: start to
+# recover_s: start to "replica started" (WAL + snapshot recovery; from the log line's own
+# timestamp, not from when this script's polling noticed it); caught_up_s: start to
 # applied >= the leader's commit. With snapshots the restart time must not depend on how much
 # history the cluster has (compare WRITE_S giving ~1M and ~10M writes), and at 100k keys of
 # 64 B stay under 2 s; a follower down 5 minutes (DOWN_S=300 DOWN_LOAD=1) must serve again
@@ -12,6 +13,12 @@
 #
 #   B=target/release/mpaxos WRITE_S=120 scripts/restart-time.sh
 #   B=target/release/mpaxos WRITE_S=60 DOWN_S=300 DOWN_LOAD=1 scripts/restart-time.sh
+#
+# Recovery replays the log since the newest snapshot, so where in the snapshot cycle the kill
+# falls sets its length. KILL_AT_SLOTS=N makes runs comparable: after the history, the load goes
+# on until the victim holds N slots above its log floor (its `mpaxos_log_slots` gauge, having
+# first seen it below N, i.e. after a snapshot), and the victim is killed then.
+#   B=target/release/mpaxos WRITE_S=300 CLIENTS=64 KILL_AT_SLOTS=20000 scripts/restart-time.sh
 set -euo pipefail
 B=${B:-target/release/mpaxos}
 WRITE_S=${WRITE_S:-60}
@@ -19,6 +26,7 @@ DOWN_S=${DOWN_S:-1}
 DOWN_LOAD=${DOWN_LOAD:-0}
 KEYS=${KEYS:-100000}
 CLIENTS=${CLIENTS:-16}
+KILL_AT_SLOTS=${KILL_AT_SLOTS:-0}
 OUT=${OUT:-results/restart-$(date -u +%Y%m%dT%H%M%SZ)}
 WORK=$(mktemp -d)
 DIR=$WORK/cluster
@@ -57,7 +65,30 @@ for r in rows:
 load "$WRITE_S" history
 victim=2
 pid=$(pgrep -P "$CLUSTER" -f -- "--id $victim\$" | head -1 || true)
+kill_slots=""
+if [[ "$KILL_AT_SLOTS" -gt 0 ]]; then
+  admin=$(sed -n "s/.*replica started replica=$victim .*admin=\([^ ]*\).*/\1/p" "$DIR/replica-$victim.log" | tail -1)
+  [[ -n "$admin" ]] || { echo "no admin endpoint in replica-$victim.log" >&2; exit 1; }
+  gauge() { curl -s "http://$admin/metrics" | sed -n 's/^mpaxos_log_slots{group="0"} \([0-9]*\).*/\1/p'; }
+  load 3600 tail &
+  TAIL=$!
+  seen_below=0
+  give_up=$((SECONDS + 300))
+  while [[ $SECONDS -lt $give_up ]]; do
+    n=$(gauge); n=${n:-0}
+    if [[ "$n" -lt "$KILL_AT_SLOTS" ]]; then seen_below=1
+    elif [[ "$seen_below" == 1 ]]; then kill_slots=$n; break; fi
+    sleep 0.01
+  done
+  [[ -n "$kill_slots" ]] || { echo "the victim never held $KILL_AT_SLOTS slots in 300 s (a snapshot by bytes, snapshot_every_bytes, may come first: use fewer)" >&2; exit 1; }
+fi
 kill -KILL "$pid"
+if [[ -n "${TAIL:-}" ]]; then
+  # (a background job of a script ignores SIGINT)
+  pkill -TERM -P "$TAIL" 2>/dev/null || true
+  wait "$TAIL" 2>/dev/null || true
+fi
+data_bytes=$(du -sb "$DIR/replica-$victim" 2>/dev/null | cut -f1 || echo "?")
 if [[ "$DOWN_LOAD" == 1 ]]; then load "$DOWN_S" while-down; else sleep "$DOWN_S"; fi
 history=$(status | field L commit)
 log=$DIR/replica-$victim.log
@@ -65,11 +96,13 @@ lines_before=$(wc -l < "$log")
 t0=$(date +%s.%N)
 "$B" server --config "$DIR/cluster.toml" --id "$victim" >> "$log" 2>&1 &
 RESTARTED=$!
-recover_s=""
+started_at=""
 while :; do
   now=$(date +%s.%N)
-  if [[ -z "$recover_s" ]] && tail -n +"$((lines_before + 1))" "$log" | grep -q "replica started"; then
-    recover_s=$(echo "$now - $t0" | bc)
+  if [[ -z "$started_at" ]]; then
+    line=$(tail -n +"$((lines_before + 1))" "$log" | grep -m1 "replica started" || true)
+    # The log's RFC 3339 UTC timestamp, as seconds since the epoch.
+    [[ -n "$line" ]] && started_at=$(date -d "$(echo "$line" | cut -d' ' -f1)" +%s.%N)
   fi
   st=$(status)
   applied=$(echo "$st" | field "$victim" applied)
@@ -79,7 +112,12 @@ while :; do
   fi
   sleep 0.05
 done
+recover_s=""
+[[ -n "$started_at" ]] && recover_s=$(echo "$started_at - $t0" | bc)
 snap=$(tail -n +"$((lines_before + 1))" "$log" | sed -n 's/.*snapshot_slot=\([0-9]*\).*/\1/p' | head -1)
 installed=$(tail -n +"$((lines_before + 1))" "$log" | grep -c "installed a peer's snapshot" || true)
-[[ -f "$OUT/restart.csv" ]] || echo "history_slots,down_s,recover_s,caught_up_s,snapshot_slot,installed" > "$OUT/restart.csv"
-echo "$history,$DOWN_S,${recover_s:-?},$caught_up_s,${snap:-0},$installed" | tee -a "$OUT/restart.csv"
+wal_ms=$(tail -n +"$((lines_before + 1))" "$log" | sed -n 's/.*wal_ms=\([0-9]*\).*/\1/p' | head -1)
+restore_ms=$(tail -n +"$((lines_before + 1))" "$log" | sed -n 's/.*restore_ms=\([0-9]*\).*/\1/p' | head -1)
+writes=$(sed -n 's/.* \([0-9]*\) requests completed.*/\1/p' "$OUT/history.out" | head -1)
+[[ -f "$OUT/restart.csv" ]] || echo "history_slots,down_s,recover_s,caught_up_s,snapshot_slot,installed,history_writes,kill_slots,data_bytes,wal_ms,restore_ms" > "$OUT/restart.csv"
+echo "$history,$DOWN_S,${recover_s:-?},$caught_up_s,${snap:-0},$installed,${writes:-?},${kill_slots:-?},$data_bytes,${wal_ms:-?},${restore_ms:-?}" | tee -a "$OUT/restart.csv"

@@ -231,6 +231,7 @@ fn config(topology: Topology) -> EngineConfig {
     EngineConfig {
         topology,
         clients: 1,
+        conns: 0,
         outstanding: 1,
         rate: None,
         arrival: Arrival::Constant,

@@ -8,7 +8,7 @@ fn jobs() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn report(outcome: &SimOutcome, replicas: u32, bug: Option<InjectedBug>) -> String {
+fn report(outcome: &SimOutcome, range: &SeedRange) -> String {
     let lines: Vec<String> = outcome
         .violations
         .iter()
@@ -18,7 +18,7 @@ fn report(outcome: &SimOutcome, replicas: u32, bug: Option<InjectedBug>) -> Stri
         "seed {} failed:\n{}\n  replay: {}",
         outcome.seed,
         lines.join("\n"),
-        sim::replay_command(replicas, outcome.seed, bug)
+        sim::replay_command(range, outcome.seed)
     )
 }
 
@@ -33,11 +33,7 @@ fn assert_seeds_pass(replicas: u32, first_seed: u64, seeds: u64) {
         jobs: jobs(),
     };
     let summary = sim::run_range(&range, &|_| {});
-    let failures: Vec<String> = summary
-        .failed
-        .iter()
-        .map(|o| report(o, replicas, None))
-        .collect();
+    let failures: Vec<String> = summary.failed.iter().map(|o| report(o, &range)).collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // The runs did real work: a check over empty histories would pass vacuously.
     assert!(

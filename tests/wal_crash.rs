@@ -101,6 +101,7 @@ impl Log {
                 segment_bytes: SEG,
                 max_entry_bytes: 8192,
                 mode: OnCorruption::Refuse,
+                skip_through: 0,
             },
         )
         .expect("own files are never refused")

@@ -60,6 +60,10 @@ pub enum ReadFrom {
 pub struct EngineConfig {
     pub topology: Topology,
     pub clients: usize,
+    /// Connections the clients share to each (replica, group), like etcd's benchmark
+    /// `--conns`: 0 gives every client its own. Clients share only with clients of their own
+    /// region (a placement's delays are per link).
+    pub conns: usize,
     /// Sessions per client (closed loop: requests in flight per client).
     pub outstanding: usize,
     /// Open loop at this many requests per second (all clients together).
@@ -317,6 +321,17 @@ enum Timer {
     },
 }
 
+/// Which client's links each client uses (`EngineConfig::conns`): itself, or with `conns`
+/// shared connections the client `c % m`, where `m` is `conns` rounded up to a multiple of the
+/// regions — clients are spread over regions as `c % regions`, so `c` and `c % m` share one.
+fn link_owners(clients: usize, conns: usize, regions: usize) -> Vec<usize> {
+    let regions = regions.max(1);
+    let m = conns.div_ceil(regions) * regions;
+    (0..clients)
+        .map(|c| if conns == 0 || m >= clients { c } else { c % m })
+        .collect()
+}
+
 /// A value no other run shares: OS randomness mixed with the clock and the pid.
 fn fresh_nonce() -> u64 {
     let t = std::time::SystemTime::now()
@@ -331,6 +346,8 @@ pub struct Engine {
     encoder: FrameEncoder,
     links: Vec<Option<Link>>,
     clients: Vec<Client>,
+    /// Per client, the client whose links it uses (`link_owners`).
+    owner: Vec<usize>,
     sessions: Vec<Session>,
     free: VecDeque<usize>,
     backlog: VecDeque<u64>,
@@ -459,6 +476,7 @@ impl Engine {
                 region: regions[c % regions.len()].clone(),
             })
             .collect::<Vec<_>>();
+        let owner = link_owners(cfg.clients, cfg.conns, regions.len());
         let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         // Client ids: the workload stays reproducible from the seed, but ids must not repeat
         // across runs (a server remembers each id's last sequence number and would answer a
@@ -505,6 +523,7 @@ impl Engine {
             encoder: FrameEncoder::new(),
             links: Vec::new(),
             clients,
+            owner,
             free: (0..sessions.len()).collect(),
             sessions,
             backlog: VecDeque::new(),
@@ -584,6 +603,7 @@ impl Engine {
 
     /// The link of `client` to (`replica`, `group`), connecting if needed.
     fn link(&mut self, client: usize, replica: u32, group: u32) -> Option<usize> {
+        let client = self.owner[client];
         if let Some(&l) = self.clients[client].links.get(&(replica, group)) {
             if self.links[l].is_some() {
                 return Some(l);
@@ -1019,14 +1039,16 @@ impl Engine {
             return;
         };
         let _ = self.poll.registry().deregister(&mut link.stream);
-        let c = link.client;
-        self.clients[c].links.retain(|_, v| *v != idx);
-        if self.clients[c].home == Some(link.replica) {
-            self.clients[c].home_down_until = now + HOME_RETRY_NS;
-        }
-        for l in self.clients[c].leaders.iter_mut() {
-            if *l == Some(link.replica) {
-                *l = None;
+        self.clients[link.client].links.retain(|_, v| *v != idx);
+        // Every client that shared the link lost it.
+        for c in (0..self.clients.len()).filter(|&c| self.owner[c] == link.client) {
+            if self.clients[c].home == Some(link.replica) {
+                self.clients[c].home_down_until = now + HOME_RETRY_NS;
+            }
+            for l in self.clients[c].leaders.iter_mut() {
+                if *l == Some(link.replica) {
+                    *l = None;
+                }
             }
         }
         for (_, session) in link.waiting.drain() {
@@ -1645,6 +1667,28 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_connections_stay_within_a_region() {
+        // Own connections by default, and when there are fewer clients than connections.
+        assert_eq!(link_owners(4, 0, 1), vec![0, 1, 2, 3]);
+        assert_eq!(link_owners(4, 10, 1), vec![0, 1, 2, 3]);
+        // 10 connections for 25 clients in one region.
+        let o = link_owners(25, 10, 1);
+        assert_eq!(o[..12], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]);
+        let mut owners = o.clone();
+        owners.sort_unstable();
+        owners.dedup();
+        assert_eq!(owners.len(), 10);
+        // Three regions (client c is in region c % 3): 4 connections become 6, two per
+        // region, and every client's owner is in its region.
+        let o = link_owners(30, 4, 3);
+        assert!(o.iter().enumerate().all(|(c, &w)| c % 3 == w % 3 && w < 6));
+        let mut owners = o.clone();
+        owners.sort_unstable();
+        owners.dedup();
+        assert_eq!(owners, vec![0, 1, 2, 3, 4, 5]);
+    }
 
     #[test]
     fn equally_near_replicas_take_turns() {

@@ -109,8 +109,11 @@ pub struct BenchSpec {
     /// What to drive: mpaxos, or etcd (a build with `--features etcd`, and `--endpoints`).
     #[arg(long, default_value = "mpaxos")]
     pub target: String,
-    /// etcd only: gRPC connections shared by the clients (etcd's benchmark `--conns`).
-    #[arg(long, default_value_t = 1)]
+    /// Connections the clients share to each replica (etcd's benchmark `--conns`): 0 gives
+    /// every mpaxos client its own, and etcd's driver 1 gRPC connection (etcd's default).
+    /// Shared connections carry many clients' requests, so one read and one write move
+    /// several of them.
+    #[arg(long, default_value_t = 0)]
     pub conns: usize,
     /// WAL backend of the local cluster: auto, uring, sync or memory.
     #[arg(long, default_value = "auto")]
@@ -327,6 +330,11 @@ impl BenchSpec {
         let load = match self.rate {
             Some(r) => format!("rate{r}"),
             None => format!("c{}x{}", self.clients, self.outstanding),
+        };
+        let load = if self.conns > 0 && self.conns < self.clients {
+            format!("{load}-k{}", self.conns)
+        } else {
+            load
         };
         let place = self
             .placement
@@ -606,6 +614,7 @@ fn measure(
     let cfg = EngineConfig {
         topology,
         clients: spec.clients,
+        conns: spec.conns,
         outstanding: spec.sessions(),
         rate: spec.rate,
         arrival: spec.arrival()?,

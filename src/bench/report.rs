@@ -419,13 +419,19 @@ pub fn csv_row(s: &Summary) -> String {
 pub fn table(s: &Summary) -> String {
     let mut out = String::new();
     let c = &s.config;
-    let load = match c.rate {
+    let mut load = match c.rate {
         Some(r) => format!("open loop {r:.0} ops/s ({})", c.arrival),
         None => format!(
             "closed loop, {} clients x {} outstanding",
             c.clients, c.outstanding
         ),
     };
+    if c.conns > 0 && c.conns < c.clients {
+        load.push_str(&format!(
+            ", over {} shared connections per replica",
+            c.conns
+        ));
+    }
     let _ = writeln!(
         out,
         "\nmpaxos bench: {} replicas, {} group(s), WAL {} ({}), {}, {:.0}% reads, {} B values, {} keys {}",

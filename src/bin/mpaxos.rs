@@ -164,6 +164,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
     };
     let started = Instant::now();
     let verbose = args.verbose;
+    let replay_range = range.clone();
     let report = move |outcome: &SimOutcome| {
         for violation in &outcome.violations {
             eprintln!(
@@ -172,11 +173,8 @@ fn run_sim(args: SimArgs) -> ExitCode {
             );
         }
         eprintln!(
-            "  replay: {}{}",
-            sim::replay_command(args.replicas, outcome.seed, args.inject_bug),
-            args.protocol
-                .map(|p| format!(" --protocol {p}"))
-                .unwrap_or_default()
+            "  replay: {}",
+            sim::replay_command(&replay_range, outcome.seed)
         );
         if verbose {
             eprintln!(

@@ -270,13 +270,16 @@ impl Group {
                 1u64 << CONN_INDEX_BITS
             ));
         }
+        let started = std::time::Instant::now();
         let (storage, durable, mut recovered) = Storage::open(spec.wal.clone())?;
+        let wal_ms = started.elapsed().as_millis();
         let wal_eventfd = storage.wal().eventfd();
         let storage = group_disk(storage);
         let restored = match recovered.snapshot.take() {
             Some(snap) => Restored::from_snapshot(snap.slot, snap.data)?,
             None => Restored::empty(),
         };
+        let restore_ms = started.elapsed().as_millis() - wal_ms;
         let report = &recovered.report;
         tracing::info!(
             group = spec.group,
@@ -289,6 +292,8 @@ impl Group {
             chosen = durable.chosen.len(),
             snapshot_slot = restored.slot(),
             keys = restored.kv.len(),
+            wal_ms,
+            restore_ms,
             "WAL recovered"
         );
         for note in &report.notes {

@@ -37,13 +37,20 @@ mod world;
 pub use runner::{run_range, RangeSummary, SeedRange};
 pub use world::{run, SimConfig, SimOutcome, SimStats, Violation};
 
-use crate::protocol::InjectedBug;
-
-/// The one command that replays a seed.
-pub fn replay_command(replicas: u32, seed: u64, bug: Option<InjectedBug>) -> String {
-    let mut cmd = format!("mpaxos sim --replicas {replicas} --seeds 1 --seed {seed}");
-    if let Some(bug) = bug {
+/// The one command that replays a seed of `range`: every flag that changes what a seed runs.
+pub fn replay_command(range: &SeedRange, seed: u64) -> String {
+    let mut cmd = format!(
+        "mpaxos sim --replicas {} --seeds 1 --seed {seed}",
+        range.replicas
+    );
+    if let Some(bug) = range.inject_bug {
         cmd.push_str(&format!(" --inject-bug {}", bug.name()));
+    }
+    if range.quorum_leases {
+        cmd.push_str(" --quorum-leases");
+    }
+    if let Some(protocol) = range.protocol {
+        cmd.push_str(&format!(" --protocol {protocol}"));
     }
     cmd
 }

@@ -100,8 +100,8 @@ pub struct Recovered {
     pub superblock: SuperState,
     /// The newest snapshot that verifies, if any.
     pub snapshot: Option<Snapshot>,
-    /// Verified entries in log order (including ones at or below the snapshot slot: skip
-    /// them).
+    /// Verified entries in log order above the snapshot's slot (those at or below it are
+    /// verified and chained, but not returned).
     pub entries: Vec<RecoveredEntry>,
     pub report: RecoveryReport,
 }

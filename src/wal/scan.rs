@@ -14,7 +14,8 @@ use std::borrow::Cow;
 use std::fmt;
 
 use super::format::{
-    align_up, Ballot, EntryHeader, HeaderFault, SegmentHeader, ENTRY_HEADER_BYTES, SECTOR_BYTES,
+    align_up, is_zero, Ballot, EntryHeader, HeaderFault, SegmentHeader, ENTRY_HEADER_BYTES,
+    SECTOR_BYTES,
 };
 
 /// What recovery does when it finds a damaged entry that may have been acknowledged.
@@ -43,6 +44,10 @@ pub struct ScanConfig {
     pub segment_bytes: u64,
     pub max_entry_bytes: u32,
     pub mode: OnCorruption,
+    /// Entries whose last slot is at or below this (the newest snapshot's slot) are verified
+    /// and chained like every other, but not returned: nobody replays them, and copying their
+    /// bodies was a good part of a restart. 0 returns every entry.
+    pub skip_through: u64,
 }
 
 /// One verified log entry.
@@ -152,7 +157,10 @@ pub struct TornTail {
 /// Everything recovery found in the log.
 #[derive(Clone, Debug, Default)]
 pub struct ScanOutcome {
+    /// Verified entries above `ScanConfig::skip_through`, in log order.
     pub entries: Vec<RecoveredEntry>,
+    /// The last slot of the verified log, returned or skipped.
+    pub last_slot: Option<u64>,
     /// Absolute log offset where the next batch goes (sector aligned, past a segment header).
     pub next_offset: u64,
     /// `header_crc` of the last entry (the chain head for the next write).
@@ -325,7 +333,7 @@ impl<'a> Scanner<'a> {
             off -= off % SECTOR_BYTES as u64;
             while off < seg.bytes.len() as u64 {
                 let s = &seg.bytes[off as usize..off as usize + SECTOR_BYTES];
-                if s.iter().any(|&b| b != 0) {
+                if !is_zero(s) {
                     let here = seg_start + off;
                     match out.last_mut() {
                         Some((start, len)) if *start + *len == here => *len += SECTOR_BYTES as u64,
@@ -407,17 +415,25 @@ impl<'a> Scanner<'a> {
         loop {
             match self.parse(seg_i, off, chain, batch_start) {
                 Ok((h, body)) => {
+                    let skipped = h.slot_last <= self.cfg.skip_through;
                     batch.push(RecoveredEntry {
                         slot_first: h.slot_first,
                         slot_last: h.slot_last,
                         ballot: h.ballot,
-                        body: self.segs[seg_i].bytes[body.clone()].to_vec(),
+                        body: if skipped {
+                            Vec::new()
+                        } else {
+                            self.segs[seg_i].bytes[body.clone()].to_vec()
+                        },
                         log_offset: h.log_offset,
                     });
                     chain = Some(h.header_crc);
                     let end = body.end as u64;
                     if h.is_last_in_batch() {
-                        out.entries.append(&mut batch);
+                        out.last_slot = Some(h.slot_last);
+                        let skip = self.cfg.skip_through;
+                        out.entries
+                            .extend(batch.drain(..).filter(|e| e.slot_last > skip));
                         out.chain = h.header_crc;
                         off = align_up(end);
                         batch_start = self.abs(seg_i, off);
@@ -456,7 +472,7 @@ impl<'a> Scanner<'a> {
                         log_offset: damage_at,
                         fault,
                         next_valid_offset: resume,
-                        last_slot_before: out.entries.last().map(|e| e.slot_last),
+                        last_slot_before: out.last_slot,
                         first_slot_after,
                     });
                     let Some(resume) = resume.filter(|_| self.cfg.mode == OnCorruption::Report)
@@ -483,10 +499,7 @@ impl<'a> Scanner<'a> {
         }
         let seg = &self.segs[seg_i];
         let rest = seg.bytes.get(off as usize..).unwrap_or(&[]);
-        let next_has_data = self.segs[seg_i + 1].bytes[SECTOR_BYTES..]
-            .iter()
-            .any(|&b| b != 0);
-        rest.iter().all(|&b| b == 0) && next_has_data
+        is_zero(rest) && !is_zero(&self.segs[seg_i + 1].bytes[SECTOR_BYTES..])
     }
 
     /// True when a whole batch verifies at `off` (ignoring its link to earlier entries).
@@ -532,7 +545,7 @@ impl<'a> Scanner<'a> {
                 log_offset: batch_start,
                 fault: Fault::SegmentTruncated { file_bytes: cut },
                 next_valid_offset: None,
-                last_slot_before: out.entries.last().map(|e| e.slot_last),
+                last_slot_before: out.last_slot,
                 first_slot_after: None,
             });
         } else if partial || !ranges.is_empty() || fault != Fault::Zeroed {

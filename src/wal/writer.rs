@@ -166,7 +166,8 @@ impl Wal {
         })?);
         let snap = snapshot::load_newest(&dir, cfg.cluster_id, cfg.group, &mut report.notes)?;
 
-        let (outcome, segments) = recover_segments(&cfg, &listing.segments, direct)?;
+        let skip_through = snap.as_ref().map_or(0, |s| s.slot);
+        let (outcome, segments) = recover_segments(&cfg, &listing.segments, direct, skip_through)?;
         report.torn_tail = outcome.torn_tail;
         report.corruptions = outcome.corruptions.clone();
         if let Some(t) = &outcome.torn_tail {
@@ -807,6 +808,7 @@ fn recover_segments(
     cfg: &WalConfig,
     indices: &[u64],
     direct: bool,
+    skip_through: u64,
 ) -> Result<(scan::ScanOutcome, VecDeque<SegFile>), WalError> {
     let dir = &cfg.dir;
     let path_of = |i: u64| -> PathBuf { dir.join(segment_name(i)) };
@@ -830,6 +832,7 @@ fn recover_segments(
         segment_bytes: cfg.segment_bytes,
         max_entry_bytes: cfg.max_entry_bytes,
         mode: cfg.on_corruption,
+        skip_through,
     };
     let outcome = scan::scan(&views, scan_cfg).map_err(|r| match r {
         ScanRefusal::Foreign {
