@@ -3,7 +3,10 @@
 # 64-byte puts over KEYS keys (`mpaxos bench --read-ratio 0`), then replica 2 is killed with
 # SIGKILL, stopped for DOWN_S seconds (more writes meanwhile if DOWN_LOAD=1) and started again.
 # Prints, as one CSV line appended to OUT/restart.csv:
-#   history_slots,down_s,recover_s,caught_up_s,snapshot_slot,installed
+#   history_slots,down_s,recover_s,caught_up_s,snapshot_slot,installed,history_writes,
+#   kill_slots,data_bytes,wal_ms,restore_ms
+# (history_writes: writes of the WRITE_S phase; kill_slots: the victim's log_slots gauge at the
+# kill; data_bytes: its data directory then; wal_ms/restore_ms: the phases its log reports).
 # recover_s: start to "replica started" (WAL + snapshot recovery; from the log line's own
 # timestamp, not from when this script's polling noticed it); caught_up_s: start to
 # applied >= the leader's commit. With snapshots the restart time must not depend on how much
@@ -17,7 +20,9 @@
 # Recovery replays the log since the newest snapshot, so where in the snapshot cycle the kill
 # falls sets its length. KILL_AT_SLOTS=N makes runs comparable: after the history, the load goes
 # on until the victim holds N slots above its log floor (its `mpaxos_log_slots` gauge, having
-# first seen it below N, i.e. after a snapshot), and the victim is killed then.
+# first seen it below N, i.e. after a snapshot), and the victim is killed then. The floor trails
+# the snapshot by `snapshot_trail_slots` (1,000), so the suffix replayed is about N - 1,000; N
+# must be above that, and below what `snapshot_every_bytes` lets a log reach.
 #   B=target/release/mpaxos WRITE_S=300 CLIENTS=64 KILL_AT_SLOTS=20000 scripts/restart-time.sh
 set -euo pipefail
 B=${B:-target/release/mpaxos}
@@ -34,6 +39,7 @@ mkdir -p "$OUT" "$DIR"
 "$B" cluster --replicas 3 --dir "$DIR" > "$OUT/cluster.out" 2>&1 &
 CLUSTER=$!
 cleanup() {
+  [[ -n "${TAIL:-}" ]] && { pkill -TERM -P "$TAIL" 2>/dev/null || true; }
   kill "${RESTARTED:-0}" 2>/dev/null || true
   kill -INT "$CLUSTER" 2>/dev/null || true
   wait "$CLUSTER" 2>/dev/null || true
@@ -65,11 +71,12 @@ for r in rows:
 load "$WRITE_S" history
 victim=2
 pid=$(pgrep -P "$CLUSTER" -f -- "--id $victim\$" | head -1 || true)
+[[ -n "$pid" ]] || { echo "replica $victim is not running; see $OUT/cluster.out" >&2; exit 1; }
 kill_slots=""
 if [[ "$KILL_AT_SLOTS" -gt 0 ]]; then
   admin=$(sed -n "s/.*replica started replica=$victim .*admin=\([^ ]*\).*/\1/p" "$DIR/replica-$victim.log" | tail -1)
   [[ -n "$admin" ]] || { echo "no admin endpoint in replica-$victim.log" >&2; exit 1; }
-  gauge() { curl -s "http://$admin/metrics" | sed -n 's/^mpaxos_log_slots{group="0"} \([0-9]*\).*/\1/p'; }
+  gauge() { { curl -s -m 1 "http://$admin/metrics" || true; } | sed -n 's/^mpaxos_log_slots{group="0"} \([0-9]*\).*/\1/p'; }
   load 3600 tail &
   TAIL=$!
   seen_below=0

@@ -112,7 +112,8 @@ pub struct BenchSpec {
     /// Connections the clients share to each replica (etcd's benchmark `--conns`): 0 gives
     /// every mpaxos client its own, and etcd's driver 1 gRPC connection (etcd's default).
     /// Shared connections carry many clients' requests, so one read and one write move
-    /// several of them.
+    /// several of them. With a placement the count is rounded up to a multiple of the client
+    /// regions (clients share only within their region).
     #[arg(long, default_value_t = 0)]
     pub conns: usize,
     /// WAL backend of the local cluster: auto, uring, sync or memory.

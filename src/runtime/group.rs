@@ -292,6 +292,8 @@ impl Group {
             chosen = durable.chosen.len(),
             snapshot_slot = restored.slot(),
             keys = restored.kv.len(),
+            entries_scanned = report.entries_scanned,
+            mib_scanned = report.bytes_scanned >> 20,
             wal_ms,
             restore_ms,
             "WAL recovered"

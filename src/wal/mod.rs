@@ -121,4 +121,8 @@ pub struct RecoveryReport {
     pub backend: Option<BackendKind>,
     pub backend_reason: String,
     pub direct_io: bool,
+    /// Log entries recovery verified (the returned ones and those below the snapshot).
+    pub entries_scanned: u64,
+    /// Bytes of segment files it read.
+    pub bytes_scanned: u64,
 }

@@ -161,6 +161,13 @@ pub struct ScanOutcome {
     pub entries: Vec<RecoveredEntry>,
     /// The last slot of the verified log, returned or skipped.
     pub last_slot: Option<u64>,
+    /// Entries verified, returned or skipped.
+    pub entries_verified: u64,
+    /// Bytes of segment files read (filled in by the caller that read them).
+    pub bytes_read: u64,
+    /// Per segment index, the highest slot of its verified entries, returned or skipped (a
+    /// segment is released only once a snapshot covers it).
+    pub max_slot_by_segment: std::collections::BTreeMap<u64, u64>,
     /// Absolute log offset where the next batch goes (sector aligned, past a segment header).
     pub next_offset: u64,
     /// `header_crc` of the last entry (the chain head for the next write).
@@ -431,6 +438,14 @@ impl<'a> Scanner<'a> {
                     let end = body.end as u64;
                     if h.is_last_in_batch() {
                         out.last_slot = Some(h.slot_last);
+                        out.entries_verified += batch.len() as u64;
+                        for e in &batch {
+                            let m = out
+                                .max_slot_by_segment
+                                .entry(e.log_offset / self.cfg.segment_bytes)
+                                .or_default();
+                            *m = (*m).max(e.slot_last);
+                        }
                         let skip = self.cfg.skip_through;
                         out.entries
                             .extend(batch.drain(..).filter(|e| e.slot_last > skip));

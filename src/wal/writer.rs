@@ -169,6 +169,8 @@ impl Wal {
         let skip_through = snap.as_ref().map_or(0, |s| s.slot);
         let (outcome, segments) = recover_segments(&cfg, &listing.segments, direct, skip_through)?;
         report.torn_tail = outcome.torn_tail;
+        report.entries_scanned = outcome.entries_verified;
+        report.bytes_scanned = outcome.bytes_read;
         report.corruptions = outcome.corruptions.clone();
         if let Some(t) = &outcome.torn_tail {
             tracing::info!(
@@ -834,7 +836,7 @@ fn recover_segments(
         mode: cfg.on_corruption,
         skip_through,
     };
-    let outcome = scan::scan(&views, scan_cfg).map_err(|r| match r {
+    let mut outcome = scan::scan(&views, scan_cfg).map_err(|r| match r {
         ScanRefusal::Foreign {
             cluster_id, group, ..
         } => WalError::Foreign {
@@ -851,6 +853,8 @@ fn recover_segments(
         },
     })?;
     drop(views);
+    outcome.bytes_read = images.iter().map(|(_, b)| b.len() as u64).sum();
+    drop(images);
     if !outcome.corruptions.is_empty() && cfg.on_corruption == OnCorruption::Refuse {
         let detail = outcome
             .corruptions
@@ -892,12 +896,7 @@ fn recover_segments(
         let p = path_of(i);
         let f = open_rw(&p, direct)
             .map_err(|e| WalError::io(format!("opening {}", p.display()), &p, e))?;
-        let max_slot = outcome
-            .entries
-            .iter()
-            .filter(|e| e.log_offset / cfg.segment_bytes == i)
-            .map(|e| e.slot_last)
-            .max();
+        let max_slot = outcome.max_slot_by_segment.get(&i).copied();
         segs.push_back(SegFile {
             index: i,
             file: Arc::new(f),

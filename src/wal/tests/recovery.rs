@@ -237,6 +237,36 @@ fn recovery_across_segment_rolls_and_snapshot_release() {
 }
 
 #[test]
+fn entries_skipped_below_a_snapshot_still_hold_their_segments() {
+    // A snapshot made durable without releasing anything (the server releases later, at its
+    // log floor): after a restart the first segments hold only slots at or below the snapshot,
+    // which recovery verifies but does not return. Their slots still count: releasing below
+    // them must keep them.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(cfg(dir.path(), BackendChoice::Auto)).unwrap();
+    write_batches(&mut wal, 1, 40, 3, 1000);
+    wal.start_snapshot(100, bytes::Bytes::from_static(b"state@100"))
+        .unwrap();
+    while wal.poll_snapshot().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    drop(wal);
+    let segs = files::list_dir(dir.path()).unwrap().segments.len();
+    assert!(segs >= 3, "rolled over segments ({segs})");
+    let (mut wal, rec) = reopen(dir.path(), OnCorruption::Refuse).unwrap();
+    assert_eq!(rec.snapshot.as_ref().map(|s| s.slot), Some(100));
+    assert_eq!(rec.entries.first().map(|e| e.slot_first), Some(101));
+    assert_eq!(
+        wal.release_segments(0).unwrap(),
+        0,
+        "released below its slots"
+    );
+    assert_eq!(files::list_dir(dir.path()).unwrap().segments.len(), segs);
+    // At the snapshot's slot the segments holding nothing above it go.
+    assert!(wal.release_segments(100).unwrap() >= 1);
+}
+
+#[test]
 fn recovery_skips_a_damaged_snapshot_for_the_previous_one() {
     let dir = tempfile::tempdir().unwrap();
     let (mut wal, _) = Wal::open(cfg(dir.path(), BackendChoice::Sync)).unwrap();
