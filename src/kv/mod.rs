@@ -6,6 +6,7 @@
 //! answered with an error reply (on every replica alike) rather than panicking.
 
 mod command;
+mod keys;
 pub mod snapshot;
 
 use std::collections::BTreeMap;
@@ -84,7 +85,7 @@ struct ClientRecord {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct KvStore {
-    keys: BTreeMap<Bytes, KeyState>,
+    keys: keys::Keys,
     /// Bumped by every command that changes a key.
     revision: u64,
     clients: BTreeMap<u64, ClientRecord>,
@@ -286,7 +287,7 @@ impl KvStore {
     fn write(&mut self, key: Bytes, value: Bytes) -> u64 {
         self.revision += 1;
         let revision = self.revision;
-        let state = self.keys.entry(key).or_insert(KeyState {
+        let state = self.keys.get_or_insert_with(key, || KeyState {
             value: Bytes::new(),
             version: 0,
             create_revision: revision,

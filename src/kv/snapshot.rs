@@ -146,7 +146,7 @@ impl KvStore {
     /// invariants. Returns the slot it was taken at and the state.
     pub fn decode_snapshot(bytes: &[u8]) -> Result<(u64, KvStore), String> {
         let image = decode_image(bytes)?;
-        let mut keys = BTreeMap::new();
+        let mut keys = super::keys::Keys::default();
         for k in image.keys {
             let ok = k.key.len() <= KEY_BYTES_MAX
                 && k.version >= 1

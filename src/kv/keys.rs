@@ -1,0 +1,139 @@
+//! The key index: a hash map for point reads and writes, with the keys' order kept beside it
+//! for what needs it (snapshots, the state digest, range reads later).
+//!
+//! Overwriting a key — most writes of a config store, and of every benchmark — touches only the
+//! hash map. A `BTreeMap<Bytes, _>` alone paid a B-tree descent per write on every replica, each
+//! step a `memcmp` through a pointer to the key's heap bytes: a quarter of the servers' CPU at
+//! 64 clients (perf, results/anatomy.md). Creating or deleting a key also updates the order.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+
+use bytes::Bytes;
+
+use super::KeyState;
+
+#[derive(Clone, Debug, Default)]
+pub struct Keys {
+    map: HashMap<Bytes, KeyState>,
+    order: BTreeSet<Bytes>,
+}
+
+impl Keys {
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&KeyState> {
+        self.map.get(key)
+    }
+
+    /// Adds a key; returns its previous state, if it had one.
+    pub fn insert(&mut self, key: Bytes, state: KeyState) -> Option<KeyState> {
+        match self.map.entry(key) {
+            Entry::Occupied(mut o) => Some(std::mem::replace(o.get_mut(), state)),
+            Entry::Vacant(v) => {
+                self.order.insert(v.key().clone());
+                v.insert(state);
+                None
+            }
+        }
+    }
+
+    /// The key's state, created by `new` if the key is absent.
+    pub fn get_or_insert_with(
+        &mut self,
+        key: Bytes,
+        new: impl FnOnce() -> KeyState,
+    ) -> &mut KeyState {
+        match self.map.entry(key) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                self.order.insert(v.key().clone());
+                v.insert(new())
+            }
+        }
+    }
+
+    pub fn remove(&mut self, key: &[u8]) -> Option<KeyState> {
+        let state = self.map.remove(key)?;
+        self.order.remove(key);
+        Some(state)
+    }
+
+    /// Every key in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &KeyState)> {
+        self.order.iter().map(|k| (k, &self.map[k]))
+    }
+}
+
+impl PartialEq for Keys {
+    fn eq(&self, other: &Self) -> bool {
+        self.map == other.map
+    }
+}
+
+impl Eq for Keys {}
+
+/// Hashes exactly as the `BTreeMap<Bytes, KeyState>` it replaced (length, then each pair in
+/// key order), so state digests did not change.
+impl Hash for Keys {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_usize(self.len());
+        for pair in self.iter() {
+            pair.hash(state);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn st(version: u64) -> KeyState {
+        KeyState {
+            value: Bytes::from(vec![version as u8]),
+            version,
+            create_revision: 1,
+            mod_revision: version,
+        }
+    }
+
+    fn digest(h: &impl Hash) -> u64 {
+        let mut s = std::collections::hash_map::DefaultHasher::new();
+        h.hash(&mut s);
+        s.finish()
+    }
+
+    #[test]
+    fn behaves_like_an_ordered_map() {
+        let mut keys = Keys::default();
+        let mut model = BTreeMap::new();
+        // Inserts, overwrites and deletes in a scrambled order.
+        for i in 0u64..500 {
+            let k = Bytes::from(format!("k{:03}", (i * 7919) % 97));
+            match i % 5 {
+                0 => assert_eq!(keys.remove(&k), model.remove(&k)),
+                1 => assert_eq!(keys.insert(k.clone(), st(i)), model.insert(k, st(i))),
+                _ => {
+                    let a = keys.get_or_insert_with(k.clone(), || st(0));
+                    a.version += 1;
+                    let b = model.entry(k).or_insert_with(|| st(0));
+                    b.version += 1;
+                }
+            }
+            assert_eq!(keys.len(), model.len());
+        }
+        let ours: Vec<_> = keys.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let theirs: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        assert_eq!(ours, theirs, "same keys, same states, same order");
+        assert_eq!(keys.get(b"k001"), model.get(&b"k001"[..]));
+        assert_eq!(digest(&keys), digest(&model), "digests as before");
+    }
+}
