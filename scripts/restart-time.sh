@@ -24,6 +24,7 @@
 # the snapshot by `snapshot_trail_slots` (1,000), so the suffix replayed is about N - 1,000; N
 # must be above that, and below what `snapshot_every_bytes` lets a log reach.
 #   B=target/release/mpaxos WRITE_S=300 CLIENTS=64 KILL_AT_SLOTS=20000 scripts/restart-time.sh
+# KEEP_DATA=DIR also saves the victim's data directory at the kill (see scripts/recovery-time.sh).
 set -euo pipefail
 B=${B:-target/release/mpaxos}
 WRITE_S=${WRITE_S:-60}
@@ -32,6 +33,7 @@ DOWN_LOAD=${DOWN_LOAD:-0}
 KEYS=${KEYS:-100000}
 CLIENTS=${CLIENTS:-16}
 KILL_AT_SLOTS=${KILL_AT_SLOTS:-0}
+KEEP_DATA=${KEEP_DATA:-}
 OUT=${OUT:-results/restart-$(date -u +%Y%m%dT%H%M%SZ)}
 WORK=$(mktemp -d)
 DIR=$WORK/cluster
@@ -96,6 +98,16 @@ if [[ -n "${TAIL:-}" ]]; then
   wait "$TAIL" 2>/dev/null || true
 fi
 data_bytes=$(du -sb "$DIR/replica-$victim" 2>/dev/null | cut -f1 || echo "?")
+if [[ -n "$KEEP_DATA" ]]; then
+  # The victim's data directory as the kill left it, for scripts/recovery-time.sh (which
+  # times recoveries of saved directories side by side). Copying reads every file into the
+  # page cache: drop it again, so this restart starts as cold as one without the copy.
+  mkdir -p "$KEEP_DATA"
+  cp -a "$DIR/replica-$victim" "$KEEP_DATA/"
+  cp "$DIR/cluster.toml" "$KEEP_DATA/"
+  sync
+  echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+fi
 if [[ "$DOWN_LOAD" == 1 ]]; then load "$DOWN_S" while-down; else sleep "$DOWN_S"; fi
 history=$(status | field L commit)
 log=$DIR/replica-$victim.log
