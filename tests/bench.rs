@@ -752,11 +752,18 @@ fn progress_shows_live_throughput_and_p99() {
         .expect("live figures once a second");
     let rate = last.ops_per_s.unwrap();
     assert!((400.0..=600.0).contains(&rate), "live ops/s {rate}");
-    let p99 = Percentiles::of(&result.recorder.merged(|k| k.op == "put")).p99;
+    // The live p99 is over the requests done by its last update (at least half of the final
+    // window's, plus the warm-up's): a subset L of the final set F. At least 1 % of L lies at
+    // or above it and 99 % at or below, so with |L| >= |F| / 2 it lies between F's 49.5th and
+    // 99.5th percentiles. Comparing it with F's p99 itself failed whenever the host stalled
+    // after the last update (live 289 us against a final p99 of 821 us, once in CI).
+    let fin = result.recorder.merged(|k| k.op == "put");
+    let at = |q: f64| fin.value_at_quantile(q) as f64 / 1e3;
+    let (lo, hi) = (at(0.495), at(0.995));
     let live = last.p99_us.unwrap();
     assert!(
-        live <= p99 * 1.5 + 50.0 && live >= p99 / 1.5 - 50.0,
-        "live p99 {live} us vs final {p99} us"
+        live <= hi * 1.5 + 50.0 && live >= lo / 1.5 - 50.0,
+        "live p99 {live} us outside the final p49.5..p99.5 = {lo}..{hi} us"
     );
     assert!(seen.windows(2).all(|w| w[0].fraction <= w[1].fraction));
 }
