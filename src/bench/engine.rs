@@ -601,7 +601,8 @@ impl Engine {
             .ok_or_else(|| format!("{} resolves to nothing", r.host))
     }
 
-    /// The link of `client` to (`replica`, `group`), connecting if needed.
+    /// The link of `client` to (`replica`, `group`) — its owner's (`link_owners`) — connecting
+    /// if needed.
     fn link(&mut self, client: usize, replica: u32, group: u32) -> Option<usize> {
         let client = self.owner[client];
         if let Some(&l) = self.clients[client].links.get(&(replica, group)) {

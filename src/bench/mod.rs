@@ -326,16 +326,20 @@ impl BenchSpec {
         Ok(())
     }
 
+    /// `--conns K` when the clients really share connections (fewer than there are clients).
+    pub fn shared_conns(&self) -> Option<usize> {
+        (self.conns > 0 && self.conns < self.clients).then_some(self.conns)
+    }
+
     /// A short name for the run directory.
     pub fn slug(&self) -> String {
         let load = match self.rate {
             Some(r) => format!("rate{r}"),
             None => format!("c{}x{}", self.clients, self.outstanding),
         };
-        let load = if self.conns > 0 && self.conns < self.clients {
-            format!("{load}-k{}", self.conns)
-        } else {
-            load
+        let load = match self.shared_conns() {
+            Some(k) => format!("{load}-k{k}"),
+            None => load,
         };
         let place = self
             .placement

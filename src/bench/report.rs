@@ -426,11 +426,8 @@ pub fn table(s: &Summary) -> String {
             c.clients, c.outstanding
         ),
     };
-    if c.conns > 0 && c.conns < c.clients {
-        load.push_str(&format!(
-            ", over {} shared connections per replica",
-            c.conns
-        ));
+    if let Some(k) = c.shared_conns() {
+        load.push_str(&format!(", over {k} shared connections per replica"));
     }
     let _ = writeln!(
         out,

@@ -163,7 +163,7 @@ pub struct ScanOutcome {
     pub last_slot: Option<u64>,
     /// Entries verified, returned or skipped.
     pub entries_verified: u64,
-    /// Bytes of segment files read (filled in by the caller that read them).
+    /// Bytes of segment files scanned.
     pub bytes_read: u64,
     /// Per segment index, the highest slot of its verified entries, returned or skipped (a
     /// segment is released only once a snapshot covers it).
@@ -231,7 +231,10 @@ pub fn scan(images: &[SegmentImage<'_>], cfg: ScanConfig) -> Result<ScanOutcome,
             }
         })
         .collect();
-    Scanner { cfg, segs }.run()
+    let bytes_read = images.iter().map(|s| s.bytes.len() as u64).sum();
+    let mut out = Scanner { cfg, segs }.run()?;
+    out.bytes_read = bytes_read;
+    Ok(out)
 }
 
 impl<'a> Scanner<'a> {

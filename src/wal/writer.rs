@@ -836,7 +836,7 @@ fn recover_segments(
         mode: cfg.on_corruption,
         skip_through,
     };
-    let mut outcome = scan::scan(&views, scan_cfg).map_err(|r| match r {
+    let outcome = scan::scan(&views, scan_cfg).map_err(|r| match r {
         ScanRefusal::Foreign {
             cluster_id, group, ..
         } => WalError::Foreign {
@@ -853,7 +853,6 @@ fn recover_segments(
         },
     })?;
     drop(views);
-    outcome.bytes_read = images.iter().map(|(_, b)| b.len() as u64).sum();
     drop(images);
     if !outcome.corruptions.is_empty() && cfg.on_corruption == OnCorruption::Refuse {
         let detail = outcome
