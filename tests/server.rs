@@ -1844,28 +1844,45 @@ fn snapshot_transfer_save_status_and_restore() {
     drop(watcher);
     drop(tc);
 
-    // Restore into a new cluster and read the data back.
-    let base = free_base_port(3, 1).unwrap();
-    let mut child = Command::new(binary())
-        .args(["cluster", "--dir"])
-        .arg(dir.path().join("restored"))
-        .args(["--base-port", &base.to_string(), "--from-snapshot"])
-        .arg(&file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-    let endpoints = loop {
-        let Some(Ok(line)) = lines.next() else {
-            let _ = child.kill();
-            panic!("the restored cluster did not start");
-        };
-        if let Some(e) = line.strip_prefix("endpoints: ") {
-            break e.trim().to_string();
-        }
-    };
+    // Restore into a new cluster and read the data back. Its ports are picked free but can be
+    // taken by another test before a replica binds them: try again in a new directory on
+    // other ports (as `TestCluster::start_with` does), and say why the last attempt failed.
+    let mut failures = String::new();
+    let (mut child, endpoints) = (0..3)
+        .find_map(|attempt| {
+            let base = free_base_port(3, 1).unwrap();
+            let stderr_path = dir.path().join(format!("restored-{attempt}.stderr"));
+            let mut child = Command::new(binary())
+                .args(["cluster", "--dir"])
+                .arg(dir.path().join(format!("restored-{attempt}")))
+                .args(["--base-port", &base.to_string(), "--from-snapshot"])
+                .arg(&file)
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(&stderr_path).unwrap())
+                .spawn()
+                .unwrap();
+            let stdout = child.stdout.take().unwrap();
+            let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+            loop {
+                let Some(Ok(line)) = lines.next() else {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                    let tail: Vec<&str> = err.lines().rev().take(20).collect();
+                    failures += &format!("attempt {attempt} (base port {base}):\n");
+                    for l in tail.iter().rev() {
+                        failures += &format!("  {l}\n");
+                    }
+                    return None;
+                };
+                if let Some(e) = line.strip_prefix("endpoints: ") {
+                    // Keep draining stdout so the cluster never blocks on a full pipe.
+                    std::thread::spawn(move || for _ in lines {});
+                    return Some((child, e.trim().to_string()));
+                }
+            }
+        })
+        .unwrap_or_else(|| panic!("the restored cluster did not start:\n{failures}"));
     let result = std::panic::catch_unwind(|| {
         let mut opts = ClientOptions::new(endpoints.split(',').map(String::from).collect());
         opts.op_timeout = Duration::from_secs(10);
