@@ -4,9 +4,11 @@
 # SIGKILL, stopped for DOWN_S seconds (more writes meanwhile if DOWN_LOAD=1) and started again.
 # Prints, as one CSV line appended to OUT/restart.csv:
 #   history_slots,down_s,recover_s,caught_up_s,snapshot_slot,installed,history_writes,
-#   kill_slots,data_bytes,wal_ms,restore_ms
-# (history_writes: writes of the WRITE_S phase; kill_slots: the victim's log_slots gauge at the
-# kill; data_bytes: its data directory then; wal_ms/restore_ms: the phases its log reports).
+#   kill_slots,data_bytes,wal_ms,restore_ms,mib_scanned,kill_wal_bytes
+# (history_writes: writes of the WRITE_S phase; kill_slots, kill_wal_bytes: the victim's
+# log_slots and wal_retained_bytes gauges at the kill; data_bytes: its data directory then;
+# wal_ms/restore_ms/mib_scanned: what its "WAL recovered" log line reports). The page cache is
+# dropped before the restart (as root).
 # recover_s: start to "replica started" (WAL + snapshot recovery; from the log line's own
 # timestamp, not from when this script's polling noticed it); caught_up_s: start to
 # applied >= the leader's commit. With snapshots the restart time must not depend on how much
@@ -24,6 +26,10 @@
 # the snapshot by `snapshot_trail_slots` (1,000), so the suffix replayed is about N - 1,000; N
 # must be above that, and below what `snapshot_every_bytes` lets a log reach.
 #   B=target/release/mpaxos WRITE_S=300 CLIENTS=64 KILL_AT_SLOTS=20000 scripts/restart-time.sh
+# KILL_AT_WAL_MIB=M instead kills when the victim's WAL a restart would read (its
+# `mpaxos_wal_retained_bytes` gauge) reaches M MiB after a release: slots differ in WAL bytes
+# from run to run (how many share a group-commit write), and a restart reads bytes.
+#   B=target/release/mpaxos WRITE_S=350 CLIENTS=64 KILL_AT_WAL_MIB=80 scripts/restart-time.sh
 # KEEP_DATA=DIR also saves the victim's data directory at the kill (see scripts/recovery-time.sh).
 set -euo pipefail
 B=${B:-target/release/mpaxos}
@@ -33,6 +39,7 @@ DOWN_LOAD=${DOWN_LOAD:-0}
 KEYS=${KEYS:-100000}
 CLIENTS=${CLIENTS:-16}
 KILL_AT_SLOTS=${KILL_AT_SLOTS:-0}
+KILL_AT_WAL_MIB=${KILL_AT_WAL_MIB:-0}
 KEEP_DATA=${KEEP_DATA:-}
 OUT=${OUT:-results/restart-$(date -u +%Y%m%dT%H%M%SZ)}
 WORK=$(mktemp -d)
@@ -75,21 +82,31 @@ victim=2
 pid=$(pgrep -P "$CLUSTER" -f -- "--id $victim\$" | head -1 || true)
 [[ -n "$pid" ]] || { echo "replica $victim is not running; see $OUT/cluster.out" >&2; exit 1; }
 kill_slots=""
-if [[ "$KILL_AT_SLOTS" -gt 0 ]]; then
+kill_at=""
+kill_wal=""
+if [[ "$KILL_AT_SLOTS" -gt 0 && "$KILL_AT_WAL_MIB" -gt 0 ]]; then
+  echo "KILL_AT_SLOTS and KILL_AT_WAL_MIB exclude each other" >&2; exit 1
+fi
+if [[ "$KILL_AT_SLOTS" -gt 0 || "$KILL_AT_WAL_MIB" -gt 0 ]]; then
   admin=$(sed -n "s/.*replica started replica=$victim .*admin=\([^ ]*\).*/\1/p" "$DIR/replica-$victim.log" | tail -1)
   [[ -n "$admin" ]] || { echo "no admin endpoint in replica-$victim.log" >&2; exit 1; }
-  gauge() { { curl -s -m 1 "http://$admin/metrics" || true; } | sed -n 's/^mpaxos_log_slots{group="0"} \([0-9]*\).*/\1/p'; }
+  if [[ "$KILL_AT_SLOTS" -gt 0 ]]; then metric=log_slots; limit=$KILL_AT_SLOTS
+  else metric=wal_retained_bytes; limit=$((KILL_AT_WAL_MIB << 20)); fi
+  gauge() { { curl -s -m 1 "http://$admin/metrics" || true; } | sed -n "s/^mpaxos_${1:-$metric}{group=\"0\"} \([0-9]*\).*/\1/p"; }
   load 3600 tail &
   TAIL=$!
   seen_below=0
   give_up=$((SECONDS + 300))
   while [[ $SECONDS -lt $give_up ]]; do
     n=$(gauge); n=${n:-0}
-    if [[ "$n" -lt "$KILL_AT_SLOTS" ]]; then seen_below=1
-    elif [[ "$seen_below" == 1 ]]; then kill_slots=$n; break; fi
+    if [[ "$n" -lt "$limit" ]]; then seen_below=1
+    elif [[ "$seen_below" == 1 ]]; then kill_at=$n; break; fi
     sleep 0.01
   done
-  [[ -n "$kill_slots" ]] || { echo "the victim never held $KILL_AT_SLOTS slots in 300 s (a snapshot by bytes, snapshot_every_bytes, may come first: use fewer)" >&2; exit 1; }
+  [[ -n "$kill_at" ]] || { echo "the victim's $metric never reached $limit in 300 s (a snapshot, snapshot_every_bytes, may come first: use less)" >&2; exit 1; }
+  # Both gauges as the kill finds them (the one not watched is read just now).
+  if [[ "$metric" == log_slots ]]; then kill_slots=$kill_at; kill_wal=$(gauge wal_retained_bytes)
+  else kill_wal=$kill_at; kill_slots=$(gauge log_slots); fi
 fi
 kill -KILL "$pid"
 if [[ -n "${TAIL:-}" ]]; then
@@ -105,9 +122,11 @@ if [[ -n "$KEEP_DATA" ]]; then
   mkdir -p "$KEEP_DATA"
   cp -a "$DIR/replica-$victim" "$KEEP_DATA/"
   cp "$DIR/cluster.toml" "$KEEP_DATA/"
-  sync
-  echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
 fi
+# Every restart starts cold: the log was written with O_DIRECT (never cached), but the snapshot
+# files went through the page cache (needs root; skipped otherwise).
+sync
+echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
 if [[ "$DOWN_LOAD" == 1 ]]; then load "$DOWN_S" while-down; else sleep "$DOWN_S"; fi
 history=$(status | field L commit)
 log=$DIR/replica-$victim.log
@@ -137,6 +156,7 @@ snap=$(tail -n +"$((lines_before + 1))" "$log" | sed -n 's/.*snapshot_slot=\([0-
 installed=$(tail -n +"$((lines_before + 1))" "$log" | grep -c "installed a peer's snapshot" || true)
 wal_ms=$(tail -n +"$((lines_before + 1))" "$log" | sed -n 's/.*wal_ms=\([0-9]*\).*/\1/p' | head -1)
 restore_ms=$(tail -n +"$((lines_before + 1))" "$log" | sed -n 's/.*restore_ms=\([0-9]*\).*/\1/p' | head -1)
+mib_scanned=$(tail -n +"$((lines_before + 1))" "$log" | sed -n 's/.*mib_scanned=\([0-9.]*\).*/\1/p' | head -1)
 writes=$(sed -n 's/.* \([0-9]*\) requests completed.*/\1/p' "$OUT/history.out" | head -1)
-[[ -f "$OUT/restart.csv" ]] || echo "history_slots,down_s,recover_s,caught_up_s,snapshot_slot,installed,history_writes,kill_slots,data_bytes,wal_ms,restore_ms" > "$OUT/restart.csv"
-echo "$history,$DOWN_S,${recover_s:-?},$caught_up_s,${snap:-0},$installed,${writes:-?},${kill_slots:-?},$data_bytes,${wal_ms:-?},${restore_ms:-?}" | tee -a "$OUT/restart.csv"
+[[ -f "$OUT/restart.csv" ]] || echo "history_slots,down_s,recover_s,caught_up_s,snapshot_slot,installed,history_writes,kill_slots,data_bytes,wal_ms,restore_ms,mib_scanned,kill_wal_bytes" > "$OUT/restart.csv"
+echo "$history,$DOWN_S,${recover_s:-?},$caught_up_s,${snap:-0},$installed,${writes:-?},${kill_slots:-?},$data_bytes,${wal_ms:-?},${restore_ms:-?},${mib_scanned:-?},${kill_wal:-?}" | tee -a "$OUT/restart.csv"

@@ -33,6 +33,6 @@ pub use message::{Envelope, Message, PromiseEntry};
 pub use quorum::{QuorumSpec, VoteSet};
 pub use replica::{
     Config, DroppedProposal, InjectedBug, LeaseReadCounters, NotLeader, ReadOutcome, ReadResult,
-    Ready, Replica, Role, Status,
+    Ready, Replica, Role, Status, StepDown,
 };
 pub use types::{Ballot, Command, DurableState, Nanos, ReplicaId, Slot, Value, Write, WriteId};

@@ -378,6 +378,61 @@ pub struct Ready {
     /// This replica needs slots a peer has truncated: fetch that peer's snapshot (at least at
     /// this slot) and hand it to [`Replica::install_snapshot`].
     pub snapshot_wanted: Option<(ReplicaId, Slot)>,
+    /// This replica gave up its leadership or candidacy, and why (for the operator's log:
+    /// the protocol needs nothing done about it).
+    pub stepped_down: Option<StepDown>,
+}
+
+/// Why a leader or candidate gave up its ballot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StepDown {
+    /// Check-quorum: the leader heard no phase-1 quorum within `election_timeout_min_ms`.
+    /// For each replica (itself included, at 0), how long ago it last acknowledged this
+    /// leader, in ms (`None`: not since the election).
+    LostQuorum {
+        ballot: Ballot,
+        window_ms: u64,
+        last_ack_ms_ago: Vec<Option<u64>>,
+    },
+    /// A higher ballot got through.
+    Outranked {
+        ours: Ballot,
+        leader: bool,
+        theirs: Ballot,
+    },
+}
+
+impl std::fmt::Display for StepDown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepDown::LostQuorum {
+                ballot,
+                window_ms,
+                last_ack_ms_ago,
+            } => {
+                write!(
+                    f,
+                    "leader at ballot {ballot} stepped down: no quorum acknowledged it within {window_ms} ms (check-quorum); last acknowledgement per replica:"
+                )?;
+                for (id, ago) in last_ack_ms_ago.iter().enumerate() {
+                    match ago {
+                        Some(ms) => write!(f, " {id}: {ms} ms ago")?,
+                        None => write!(f, " {id}: never")?,
+                    }
+                }
+                Ok(())
+            }
+            StepDown::Outranked {
+                ours,
+                leader,
+                theirs,
+            } => write!(
+                f,
+                "{} at ballot {ours} stepped down: saw the higher ballot {theirs}",
+                if *leader { "leader" } else { "candidate" }
+            ),
+        }
+    }
 }
 
 impl Ready {
@@ -388,6 +443,7 @@ impl Ready {
             && self.reads.is_empty()
             && self.dropped.is_empty()
             && self.snapshot_wanted.is_none()
+            && self.stepped_down.is_none()
     }
 }
 
@@ -2020,6 +2076,15 @@ impl Replica {
         // message delay. (lease-follows-last-speaker runs with check-quorum on.)
         let lingers = self.cfg.inject_bug == Some(InjectedBug::StaleLeaderRead);
         if lost_quorum && !lingers {
+            self.out.stepped_down = Some(StepDown::LostQuorum {
+                ballot: leader.ballot,
+                window_ms: self.cfg.election_timeout_min_ms,
+                last_ack_ms_ago: leader
+                    .last_ack
+                    .iter()
+                    .map(|a| a.map(|at| now.saturating_sub(at) / NS_PER_MS))
+                    .collect(),
+            });
             self.step_down(now);
             return;
         }
@@ -2293,10 +2358,15 @@ impl Replica {
                 self.proposer = Proposer::Idle;
                 return;
             }
-            Proposer::Candidate(c) => c.ballot,
-            Proposer::Leader(l) => l.ballot,
+            Proposer::Candidate(c) => (c.ballot, false),
+            Proposer::Leader(l) => (l.ballot, true),
         };
-        if ballot > ours {
+        if ballot > ours.0 {
+            self.out.stepped_down = Some(StepDown::Outranked {
+                ours: ours.0,
+                leader: ours.1,
+                theirs: ballot,
+            });
             self.step_down(now);
         }
     }

@@ -39,6 +39,8 @@ struct Net {
     max_message: (usize, &'static str),
     /// The most Accepts one Ready carried.
     max_accepts_per_ready: usize,
+    /// `Ready::stepped_down`: (replica, why).
+    stepped_down: Vec<(ReplicaId, StepDown)>,
 }
 
 fn config(id: ReplicaId, n: u32) -> Config {
@@ -74,6 +76,7 @@ impl Net {
             sent: Vec::new(),
             max_message: (0, ""),
             max_accepts_per_ready: 0,
+            stepped_down: Vec::new(),
         };
         for cfg in cfgs {
             net.replicas
@@ -147,6 +150,8 @@ impl Net {
             }
             self.dropped
                 .extend(ready.dropped.into_iter().map(|d| (id, d)));
+            self.stepped_down
+                .extend(ready.stepped_down.into_iter().map(|w| (id, w)));
         }
     }
 
@@ -413,6 +418,42 @@ fn rejoining_follower_does_not_depose_a_healthy_leader() {
     }
     assert!(net.r(loner).status().promised <= ballot);
     assert_eq!(net.r(loner).status().leader, Some(leader));
+}
+
+/// A leader cut off from its followers steps down by check-quorum and says why: for each
+/// replica, how long ago it last acknowledged (the operator's log prints this; a CI flake once
+/// had a leader step down with nothing saying why).
+#[test]
+fn a_leader_that_steps_down_says_why() {
+    let mut net = Net::new(3);
+    net.run_until(300 * MS);
+    let leader = net.leader().expect("a leader");
+    let ballot = net.r(leader).status().promised;
+    let others: Vec<ReplicaId> = (0..3).filter(|id| *id != leader).collect();
+    net.isolate(leader, &others);
+    net.run_until(300 * MS + 2 * net.cfgs[0].election_timeout_min_ms * MS);
+    let (who, why) = net
+        .stepped_down
+        .iter()
+        .find(|(_, w)| matches!(w, StepDown::LostQuorum { .. }))
+        .expect("the isolated leader stepped down by check-quorum");
+    assert_eq!(*who, leader);
+    let StepDown::LostQuorum {
+        ballot: b,
+        window_ms,
+        last_ack_ms_ago,
+    } = why
+    else {
+        unreachable!()
+    };
+    assert_eq!(*b, ballot);
+    assert_eq!(last_ack_ms_ago[leader as usize], Some(0));
+    for id in &others {
+        let ago = last_ack_ms_ago[*id as usize].expect("they acknowledged before the cut");
+        assert!(ago >= *window_ms, "replica {id} acked {ago} ms ago");
+    }
+    let line = why.to_string();
+    assert!(line.contains("check-quorum") && line.contains(&format!("{ballot}")), "{line}");
 }
 
 // ------------------------------------------------------------------ hole 5: restart timers

@@ -55,6 +55,8 @@ pub struct GroupMetrics {
     pub log_floor: Gauge,
     pub log_slots: Gauge,
     pub sessions: Gauge,
+    /// Bytes of WAL a restart would read (oldest retained segment to the last write).
+    pub wal_retained_bytes: Gauge,
 }
 
 impl GroupMetrics {
@@ -95,6 +97,7 @@ impl GroupMetrics {
             snapshots_installed_total: Counter::default(),
             log_floor: Gauge::default(),
             log_slots: Gauge::default(),
+            wal_retained_bytes: Gauge::default(),
             sessions: Gauge::default(),
         };
         let sub = registry.sub_registry_with_label(("group".into(), group.to_string().into()));
@@ -117,6 +120,11 @@ impl GroupMetrics {
             "log_slots",
             "Slots held in memory above the log floor",
             m.log_slots.clone(),
+        );
+        sub.register(
+            "wal_retained_bytes",
+            "Bytes of WAL a restart would read: from the oldest segment not yet released to the last write",
+            m.wal_retained_bytes.clone(),
         );
         sub.register(
             "sessions",

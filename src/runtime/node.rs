@@ -808,6 +808,9 @@ impl<D: Disk> Node<D> {
             if let Some((peer, floor)) = ready.snapshot_wanted {
                 self.start_fetch(now, peer, floor);
             }
+            if let Some(why) = ready.stepped_down {
+                tracing::info!(group = self.cfg.group, "{why}");
+            }
             let msgs = std::mem::take(&mut self.self_msgs);
             for env in msgs {
                 self.replica.step(now, env);
@@ -1271,6 +1274,9 @@ impl<D: Disk> Node<D> {
         self.metrics.commit_index.set(st.commit as i64);
         self.metrics.log_floor.set(st.floor as i64);
         self.metrics.log_slots.set(self.replica.log().len() as i64);
+        self.metrics
+            .wal_retained_bytes
+            .set(self.storage.retained_bytes() as i64);
         self.metrics.sessions.set(self.kv.sessions() as i64);
         self.metrics
             .proposals_pending

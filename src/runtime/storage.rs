@@ -203,6 +203,11 @@ impl Storage<Wal> {
 }
 
 impl<D: Disk> Storage<D> {
+    /// Bytes of log a restart would read now ([`Disk::retained_bytes`]).
+    pub fn retained_bytes(&self) -> u64 {
+        self.disk.retained_bytes()
+    }
+
     pub fn new(disk: D) -> Storage<D> {
         let limits = disk.limits();
         assert!(

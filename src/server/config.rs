@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::{ProtocolMode, ReadMode};
 use crate::runtime::node::SnapshotPolicy;
-use crate::wal::BackendChoice;
+use crate::wal::{BackendChoice, WalConfig};
 
 /// Where a replica pins its group threads.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +212,12 @@ pub struct ClusterConfig {
     /// (the table then grows with every client id ever seen).
     #[serde(default = "default_session_idle_ms")]
     pub session_idle_ms: u64,
+    /// Bytes per WAL segment file (a multiple of 1 MiB, at least 8 MiB). The log is released
+    /// a whole segment at a time and a restart reads every retained segment, so this bounds
+    /// how much a restart reads beyond the suffix after the newest snapshot. An existing log
+    /// keeps the size it was written with.
+    #[serde(default = "default_wal_segment_bytes")]
+    pub wal_segment_bytes: u64,
     pub replicas: Vec<ReplicaConfig>,
 }
 
@@ -226,6 +232,18 @@ fn default_snapshot_every_bytes() -> u64 {
 fn default_snapshot_trail_slots() -> u64 {
     SnapshotPolicy::default().trail_slots
 }
+
+fn default_wal_segment_bytes() -> u64 {
+    WAL_SEGMENT_BYTES_MIN
+}
+
+/// The smallest WAL segment: the largest group-commit write the server makes, plus the
+/// segment's header sector, rounded up to whole MiB.
+pub const WAL_SEGMENT_BYTES_MIN: u64 = 8 << 20;
+/// The largest group-commit write (one WAL append; a longer run is split).
+const WAL_MAX_BATCH_BYTES: u32 = 7 << 20;
+/// The largest log entry (one slot's value, a batch of commands).
+const WAL_MAX_ENTRY_BYTES: u32 = 6 << 20;
 
 /// An hour: far above any client's retry window, so only a client gone for good expires.
 fn default_session_idle_ms() -> u64 {
@@ -316,6 +334,13 @@ impl ClusterConfig {
                     known.join(", ")
                 ));
             }
+        }
+        if self.wal_segment_bytes % (1 << 20) != 0 || self.wal_segment_bytes < WAL_SEGMENT_BYTES_MIN
+        {
+            return Err(format!(
+                "wal_segment_bytes = {} must be a multiple of 1 MiB (1048576) and at least {WAL_SEGMENT_BYTES_MIN}",
+                self.wal_segment_bytes
+            ));
         }
         let n = self.replicas.len();
         if n == 0 || n > 9 {
@@ -515,6 +540,16 @@ impl ClusterConfig {
         }
     }
 
+    /// The WAL settings of group `g` whose files live in `dir`.
+    pub fn wal_config(&self, dir: PathBuf, g: u32) -> WalConfig {
+        let mut wal = WalConfig::new(dir, self.cluster_id, g);
+        wal.backend = self.durability;
+        wal.segment_bytes = self.wal_segment_bytes;
+        wal.max_entry_bytes = WAL_MAX_ENTRY_BYTES;
+        wal.max_batch_bytes = WAL_MAX_BATCH_BYTES;
+        wal
+    }
+
     pub fn settings_digest(&self) -> u64 {
         let t = &self.timeouts;
         let mut fields = vec![
@@ -615,6 +650,7 @@ impl ClusterConfig {
             snapshot_every_bytes: default_snapshot_every_bytes(),
             snapshot_trail_slots: default_snapshot_trail_slots(),
             session_idle_ms: default_session_idle_ms(),
+            wal_segment_bytes: default_wal_segment_bytes(),
             replicas: (0..replicas)
                 .map(|id| {
                     let base = base_port + id as u16 * stride;
@@ -655,6 +691,22 @@ mod tests {
         let mut cfg = ClusterConfig::local(3, 1, Path::new("/tmp/x"), 20000);
         cfg.timeouts.heartbeat_ms = 500;
         assert!(cfg.validate().unwrap_err().contains("heartbeat_ms"));
+        let mut cfg = ClusterConfig::local(3, 1, Path::new("/tmp/x"), 20000);
+        cfg.wal_segment_bytes = 4 << 20;
+        assert!(cfg.validate().unwrap_err().contains("wal_segment_bytes"));
+        cfg.wal_segment_bytes = (32 << 20) + 4096;
+        assert!(cfg.validate().unwrap_err().contains("wal_segment_bytes"));
+        cfg.wal_segment_bytes = 32 << 20;
+        cfg.validate().unwrap();
+        // A cluster.toml written before the key existed gets the default.
+        let old_toml: String = cfg
+            .to_toml()
+            .lines()
+            .filter(|l| !l.starts_with("wal_segment_bytes"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let back: ClusterConfig = toml::from_str(&old_toml).unwrap();
+        assert_eq!(back.wal_segment_bytes, 8 << 20);
         let mut cfg = ClusterConfig::local(3, 1, Path::new("/tmp/x"), 20000);
         cfg.durability = BackendChoice::Memory;
         assert!(cfg

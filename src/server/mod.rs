@@ -15,7 +15,6 @@ use prometheus_client::registry::Registry;
 use crate::net::wire::ReplicaInfo;
 use crate::protocol;
 use crate::runtime::{self, GroupMetrics, GroupSpec, Shared};
-use crate::wal::WalConfig;
 use config::ClusterConfig;
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
@@ -212,10 +211,7 @@ pub fn start(cfg: &ClusterConfig, id: u32) -> Result<Running, String> {
         admin: None,
     };
     for g in 0..cfg.groups {
-        let mut wal = WalConfig::new(data_dir.join(format!("group-{g}")), cfg.cluster_id, g);
-        wal.backend = cfg.durability;
-        wal.max_entry_bytes = 6 << 20;
-        wal.max_batch_bytes = 16 << 20;
+        let wal = cfg.wal_config(data_dir.join(format!("group-{g}")), g);
         std::fs::create_dir_all(&wal.dir)
             .map_err(|e| format!("cannot create {}: {e}", wal.dir.display()))?;
         let peer_addrs = cfg

@@ -15,7 +15,7 @@ use crate::client::cli::{Endpoints, OutputFormat};
 use crate::client::{Client, ClientOptions};
 use crate::kv::{snapshot_info, SnapshotInfo};
 use crate::server::config::ClusterConfig;
-use crate::wal::{self, Wal, WalConfig};
+use crate::wal::{self, Wal};
 
 const MAGIC: &[u8; 8] = b"MPXSNAPF";
 const VERSION: u32 = 1;
@@ -317,8 +317,7 @@ fn restore_replicas(
             }
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            let mut cfg = WalConfig::new(&dir, config.cluster_id, g as u32);
-            cfg.backend = config.durability;
+            let cfg = config.wal_config(dir.clone(), g as u32);
             // Initialise the directory (superblock, first segment), then add the snapshot.
             drop(Wal::open(cfg).map_err(|e| e.to_string())?);
             wal::snapshot::write(&dir, config.cluster_id, g as u32, part.slot, &part.data)

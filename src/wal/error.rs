@@ -26,7 +26,7 @@ pub enum WalError {
         group: u32,
     },
 
-    #[error("the WAL in {dir} was written with {found} segment bytes but {configured} are configured; set segment_bytes back to {found}")]
+    #[error("the WAL in {dir} holds segments of {found} bytes among segments of {configured}: its files come from different logs; restore this replica from its peers (empty its data directory and restart)")]
     SegmentSize {
         dir: PathBuf,
         found: u64,

@@ -116,7 +116,7 @@ fn validate(cfg: &WalConfig) -> Result<(), WalError> {
 
 impl Wal {
     /// Opens (or initialises) the WAL in `cfg.dir`, recovering what is durable.
-    pub fn open(cfg: WalConfig) -> Result<(Wal, Recovered), WalError> {
+    pub fn open(mut cfg: WalConfig) -> Result<(Wal, Recovered), WalError> {
         validate(&cfg)?;
         let chosen = backend::choose(cfg.backend, 4, cfg.uring_sync, cfg.inject.uring_errno)
             .map_err(|e| match cfg.backend {
@@ -166,6 +166,20 @@ impl Wal {
         })?);
         let snap = snapshot::load_newest(&dir, cfg.cluster_id, cfg.group, &mut report.notes)?;
 
+        if let Some(found) = written_segment_bytes(&cfg, &listing.segments) {
+            report.notes.push(format!(
+                "its segments are {found} bytes, not the configured {}: this log keeps its size \
+                 (segment offsets depend on it; a new data directory takes the configured one)",
+                cfg.segment_bytes
+            ));
+            cfg.segment_bytes = found;
+            validate(&cfg).map_err(|e| {
+                WalError::Config(format!(
+                    "the log in {} was written with {found}-byte segments: {e}",
+                    dir.display()
+                ))
+            })?;
+        }
         let skip_through = snap.as_ref().map_or(0, |s| s.slot);
         let (outcome, segments) = recover_segments(&cfg, &listing.segments, direct, skip_through)?;
         report.torn_tail = outcome.torn_tail;
@@ -762,6 +776,17 @@ impl Wal {
         Ok(released)
     }
 
+    /// Bytes of log from the start of the oldest retained segment to the end of the last write:
+    /// what a restart would read of the log now, less the unwritten rest of the active segment.
+    pub fn retained_bytes(&self) -> u64 {
+        match self.segments.front() {
+            Some(s) if !self.memory => self
+                .next_offset
+                .saturating_sub(s.index * self.cfg.segment_bytes),
+            _ => 0,
+        }
+    }
+
     /// Absolute log offset where the next batch will start (for tests and tools).
     pub fn next_log_offset(&self) -> u64 {
         self.next_offset
@@ -802,6 +827,21 @@ fn write_initial_superblock(dir: &Path, cfg: &WalConfig) -> Result<(), WalError>
     f.sync_all().map_err(io)?;
     fs::rename(&tmp, &path).map_err(io)?;
     files::sync_dir(dir)
+}
+
+/// The segment size an existing log was written with, when it differs from the configured
+/// one (read from the first segment's header; a damaged or foreign header is left to recovery
+/// to report).
+fn written_segment_bytes(cfg: &WalConfig, segments: &[u64]) -> Option<u64> {
+    use std::io::Read;
+    let first = *segments.first()?;
+    let mut sector = [0u8; SECTOR_BYTES];
+    File::open(cfg.dir.join(segment_name(first)))
+        .and_then(|mut f| f.read_exact(&mut sector))
+        .ok()?;
+    let h = SegmentHeader::decode(&sector).ok()?;
+    (h.cluster_id == cfg.cluster_id && h.group == cfg.group && h.segment_bytes != cfg.segment_bytes)
+        .then_some(h.segment_bytes)
 }
 
 /// Reads every segment, scans them, applies the repairs the scan asks for (zeroing a torn

@@ -287,3 +287,37 @@ fn recovery_skips_a_damaged_snapshot_for_the_previous_one() {
     assert_eq!(rec.snapshot.unwrap().data, b"two");
     assert_eq!(rec.report.notes.len(), 1);
 }
+
+/// The segment size is a property of the log on disk (offsets depend on it): a log written
+/// with one size reopens under a configuration that names another, keeps writing with its own
+/// size across segments, and says so; only a new data directory takes the configured size.
+#[test]
+fn a_log_keeps_the_segment_size_it_was_written_with() {
+    let (dir, mut written, _) = six_batches(BackendChoice::Sync);
+    let mut c = cfg(dir.path(), BackendChoice::Sync);
+    c.segment_bytes = 2 * SEG;
+    let (mut wal, rec) = Wal::open(c.clone()).unwrap();
+    assert!(same(&rec.entries, &written));
+    assert!(
+        rec.report
+            .notes
+            .iter()
+            .any(|n| n.contains(&format!("{SEG} bytes"))),
+        "{:?}",
+        rec.report.notes
+    );
+    assert_eq!(wal.config().segment_bytes, SEG);
+    // Enough to fill more than one more segment of the old size.
+    written.extend(write_batches(&mut wal, 100, 40, 2, 1500));
+    assert!(wal.next_log_offset() > 2 * SEG);
+    drop(wal);
+    let (_, rec) = Wal::open(c).unwrap();
+    assert!(same(&rec.entries, &written));
+    assert!(rec.report.corruptions.is_empty() && rec.report.torn_tail.is_none());
+    let fresh = tempfile::tempdir().unwrap();
+    let mut c = cfg(fresh.path(), BackendChoice::Sync);
+    c.segment_bytes = 2 * SEG;
+    let (wal, rec) = Wal::open(c).unwrap();
+    assert!(rec.report.notes.is_empty(), "{:?}", rec.report.notes);
+    assert_eq!(wal.config().segment_bytes, 2 * SEG);
+}
