@@ -4,11 +4,12 @@
 # SIGKILL, stopped for DOWN_S seconds (more writes meanwhile if DOWN_LOAD=1) and started again.
 # Prints, as one CSV line appended to OUT/restart.csv:
 #   history_slots,down_s,recover_s,caught_up_s,snapshot_slot,installed,history_writes,
-#   kill_slots,data_bytes,wal_ms,restore_ms,mib_scanned,kill_wal_bytes
+#   kill_slots,data_bytes,wal_ms,restore_ms,mib_scanned,kill_wal_bytes,cold
 # (history_writes: writes of the WRITE_S phase; kill_slots, kill_wal_bytes: the victim's
 # log_slots and wal_retained_bytes gauges at the kill; data_bytes: its data directory then;
-# wal_ms/restore_ms/mib_scanned: what its "WAL recovered" log line reports). The page cache is
-# dropped before the restart (as root).
+# wal_ms/restore_ms/mib_scanned: what its "WAL recovered" log line reports; cold: 1 if the page
+# cache was dropped before the restart, which needs root). A new OUT per run: rows are
+# appended under the header of the first.
 # recover_s: start to "replica started" (WAL + snapshot recovery; from the log line's own
 # timestamp, not from when this script's polling noticed it); caught_up_s: start to
 # applied >= the leader's commit. With snapshots the restart time must not depend on how much
@@ -126,7 +127,8 @@ fi
 # Every restart starts cold: the log was written with O_DIRECT (never cached), but the snapshot
 # files went through the page cache (needs root; skipped otherwise).
 sync
-echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+cold=0
+{ echo 3 > /proc/sys/vm/drop_caches; } 2>/dev/null && cold=1 || true
 if [[ "$DOWN_LOAD" == 1 ]]; then load "$DOWN_S" while-down; else sleep "$DOWN_S"; fi
 history=$(status | field L commit)
 log=$DIR/replica-$victim.log
@@ -158,5 +160,5 @@ wal_ms=$(tail -n +"$((lines_before + 1))" "$log" | sed -n 's/.*wal_ms=\([0-9]*\)
 restore_ms=$(tail -n +"$((lines_before + 1))" "$log" | sed -n 's/.*restore_ms=\([0-9]*\).*/\1/p' | head -1)
 mib_scanned=$(tail -n +"$((lines_before + 1))" "$log" | sed -n 's/.*mib_scanned=\([0-9.]*\).*/\1/p' | head -1)
 writes=$(sed -n 's/.* \([0-9]*\) requests completed.*/\1/p' "$OUT/history.out" | head -1)
-[[ -f "$OUT/restart.csv" ]] || echo "history_slots,down_s,recover_s,caught_up_s,snapshot_slot,installed,history_writes,kill_slots,data_bytes,wal_ms,restore_ms,mib_scanned,kill_wal_bytes" > "$OUT/restart.csv"
-echo "$history,$DOWN_S,${recover_s:-?},$caught_up_s,${snap:-0},$installed,${writes:-?},${kill_slots:-?},$data_bytes,${wal_ms:-?},${restore_ms:-?},${mib_scanned:-?},${kill_wal:-?}" | tee -a "$OUT/restart.csv"
+[[ -f "$OUT/restart.csv" ]] || echo "history_slots,down_s,recover_s,caught_up_s,snapshot_slot,installed,history_writes,kill_slots,data_bytes,wal_ms,restore_ms,mib_scanned,kill_wal_bytes,cold" > "$OUT/restart.csv"
+echo "$history,$DOWN_S,${recover_s:-?},$caught_up_s,${snap:-0},$installed,${writes:-?},${kill_slots:-?},$data_bytes,${wal_ms:-?},${restore_ms:-?},${mib_scanned:-?},${kill_wal:-?},$cold" | tee -a "$OUT/restart.csv"

@@ -270,6 +270,10 @@ impl<D: Disk> Disk for FaultDisk<D> {
     fn release_log(&mut self, slot: u64) -> Result<usize, WalError> {
         self.inner.release_log(slot)
     }
+
+    fn retained_bytes(&self) -> u64 {
+        self.inner.retained_bytes()
+    }
 }
 
 fn submit<D: Disk>(inner: &mut D, op: &Op) -> Result<WriteId, WalError> {
@@ -339,6 +343,10 @@ mod tests {
         }
         fn release_log(&mut self, _: u64) -> Result<usize, WalError> {
             Ok(0)
+        }
+
+        fn retained_bytes(&self) -> u64 {
+            0
         }
     }
 

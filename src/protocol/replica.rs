@@ -378,9 +378,9 @@ pub struct Ready {
     /// This replica needs slots a peer has truncated: fetch that peer's snapshot (at least at
     /// this slot) and hand it to [`Replica::install_snapshot`].
     pub snapshot_wanted: Option<(ReplicaId, Slot)>,
-    /// This replica gave up its leadership or candidacy, and why (for the operator's log:
-    /// the protocol needs nothing done about it).
-    pub stepped_down: Option<StepDown>,
+    /// This replica gave up its leadership (or a candidacy, to a higher ballot), and why —
+    /// for the operator's log: the protocol needs nothing done about it.
+    pub stepped_down: Vec<StepDown>,
 }
 
 /// Why a leader or candidate gave up its ballot.
@@ -400,6 +400,9 @@ pub enum StepDown {
         leader: bool,
         theirs: Ballot,
     },
+    /// An acceptor rejected the leader's ballot, having promised a higher one (a replica that
+    /// promised a failed candidate): the leader runs phase 1 again above it.
+    Rejected { ours: Ballot, promised: Ballot },
 }
 
 impl std::fmt::Display for StepDown {
@@ -431,6 +434,10 @@ impl std::fmt::Display for StepDown {
                 "{} at ballot {ours} stepped down: saw the higher ballot {theirs}",
                 if *leader { "leader" } else { "candidate" }
             ),
+            StepDown::Rejected { ours, promised } => write!(
+                f,
+                "leader at ballot {ours} runs phase 1 again: an acceptor had promised the higher ballot {promised}"
+            ),
         }
     }
 }
@@ -443,7 +450,7 @@ impl Ready {
             && self.reads.is_empty()
             && self.dropped.is_empty()
             && self.snapshot_wanted.is_none()
-            && self.stepped_down.is_none()
+            && self.stepped_down.is_empty()
     }
 }
 
@@ -2024,6 +2031,10 @@ impl Replica {
         // grant it (it is their live leader), and the stray acceptor rejoins.
         if let Proposer::Leader(leader) = &self.proposer {
             if leader.ballot == ballot {
+                self.out.stepped_down.push(StepDown::Rejected {
+                    ours: ballot,
+                    promised,
+                });
                 self.start_election(now);
             }
         }
@@ -2076,13 +2087,21 @@ impl Replica {
         // message delay. (lease-follows-last-speaker runs with check-quorum on.)
         let lingers = self.cfg.inject_bug == Some(InjectedBug::StaleLeaderRead);
         if lost_quorum && !lingers {
-            self.out.stepped_down = Some(StepDown::LostQuorum {
+            let me = self.cfg.id as usize;
+            self.out.stepped_down.push(StepDown::LostQuorum {
                 ballot: leader.ballot,
                 window_ms: self.cfg.election_timeout_min_ms,
                 last_ack_ms_ago: leader
                     .last_ack
                     .iter()
-                    .map(|a| a.map(|at| now.saturating_sub(at) / NS_PER_MS))
+                    .enumerate()
+                    .map(|(id, a)| {
+                        if id == me {
+                            Some(0)
+                        } else {
+                            a.map(|at| now.saturating_sub(at) / NS_PER_MS)
+                        }
+                    })
                     .collect(),
             });
             self.step_down(now);
@@ -2362,7 +2381,7 @@ impl Replica {
             Proposer::Leader(l) => (l.ballot, true),
         };
         if ballot > ours.0 {
-            self.out.stepped_down = Some(StepDown::Outranked {
+            self.out.stepped_down.push(StepDown::Outranked {
                 ours: ours.0,
                 leader: ours.1,
                 theirs: ballot,

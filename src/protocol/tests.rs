@@ -453,7 +453,24 @@ fn a_leader_that_steps_down_says_why() {
         assert!(ago >= *window_ms, "replica {id} acked {ago} ms ago");
     }
     let line = why.to_string();
-    assert!(line.contains("check-quorum") && line.contains(&format!("{ballot}")), "{line}");
+    assert!(
+        line.contains("check-quorum") && line.contains(&format!("{ballot}")),
+        "{line}"
+    );
+    let (ours, theirs) = (Ballot::new(3, 1), Ballot::new(4, 2));
+    let outranked = StepDown::Outranked {
+        ours,
+        leader: false,
+        theirs,
+    }
+    .to_string();
+    assert!(outranked.starts_with("candidate at ballot 3.1") && outranked.contains("4.2"));
+    let rejected = StepDown::Rejected {
+        ours,
+        promised: theirs,
+    }
+    .to_string();
+    assert!(rejected.contains("3.1") && rejected.contains("promised the higher ballot 4.2"));
 }
 
 // ------------------------------------------------------------------ hole 5: restart timers

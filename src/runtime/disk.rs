@@ -29,11 +29,9 @@ pub trait Disk {
     /// A snapshot at `slot` is durable: release the log that holds nothing above it; returns
     /// the number of segments released. See [`Wal::release_segments`].
     fn release_log(&mut self, slot: u64) -> Result<usize, WalError>;
-    /// Bytes of log a restart would read now (from the first retained segment to the end of
-    /// the last write); 0 where that means nothing (memory, simulated disks).
-    fn retained_bytes(&self) -> u64 {
-        0
-    }
+    /// Bytes of written log a restart would read now (from the first retained segment to the
+    /// end of the last write); 0 where that means nothing (memory, simulated disks).
+    fn retained_bytes(&self) -> u64;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

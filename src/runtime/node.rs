@@ -808,7 +808,7 @@ impl<D: Disk> Node<D> {
             if let Some((peer, floor)) = ready.snapshot_wanted {
                 self.start_fetch(now, peer, floor);
             }
-            if let Some(why) = ready.stepped_down {
+            for why in ready.stepped_down {
                 tracing::info!(group = self.cfg.group, "{why}");
             }
             let msgs = std::mem::take(&mut self.self_msgs);

@@ -241,9 +241,9 @@ fn default_wal_segment_bytes() -> u64 {
 /// segment's header sector, rounded up to whole MiB.
 pub const WAL_SEGMENT_BYTES_MIN: u64 = 8 << 20;
 /// The largest group-commit write (one WAL append; a longer run is split).
-const WAL_MAX_BATCH_BYTES: u32 = 7 << 20;
+pub const WAL_MAX_BATCH_BYTES: u32 = 7 << 20;
 /// The largest log entry (one slot's value, a batch of commands).
-const WAL_MAX_ENTRY_BYTES: u32 = 6 << 20;
+pub const WAL_MAX_ENTRY_BYTES: u32 = 6 << 20;
 
 /// An hour: far above any client's retry window, so only a client gone for good expires.
 fn default_session_idle_ms() -> u64 {

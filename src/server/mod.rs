@@ -109,6 +109,7 @@ pub fn run(config_path: &Path, id: u32) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    raise_open_files_limit();
     match start(&cfg, id) {
         Ok(running) => {
             wait_for_signal();
@@ -119,6 +120,29 @@ pub fn run(config_path: &Path, id: u32) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one (as Go's runtime does for etcd): every
+/// retained WAL segment and every client connection holds a descriptor, and the usual soft
+/// limit of 1024 is 8 GiB of 8 MiB segments for a group whose snapshots are off.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write to / read from the struct we pass; no other memory.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let before = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!(
+                    "cannot raise the open-files limit from {before}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
         }
     }
 }

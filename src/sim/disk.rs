@@ -344,4 +344,9 @@ impl Disk for SimDisk {
         st.entries_released += released as u64;
         Ok(released)
     }
+
+    fn retained_bytes(&self) -> u64 {
+        // The simulated disk keeps entries, not segments: no restart reads bytes here.
+        0
+    }
 }

@@ -44,8 +44,8 @@ const CHECK_STEPS_MAX: u64 = 20_000_000;
 /// append limits (`server::run` sets these), its queue depth.
 const PEER_FRAME_MAX_BYTES: usize = 64 << 20;
 const WAL_LIMITS: DiskLimits = DiskLimits {
-    entry_bytes_max: 6 << 20,
-    append_bytes_max: 16 << 20,
+    entry_bytes_max: crate::server::config::WAL_MAX_ENTRY_BYTES as usize,
+    append_bytes_max: crate::server::config::WAL_MAX_BATCH_BYTES as usize,
 };
 const WAL_PENDING_MAX: usize = 4096;
 const BACKLOG_BYTES_MAX: usize = 64 << 20;

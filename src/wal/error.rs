@@ -26,7 +26,7 @@ pub enum WalError {
         group: u32,
     },
 
-    #[error("the WAL in {dir} holds segments of {found} bytes among segments of {configured}: its files come from different logs; restore this replica from its peers (empty its data directory and restart)")]
+    #[error("the WAL in {dir} holds a segment of {found} bytes among segments of {configured}: its files come from different logs, or that header is damaged; move the odd segment aside only if its slots are below the newest snapshot, else restore this replica from its peers")]
     SegmentSize {
         dir: PathBuf,
         found: u64,

@@ -411,7 +411,12 @@ impl Wal {
             max_slot = max_slot.max(e.slot_last);
         }
         let (token, seg_index) = (st.token, st.seg_index);
-        if let Some(seg) = self.segments.iter_mut().find(|s| s.index == seg_index) {
+        if let Some(seg) = self
+            .segments
+            .iter_mut()
+            .rev()
+            .find(|s| s.index == seg_index)
+        {
             seg.max_slot = Some(seg.max_slot.map_or(max_slot, |m| m.max(max_slot)));
         }
         let id = self.new_id(token);
@@ -830,18 +835,20 @@ fn write_initial_superblock(dir: &Path, cfg: &WalConfig) -> Result<(), WalError>
 }
 
 /// The segment size an existing log was written with, when it differs from the configured
-/// one (read from the first segment's header; a damaged or foreign header is left to recovery
-/// to report).
+/// one: from the first segment header that decodes and names this cluster and group (damaged
+/// or foreign headers are left to recovery to report).
 fn written_segment_bytes(cfg: &WalConfig, segments: &[u64]) -> Option<u64> {
     use std::io::Read;
-    let first = *segments.first()?;
-    let mut sector = [0u8; SECTOR_BYTES];
-    File::open(cfg.dir.join(segment_name(first)))
-        .and_then(|mut f| f.read_exact(&mut sector))
-        .ok()?;
-    let h = SegmentHeader::decode(&sector).ok()?;
-    (h.cluster_id == cfg.cluster_id && h.group == cfg.group && h.segment_bytes != cfg.segment_bytes)
-        .then_some(h.segment_bytes)
+    let found = segments.iter().find_map(|&i| {
+        let mut sector = [0u8; SECTOR_BYTES];
+        File::open(cfg.dir.join(segment_name(i)))
+            .and_then(|mut f| f.read_exact(&mut sector))
+            .ok()?;
+        SegmentHeader::decode(&sector)
+            .ok()
+            .filter(|h| h.cluster_id == cfg.cluster_id && h.group == cfg.group)
+    })?;
+    (found.segment_bytes != cfg.segment_bytes).then_some(found.segment_bytes)
 }
 
 /// Reads every segment, scans them, applies the repairs the scan asks for (zeroing a torn
