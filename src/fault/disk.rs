@@ -274,6 +274,10 @@ impl<D: Disk> Disk for FaultDisk<D> {
     fn retained_bytes(&self) -> u64 {
         self.inner.retained_bytes()
     }
+
+    fn free(&mut self, garbage: Box<dyn Send>) {
+        self.inner.free(garbage);
+    }
 }
 
 fn submit<D: Disk>(inner: &mut D, op: &Op) -> Result<WriteId, WalError> {
@@ -348,6 +352,8 @@ mod tests {
         fn retained_bytes(&self) -> u64 {
             0
         }
+
+        fn free(&mut self, _: Box<dyn Send>) {}
     }
 
     fn entry(slot: u64) -> [wal::Entry<'static>; 1] {

@@ -17,6 +17,21 @@ pub struct Entry {
     pub chosen: Option<Value>,
 }
 
+/// Log entries taken out by [`Log::truncate`]: drop it, here or on another thread.
+#[must_use = "the released entries are freed when this is dropped; drop it where that is cheap"]
+pub struct Compacted(#[allow(dead_code)] BTreeMap<Slot, Entry>);
+
+impl Compacted {
+    /// How many slots were released.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Slots are kept in a `BTreeMap` so iteration order (and so the simulator's trace) is
 /// deterministic, and sparse slots cost nothing.
 #[derive(Clone, Debug, Default)]
@@ -83,14 +98,18 @@ impl Log {
 
     /// Raises the floor to `floor` (a snapshot at `floor` holds every slot up to it): drops
     /// the entries at or below it; the commit index is at least the floor.
-    pub fn truncate(&mut self, floor: Slot) {
+    /// Returns the entries it removed, for the caller to free where it likes (tens of
+    /// thousands of them take tens of milliseconds to drop).
+    pub fn truncate(&mut self, floor: Slot) -> Compacted {
         if floor <= self.floor {
-            return;
+            return Compacted(BTreeMap::new());
         }
-        self.entries = self.entries.split_off(&(floor + 1));
+        let kept = self.entries.split_off(&(floor + 1));
+        let removed = std::mem::replace(&mut self.entries, kept);
         self.floor = floor;
         self.commit = self.commit.max(floor);
         self.advance_commit();
+        Compacted(removed)
     }
 
     /// Slots held in memory (for metrics and tests).

@@ -28,7 +28,7 @@ mod types;
 
 pub use fast::{FastCounters, FastOrder, ProtocolMode};
 pub use lease::{Grant, LeasePending, ReadMode};
-pub use log::{Entry, Log};
+pub use log::{Compacted, Entry, Log};
 pub use message::{Envelope, Message, PromiseEntry};
 pub use quorum::{QuorumSpec, VoteSet};
 pub use replica::{

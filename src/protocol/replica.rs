@@ -19,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::fast::{FastCounters, FastOrder, ProtocolMode, Tally};
 use super::lease::{grantor_hold_ms, LeaderLease, LeasePending, QuorumLease, ReadMode};
-use super::log::Log;
+use super::log::{Compacted, Log};
 use super::message::{
     Envelope, Message, PromiseEntry, ENTRY_OVERHEAD_BYTES, MESSAGE_OVERHEAD_BYTES,
 };
@@ -1833,7 +1833,8 @@ impl Replica {
         {
             return false;
         }
-        self.log.truncate(slot);
+        // Rare (a follower far behind): its few released slots are freed right here.
+        drop(self.log.truncate(slot));
         self.applied = slot;
         self.catchup_sent_at = None;
         self.maybe_catch_up(now);
@@ -1851,22 +1852,22 @@ impl Replica {
 
     /// A snapshot of the state machine at `slot` is durable: the log forgets every slot up to
     /// it (the node then releases the WAL below it). `slot` must be applied already.
-    pub fn compact(&mut self, slot: Slot) {
+    pub fn compact(&mut self, slot: Slot) -> Compacted {
         if slot <= self.log.floor() || self.fatal.is_some() {
-            return;
+            return self.log.truncate(0);
         }
         if self.cfg.inject_bug == Some(InjectedBug::SnapshotPastApplied) && slot > self.applied {
             // The injected bug: the log claims slots the state machine never applied.
-            self.log.truncate(slot);
+            let released = self.log.truncate(slot);
             self.applied = slot;
-            return;
+            return released;
         }
         assert!(
             slot <= self.applied,
             "a snapshot at slot {slot} is past the applied index {}",
             self.applied
         );
-        self.log.truncate(slot);
+        self.log.truncate(slot)
     }
 
     fn become_leader(&mut self, now: Nanos) {

@@ -32,6 +32,9 @@ pub trait Disk {
     /// Bytes of written log a restart would read now (from the first retained segment to the
     /// end of the last write); 0 where that means nothing (memory, simulated disks).
     fn retained_bytes(&self) -> u64;
+    /// Frees memory the caller is done with (released log entries), off the caller's thread
+    /// where the disk has one.
+    fn free(&mut self, garbage: Box<dyn Send>);
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,10 +81,14 @@ impl Disk for Wal {
     }
 
     fn release_log(&mut self, slot: u64) -> Result<usize, WalError> {
-        Wal::release_segments(self, slot)
+        Wal::release_segments_in_background(self, slot)
     }
 
     fn retained_bytes(&self) -> u64 {
         Wal::retained_bytes(self)
+    }
+
+    fn free(&mut self, garbage: Box<dyn Send>) {
+        self.free_in_background(garbage);
     }
 }

@@ -203,6 +203,11 @@ impl Storage<Wal> {
 }
 
 impl<D: Disk> Storage<D> {
+    /// Frees released memory off this thread where the disk can ([`Disk::free`]).
+    pub fn free(&mut self, garbage: Box<dyn Send>) {
+        self.disk.free(garbage);
+    }
+
     /// Bytes of log a restart would read now ([`Disk::retained_bytes`]).
     pub fn retained_bytes(&self) -> u64 {
         self.disk.retained_bytes()
@@ -600,6 +605,8 @@ mod tests {
         assert_eq!(durable_at, Some(300));
         let released = st.release_log(300).unwrap();
         assert!(released > 0, "no segment released");
+        // The files go on the WAL's reclaimer thread.
+        st.wal().wait_reclaimed();
         let segments_after = crate::wal::files::list_dir(dir.path())
             .unwrap()
             .segments

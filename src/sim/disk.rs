@@ -349,4 +349,9 @@ impl Disk for SimDisk {
         // The simulated disk keeps entries, not segments: no restart reads bytes here.
         0
     }
+
+    fn free(&mut self, garbage: Box<dyn Send>) {
+        // Deterministic: freed at once, on the simulator's thread.
+        drop(garbage);
+    }
 }
