@@ -19,18 +19,8 @@ pub struct Entry {
 
 /// Log entries taken out by [`Log::truncate`]: drop it, here or on another thread.
 #[must_use = "the released entries are freed when this is dropped; drop it where that is cheap"]
+#[derive(Default)]
 pub struct Compacted(#[allow(dead_code)] BTreeMap<Slot, Entry>);
-
-impl Compacted {
-    /// How many slots were released.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
 
 /// Slots are kept in a `BTreeMap` so iteration order (and so the simulator's trace) is
 /// deterministic, and sparse slots cost nothing.
@@ -102,7 +92,7 @@ impl Log {
     /// thousands of them take tens of milliseconds to drop).
     pub fn truncate(&mut self, floor: Slot) -> Compacted {
         if floor <= self.floor {
-            return Compacted(BTreeMap::new());
+            return Compacted::default();
         }
         let kept = self.entries.split_off(&(floor + 1));
         let removed = std::mem::replace(&mut self.entries, kept);

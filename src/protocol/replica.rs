@@ -1854,7 +1854,7 @@ impl Replica {
     /// it (the node then releases the WAL below it). `slot` must be applied already.
     pub fn compact(&mut self, slot: Slot) -> Compacted {
         if slot <= self.log.floor() || self.fatal.is_some() {
-            return self.log.truncate(0);
+            return Compacted::default();
         }
         if self.cfg.inject_bug == Some(InjectedBug::SnapshotPastApplied) && slot > self.applied {
             // The injected bug: the log claims slots the state machine never applied.

@@ -27,7 +27,8 @@ pub trait Disk {
     /// The slot of the snapshot write that became durable since the last call, if any.
     fn poll_snapshot(&mut self) -> Result<Option<u64>, WalError>;
     /// A snapshot at `slot` is durable: release the log that holds nothing above it; returns
-    /// the number of segments released. See [`Wal::release_segments`].
+    /// the number of segments released. The WAL removes their files on its reclaimer thread
+    /// ([`Wal::release_segments_in_background`]).
     fn release_log(&mut self, slot: u64) -> Result<usize, WalError>;
     /// Bytes of written log a restart would read now (from the first retained segment to the
     /// end of the last write); 0 where that means nothing (memory, simulated disks).
