@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::fault::DiskMode;
-use crate::runtime::disk::{Disk, DiskLimits};
+use crate::runtime::disk::{Disk, DiskLimits, SnapshotData};
 use crate::wal::{self, Ballot, SuperState, WalError, WriteId};
 
 static MODE: Mutex<(DiskMode, u64)> = Mutex::new((DiskMode::Ok, 0));
@@ -252,7 +252,7 @@ impl<D: Disk> Disk for FaultDisk<D> {
         format!("{}+faults", self.inner.backend_name())
     }
 
-    fn start_snapshot(&mut self, slot: u64, data: bytes::Bytes) -> Result<(), WalError> {
+    fn start_snapshot(&mut self, slot: u64, data: SnapshotData) -> Result<(), WalError> {
         match mode().0 {
             DiskMode::Eio => Err(eio("snapshot write")),
             DiskMode::Enospc => Err(enospc()),
@@ -260,7 +260,7 @@ impl<D: Disk> Disk for FaultDisk<D> {
         }
     }
 
-    fn poll_snapshot(&mut self) -> Result<Option<u64>, WalError> {
+    fn poll_snapshot(&mut self) -> Result<Option<(u64, bytes::Bytes)>, WalError> {
         if mode().0 == DiskMode::Eio {
             return Err(eio("snapshot fsync"));
         }
@@ -339,10 +339,10 @@ mod tests {
         fn backend_name(&self) -> String {
             "mock".into()
         }
-        fn start_snapshot(&mut self, _: u64, _: bytes::Bytes) -> Result<(), WalError> {
+        fn start_snapshot(&mut self, _: u64, _: SnapshotData) -> Result<(), WalError> {
             Ok(())
         }
-        fn poll_snapshot(&mut self) -> Result<Option<u64>, WalError> {
+        fn poll_snapshot(&mut self) -> Result<Option<(u64, bytes::Bytes)>, WalError> {
             Ok(None)
         }
         fn release_log(&mut self, _: u64) -> Result<usize, WalError> {

@@ -66,6 +66,11 @@ impl Keys {
         Some(state)
     }
 
+    /// Every key in the hash map's order (a sequential scan: no lookups).
+    pub fn iter_unordered(&self) -> impl Iterator<Item = (&Bytes, &KeyState)> {
+        self.map.iter()
+    }
+
     /// Every key in order.
     pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &KeyState)> {
         self.order.iter().map(|k| (k, &self.map[k]))

@@ -35,7 +35,7 @@ use bytes::Bytes;
 use crate::protocol::{InjectedBug, Message};
 
 use super::anatomy::{stamp, Stamps, Tracer};
-use super::disk::Disk;
+use super::disk::{Disk, SnapshotData};
 use super::metrics::{GroupMetrics, LocalHistogram};
 use super::storage::Storage;
 use crate::kv::{self, KvStore, KEY_BYTES_MAX, VALUE_BYTES_MAX};
@@ -257,10 +257,12 @@ pub struct Node<D: Disk> {
     /// Slots and value bytes applied since the last snapshot was started.
     since_snapshot_slots: u64,
     since_snapshot_bytes: u64,
-    /// The snapshot the disk is writing.
-    snapshot_writing: Option<(Slot, Bytes)>,
+    /// The slot of the snapshot the disk is writing.
+    snapshot_writing: Option<Slot>,
+    /// Wall time this thread spent taking the last snapshot's state (for the log line).
+    snapshot_take_ms: f64,
     /// An installed snapshot waiting for the disk to finish the previous write.
-    snapshot_to_write: Option<(Slot, Bytes)>,
+    snapshot_to_write: Option<(Slot, SnapshotData)>,
     /// The newest snapshot (durable, or installed and being written): what peers are sent.
     snapshot_latest: Option<(Slot, Bytes)>,
     fetch: Option<Fetch>,
@@ -320,6 +322,7 @@ impl<D: Disk> Node<D> {
             since_snapshot_slots: 0,
             since_snapshot_bytes: 0,
             snapshot_writing: None,
+            snapshot_take_ms: 0.0,
             snapshot_to_write: None,
             snapshot_latest: restored.snapshot,
             fetch: None,
@@ -859,19 +862,24 @@ impl<D: Disk> Node<D> {
         if slot <= st.floor {
             return;
         }
-        let data = Bytes::from(self.kv.encode_snapshot(slot));
+        // This thread only takes the state (a scan of the key table); the disk serializes it
+        // where it writes it (`SnapshotData`).
+        let started = std::time::Instant::now();
+        let image = self.kv.snapshot_image(slot);
+        self.snapshot_take_ms = started.elapsed().as_secs_f64() * 1e3;
         self.since_snapshot_slots = 0;
         self.since_snapshot_bytes = 0;
-        self.write_snapshot(slot, data);
+        let encode = move || Bytes::from(image.encode());
+        self.write_snapshot(slot, SnapshotData::Encode(Box::new(encode)));
     }
 
-    fn write_snapshot(&mut self, slot: Slot, data: Bytes) {
+    fn write_snapshot(&mut self, slot: Slot, data: SnapshotData) {
         if self.snapshot_writing.is_some() {
             self.snapshot_to_write = Some((slot, data));
             return;
         }
-        match self.storage.start_snapshot(slot, data.clone()) {
-            Ok(()) => self.snapshot_writing = Some((slot, data)),
+        match self.storage.start_snapshot(slot, data) {
+            Ok(()) => self.snapshot_writing = Some(slot),
             Err(e) => self.fail(e.to_string()),
         }
     }
@@ -881,12 +889,12 @@ impl<D: Disk> Node<D> {
         if self.snapshot_writing.is_none() || self.failed.is_some() {
             return;
         }
-        let slot = match self.storage.poll_snapshot() {
-            Ok(Some(slot)) => slot,
+        let (slot, data) = match self.storage.poll_snapshot() {
+            Ok(Some(done)) => done,
             Ok(None) => return,
             Err(e) => return self.fail(e.to_string()),
         };
-        let (written, data) = self.snapshot_writing.take().expect("checked above");
+        let written = self.snapshot_writing.take().expect("checked above");
         assert_eq!(written, slot, "the disk finished another snapshot");
         let bytes = data.len();
         // The floor trails the snapshot: every slot up to it is in the snapshot just made.
@@ -915,6 +923,7 @@ impl<D: Disk> Node<D> {
             slot,
             bytes,
             log_floor = floor,
+            take_ms = format!("{:.1}", self.snapshot_take_ms),
             compact_ms = format!("{compact_ms:.1}"),
             segments_released = released,
             release_ms = format!("{release_ms:.1}"),
@@ -1135,7 +1144,7 @@ impl<D: Disk> Node<D> {
         }
         let data = Bytes::from(f.buf);
         self.snapshot_latest = Some((slot, data.clone()));
-        self.write_snapshot(slot, data);
+        self.write_snapshot(slot, SnapshotData::Bytes(data));
     }
 
     fn send_peer(&mut self, to: ReplicaId, msg: Message) {

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use super::disk::{Disk, DiskLimits};
+use super::disk::{Disk, DiskLimits, SnapshotData};
 use crate::net::frame::access;
 use crate::net::wire::{value_from_archived, value_to_wire, WValue};
 use crate::protocol::{self, Ballot, DurableState, Nanos, Slot, Write};
@@ -461,12 +461,12 @@ impl<D: Disk> Storage<D> {
     }
 
     /// Starts writing a snapshot in the background; see [`Disk::start_snapshot`].
-    pub fn start_snapshot(&mut self, slot: Slot, data: bytes::Bytes) -> Result<(), WalError> {
+    pub fn start_snapshot(&mut self, slot: Slot, data: SnapshotData) -> Result<(), WalError> {
         self.disk.start_snapshot(slot, data)
     }
 
-    /// The slot of a snapshot that became durable since the last call.
-    pub fn poll_snapshot(&mut self) -> Result<Option<Slot>, WalError> {
+    /// The slot and bytes of a snapshot that became durable since the last call.
+    pub fn poll_snapshot(&mut self) -> Result<Option<(Slot, bytes::Bytes)>, WalError> {
         self.disk.poll_snapshot()
     }
 
@@ -592,8 +592,12 @@ mod tests {
             .segments
             .len();
         let image = b"state at slot 300".to_vec();
-        st.start_snapshot(300, bytes::Bytes::from(image.clone()))
-            .unwrap();
+        let encoded = image.clone();
+        st.start_snapshot(
+            300,
+            SnapshotData::Encode(Box::new(move || bytes::Bytes::from(encoded))),
+        )
+        .unwrap();
         let mut durable_at = None;
         for _ in 0..5000 {
             durable_at = st.poll_snapshot().unwrap();
@@ -602,7 +606,7 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        assert_eq!(durable_at, Some(300));
+        assert_eq!(durable_at, Some((300, bytes::Bytes::from(image.clone()))));
         let released = st.release_log(300).unwrap();
         assert!(released > 0, "no segment released");
         // The files go on the WAL's reclaimer thread.

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use crate::protocol::{Ballot, Slot, Value};
-use crate::runtime::disk::{Disk, DiskLimits};
+use crate::runtime::disk::{Disk, DiskLimits, SnapshotData};
 use crate::runtime::storage;
 use crate::wal::format::{ENTRY_HEADER_BYTES, SECTOR_BYTES};
 use crate::wal::{self, RecoveredEntry, SuperState, WalError};
@@ -67,11 +67,11 @@ pub struct DiskState {
     /// The durable snapshot (slot, bytes), if any.
     snapshot: Option<(u64, Vec<u8>)>,
     /// A snapshot being written: lost in a crash until the world completes it.
-    snapshot_writing: Option<(u64, Vec<u8>)>,
+    snapshot_writing: Option<(u64, bytes::Bytes)>,
     /// The world has not scheduled the completion of the snapshot being written yet.
     snapshot_submitted: bool,
     /// Completed and not yet reported to the node.
-    snapshot_done: Option<u64>,
+    snapshot_done: Option<(u64, bytes::Bytes)>,
     /// Snapshots written and log entries released (statistics).
     pub snapshots_written: u64,
     pub entries_released: u64,
@@ -115,8 +115,8 @@ impl DiskState {
     pub fn complete_snapshot(&mut self) {
         if let Some((slot, data)) = self.snapshot_writing.take() {
             if self.stopped.is_none() {
-                self.snapshot = Some((slot, data));
-                self.snapshot_done = Some(slot);
+                self.snapshot = Some((slot, data.to_vec()));
+                self.snapshot_done = Some((slot, data));
                 self.snapshots_written += 1;
             }
         }
@@ -316,19 +316,21 @@ impl Disk for SimDisk {
         "sim".into()
     }
 
-    fn start_snapshot(&mut self, slot: u64, data: bytes::Bytes) -> Result<(), WalError> {
+    fn start_snapshot(&mut self, slot: u64, data: SnapshotData) -> Result<(), WalError> {
         let mut st = self.0.borrow_mut();
         st.check_running()?;
         assert!(
             st.snapshot_writing.is_none(),
             "one snapshot write at a time"
         );
-        st.snapshot_writing = Some((slot, data.to_vec()));
+        // Encoded here, at once: the simulated disk has no thread of its own (and the
+        // simulation stays deterministic).
+        st.snapshot_writing = Some((slot, data.into_bytes()));
         st.snapshot_submitted = true;
         Ok(())
     }
 
-    fn poll_snapshot(&mut self) -> Result<Option<u64>, WalError> {
+    fn poll_snapshot(&mut self) -> Result<Option<(u64, bytes::Bytes)>, WalError> {
         let mut st = self.0.borrow_mut();
         st.check_running()?;
         Ok(st.snapshot_done.take())

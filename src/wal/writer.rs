@@ -72,7 +72,7 @@ pub struct Wal {
     stopped: Option<String>,
     scratch: Vec<Completion>,
     /// A snapshot being written on its own thread: (slot, the writer).
-    snapshot_writer: Option<(u64, JoinHandle<Result<(), WalError>>)>,
+    snapshot_writer: Option<(u64, JoinHandle<Result<bytes::Bytes, WalError>>)>,
     /// Removes released segments and frees what the caller no longer needs, off the group's
     /// thread (started on first use).
     reclaimer: Option<(mpsc::Sender<Reclaim>, JoinHandle<()>)>,
@@ -750,11 +750,17 @@ impl Wal {
         self.release_segments(slot)
     }
 
-    /// Starts writing a snapshot at `slot` on a thread of its own (tmp file, sync, rename,
-    /// directory sync), so the group's thread does not wait for it; [`Wal::poll_snapshot`]
-    /// says when it is durable. One at a time: a second call while one is being written is a
-    /// caller error. With the memory backend nothing is written and it is "durable" at once.
-    pub fn start_snapshot(&mut self, slot: u64, data: bytes::Bytes) -> Result<(), WalError> {
+    /// Starts writing a snapshot at `slot` on a thread of its own: `encode` makes its bytes
+    /// there (serializing a large state takes far longer than the group's thread may stop),
+    /// then tmp file, sync, rename, directory sync; [`Wal::poll_snapshot`] says when it is
+    /// durable and hands the bytes back. One at a time: a second call while one is being
+    /// written is a caller error. With the memory backend nothing is written and it is
+    /// "durable" once encoded.
+    pub fn start_snapshot(
+        &mut self,
+        slot: u64,
+        encode: impl FnOnce() -> bytes::Bytes + Send + 'static,
+    ) -> Result<(), WalError> {
         self.check_running()?;
         assert!(
             self.snapshot_writer.is_none(),
@@ -769,19 +775,21 @@ impl Wal {
         let handle = std::thread::Builder::new()
             .name(format!("snapshot-g{group}"))
             .spawn(move || {
-                if memory {
-                    return Ok(());
+                let data = encode();
+                if !memory {
+                    snapshot::write(&dir, cluster_id, group, slot, &data)?;
                 }
-                snapshot::write(&dir, cluster_id, group, slot, &data)
+                Ok(data)
             })
             .map_err(|e| WalError::io("starting the snapshot writer", &self.cfg.dir, e))?;
         self.snapshot_writer = Some((slot, handle));
         Ok(())
     }
 
-    /// The slot of the snapshot write that finished since the last call, once it is durable.
-    /// A failed snapshot write is an error (the caller stops the group, as for any WAL error).
-    pub fn poll_snapshot(&mut self) -> Result<Option<u64>, WalError> {
+    /// The slot and bytes of the snapshot write that finished since the last call, once it is
+    /// durable. A failed snapshot write is an error (the caller stops the group, as for any
+    /// WAL error).
+    pub fn poll_snapshot(&mut self) -> Result<Option<(u64, bytes::Bytes)>, WalError> {
         let finished = self
             .snapshot_writer
             .as_ref()
@@ -791,7 +799,7 @@ impl Wal {
         }
         let (slot, handle) = self.snapshot_writer.take().expect("checked above");
         match handle.join() {
-            Ok(Ok(())) => Ok(Some(slot)),
+            Ok(Ok(data)) => Ok(Some((slot, data))),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(WalError::Stopped("the snapshot writer panicked".into())),
         }

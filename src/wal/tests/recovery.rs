@@ -245,7 +245,7 @@ fn entries_skipped_below_a_snapshot_still_hold_their_segments() {
     let dir = tempfile::tempdir().unwrap();
     let (mut wal, _) = Wal::open(cfg(dir.path(), BackendChoice::Auto)).unwrap();
     write_batches(&mut wal, 1, 40, 3, 1000);
-    wal.start_snapshot(100, bytes::Bytes::from_static(b"state@100"))
+    wal.start_snapshot(100, || bytes::Bytes::from_static(b"state@100"))
         .unwrap();
     while wal.poll_snapshot().unwrap().is_none() {
         std::thread::sleep(std::time::Duration::from_millis(1));
