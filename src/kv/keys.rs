@@ -27,7 +27,10 @@ pub const INLINE_KEY_BYTES: usize = 38;
 /// `Bytes`. Hashes and compares as its bytes, so the map is searched with a `&[u8]`.
 #[derive(Clone, Debug)]
 enum IndexKey {
-    Inline { len: u8, bytes: [u8; INLINE_KEY_BYTES] },
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_KEY_BYTES],
+    },
     Shared(Bytes),
 }
 

@@ -94,11 +94,11 @@ pub struct SnapshotInfo {
 }
 
 /// The state at one slot, taken but not serialized yet. Taking it is a sequential scan of the
-/// key table that copies every key and value into one buffer: plain copies, which the CPU
-/// overlaps, where sharing each `Bytes` took a locked reference-count update (and often an
-/// allocation) per key and value, one cache miss after the other. [`SnapshotImage::encode`]
-/// sorts and serializes, on any thread: the bytes are the same as if the state had been
-/// serialized at once.
+/// key table that copies every key and value into one buffer (about as fast as sharing each
+/// `Bytes` instead, 27 vs 30 ms median for ~100,000 keys in one run each; the copy leaves the
+/// serializing thread no reference counts on live values to update, and frees as one block).
+/// [`SnapshotImage::encode`] sorts and serializes, on any thread: the bytes are the same as if
+/// the state had been serialized at once.
 pub struct SnapshotImage {
     /// Every key followed by its value.
     data: Vec<u8>,
@@ -167,7 +167,7 @@ impl KvStore {
 
     /// The state at `slot`, to be serialized later and elsewhere ([`SnapshotImage::encode`]).
     pub fn snapshot_image(&self, slot: u64) -> SnapshotImage {
-        // A first guess; the buffer grows by doubling (large blocks are remapped, not copied).
+        // A first guess; the buffer grows by doubling.
         let mut data = Vec::with_capacity(self.keys.len() * 64);
         let keys = self
             .keys
