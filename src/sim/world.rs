@@ -2334,7 +2334,7 @@ impl Preload {
                     } else {
                         ballot
                     },
-                    body: storage::encode_record(chosen, &value, 0),
+                    body: storage::encode_record(chosen, &value, 0).into_vec(),
                     log_offset: 0,
                 }
             })
