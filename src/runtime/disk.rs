@@ -43,7 +43,7 @@ pub trait Disk {
 /// A snapshot's bytes, or how to make them. The kv state is taken on the group's thread (a scan
 /// of the key table, no serialization) and serialized by the disk, on the thread that writes
 /// it where the disk has one: serializing ~100,000 keys (12 MB) on the group's thread stopped
-/// every replica at once for 120–250 ms, past the election timeout (results/anatomy.md).
+/// every replica at once for 50–250 ms, past the election timeout (results/anatomy.md).
 pub enum SnapshotData {
     Bytes(bytes::Bytes),
     Encode(Box<dyn FnOnce() -> bytes::Bytes + Send>),
