@@ -108,6 +108,38 @@ fn same_seed_same_trace() {
     }
 }
 
+/// Seed 207904 (3 replicas, Fast Paxos, small snapshot intervals, no crashes): the followers
+/// learned two fast-chosen slots whose votes the leader lost, and compacted them into a
+/// snapshot. The leader's fast fill of those slots got only "compacted up to here" back; a
+/// leader cannot install a snapshot, so it did nothing and four clients waited forever (found
+/// by a 10,000-seed campaign). Now it runs phase 1 again and, as a candidate, fetches the
+/// snapshot before it leads (`StepDown::BehindSnapshot`).
+#[test]
+fn a_fast_paxos_leader_behind_a_followers_snapshot_fetches_it() {
+    let range = SeedRange {
+        replicas: 3,
+        first_seed: 207_904,
+        seeds: 1,
+        jobs: 1,
+        inject_bug: None,
+        quorum_leases: false,
+        protocol: None,
+    };
+    let out = sim::run(&SimConfig {
+        replicas: 3,
+        seed: 207_904,
+        inject_bug: None,
+        quorum_leases: false,
+        protocol: None,
+    });
+    assert!(out.fast_paxos, "the seed no longer runs Fast Paxos");
+    assert!(
+        out.stats.snapshots > 0,
+        "the seed no longer takes snapshots"
+    );
+    assert!(out.violations.is_empty(), "{}", report(&out, &range));
+}
+
 /// Runs seeds from 0 in chunks until one reports a violation; returns that seed.
 fn first_violation(replicas: u32, bug: InjectedBug, seeds_max: u64) -> Option<u64> {
     let chunk = 50;

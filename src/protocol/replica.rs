@@ -403,6 +403,16 @@ pub enum StepDown {
     /// An acceptor rejected the leader's ballot, having promised a higher one (a replica that
     /// promised a failed candidate): the leader runs phase 1 again above it.
     Rejected { ours: Ballot, promised: Ballot },
+    /// Fast Paxos: a peer has compacted slots this leader never learned chosen (followers learn
+    /// fast-chosen slots from the votes themselves; the leader's copies of those votes were
+    /// lost). A leader cannot install a snapshot, so it runs phase 1 again; as a candidate it
+    /// fetches the snapshot before it leads (`finish_election`).
+    BehindSnapshot {
+        ours: Ballot,
+        peer: ReplicaId,
+        floor: Slot,
+        commit: Slot,
+    },
 }
 
 impl std::fmt::Display for StepDown {
@@ -437,6 +447,15 @@ impl std::fmt::Display for StepDown {
             StepDown::Rejected { ours, promised } => write!(
                 f,
                 "leader at ballot {ours} runs phase 1 again: an acceptor had promised the higher ballot {promised}"
+            ),
+            StepDown::BehindSnapshot {
+                ours,
+                peer,
+                floor,
+                commit,
+            } => write!(
+                f,
+                "leader at ballot {ours} runs phase 1 again to fetch a snapshot: replica {peer} compacted up to slot {floor}, past this leader's commit {commit}"
             ),
         }
     }
@@ -1615,8 +1634,24 @@ impl Replica {
         entries: Vec<(Slot, Value)>,
         floor: Slot,
     ) {
-        if floor > self.log.commit() && !matches!(self.proposer, Proposer::Leader(_)) {
-            self.want_snapshot(from, floor);
+        if floor > self.log.commit() {
+            match &self.proposer {
+                Proposer::Leader(leader) => {
+                    // Only Fast Paxos leaves a leader behind a follower's floor (it answers a
+                    // leader's fast fill at a compacted slot with its floor); in Multi-Paxos a
+                    // recovering leader re-proposes what its phase 1 found instead.
+                    if self.cfg.protocol == ProtocolMode::FastPaxos {
+                        self.out.stepped_down.push(StepDown::BehindSnapshot {
+                            ours: leader.ballot,
+                            peer: from,
+                            floor,
+                            commit: self.log.commit(),
+                        });
+                        self.start_election(now);
+                    }
+                }
+                _ => self.want_snapshot(from, floor),
+            }
         }
         let mut new = Vec::new();
         for (slot, value) in entries {

@@ -471,6 +471,17 @@ fn a_leader_that_steps_down_says_why() {
     }
     .to_string();
     assert!(rejected.contains("3.1") && rejected.contains("promised the higher ballot 4.2"));
+    let behind = StepDown::BehindSnapshot {
+        ours,
+        peer: 2,
+        floor: 25,
+        commit: 24,
+    }
+    .to_string();
+    assert!(
+        behind.contains("3.1") && behind.contains("replica 2 compacted up to slot 25"),
+        "{behind}"
+    );
 }
 
 // ------------------------------------------------------------------ hole 5: restart timers
