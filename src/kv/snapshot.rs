@@ -137,10 +137,15 @@ impl SnapshotImage {
 
     /// The snapshot's bytes (header + archive; the layout above).
     pub fn encode(self) -> Vec<u8> {
+        // Roughly the archive's size (a capacity hint: the buffer then grows once at most):
+        // the keys and values, plus fixed fields per key and per client.
+        let estimate = HEADER_BYTES
+            + self.data.len()
+            + self.keys.len() * 64
+            + self.rest.clients.len() * 96
+            + 256;
         let image = self.into_image();
-        let mut out = rkyv::util::AlignedVec::<16>::with_capacity(
-            HEADER_BYTES + image_bytes_estimate(&image),
-        );
+        let mut out = rkyv::util::AlignedVec::<16>::with_capacity(estimate);
         out.extend_from_slice(&[0; HEADER_BYTES]);
         // The archive is written after the header, at a 16-byte aligned offset, so the body
         // can be checked and loaded from `bytes[HEADER_BYTES..]` without a copy here.
@@ -151,12 +156,6 @@ impl SnapshotImage {
         out[8..12].copy_from_slice(&crc.to_le_bytes());
         out.into_vec()
     }
-}
-
-/// Roughly the archive's size (a capacity hint: the buffer then grows once at most).
-fn image_bytes_estimate(image: &Image) -> usize {
-    let data: usize = image.keys.iter().map(|k| k.key.len() + k.value.len()).sum();
-    data + image.keys.len() * 64 + image.clients.len() * 96 + 256
 }
 
 impl KvStore {
