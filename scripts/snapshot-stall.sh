@@ -3,8 +3,10 @@
 # (results/anatomy.md, "Third pass"). Starts a local 3-replica cluster with snapshots every
 # EVERY slots (far more often than the default, so a short run takes many), drives it with 64
 # clients over 8 shared connections, then prints the put latency line and, from the replicas'
-# "snapshot durable" log lines, the group thread's time per snapshot (`take_ms`; builds before
-# 2026-12-01 evening logged `encode_ms`, the whole serialization) and the leader changes.
+# "snapshot durable" log lines, the group thread's time per snapshot (`take_ms`; it also reads
+# `encode_ms`, which only the uncommitted "before" build of results/anatomy.md logged — a timer
+# around the old serialization; committed builds before af1ccb6 log neither) and the leader
+# changes.
 #
 #   scripts/snapshot-stall.sh BIN [LABEL]
 #
