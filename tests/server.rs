@@ -1911,3 +1911,26 @@ fn snapshot_transfer_save_status_and_restore() {
         std::panic::resume_unwind(e);
     }
 }
+
+#[test]
+fn replicas_that_spin_before_sleeping_serve_and_fail_over() {
+    let _serial = fault_lock();
+    let mut tc = TestCluster::start_with(3, 1, |c| {
+        c.durability = BackendChoice::Sync;
+        c.spin_us = 20;
+    });
+    put_get_works(&tc, "spin");
+    // A leader that spins still loses its lease and leadership when it is killed.
+    let mut client = tc.client();
+    let leader = wait_leaders(&mut client, 1, Duration::from_secs(10))[0];
+    tc.cluster.signal(leader, libc::SIGKILL);
+    client
+        .put(b"spin-after", b"v")
+        .expect("a put after the leader died");
+    match client.get(b"spin-after", true) {
+        Ok(Outcome::Get { value: Some(v), .. }) if v.as_ref() == b"v" => {}
+        other => panic!("get after failover returned {other:?}"),
+    }
+    let now = wait_leaders(&mut client, 1, Duration::from_secs(10))[0];
+    assert_ne!(now, leader, "a new leader");
+}

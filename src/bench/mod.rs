@@ -147,6 +147,11 @@ pub struct BenchSpec {
     #[arg(long, default_value_t = 30)]
     #[serde(default)]
     pub spin_us: u64,
+    /// The servers' `spin_us` (cluster.toml): each group thread polls this many µs for more
+    /// input before it sleeps (0: never). For hosts with a core to spare per group thread.
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    pub server_spin_us: u64,
     /// Keep every measured request's send time and latency: `timeline.csv` and a
     /// latency-over-time plot in the run directory (`mpaxos bench timeline RUN --mark ...`
     /// marks events such as a kill and measures the stall around them).
@@ -1082,6 +1087,7 @@ pub fn local_config(
     cfg.batching.batch_max_bytes = spec.batch_max_bytes;
     cfg.batching.batch_delay_us = spec.batch_delay_us;
     cfg.batching.pipeline_depth = spec.pipeline_depth;
+    cfg.spin_us = spec.server_spin_us;
     cfg.protocol = Some(spec.protocol);
     cfg.read_mode = Some(match spec.protocol {
         crate::protocol::ProtocolMode::MultiPaxos => spec.read_mode,

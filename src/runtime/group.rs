@@ -132,6 +132,8 @@ pub struct GroupSpec {
     pub protocol: protocol::Config,
     pub wal: WalConfig,
     pub core: Option<usize>,
+    /// Polls this long for more input before sleeping (cluster.toml `spin_us`; 0: never).
+    pub spin_ns: Nanos,
     pub limits: Limits,
     pub shared: Arc<Shared>,
     pub metrics: GroupMetrics,
@@ -227,6 +229,7 @@ struct PeerLink {
 
 struct Group {
     spec_id: ReplicaId,
+    spin_ns: Nanos,
     group: u32,
     groups: u32,
     cluster_id: u64,
@@ -370,6 +373,7 @@ impl Group {
         *node.tracer() = anatomy::Tracer::new(Some(boottime_ns));
         Ok(Group {
             spec_id: spec.replica_id,
+            spin_ns: spec.spin_ns,
             group: spec.group,
             groups: spec.groups,
             cluster_id: spec.cluster_id,
@@ -434,10 +438,7 @@ impl Group {
                 // (epoll's millisecond timeout is fine for that).
                 timeout = timeout.min(DISK_FALLBACK_NS);
             }
-            let interrupted = match self
-                .poll
-                .poll(&mut events, Some(Duration::from_nanos(timeout)))
-            {
+            let interrupted = match self.wait(&mut events, before, timeout) {
                 Ok(()) => false,
                 // io_uring interrupts the wait to run its completion work (one per WAL write):
                 // no events were returned, and the turn below collects the completion. A
@@ -482,6 +483,26 @@ impl Group {
         }
         self.node.shutdown();
         self.shared.ready[self.group as usize].store(false, Ordering::Release);
+    }
+
+    /// Waits up to `timeout` ns from `before` for events: first polling without sleeping for up
+    /// to `spin_ns` (so input arriving within it costs no wake-up), then sleeping in epoll.
+    fn wait(&mut self, events: &mut Events, before: Nanos, timeout: Nanos) -> io::Result<()> {
+        if self.spin_ns > 0 && timeout > 0 {
+            let until = before + self.spin_ns.min(timeout);
+            loop {
+                self.poll.poll(events, Some(Duration::ZERO))?;
+                if !events.is_empty() {
+                    return Ok(());
+                }
+                if self.now() >= until {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        let left = timeout.saturating_sub(self.now().saturating_sub(before));
+        self.poll.poll(events, Some(Duration::from_nanos(left)))
     }
 
     fn next_deadline(&self, now: Nanos) -> Nanos {

@@ -54,6 +54,10 @@ pub struct ReplicaConfig {
     pub cpus: Cpus,
 }
 
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
 fn default_region() -> String {
     "local".into()
 }
@@ -195,6 +199,15 @@ pub struct ClusterConfig {
     /// (absorbs delivery and scheduling jitter). Unset: 1000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fast_order_margin_us: Option<u64>,
+    /// Each group thread polls this many µs for more input before it sleeps, so that a message
+    /// or disk completion arriving within it costs no wake-up (20–60 µs per hop on a VM; the
+    /// latency anatomy shows them), at the price of a core spinning for that long after every
+    /// turn. 0 (default): never. Only for hosts with a core to spare per group thread: on a
+    /// 2-core host running three replicas and the load generator it made one client's puts
+    /// slower and cost 40 % more CPU (results/anatomy.md, fourth pass). Not measured yet on a
+    /// host with spare cores: `mpaxos bench --server-spin-us N` compares it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub spin_us: u64,
     /// Each group snapshots its state machine once this many slots were applied since its
     /// last snapshot (0: never by count); the log below a durable snapshot is released.
     #[serde(default = "default_snapshot_every_entries")]
@@ -646,6 +659,7 @@ impl ClusterConfig {
             lease_pending: None,
             fast_order: None,
             fast_order_margin_us: None,
+            spin_us: 0,
             snapshot_every_entries: default_snapshot_every_entries(),
             snapshot_every_bytes: default_snapshot_every_bytes(),
             snapshot_trail_slots: default_snapshot_trail_slots(),
