@@ -165,31 +165,90 @@ impl Op {
     }
 
     pub fn decode(payload: &Bytes) -> Result<Op, DecodeError> {
+        let share = |field: &[u8]| payload.slice_ref(field);
+        Ok(match OpRef::decode(payload)? {
+            OpRef::Put { key, value } => Op::Put {
+                key: share(key),
+                value: share(value),
+            },
+            OpRef::Delete { key } => Op::Delete { key: share(key) },
+            OpRef::Cas {
+                key,
+                expected_version,
+                value,
+            } => Op::Cas {
+                key: share(key),
+                expected_version,
+                value: share(value),
+            },
+            OpRef::Get { key } => Op::Get { key: share(key) },
+            OpRef::Clock {
+                now_ms,
+                session_idle_ms,
+            } => Op::Clock {
+                now_ms,
+                session_idle_ms,
+            },
+            OpRef::LeaseHolders { holders } => Op::LeaseHolders { holders },
+        })
+    }
+}
+
+/// A command read in place: its key and value borrow the encoded payload (the state machine
+/// copies what it keeps, and shares the payload only for long values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpRef<'a> {
+    Put {
+        key: &'a [u8],
+        value: &'a [u8],
+    },
+    Delete {
+        key: &'a [u8],
+    },
+    Cas {
+        key: &'a [u8],
+        expected_version: u64,
+        value: &'a [u8],
+    },
+    Get {
+        key: &'a [u8],
+    },
+    Clock {
+        now_ms: u64,
+        session_idle_ms: u64,
+    },
+    LeaseHolders {
+        holders: u64,
+    },
+}
+
+impl<'a> OpRef<'a> {
+    pub fn decode(payload: &'a [u8]) -> Result<OpRef<'a>, DecodeError> {
         let mut reader = Reader {
             buf: payload,
             at: 0,
         };
         let op = match reader.u8()? {
-            TAG_PUT => Op::Put {
+            TAG_PUT => OpRef::Put {
                 key: reader.bytes("key", KEY_BYTES_MAX)?,
                 value: reader.bytes("value", VALUE_BYTES_MAX)?,
             },
-            TAG_DELETE => Op::Delete {
+            TAG_DELETE => OpRef::Delete {
                 key: reader.bytes("key", KEY_BYTES_MAX)?,
             },
-            TAG_CAS => Op::Cas {
+            TAG_CAS => OpRef::Cas {
                 key: reader.bytes("key", KEY_BYTES_MAX)?,
                 expected_version: reader.u64()?,
                 value: reader.bytes("value", VALUE_BYTES_MAX)?,
             },
-            TAG_GET => Op::Get {
+            TAG_GET => OpRef::Get {
                 key: reader.bytes("key", KEY_BYTES_MAX)?,
             },
-            TAG_CLOCK => Op::Clock {
+            TAG_CLOCK => OpRef::Clock {
                 now_ms: reader.u64()?,
                 session_idle_ms: reader.u64()?,
             },
-            TAG_LEASE_HOLDERS => Op::LeaseHolders {
+            TAG_LEASE_HOLDERS => OpRef::LeaseHolders {
                 holders: reader.u64()?,
             },
             tag => return Err(DecodeError::UnknownTag(tag)),
@@ -208,11 +267,11 @@ fn put_bytes(buf: &mut BytesMut, bytes: &Bytes) {
 }
 
 struct Reader<'a> {
-    buf: &'a Bytes,
+    buf: &'a [u8],
     at: usize,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<std::ops::Range<usize>, DecodeError> {
         let end = self.at.checked_add(n).ok_or(DecodeError::Truncated)?;
         if end > self.buf.len() {
@@ -238,7 +297,7 @@ impl Reader<'_> {
         Ok(u64::from_le_bytes(self.buf[r].try_into().expect("8 bytes")))
     }
 
-    fn bytes(&mut self, field: &'static str, max: usize) -> Result<Bytes, DecodeError> {
+    fn bytes(&mut self, field: &'static str, max: usize) -> Result<&'a [u8], DecodeError> {
         let len = self.u32()? as usize;
         if len > max {
             return Err(DecodeError::TooLarge {
@@ -248,7 +307,7 @@ impl Reader<'_> {
             });
         }
         let r = self.take(len)?;
-        Ok(self.buf.slice(r))
+        Ok(&self.buf[r])
     }
 }
 

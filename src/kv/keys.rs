@@ -37,14 +37,19 @@ enum IndexKey {
 impl IndexKey {
     fn new(key: &Bytes) -> IndexKey {
         if key.len() <= INLINE_KEY_BYTES {
-            let mut bytes = [0; INLINE_KEY_BYTES];
-            bytes[..key.len()].copy_from_slice(key);
-            IndexKey::Inline {
-                len: key.len() as u8,
-                bytes,
-            }
+            IndexKey::inline(key)
         } else {
             IndexKey::Shared(key.clone())
+        }
+    }
+
+    /// A key of at most [`INLINE_KEY_BYTES`] bytes.
+    fn inline(key: &[u8]) -> IndexKey {
+        let mut bytes = [0; INLINE_KEY_BYTES];
+        bytes[..key.len()].copy_from_slice(key);
+        IndexKey::Inline {
+            len: key.len() as u8,
+            bytes,
         }
     }
 
@@ -108,16 +113,27 @@ impl Keys {
         }
     }
 
-    /// The key's state, created by `new` if the key is absent.
+    /// The key's state, created by `new` if the key is absent (its bytes copied: the index
+    /// does not keep the command that created it alive).
     pub fn get_or_insert_with(
         &mut self,
-        key: Bytes,
+        key: &[u8],
         new: impl FnOnce() -> KeyState,
     ) -> &mut KeyState {
-        match self.map.entry(IndexKey::new(&key)) {
+        if key.len() > INLINE_KEY_BYTES {
+            // A long key: look it up by its bytes first, rather than copy it for the entry
+            // API on every write.
+            if self.map.contains_key(key) {
+                return self.map.get_mut(key).expect("present");
+            }
+            let key = Bytes::copy_from_slice(key);
+            self.order.insert(key.clone());
+            return self.map.entry(IndexKey::new(&key)).or_insert_with(new);
+        }
+        match self.map.entry(IndexKey::inline(key)) {
             Entry::Occupied(o) => o.into_mut(),
             Entry::Vacant(v) => {
-                self.order.insert(key);
+                self.order.insert(Bytes::copy_from_slice(key));
                 v.insert(new())
             }
         }
@@ -166,7 +182,7 @@ mod tests {
 
     fn st(version: u64) -> KeyState {
         KeyState {
-            value: Bytes::from(vec![version as u8]),
+            value: Bytes::from(vec![version as u8]).into(),
             version,
             create_revision: 1,
             mod_revision: version,
@@ -193,7 +209,7 @@ mod tests {
                 0 => assert_eq!(keys.remove(&k), model.remove(&k)),
                 1 => assert_eq!(keys.insert(k.clone(), st(i)), model.insert(k, st(i))),
                 _ => {
-                    let a = keys.get_or_insert_with(k.clone(), || st(0));
+                    let a = keys.get_or_insert_with(&k, || st(0));
                     a.version += 1;
                     let b = model.entry(k).or_insert_with(|| st(0));
                     b.version += 1;

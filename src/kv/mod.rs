@@ -8,15 +8,18 @@
 mod command;
 mod keys;
 pub mod snapshot;
+mod value;
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+use command::OpRef;
 pub use command::{
     may_change_key, DecodeError, Op, KEY_BYTES_MAX, LEASE_HOLDERS_ALL, VALUE_BYTES_MAX,
 };
 pub use snapshot::{snapshot_info, SnapshotInfo};
+pub use value::{StoredValue, INLINE_VALUE_BYTES};
 
 /// The client id of commands the cluster itself proposes (the leader's clock); client
 /// libraries never use it, and it has no entry in the client table.
@@ -25,7 +28,7 @@ pub const SYSTEM_CLIENT_ID: u64 = 0;
 /// A key's current state.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct KeyState {
-    pub value: Bytes,
+    pub value: StoredValue,
     /// Puts since the key was created; deleting resets it (an absent key has version 0).
     pub version: u64,
     pub create_revision: u64,
@@ -155,15 +158,15 @@ impl KvStore {
     /// a second time.
     pub fn apply(&mut self, client_id: u64, seq: u64, payload: &Bytes) -> Reply {
         if client_id == SYSTEM_CLIENT_ID {
-            return match Op::decode(payload) {
-                Ok(Op::Clock {
+            return match OpRef::decode(payload) {
+                Ok(OpRef::Clock {
                     now_ms,
                     session_idle_ms,
                 }) => {
                     self.apply_clock(now_ms, session_idle_ms);
                     Reply::System
                 }
-                Ok(Op::LeaseHolders { holders }) => {
+                Ok(OpRef::LeaseHolders { holders }) => {
                     self.set_lease_holders(holders);
                     Reply::System
                 }
@@ -190,11 +193,11 @@ impl KvStore {
             None if seq > 1 && self.session_idle_ms > 0 => return Reply::SessionExpired,
             None => {}
         }
-        let reply = match Op::decode(payload) {
-            Ok(Op::Clock { .. }) => Reply::Invalid {
+        let reply = match OpRef::decode(payload) {
+            Ok(OpRef::Clock { .. }) => Reply::Invalid {
                 reason: "clock commands come from the cluster only".into(),
             },
-            Ok(op) => self.apply_op(op),
+            Ok(op) => self.apply_op(op, payload),
             Err(err) => Reply::Invalid {
                 reason: err.to_string(),
             },
@@ -236,21 +239,21 @@ impl KvStore {
         self.lease_holders = Some(holders);
     }
 
-    fn apply_op(&mut self, op: Op) -> Reply {
+    fn apply_op(&mut self, op: OpRef, payload: &Bytes) -> Reply {
         match op {
-            Op::LeaseHolders { holders } => {
+            OpRef::LeaseHolders { holders } => {
                 self.set_lease_holders(holders);
                 Reply::LeaseHolders { holders }
             }
-            Op::Put { key, value } => {
-                let version = self.write(key, value);
+            OpRef::Put { key, value } => {
+                let version = self.write(key, value, payload);
                 Reply::Put {
                     revision: self.revision,
                     version,
                 }
             }
-            Op::Delete { key } => {
-                let existed = self.keys.remove(&key).is_some();
+            OpRef::Delete { key } => {
+                let existed = self.keys.remove(key).is_some();
                 if existed {
                     self.revision += 1;
                 }
@@ -259,12 +262,12 @@ impl KvStore {
                     existed,
                 }
             }
-            Op::Cas {
+            OpRef::Cas {
                 key,
                 expected_version,
                 value,
             } => {
-                let current = self.keys.get(&key).map_or(0, |k| k.version);
+                let current = self.keys.get(key).map_or(0, |k| k.version);
                 if current != expected_version {
                     return Reply::Cas {
                         ok: false,
@@ -272,28 +275,29 @@ impl KvStore {
                         version: current,
                     };
                 }
-                let version = self.write(key, value);
+                let version = self.write(key, value, payload);
                 Reply::Cas {
                     ok: true,
                     revision: self.revision,
                     version,
                 }
             }
-            Op::Get { key } => self.get(&key),
-            Op::Clock { .. } => unreachable!("clock commands are applied by apply_clock"),
+            OpRef::Get { key } => self.get(key),
+            OpRef::Clock { .. } => unreachable!("clock commands are applied by apply_clock"),
         }
     }
 
-    fn write(&mut self, key: Bytes, value: Bytes) -> u64 {
+    /// Sets `key` to `value` (both inside the command's `payload`, which a long value shares).
+    fn write(&mut self, key: &[u8], value: &[u8], payload: &Bytes) -> u64 {
         self.revision += 1;
         let revision = self.revision;
         let state = self.keys.get_or_insert_with(key, || KeyState {
-            value: Bytes::new(),
+            value: StoredValue::default(),
             version: 0,
             create_revision: revision,
             mod_revision: revision,
         });
-        state.value = value;
+        state.value = StoredValue::new(value, || payload.slice_ref(value));
         state.version += 1;
         state.mod_revision = revision;
         state.version
@@ -303,7 +307,7 @@ impl KvStore {
     pub fn get(&self, key: &[u8]) -> Reply {
         match self.keys.get(key) {
             Some(state) => Reply::Get {
-                value: Some(state.value.clone()),
+                value: Some(state.value.to_bytes()),
                 version: state.version,
                 mod_revision: state.mod_revision,
             },

@@ -174,7 +174,7 @@ impl KvStore {
             .map(|(k, s)| {
                 let at = data.len();
                 data.extend_from_slice(k);
-                data.extend_from_slice(&s.value);
+                data.extend_from_slice(s.value.as_slice());
                 let meta = [s.version, s.create_revision, s.mod_revision];
                 (at, k.len(), s.value.len(), meta)
             })
@@ -231,7 +231,7 @@ impl KvStore {
                 ));
             }
             let state = KeyState {
-                value: k.value,
+                value: k.value.into(),
                 version: k.version,
                 create_revision: k.create_revision,
                 mod_revision: k.mod_revision,
