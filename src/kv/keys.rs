@@ -10,10 +10,21 @@
 //! ([`IndexKey`]), so finding one compares bytes already loaded with the slot instead of
 //! following a pointer to the key's heap bytes (one cache miss less per lookup over a large
 //! key set; `memcmp` on that pointer was 7 % of the servers' CPU at 64 clients).
+//!
+//! The map is hashbrown's with its default hasher (foldhash: a few instructions per short key
+//! where std's SipHash took tens), and its table sits on transparent huge pages
+//! ([`super::hugepages`]): probing it was still the largest user-space cost of a put, most of
+//! it TLB misses over a table of ~18 MB per replica (perf: 13.7 → 9.4 % of the servers' CPU,
+//! results/anatomy.md, fourth pass). Iteration order is not part of the state: everything
+//! that iterates (`iter`, snapshots) goes by key order.
 
 use std::borrow::Borrow;
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use hashbrown::hash_map::Entry;
+use hashbrown::{DefaultHashBuilder, HashMap};
+
+use super::hugepages::HugePageAlloc;
 use std::hash::{Hash, Hasher};
 
 use bytes::Bytes;
@@ -84,7 +95,7 @@ impl Eq for IndexKey {}
 
 #[derive(Clone, Debug, Default)]
 pub struct Keys {
-    map: HashMap<IndexKey, KeyState>,
+    map: HashMap<IndexKey, KeyState, DefaultHashBuilder, HugePageAlloc>,
     order: BTreeSet<Bytes>,
 }
 

@@ -6,6 +6,7 @@
 //! answered with an error reply (on every replica alike) rather than panicking.
 
 mod command;
+mod hugepages;
 mod keys;
 pub mod snapshot;
 mod value;
