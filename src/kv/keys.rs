@@ -200,11 +200,7 @@ mod tests {
         }
     }
 
-    fn digest(h: &impl Hash) -> u64 {
-        let mut s = std::collections::hash_map::DefaultHasher::new();
-        h.hash(&mut s);
-        s.finish()
-    }
+    use crate::kv::digest_of as digest;
 
     #[test]
     fn behaves_like_an_ordered_map() {

@@ -322,11 +322,16 @@ impl KvStore {
 
     /// A digest of the whole state (keys, revision and client table), for comparing replicas.
     pub fn digest(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.hash(&mut hasher);
-        hasher.finish()
+        digest_of(self)
     }
+}
+
+/// The digest [`KvStore::digest`] takes, of anything hashable (tests compare parts with it).
+pub(crate) fn digest_of(h: &impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    h.hash(&mut hasher);
+    hasher.finish()
 }
 
 #[cfg(test)]

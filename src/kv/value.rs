@@ -104,11 +104,7 @@ impl Hash for StoredValue {
 mod tests {
     use super::*;
 
-    fn digest(h: &impl Hash) -> u64 {
-        let mut s = std::collections::hash_map::DefaultHasher::new();
-        h.hash(&mut s);
-        s.finish()
-    }
+    use crate::kv::digest_of as digest;
 
     #[test]
     fn short_values_are_inline_long_ones_shared_and_both_read_back() {
