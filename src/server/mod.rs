@@ -133,7 +133,8 @@ pub fn run(config_path: &Path, id: u32) -> ExitCode {
 /// 50k puts/s: 0.14 `mprotect` calls per put over the three replicas, 12 % of all their system
 /// calls (perf and the bench's counters, results/anatomy.md). With a padding of a whole heap
 /// each new heap is opened in one call. The padding is address space, not memory: pages
-/// cost nothing until touched. Called first, before any thread (and its arena) exists;
+/// cost nothing until touched; but glibc also keeps up to the padding of freed memory at a
+/// heap's top rather than returning it (reused by the next growth). Called first, before any thread (and its arena) exists;
 /// `GLIBC_TUNABLES=glibc.malloc.top_pad=...` still wins if set.
 fn grow_heaps_in_large_steps() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
