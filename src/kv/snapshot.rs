@@ -381,7 +381,11 @@ mod tests {
         assert_eq!((slot, &back), (9, &before));
         // The same bytes as serializing the key-ordered state on its own and framing it.
         let sorted = before.snapshot_image(9).into_image();
-        let keys: Vec<_> = before.keys.iter().map(|(k, _)| k.clone()).collect();
+        let keys: Vec<_> = before
+            .keys
+            .iter()
+            .map(|(k, _)| Bytes::copy_from_slice(k))
+            .collect();
         assert_eq!(
             sorted
                 .keys
