@@ -15,13 +15,12 @@
 //! where std's SipHash took tens), and its table sits on transparent huge pages
 //! ([`super::hugepages`]): probing it was still the largest user-space cost of a put, most of
 //! it TLB misses over a table of ~18 MB per replica (perf: 13.7 → 9.4 % of the servers' CPU,
-//! results/anatomy.md, fourth pass). Iteration order is not part of the state: everything
-//! that iterates (`iter`, snapshots) goes by key order.
+//! results/anatomy.md, fourth pass). The map's iteration order is not part of the state: `iter`
+//! goes by the order set, and a snapshot sorts the image it takes with `iter_unordered`.
 
-use std::borrow::Borrow;
 use std::collections::BTreeSet;
 
-use hashbrown::hash_map::Entry;
+use hashbrown::hash_map::{Entry, EntryRef};
 use hashbrown::{DefaultHashBuilder, HashMap};
 
 use super::hugepages::HugePageAlloc;
@@ -29,82 +28,15 @@ use std::hash::{Hash, Hasher};
 
 use bytes::Bytes;
 
+use super::value::InlineBytes;
 use super::KeyState;
 
 /// Keys up to this long live inside the hash map's slots (the enum is 40 bytes either way).
 pub const INLINE_KEY_BYTES: usize = 38;
 
-/// A key as the hash map holds it: short keys inline, longer ones shared with the caller's
-/// `Bytes`. Hashes and compares as its bytes, so the map is searched with a `&[u8]`.
-#[derive(Clone, Debug)]
-enum IndexKey {
-    Inline {
-        len: u8,
-        bytes: [u8; INLINE_KEY_BYTES],
-    },
-    Shared(Bytes),
-}
-
-impl IndexKey {
-    fn new(key: &Bytes) -> IndexKey {
-        if key.len() <= INLINE_KEY_BYTES {
-            IndexKey::inline(key)
-        } else {
-            IndexKey::Shared(key.clone())
-        }
-    }
-
-    /// A key of at most [`INLINE_KEY_BYTES`] bytes.
-    fn inline(key: &[u8]) -> IndexKey {
-        let mut bytes = [0; INLINE_KEY_BYTES];
-        bytes[..key.len()].copy_from_slice(key);
-        IndexKey::Inline {
-            len: key.len() as u8,
-            bytes,
-        }
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        match self {
-            IndexKey::Inline { len, bytes } => &bytes[..*len as usize],
-            IndexKey::Shared(b) => b,
-        }
-    }
-}
-
-impl Borrow<[u8]> for IndexKey {
-    fn borrow(&self) -> &[u8] {
-        self.as_slice()
-    }
-}
-
-// `Borrow` requires these to agree with `[u8]`'s.
-impl Hash for IndexKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_slice().hash(state)
-    }
-}
-
-impl PartialEq for IndexKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_slice() == other.as_slice()
-    }
-}
-
-impl Eq for IndexKey {}
-
-// In byte order, like `[u8]` (`Borrow` requires it): the order set is searched with a `&[u8]`.
-impl Ord for IndexKey {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_slice().cmp(other.as_slice())
-    }
-}
-
-impl PartialOrd for IndexKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
+/// A key as the hash map and the order set hold it: short keys inline, longer ones in a
+/// shared buffer. Hashes and compares as its bytes, so both are searched with a `&[u8]`.
+type IndexKey = InlineBytes<INLINE_KEY_BYTES>;
 
 #[derive(Clone, Debug, Default)]
 pub struct Keys {
@@ -131,7 +63,7 @@ impl Keys {
 
     /// Adds a key; returns its previous state, if it had one.
     pub fn insert(&mut self, key: Bytes, state: KeyState) -> Option<KeyState> {
-        match self.map.entry(IndexKey::new(&key)) {
+        match self.map.entry(IndexKey::from(key)) {
             Entry::Occupied(mut o) => Some(std::mem::replace(o.get_mut(), state)),
             Entry::Vacant(v) => {
                 self.order.insert(v.key().clone());
@@ -142,27 +74,19 @@ impl Keys {
     }
 
     /// The key's state, created by `new` if the key is absent (its bytes copied: the index
-    /// does not keep the command that created it alive).
+    /// does not keep the command that created it alive). One probe, by the key's bytes: an
+    /// `IndexKey` is built only for a new key.
     pub fn get_or_insert_with(
         &mut self,
         key: &[u8],
         new: impl FnOnce() -> KeyState,
     ) -> &mut KeyState {
-        if key.len() > INLINE_KEY_BYTES {
-            // A long key: look it up by its bytes first, rather than copy it for the entry
-            // API on every write.
-            if self.map.contains_key(key) {
-                return self.map.get_mut(key).expect("present");
-            }
-            let key = IndexKey::Shared(Bytes::copy_from_slice(key));
-            self.order.insert(key.clone());
-            return self.map.entry(key).or_insert_with(new);
-        }
-        match self.map.entry(IndexKey::inline(key)) {
-            Entry::Occupied(o) => o.into_mut(),
-            Entry::Vacant(v) => {
-                self.order.insert(v.key().clone());
-                v.insert(new())
+        match self.map.entry_ref(key) {
+            EntryRef::Occupied(o) => o.into_mut(),
+            EntryRef::Vacant(v) => {
+                let key = IndexKey::copied(key);
+                self.order.insert(key.clone());
+                v.insert_entry_with_key(key, new()).into_mut()
             }
         }
     }
@@ -220,6 +144,11 @@ mod tests {
     }
 
     use crate::kv::digest_of as digest;
+
+    #[test]
+    fn an_index_key_is_40_bytes() {
+        assert_eq!(std::mem::size_of::<IndexKey>(), 40);
+    }
 
     #[test]
     fn behaves_like_an_ordered_map() {

@@ -9,6 +9,7 @@
 //! default of 64) is copied into the slot the lookup already brought into the cache, and
 //! overwriting it frees nothing.
 
+use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
 
 use bytes::Bytes;
@@ -16,37 +17,50 @@ use bytes::Bytes;
 /// Values up to this long live inside the index slot.
 pub const INLINE_VALUE_BYTES: usize = 64;
 
+/// A key's value as the index stores it.
+pub type StoredValue = InlineBytes<INLINE_VALUE_BYTES>;
+
+/// Bytes kept inline when there are at most `N` of them, else in a shared buffer: the index's
+/// values ([`StoredValue`]) and its keys (`keys::IndexKey`). Hashes, compares and orders as
+/// its bytes (so a map of them is searched with a `&[u8]`, and digests are those of `Bytes`).
 #[derive(Clone)]
-pub enum StoredValue {
-    Inline {
-        len: u8,
-        bytes: [u8; INLINE_VALUE_BYTES],
-    },
+pub enum InlineBytes<const N: usize> {
+    Inline { len: u8, bytes: [u8; N] },
     Shared(Bytes),
 }
 
-impl StoredValue {
+impl<const N: usize> InlineBytes<N> {
     /// `value`, inline if it is short, else the `Bytes` `share` returns (which must hold
     /// the same bytes: typically the command's payload, sliced, so a long value is not copied).
-    pub fn new(value: &[u8], share: impl FnOnce() -> Bytes) -> StoredValue {
-        if value.len() <= INLINE_VALUE_BYTES {
-            let mut bytes = [0; INLINE_VALUE_BYTES];
-            bytes[..value.len()].copy_from_slice(value);
-            StoredValue::Inline {
-                len: value.len() as u8,
-                bytes,
-            }
+    pub fn new(value: &[u8], share: impl FnOnce() -> Bytes) -> Self {
+        if value.len() <= N {
+            Self::inline(value)
         } else {
             let shared = share();
             debug_assert_eq!(&shared[..], value);
-            StoredValue::Shared(shared)
+            InlineBytes::Shared(shared)
+        }
+    }
+
+    /// A copy of `value` (inline if it is short).
+    pub fn copied(value: &[u8]) -> Self {
+        Self::new(value, || Bytes::copy_from_slice(value))
+    }
+
+    /// At most `N` bytes.
+    fn inline(value: &[u8]) -> Self {
+        let mut bytes = [0; N];
+        bytes[..value.len()].copy_from_slice(value);
+        InlineBytes::Inline {
+            len: value.len() as u8,
+            bytes,
         }
     }
 
     pub fn as_slice(&self) -> &[u8] {
         match self {
-            StoredValue::Inline { len, bytes } => &bytes[..*len as usize],
-            StoredValue::Shared(b) => b,
+            InlineBytes::Inline { len, bytes } => &bytes[..*len as usize],
+            InlineBytes::Shared(b) => b,
         }
     }
 
@@ -58,45 +72,67 @@ impl StoredValue {
         self.len() == 0
     }
 
-    /// The value as `Bytes` (a copy of an inline value; a long one is shared).
+    /// The bytes as `Bytes` (a copy of inline ones; shared ones are shared).
     pub fn to_bytes(&self) -> Bytes {
         match self {
-            StoredValue::Inline { .. } => Bytes::copy_from_slice(self.as_slice()),
-            StoredValue::Shared(b) => b.clone(),
+            InlineBytes::Inline { .. } => Bytes::copy_from_slice(self.as_slice()),
+            InlineBytes::Shared(b) => b.clone(),
         }
     }
 }
 
-impl Default for StoredValue {
+impl<const N: usize> Default for InlineBytes<N> {
     fn default() -> Self {
-        StoredValue::new(&[], Bytes::new)
+        Self::inline(&[])
     }
 }
 
-impl From<Bytes> for StoredValue {
+impl<const N: usize> From<Bytes> for InlineBytes<N> {
     fn from(b: Bytes) -> Self {
-        StoredValue::new(&b.clone(), || b)
+        if b.len() <= N {
+            Self::inline(&b)
+        } else {
+            InlineBytes::Shared(b)
+        }
     }
 }
 
-impl std::fmt::Debug for StoredValue {
+impl<const N: usize> std::fmt::Debug for InlineBytes<N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         Bytes::copy_from_slice(self.as_slice()).fmt(f)
     }
 }
 
-impl PartialEq for StoredValue {
+// `Borrow` requires hashing, equality and order to agree with `[u8]`'s.
+impl<const N: usize> Borrow<[u8]> for InlineBytes<N> {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl<const N: usize> Hash for InlineBytes<N> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state)
+    }
+}
+
+impl<const N: usize> PartialEq for InlineBytes<N> {
     fn eq(&self, other: &Self) -> bool {
         self.as_slice() == other.as_slice()
     }
 }
 
-impl Eq for StoredValue {}
+impl<const N: usize> Eq for InlineBytes<N> {}
 
-/// Hashes as the `Bytes` it replaced (its bytes as a slice), so state digests did not change.
-impl Hash for StoredValue {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_slice().hash(state)
+impl<const N: usize> Ord for InlineBytes<N> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_slice().cmp(other.as_slice())
+    }
+}
+
+impl<const N: usize> PartialOrd for InlineBytes<N> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
