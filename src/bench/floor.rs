@@ -130,10 +130,26 @@ fn wait_readable(s: &TcpStream) -> Result<(), String> {
 /// One 4 KiB O_DIRECT write + datasync on the disk holding `dir`, `iterations` times.
 pub fn sync_write(dir: &Path, iterations: u32) -> Result<Percentiles, String> {
     let h = crate::wal::check_disk::floor_sync_write(dir, iterations).map_err(|e| e.to_string())?;
-    // check_disk records microseconds; convert to the ns histograms used here.
+    Ok(percentiles_of_us(&h))
+}
+
+/// The same write from `writers` threads at once on the disk holding `dir` (each its own file):
+/// the durable write a one-host cluster's replicas each wait for while the others write too.
+pub fn sync_write_shared(
+    dir: &Path,
+    writers: usize,
+    iterations: u32,
+) -> Result<Percentiles, String> {
+    let h = crate::wal::check_disk::floor_sync_write_concurrent(dir, writers, iterations)
+        .map_err(|e| e.to_string())?;
+    Ok(percentiles_of_us(&h))
+}
+
+/// check_disk records microseconds; the floors here are ns histograms like the engine's.
+fn percentiles_of_us(h: &hdrhistogram::Histogram<u64>) -> Percentiles {
     let mut ns = new_histogram();
     for v in h.iter_recorded() {
         ns.saturating_record_n(v.value_iterated_to() * 1000, v.count_at_value());
     }
-    Ok(Percentiles::of(&ns))
+    Percentiles::of(&ns)
 }

@@ -454,6 +454,18 @@ pub struct Summary {
     pub floor_sync_write_dir: PathBuf,
     #[serde(default)]
     pub floor_sync_write_on_wal_disk: bool,
+    /// A local cluster only (its replicas' WALs share one disk): the durable write measured
+    /// from one writer per replica at once, the p50 of each measurement and their median,
+    /// and write p50 ÷ (2 × floor RTT + that) — the one-host floor, context beside
+    /// `write_p50_over_floor` (whose target assumes a disk per replica), not a target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor_sync_write_shared_us: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub floor_sync_write_shared_us_samples: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor_sync_write_shared_writers: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_p50_over_shared_floor: Option<f64>,
     /// `--anatomy`: per stage of a put's path, in order, `{mean, p50, p99, count}` in µs;
     /// the means add up to the sampled puts' end-to-end mean (`anatomy`).
     #[serde(default, skip_serializing_if = "anatomy::Stages::is_empty")]
@@ -618,6 +630,10 @@ fn measure(
     let phases = Phases::new(&bar, spec, quiet);
     phases.enter("floor");
     let mut floors = Floors::new(floor_dir, local.is_some());
+    if local.is_some() {
+        // Every replica's WAL is on this disk: each durable write waits for the others'.
+        floors.shared_writers = spec.replicas as usize;
+    }
     floors.measure(spec, FLOOR_ROUNDS_BEFORE)?;
 
     let peer_placement = placement.clone();
@@ -982,6 +998,10 @@ pub struct Floors {
     pub sync_dir: PathBuf,
     /// Whether `sync_dir` is the WAL's own directory (a local cluster's replica 0).
     pub sync_on_wal_disk: bool,
+    /// A local cluster's replicas write one disk: the durable write measured from this many
+    /// writers at once (one per replica) beside the single writer; 0 or 1: not measured.
+    pub shared_writers: usize,
+    pub sync_shared: Vec<stats::Percentiles>,
     /// The RTT floor measured once a second *during* the load: not the physical floor (the
     /// load competes for the same cores), but how much a quiet round trip costs on the
     /// loaded machine, beside the quiet samples taken before and after.
@@ -1041,6 +1061,8 @@ impl Floors {
             grpc: Vec::new(),
             sync_dir,
             sync_on_wal_disk,
+            shared_writers: 0,
+            sync_shared: Vec::new(),
             rtt_under_load: Vec::new(),
         }
     }
@@ -1053,6 +1075,13 @@ impl Floors {
                 Duration::from_micros(spec.spin_us),
             )?);
             self.sync.push(floor::sync_write(&self.sync_dir, 100)?);
+            if self.shared_writers > 1 {
+                self.sync_shared.push(floor::sync_write_shared(
+                    &self.sync_dir,
+                    self.shared_writers,
+                    100,
+                )?);
+            }
         }
         Ok(())
     }
@@ -1063,6 +1092,9 @@ impl Floors {
     }
     pub fn sync_samples(&self) -> Vec<f64> {
         self.sync.iter().map(|p| p.p50).collect()
+    }
+    pub fn sync_shared_samples(&self) -> Vec<f64> {
+        self.sync_shared.iter().map(|p| p.p50).collect()
     }
     pub fn rtt_under_load_samples(&self) -> Vec<f64> {
         self.rtt_under_load.iter().map(|p| p.p50).collect()

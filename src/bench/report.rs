@@ -161,6 +161,14 @@ pub fn write_run(
         .get("put")
         .filter(|p| p.count > 0)
         .map(|p| p.p50 / write_floor_us);
+    let floor_sync_write_shared_us_samples = floors.sync_shared_samples();
+    let floor_sync_write_shared_us = median(&floor_sync_write_shared_us_samples);
+    let write_p50_over_shared_floor = floor_sync_write_shared_us.and_then(|shared| {
+        latency_us
+            .get("put")
+            .filter(|p| p.count > 0)
+            .map(|p| p.p50 / (2.0 * floor_rtt_us + shared))
+    });
     let read_p50_over_floor = latency_us
         .get("get")
         .filter(|p| p.count > 0)
@@ -211,6 +219,11 @@ pub fn write_run(
         floor_sync_write_us_samples,
         floor_sync_write_dir: relative_to(&floors.sync_dir, run_dir),
         floor_sync_write_on_wal_disk: floors.sync_on_wal_disk,
+        floor_sync_write_shared_us,
+        floor_sync_write_shared_us_samples,
+        floor_sync_write_shared_writers: floor_sync_write_shared_us
+            .map(|_| floors.shared_writers as u32),
+        write_p50_over_shared_floor,
         floor_grpc_rtt_us: median(&floors.grpc_samples()),
         floor_grpc_rtt_us_samples: floors.grpc_samples(),
         floor_rtt_us_under_load_samples: floors.rtt_under_load_samples(),
@@ -602,6 +615,21 @@ pub fn table(s: &Summary) -> String {
             }
         );
     }
+    if let (Some(r), Some(shared), Some(n)) = (
+        s.write_p50_over_shared_floor,
+        s.floor_sync_write_shared_us,
+        s.floor_sync_write_shared_writers,
+    ) {
+        let _ = writeln!(
+            out,
+            "  write p50 / (2 x RTT + shared write) = {r:.2}   (one host: the {n} replicas' WALs share this disk; {n} concurrent durable writes p50 {shared:.1} us, samples [{}]; context, not a target)",
+            s.floor_sync_write_shared_us_samples
+                .iter()
+                .map(|x| format!("{x:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if let Some(r) = s.read_p50_over_floor {
         let _ = writeln!(
             out,
@@ -793,6 +821,29 @@ mod tests {
         );
         assert!(
             t.contains("= 2.00   (meets the 1-client target <= 3)"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn the_one_host_floor_is_shown_beside_the_target_without_a_verdict() {
+        let mut s = summary();
+        s.config.clients = 1;
+        s.config.rate = None;
+        s.write_p50_over_floor = Some(2.4);
+        let t = table(&s);
+        assert!(!t.contains("shared write"), "not measured, not shown: {t}");
+        s.floor_sync_write_shared_us = Some(309.6);
+        s.floor_sync_write_shared_us_samples = vec![339.2, 280.06];
+        s.floor_sync_write_shared_writers = Some(3);
+        s.write_p50_over_shared_floor = Some(1.54);
+        let t = table(&s);
+        assert!(
+            t.contains("= 2.40   (MISSES the 1-client target <= 1.5)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("write p50 / (2 x RTT + shared write) = 1.54   (one host: the 3 replicas' WALs share this disk; 3 concurrent durable writes p50 309.6 us, samples [339.2, 280.1]; context, not a target)"),
             "{t}"
         );
     }
