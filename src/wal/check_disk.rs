@@ -30,6 +30,9 @@ pub struct DiskOptions {
     pub iterations: u32,
     /// Also measure the `uring` and `sync` backends side by side.
     pub all_backends: bool,
+    /// Above 1: also time the floor's write from this many writers at once, as the replicas
+    /// of a one-host cluster write one disk.
+    pub writers: usize,
 }
 
 impl Default for DiskOptions {
@@ -38,6 +41,7 @@ impl Default for DiskOptions {
             backend: BackendChoice::Auto,
             iterations: 200,
             all_backends: false,
+            writers: 1,
         }
     }
 }
@@ -205,6 +209,14 @@ pub struct DiskReport {
     pub floor_write_fdatasync_us_p50: u64,
     pub floor_rwf_dsync_us_p50: u64,
     pub floor_iterations: u32,
+    /// `--writers N` (N > 1): the floor's write from N writers at once, each its own file
+    /// (every writer's writes in one histogram, the faster way by p50).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor_shared_writers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor_shared_us_p50: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor_shared_us_p99: Option<u64>,
     pub batches: Vec<BatchResult>,
     pub amortization_ratio: f64,
     pub targets: Targets,
@@ -259,6 +271,15 @@ fn measure(dir: &Path, work: &Path, opts: &DiskOptions) -> Result<DiskReport, Wa
     let floor_iters = floors.iterations;
     let (floor_method, floor) = floors.faster();
     let floor = floor.clone();
+    let shared = if opts.writers > 1 {
+        Some(floor_sync_write_concurrent(
+            work,
+            opts.writers,
+            opts.iterations,
+        )?)
+    } else {
+        None
+    };
     let (backend, reason, batches) = wal_batches(work, opts.backend, opts.iterations)?;
     let mut by_backend = Vec::new();
     if opts.all_backends {
@@ -312,6 +333,9 @@ fn measure(dir: &Path, work: &Path, opts: &DiskOptions) -> Result<DiskReport, Wa
         floor_write_fdatasync_us_p50: floors.fdatasync.value_at_quantile(0.5),
         floor_rwf_dsync_us_p50: floors.rwf_dsync.value_at_quantile(0.5),
         floor_iterations: floor_iters,
+        floor_shared_writers: shared.as_ref().map(|_| opts.writers),
+        floor_shared_us_p50: shared.as_ref().map(|h| h.value_at_quantile(0.5)),
+        floor_shared_us_p99: shared.as_ref().map(|h| h.value_at_quantile(0.99)),
         amortization_ratio,
         targets,
         batches,
@@ -578,6 +602,17 @@ pub fn render_table(r: &DiskReport) -> String {
         r.floor_write_fdatasync_us_p50,
         r.floor_rwf_dsync_us_p50
     );
+    if let (Some(n), Some(p50), Some(p99)) = (
+        r.floor_shared_writers,
+        r.floor_shared_us_p50,
+        r.floor_shared_us_p99,
+    ) {
+        let _ = writeln!(
+            s,
+            "floor with {n} writers at once (a one-host cluster's replicas on this disk): p50 {p50} us, p99 {p99} us ({:.2}x one writer's p50)",
+            p50 as f64 / r.floor_sync_write_us_p50.max(1) as f64
+        );
+    }
     let mut table = |title: &str, batches: &[BatchResult]| {
         let _ = writeln!(s, "\n{title}");
         let _ = writeln!(
@@ -699,5 +734,26 @@ mod tests {
             0,
             "scratch files removed"
         );
+    }
+
+    #[test]
+    fn writers_above_one_add_the_shared_floor_to_the_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = DiskOptions {
+            backend: BackendChoice::Sync,
+            iterations: 3,
+            all_backends: false,
+            writers: 2,
+        };
+        let r = run(dir.path(), &opts).unwrap();
+        assert_eq!(r.floor_shared_writers, Some(2));
+        assert!(r.floor_shared_us_p50.unwrap() >= 1);
+        assert!(r.floor_shared_us_p99.unwrap() >= r.floor_shared_us_p50.unwrap());
+        assert!(render_table(&r).contains("floor with 2 writers at once"));
+        let one = run(dir.path(), &DiskOptions { writers: 1, ..opts }).unwrap();
+        assert_eq!(one.floor_shared_writers, None);
+        assert!(!render_table(&one).contains("writers at once"));
+        let json = serde_json::to_value(&one).unwrap();
+        assert!(json.get("floor_shared_us_p50").is_none());
     }
 }

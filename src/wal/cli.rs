@@ -38,6 +38,11 @@ pub struct DiskArgs {
     /// Also measure the uring and sync backends side by side.
     #[arg(long)]
     pub all_backends: bool,
+    /// Also time the floor's write from this many writers at once (each its own file), as the
+    /// replicas of a one-host cluster write one disk for every batch: 3 for a local 3-replica
+    /// cluster. 1: only the single writer.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub writers: u32,
 }
 
 /// Runs a `check` subcommand; errors are printed as one sentence.
@@ -48,6 +53,7 @@ pub fn run_check(cmd: CheckCommand) -> ExitCode {
                 backend: a.backend,
                 iterations: a.iterations.max(1),
                 all_backends: a.all_backends,
+                writers: a.writers as usize,
             };
             match check_disk::run(&a.dir, &opts) {
                 Ok(r) => {
