@@ -108,6 +108,94 @@ fn same_seed_same_trace() {
     }
 }
 
+/// A `Write` the test can read back after the run took ownership of it.
+#[derive(Clone, Default)]
+struct SharedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SharedLog {
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8(self.0.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+}
+
+/// `mpaxos sim --event-log`: the same run (trace hash, outcome), every handled event a line,
+/// lines cut at the limit, and a violation written where it was found.
+#[test]
+fn the_event_log_shows_the_run_without_changing_it() {
+    let cfg = SimConfig {
+        replicas: 3,
+        seed: 4242,
+        inject_bug: None,
+        quorum_leases: false,
+        protocol: None,
+    };
+    let plain = sim::run(&cfg);
+    let log = SharedLog::default();
+    let logged = sim::run_with_event_log(&cfg, Box::new(log.clone()));
+    assert_eq!(
+        plain.trace_hash, logged.trace_hash,
+        "logging changed the run"
+    );
+    assert_eq!(plain.stats.events, logged.stats.events);
+    let lines = log.lines();
+    assert!(lines[0].contains("seed 4242 replicas 3"), "{}", lines[0]);
+    let timers = lines
+        .iter()
+        .filter(|l| l.contains("ms  timer replica "))
+        .count() as u64;
+    // Queued events are counted in `events` and so are timers: one line each, plus the header.
+    assert_eq!(
+        lines.len() as u64,
+        1 + logged.stats.events,
+        "{timers} timers"
+    );
+    assert!(timers > 0);
+    assert!(lines.iter().any(|l| l.contains("Deliver { to: Replica(")));
+    assert!(lines.iter().any(|l| l.contains("msg: Accept {")));
+    assert!(lines.iter().any(|l| l.contains("DiskDone {")));
+    assert!(lines
+        .iter()
+        .all(|l| l.chars().count() <= sim::EVENT_LOG_LINE_MAX + 1));
+    // Times never go backwards.
+    let times: Vec<f64> = lines[1..]
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]));
+
+    // A seed that catches an injected bug logs the violation.
+    let seed = first_violation(3, InjectedBug::AckBeforePersist, 2_000).expect("caught");
+    let cfg = SimConfig {
+        seed,
+        inject_bug: Some(InjectedBug::AckBeforePersist),
+        ..cfg
+    };
+    let log = SharedLog::default();
+    let outcome = sim::run_with_event_log(&cfg, Box::new(log.clone()));
+    assert!(!outcome.violations.is_empty());
+    let logged: Vec<String> = log
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("VIOLATION ["))
+        .collect();
+    assert_eq!(logged.len(), outcome.violations.len(), "{logged:?}");
+    assert!(logged[0].contains(outcome.violations[0].check));
+}
+
 /// Seed 207904 (3 replicas, Fast Paxos, small snapshot intervals, no crashes): the followers
 /// learned two fast-chosen slots whose votes the leader lost, and compacted them into a
 /// snapshot. The leader's fast fill of those slots got only "compacted up to here" back; a

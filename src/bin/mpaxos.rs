@@ -100,6 +100,13 @@ struct SimArgs {
     /// Print each seed's statistics and trace hash.
     #[arg(long)]
     verbose: bool,
+    /// Write every event of each seed to FILE ("-": standard output), a line each in the
+    /// order the simulator handles them: simulated time, then the message delivered, disk
+    /// write completed, crash, partition, client request or timer, and violations as they are
+    /// found. Seeds then run one at a time. Meant for one seed: the replay line a failing seed
+    /// prints, plus `--event-log FILE`.
+    #[arg(long, value_name = "FILE")]
+    event_log: Option<std::path::PathBuf>,
 }
 
 fn bug_parser() -> impl clap::builder::TypedValueParser<Value = InjectedBug> {
@@ -111,7 +118,10 @@ fn bug_parser() -> impl clap::builder::TypedValueParser<Value = InjectedBug> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Sim(args) => run_sim(args),
+        Command::Sim(args) => {
+            restore_sigpipe(); // `--event-log - | head` ends quietly
+            run_sim(args)
+        }
         Command::Check(command) => mpaxos::wal::cli::run_check(command),
         Command::Server { config, id } => mpaxos::server::run(&config, id),
         Command::Cluster(args) => mpaxos::server::local::run_cluster(args),
@@ -132,9 +142,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Store commands print and exit: let `mpaxos status | head` end quietly on a closed pipe
-/// instead of panicking. (Servers keep Rust's default of ignoring SIGPIPE, so a client that
-/// vanishes is a write error, never a dead replica.)
+/// Store commands and `sim` print and exit: let `mpaxos status | head` (or `mpaxos sim
+/// --event-log - | head`) end quietly on a closed pipe instead of panicking. (Servers keep
+/// Rust's default of ignoring SIGPIPE, so a client that vanishes is a write error, never a
+/// dead replica.)
 fn restore_sigpipe() {
     // SAFETY: resetting a signal disposition before any other thread exists.
     unsafe {
@@ -163,7 +174,19 @@ fn run_sim(args: SimArgs) -> ExitCode {
         jobs,
     };
     let started = Instant::now();
-    let verbose = args.verbose;
+    let verbose = args.verbose || args.event_log.is_some();
+    // None: no event log; Some(None): standard output; Some(Some(file)).
+    let event_log: Option<Option<std::fs::File>> = match args.event_log.as_deref() {
+        None => None,
+        Some(p) if p == std::path::Path::new("-") => Some(None),
+        Some(p) => match std::fs::File::create(p) {
+            Ok(f) => Some(Some(f)),
+            Err(e) => {
+                eprintln!("error: cannot create the event log {}: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
     let replay_range = range.clone();
     let report = move |outcome: &SimOutcome| {
         for violation in &outcome.violations {
@@ -172,9 +195,11 @@ fn run_sim(args: SimArgs) -> ExitCode {
                 outcome.seed, violation.check, violation.detail
             );
         }
+        let replay = sim::replay_command(&replay_range, outcome.seed);
+        eprintln!("  replay: {replay}");
         eprintln!(
-            "  replay: {}",
-            sim::replay_command(&replay_range, outcome.seed)
+            "  its events, a line each: {replay} --event-log seed-{}.log",
+            outcome.seed
         );
         if verbose {
             eprintln!(
@@ -187,13 +212,24 @@ fn run_sim(args: SimArgs) -> ExitCode {
         // One at a time, so every seed's line can be printed.
         let mut total = sim::RangeSummary::default();
         for seed in range.first_seed..range.first_seed + range.seeds {
-            let outcome = sim::run(&sim::SimConfig {
+            let cfg = sim::SimConfig {
                 replicas: range.replicas,
                 seed,
                 inject_bug: range.inject_bug,
                 quorum_leases: range.quorum_leases,
                 protocol: range.protocol,
-            });
+            };
+            let outcome = match &event_log {
+                None => sim::run(&cfg),
+                Some(None) => sim::run_with_event_log(&cfg, Box::new(std::io::stdout())),
+                Some(Some(f)) => match f.try_clone() {
+                    Ok(f) => sim::run_with_event_log(&cfg, Box::new(std::io::BufWriter::new(f))),
+                    Err(e) => {
+                        eprintln!("error: writing the event log: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
             println!(
                 "seed {seed} violations={} trace={:016x} {:?}",
                 outcome.violations.len(),
@@ -202,8 +238,8 @@ fn run_sim(args: SimArgs) -> ExitCode {
             );
             if !outcome.violations.is_empty() {
                 report(&outcome);
-                total.failed.push(outcome);
             }
+            total.add(outcome);
             total.seeds += 1;
         }
         total

@@ -35,7 +35,9 @@ mod runner;
 mod world;
 
 pub use runner::{run_range, RangeSummary, SeedRange};
-pub use world::{run, SimConfig, SimOutcome, SimStats, Violation};
+pub use world::{
+    run, run_with_event_log, SimConfig, SimOutcome, SimStats, Violation, EVENT_LOG_LINE_MAX,
+};
 
 /// The one command that replays a seed of `range`: every flag that changes what a seed runs.
 pub fn replay_command(range: &SeedRange, seed: u64) -> String {

@@ -59,6 +59,38 @@ impl RangeSummary {
     pub fn violations(&self) -> usize {
         self.failed.len()
     }
+
+    /// Counts one seed's outcome in (keeping it if it failed). `seeds` is the caller's.
+    pub fn add(&mut self, outcome: SimOutcome) {
+        let s = self;
+        s.ops_completed += outcome.stats.ops_completed;
+        s.slots_committed += outcome.stats.slots_committed;
+        s.crashes += outcome.stats.crashes;
+        s.cluster_crashes += outcome.stats.cluster_crashes;
+        s.pauses += outcome.stats.pauses;
+        s.follower_reads += outcome.stats.follower_reads;
+        s.leader_splits += outcome.stats.leader_splits;
+        s.handoffs += outcome.stats.handoffs;
+        s.handoff_second_halves += outcome.stats.handoff_second_halves;
+        s.snapshots += outcome.stats.snapshots;
+        s.snapshots_installed += outcome.stats.snapshots_installed;
+        s.lease_config_changes += outcome.stats.lease_config_changes;
+        if outcome.quorum_leases {
+            s.quorum_lease_seeds += 1;
+        }
+        if outcome.fast_paxos {
+            s.fast_paxos_seeds += 1;
+        }
+        s.fast_chosen += outcome.stats.fast_chosen;
+        s.fast_collisions += outcome.stats.fast_collisions;
+        s.fast_held += outcome.stats.fast_held;
+        s.fast_late += outcome.stats.fast_late;
+        s.disk_stalls += outcome.stats.disk_stalls;
+        s.disk_errors += outcome.stats.disk_errors;
+        if !outcome.violations.is_empty() {
+            s.failed.push(outcome);
+        }
+    }
 }
 
 /// Runs every seed of the range; `on_failure` sees each failing seed as soon as it is found.
@@ -85,34 +117,7 @@ pub fn run_range(range: &SeedRange, on_failure: &(dyn Fn(&SimOutcome) + Sync)) -
                 if !outcome.violations.is_empty() {
                     on_failure(&outcome);
                 }
-                let mut s = summary.lock().expect("no worker panicked");
-                s.ops_completed += outcome.stats.ops_completed;
-                s.slots_committed += outcome.stats.slots_committed;
-                s.crashes += outcome.stats.crashes;
-                s.cluster_crashes += outcome.stats.cluster_crashes;
-                s.pauses += outcome.stats.pauses;
-                s.follower_reads += outcome.stats.follower_reads;
-                s.leader_splits += outcome.stats.leader_splits;
-                s.handoffs += outcome.stats.handoffs;
-                s.handoff_second_halves += outcome.stats.handoff_second_halves;
-                s.snapshots += outcome.stats.snapshots;
-                s.snapshots_installed += outcome.stats.snapshots_installed;
-                s.lease_config_changes += outcome.stats.lease_config_changes;
-                if outcome.quorum_leases {
-                    s.quorum_lease_seeds += 1;
-                }
-                if outcome.fast_paxos {
-                    s.fast_paxos_seeds += 1;
-                }
-                s.fast_chosen += outcome.stats.fast_chosen;
-                s.fast_collisions += outcome.stats.fast_collisions;
-                s.fast_held += outcome.stats.fast_held;
-                s.fast_late += outcome.stats.fast_late;
-                s.disk_stalls += outcome.stats.disk_stalls;
-                s.disk_errors += outcome.stats.disk_errors;
-                if !outcome.violations.is_empty() {
-                    s.failed.push(outcome);
-                }
+                summary.lock().expect("no worker panicked").add(outcome);
             });
         }
     });

@@ -132,6 +132,33 @@ pub fn run(cfg: &SimConfig) -> SimOutcome {
     world.finish()
 }
 
+/// Runs one seed like [`run`] (the same events, the same outcome) and writes what happens to
+/// `log`, a line per event in the order the simulator handles them: the simulated time in ms,
+/// then the event (a message delivered with its contents, a disk write completing, a crash, a
+/// partition, a client's next request, a replica's timer), and each violation when it is
+/// found. Lines are cut at [`EVENT_LOG_LINE_MAX`] characters (values can be 1 MiB).
+pub fn run_with_event_log(cfg: &SimConfig, log: Box<dyn std::io::Write>) -> SimOutcome {
+    let mut world = World::new(cfg);
+    world.event_log = Some(log);
+    let fast_paxos = world.fast_paxos;
+    world.log_line(format_args!(
+        "seed {} replicas {} quorum_leases {} fast_paxos {fast_paxos}",
+        cfg.seed,
+        cfg.replicas,
+        read_mode(cfg) == ReadMode::QuorumLease,
+    ));
+    world.run();
+    world.log_violations(); // the checks made once the run is over
+    if let Some(log) = world.event_log.as_mut() {
+        let _ = log.flush();
+    }
+    world.event_log = None;
+    world.finish()
+}
+
+/// The longest line [`run_with_event_log`] writes (the rest of a line is cut, marked `…`).
+pub const EVENT_LOG_LINE_MAX: usize = 400;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Addr {
     Replica(ReplicaId),
@@ -414,6 +441,10 @@ struct World {
     history_void: BTreeSet<usize>,
     violations: Vec<Violation>,
     trace: std::collections::hash_map::DefaultHasher,
+    /// [`run_with_event_log`]: where each event is written as it is handled.
+    event_log: Option<Box<dyn std::io::Write>>,
+    /// Violations written to the event log so far.
+    violations_logged: usize,
     stats: SimStats,
     /// Quorum leases: how often the workload changes the lease configuration (none: never),
     /// and the stream its draws come from (apart from `rng`, so they shift no other draw).
@@ -560,6 +591,8 @@ impl World {
             history_void: BTreeSet::new(),
             violations: Vec::new(),
             trace: Default::default(),
+            event_log: None,
+            violations_logged: 0,
             stats: SimStats::default(),
             lease_config_every_ms: lease_config_every_ms(cfg),
             lease_rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x1ea5_ec0f_0000_0001),
@@ -670,15 +703,33 @@ impl World {
             let timer = self.next_timer();
             let event_at = self.queue.peek().map(|Reverse(s)| s.at);
             match (timer, event_at) {
-                (Some((at, replica)), Some(e)) if at <= e => self.fire_timer(at, replica),
-                (Some((at, replica)), None) => self.fire_timer(at, replica),
+                (Some((at, replica)), Some(e)) if at <= e => {
+                    if self.event_log.is_some() {
+                        self.now = at;
+                        self.log_line(format_args!("timer replica {replica}"));
+                    }
+                    self.fire_timer(at, replica)
+                }
+                (Some((at, replica)), None) => {
+                    if self.event_log.is_some() {
+                        self.now = at;
+                        self.log_line(format_args!("timer replica {replica}"));
+                    }
+                    self.fire_timer(at, replica)
+                }
                 (_, Some(_)) => {
                     let Reverse(scheduled) = self.queue.pop().expect("peeked");
                     self.now = scheduled.at;
                     self.stats.events += 1;
+                    if self.event_log.is_some() {
+                        self.log_line(format_args!("{:?}", scheduled.event));
+                    }
                     self.handle(scheduled.event);
                 }
                 (None, None) => break,
+            }
+            if self.event_log.is_some() {
+                self.log_violations();
             }
             self.watch_leader_overlap();
             self.check_lease_overlap();
@@ -907,6 +958,40 @@ impl World {
                 self.client_poll(client);
             }
             Event::ConvergenceCheck => self.convergence_check(),
+        }
+    }
+
+    /// One line of the event log (if there is one): the simulated time, then `what`, cut at
+    /// [`EVENT_LOG_LINE_MAX`] characters.
+    /// Writes the violations found since the last call (as the outcome lists them: a repeat
+    /// of the one before is left out).
+    fn log_violations(&mut self) {
+        for i in self.violations_logged..self.violations.len() {
+            if i > 0 && self.violations[i] == self.violations[i - 1] {
+                continue;
+            }
+            let v = self.violations[i].clone();
+            self.log_line(format_args!("VIOLATION [{}]: {}", v.check, v.detail));
+        }
+        self.violations_logged = self.violations.len();
+    }
+
+    fn log_line(&mut self, what: std::fmt::Arguments<'_>) {
+        use std::io::Write as _;
+        let Some(log) = self.event_log.as_mut() else {
+            return;
+        };
+        let mut line = format!("{:>14.6} ms  {what}", self.now as f64 / NS_PER_MS as f64);
+        if line.len() > EVENT_LOG_LINE_MAX {
+            let mut cut = EVENT_LOG_LINE_MAX;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+            line.push('…');
+        }
+        if writeln!(log, "{line}").is_err() {
+            self.event_log = None; // a closed pipe: stop logging, not simulating
         }
     }
 
