@@ -127,20 +127,11 @@ fn wait_readable(s: &TcpStream) -> Result<(), String> {
     Ok(())
 }
 
-/// One 4 KiB O_DIRECT write + datasync on the disk holding `dir`, `iterations` times.
-pub fn sync_write(dir: &Path, iterations: u32) -> Result<Percentiles, String> {
-    let h = crate::wal::check_disk::floor_sync_write(dir, iterations).map_err(|e| e.to_string())?;
-    Ok(percentiles_of_us(&h))
-}
-
-/// The same write from `writers` threads at once on the disk holding `dir` (each its own file):
-/// the durable write a one-host cluster's replicas each wait for while the others write too.
-pub fn sync_write_shared(
-    dir: &Path,
-    writers: usize,
-    iterations: u32,
-) -> Result<Percentiles, String> {
-    let h = crate::wal::check_disk::floor_sync_write_concurrent(dir, writers, iterations)
+/// One 4 KiB O_DIRECT durable write on the disk holding `dir`, `iterations` times, from
+/// `writers` threads at once (each its own file; > 1: the write a one-host cluster's replicas
+/// each wait for while the others write too).
+pub fn sync_write(dir: &Path, writers: usize, iterations: u32) -> Result<Percentiles, String> {
+    let h = crate::wal::check_disk::floor_sync_write(dir, writers, iterations)
         .map_err(|e| e.to_string())?;
     Ok(percentiles_of_us(&h))
 }

@@ -1074,13 +1074,10 @@ impl Floors {
                 1000,
                 Duration::from_micros(spec.spin_us),
             )?);
-            self.sync.push(floor::sync_write(&self.sync_dir, 100)?);
+            self.sync.push(floor::sync_write(&self.sync_dir, 1, 100)?);
             if self.shared_writers > 1 {
-                self.sync_shared.push(floor::sync_write_shared(
-                    &self.sync_dir,
-                    self.shared_writers,
-                    100,
-                )?);
+                self.sync_shared
+                    .push(floor::sync_write(&self.sync_dir, self.shared_writers, 100)?);
             }
         }
         Ok(())

@@ -175,7 +175,7 @@ fn run_sim(args: SimArgs) -> ExitCode {
     };
     let started = Instant::now();
     let verbose = args.verbose || args.event_log.is_some();
-    // None: no event log; Some(None): standard output; Some(Some(file)).
+    // Where each seed's event log goes: standard output, or one file for all of them.
     let event_log: Option<Option<std::fs::File>> = match args.event_log.as_deref() {
         None => None,
         Some(p) if p == std::path::Path::new("-") => Some(None),
@@ -186,6 +186,12 @@ fn run_sim(args: SimArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         },
+    };
+    let log_writer = |file: &Option<std::fs::File>| -> std::io::Result<Box<dyn std::io::Write>> {
+        Ok(match file {
+            None => Box::new(std::io::stdout()),
+            Some(f) => Box::new(std::io::BufWriter::new(f.try_clone()?)),
+        })
     };
     let replay_range = range.clone();
     let report = move |outcome: &SimOutcome| {
@@ -219,16 +225,13 @@ fn run_sim(args: SimArgs) -> ExitCode {
                 quorum_leases: range.quorum_leases,
                 protocol: range.protocol,
             };
-            let outcome = match &event_log {
+            let outcome = match event_log.as_ref().map(log_writer) {
                 None => sim::run(&cfg),
-                Some(None) => sim::run_with_event_log(&cfg, Box::new(std::io::stdout())),
-                Some(Some(f)) => match f.try_clone() {
-                    Ok(f) => sim::run_with_event_log(&cfg, Box::new(std::io::BufWriter::new(f))),
-                    Err(e) => {
-                        eprintln!("error: writing the event log: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
+                Some(Ok(log)) => sim::run_with_event_log(&cfg, log),
+                Some(Err(e)) => {
+                    eprintln!("error: writing the event log: {e}");
+                    return ExitCode::from(2);
+                }
             };
             println!(
                 "seed {seed} violations={} trace={:016x} {:?}",

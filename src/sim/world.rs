@@ -703,20 +703,8 @@ impl World {
             let timer = self.next_timer();
             let event_at = self.queue.peek().map(|Reverse(s)| s.at);
             match (timer, event_at) {
-                (Some((at, replica)), Some(e)) if at <= e => {
-                    if self.event_log.is_some() {
-                        self.now = at;
-                        self.log_line(format_args!("timer replica {replica}"));
-                    }
-                    self.fire_timer(at, replica)
-                }
-                (Some((at, replica)), None) => {
-                    if self.event_log.is_some() {
-                        self.now = at;
-                        self.log_line(format_args!("timer replica {replica}"));
-                    }
-                    self.fire_timer(at, replica)
-                }
+                (Some((at, replica)), Some(e)) if at <= e => self.fire_timer(at, replica),
+                (Some((at, replica)), None) => self.fire_timer(at, replica),
                 (_, Some(_)) => {
                     let Reverse(scheduled) = self.queue.pop().expect("peeked");
                     self.now = scheduled.at;
@@ -757,6 +745,7 @@ impl World {
     fn fire_timer(&mut self, at: Nanos, id: ReplicaId) {
         self.now = at;
         self.stats.events += 1;
+        self.log_line(format_args!("timer replica {id}"));
         self.trace_event(1, u64::from(id), 0);
         let host = &mut self.hosts[id as usize];
         let now = host.local(at);
@@ -961,8 +950,6 @@ impl World {
         }
     }
 
-    /// One line of the event log (if there is one): the simulated time, then `what`, cut at
-    /// [`EVENT_LOG_LINE_MAX`] characters.
     /// Writes the violations found since the last call (as the outcome lists them: a repeat
     /// of the one before is left out).
     fn log_violations(&mut self) {
@@ -976,6 +963,8 @@ impl World {
         self.violations_logged = self.violations.len();
     }
 
+    /// One line of the event log (if there is one): the simulated time, then `what`, cut at
+    /// [`EVENT_LOG_LINE_MAX`] characters.
     fn log_line(&mut self, what: std::fmt::Arguments<'_>) {
         use std::io::Write as _;
         let Some(log) = self.event_log.as_mut() else {

@@ -249,22 +249,6 @@ pub fn run(dir: &Path, opts: &DiskOptions) -> Result<DiskReport, WalError> {
     result
 }
 
-/// The physical floor of a durable write on the disk under `dir`: one 4 KiB O_DIRECT (where
-/// supported) durable write at a time, `iterations` times each as write + fdatasync and as
-/// `pwritev2(RWF_DSYNC)`, interleaved; the faster by p50. Latencies in microseconds.
-pub fn floor_sync_write(dir: &Path, iterations: u32) -> Result<Histogram<u64>, WalError> {
-    let work = dir.join(format!("mpaxos-floor-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&work);
-    fs::create_dir_all(&work).map_err(|e| WalError::DataDir {
-        dir: work.clone(),
-        source: e,
-    })?;
-    let result = files::probe_direct_io(&work, DirectIo::Auto, false)
-        .and_then(|direct| floor(&work, direct, iterations));
-    let _ = fs::remove_dir_all(&work);
-    result.map(|f| f.faster().1.clone())
-}
-
 fn measure(dir: &Path, work: &Path, opts: &DiskOptions) -> Result<DiskReport, WalError> {
     let direct = files::probe_direct_io(work, DirectIo::Auto, false)?;
     let floors = floor(work, direct, opts.iterations)?;
@@ -272,11 +256,7 @@ fn measure(dir: &Path, work: &Path, opts: &DiskOptions) -> Result<DiskReport, Wa
     let (floor_method, floor) = floors.faster();
     let floor = floor.clone();
     let shared = if opts.writers > 1 {
-        Some(floor_sync_write_concurrent(
-            work,
-            opts.writers,
-            opts.iterations,
-        )?)
+        Some(floor_sync_write(work, opts.writers, opts.iterations)?)
     } else {
         None
     };
@@ -366,25 +346,25 @@ fn floor(work: &Path, direct: bool, iterations: u32) -> Result<Floors, WalError>
     FloorFile::create(work, direct)?.measure(iterations)
 }
 
-/// The floor measured from `writers` threads at once, each on its own file in its own
-/// directory under `dir`, all starting together: what one durable write costs while the other
-/// replicas of a one-host cluster write the same disk, as they do for every batch. The faster
-/// way by merged p50, over every writer's writes (µs).
-pub fn floor_sync_write_concurrent(
+/// The physical floor of a durable write on the disk under `dir`: one 4 KiB O_DIRECT (where
+/// supported) durable write at a time, `iterations` times each as write + fdatasync and as
+/// `pwritev2(RWF_DSYNC)`, interleaved; the faster by p50 (µs). With `writers` > 1, from that
+/// many threads at once, each on its own file, all starting together, every writer's writes in
+/// one histogram: what one durable write costs while the other replicas of a one-host cluster
+/// write the same disk, as they do for every batch.
+pub fn floor_sync_write(
     dir: &Path,
     writers: usize,
     iterations: u32,
 ) -> Result<Histogram<u64>, WalError> {
-    let work = dir.join(format!("mpaxos-floor-shared-{}", std::process::id()));
+    let work = dir.join(format!("mpaxos-floor-{}", std::process::id()));
     let _ = fs::remove_dir_all(&work);
     let result = (|| {
-        let direct = {
-            fs::create_dir_all(&work).map_err(|e| WalError::DataDir {
-                dir: work.clone(),
-                source: e,
-            })?;
-            files::probe_direct_io(&work, DirectIo::Auto, false)?
-        };
+        fs::create_dir_all(&work).map_err(|e| WalError::DataDir {
+            dir: work.clone(),
+            source: e,
+        })?;
+        let direct = files::probe_direct_io(&work, DirectIo::Auto, false)?;
         let files = (0..writers.max(1))
             .map(|i| {
                 let sub = work.join(format!("w{i}"));
@@ -725,7 +705,7 @@ mod tests {
     #[test]
     fn the_shared_floor_times_every_writers_writes_and_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
-        let h = floor_sync_write_concurrent(dir.path(), 3, 12).unwrap();
+        let h = floor_sync_write(dir.path(), 3, 12).unwrap();
         // Each writer records `iterations` writes of the chosen way (after 10 unrecorded).
         assert_eq!(h.len(), 3 * 12);
         assert!(h.value_at_quantile(0.5) >= 1);
